@@ -1,0 +1,281 @@
+"""Sweep configuration: pydantic models loaded from YAML, and the expanded plan.
+
+A sweep file names tasks, a model, training / subnetwork / influence settings and the
+methods to run. Any setting may also be gridded with a `grid:` section of dotted paths to
+lists (e.g. `training.lr: [2e-5, 3e-5]`); each combination is one branch of the plan.
+"""
+from __future__ import annotations
+
+import copy
+import itertools
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Method = Literal["full", "sft", "random-sft"]
+KNOWN_TASKS = ("xnli", "pawsx", "marc", "local", "babel")
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class BabelSpec(Strict):
+    """The synthetic task: K artificial languages rendering one latent classification task."""
+
+    vocab_size: int = Field(400, ge=20, description="Size of the latent (concept) vocabulary shared by all languages.")
+    length: int = Field(12, ge=4, le=512, description="Words per sentence.")
+    families: list[list[str]] | None = Field(
+        None, description="Groups of related languages; languages in one group share `shared_vocab` of their surface words. Default: one family per language."
+    )
+    shared_vocab: float = Field(0.8, ge=0.0, le=1.0, description="Fraction of surface words a language shares with the other languages of its family.")
+    reorder: bool = Field(True, description="Whether each family has its own word order (a fixed permutation of positions).")
+    label_noise: float = Field(0.05, ge=0.0, lt=0.5, description="Probability of flipping a label, so accuracy is not trivially 100%.")
+
+
+class TaskSpec(Strict):
+    """One task of the sweep: which data, which languages, how many examples."""
+
+    id: str = Field(description="Task id: xnli, pawsx, marc, local or babel.")
+    languages: list[str] = Field(min_length=1, description="Language codes to train and test on.")
+    source: str | None = Field(None, description="Hub dataset id or local folder/file; default: the task's hub id (babel: generated).")
+    train_size: int = Field(2000, ge=1, description="Training examples per language.")
+    dev_size: int = Field(500, ge=1, description="Dev examples per language (subnetwork search, per-epoch accuracy).")
+    test_size: int = Field(500, ge=1, description="Test examples per language (accuracy and influence).")
+    data_seed: int = Field(0, description="Seed of the per-language sampling of examples.")
+    text_column: str = Field("text", description="local task: column of the (first) text.")
+    text_pair_column: str | None = Field(None, description="local task: column of the second text, if the task is a pair task.")
+    label_column: str = Field("label", description="local task: column of the integer label.")
+    language_column: str = Field("language", description="local task: column of the language code.")
+    num_labels: int = Field(2, ge=2, description="local task: number of classes.")
+    babel: BabelSpec = Field(default_factory=BabelSpec, description="babel task: the generator's settings.")
+
+    @field_validator("id")
+    @classmethod
+    def _known_task(cls, v: str) -> str:
+        if v not in KNOWN_TASKS:
+            raise ValueError(f"unknown task {v!r}; expected one of {', '.join(KNOWN_TASKS)}")
+        return v
+
+    @field_validator("languages")
+    @classmethod
+    def _unique_languages(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError(f"languages must be unique, got {v}")
+        return v
+
+
+class TinySpec(Strict):
+    """Sizes of the locally built model (BERT architecture, random init)."""
+
+    layers: int = Field(2, ge=1, description="Encoder layers.")
+    heads: int = Field(4, ge=1, description="Attention heads per layer.")
+    hidden: int = Field(32, ge=2, description="Hidden size; must be divisible by heads.")
+    intermediate: int = Field(64, ge=2, description="Feed-forward size.")
+    max_positions: int = Field(128, ge=8, description="Maximum sequence length the position embeddings cover.")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "TinySpec":
+        if self.hidden % self.heads:
+            raise ValueError(f"hidden ({self.hidden}) must be divisible by heads ({self.heads})")
+        return self
+
+
+class ModelSpec(Strict):
+    """The encoder: a hub id, a local directory, or `tiny`."""
+
+    name: str = Field("tiny", description="Hugging Face hub id (e.g. xlm-roberta-base), local model directory, or 'tiny'.")
+    tiny: TinySpec = Field(default_factory=TinySpec, description="Sizes when name is 'tiny'.")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout of the classifier head.")
+
+
+class TrainSpec(Strict):
+    """Fine-tuning settings, shared by full fine-tuning and SFT."""
+
+    lr: float = Field(2e-5, gt=0, description="AdamW learning rate (paper: XNLI 2e-5, PAWS-X 9e-6, MARC 2e-5).")
+    epochs: int = Field(4, ge=1, description="Epochs; a checkpoint is kept after each (TracIn needs them).")
+    batch_size: int = Field(32, ge=1, description="Examples per step.")
+    max_length: int = Field(128, ge=8, description="Tokens per example after truncation.")
+    warmup: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps with linear learning-rate warm-up.")
+    weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
+    seeds: list[int] = Field([1], min_length=1, description="Training seeds; each is its own trial.")
+    device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps.")
+    sft_mode: Literal["paper", "strict"] = Field(
+        "paper",
+        description="paper: masked gradients go to AdamW (momentum and weight decay still move disabled heads); strict: disabled heads' parameters stay bit-identical.",
+    )
+
+
+class SubnetworkSpec(Strict):
+    """Michel et al. (2019) head pruning per language."""
+
+    step_fraction: float = Field(0.1, gt=0.0, le=1.0, description="Fraction of all heads disabled per pruning step (14 of 144 for XLM-R base).")
+    threshold: float = Field(0.95, gt=0.0, le=1.0, description="Keep pruning while dev accuracy >= threshold x the full model's.")
+    normalize_layers: bool = Field(True, description="L2-normalise importance within each layer.")
+    global_scaling: bool = Field(False, description="Min-max scale importance over all heads after normalisation.")
+    batch_size: int = Field(32, ge=1, description="Examples per importance / evaluation batch.")
+
+
+class InfluenceSpec(Strict):
+    """TracIn with random-projection sketches."""
+
+    proj_dim: int = Field(256, ge=0, description="Sketch dimension d per layer (a perfect square); 0 = exact gradients.")
+    layers: list[str] = Field(["encoder", "classifier"], min_length=1, description="Name prefixes of the Linear layers to sketch ('encoder', 'classifier', 'embeddings', or module names).")
+    top_k: int = Field(100, ge=1, description="Most positive and most negative training examples kept per test example.")
+    test_per_language: int = Field(500, ge=1, description="Test examples per language scored against all training examples.")
+    batch_size: int = Field(32, ge=1, description="Examples per sketching batch.")
+    dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Storage dtype of sketches.")
+    lr_weighting: bool = Field(False, description="Weight each checkpoint's scores by its learning rate.")
+    projection_seed: int = Field(0, description="Seed of the projection matrices (every worker derives the same ones).")
+    actors: int = Field(1, ge=1, description="Ray Data actors sketching in parallel.")
+    gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per sketching actor.")
+
+    @field_validator("proj_dim")
+    @classmethod
+    def _square(cls, v: int) -> int:
+        if v and round(v**0.5) ** 2 != v:
+            raise ValueError(f"proj_dim must be a perfect square (sqrt(d) x sqrt(d) sketches), got {v}")
+        return v
+
+
+class Resources(Strict):
+    """Resources of one Ray Tune trial."""
+
+    cpus: float = Field(1.0, gt=0, description="CPUs per trial.")
+    gpus: float = Field(0.0, ge=0, description="GPUs per trial (fractions allowed).")
+    max_failures: int = Field(2, ge=0, description="Retries of a failed trial (it resumes from its last epoch).")
+
+
+class AnalysisSpec(Strict):
+    """Which baselines and compositions the report includes."""
+
+    random_test_language: str | None = Field(None, description="Test language for the random / suboptimal test-time masks (Fig 3); default: the first language.")
+    compose: list[tuple[str, str]] = Field([], description="Language pairs whose masks are composed by union and intersection at test time (Fig 19).")
+
+
+class SweepSpec(Strict):
+    """A whole sweep: what to run and how."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Sweep name; the MLflow experiment and store folder use it.")
+    tasks: list[TaskSpec] = Field(min_length=1, description="Tasks to run.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The encoder.")
+    training: TrainSpec = Field(default_factory=TrainSpec, description="Fine-tuning settings.")
+    subnetworks: SubnetworkSpec = Field(default_factory=SubnetworkSpec, description="Subnetwork search.")
+    influence: InfluenceSpec = Field(default_factory=InfluenceSpec, description="TracIn settings.")
+    analysis: AnalysisSpec = Field(default_factory=AnalysisSpec, description="Baselines and compositions in the report.")
+    methods: list[Method] = Field(["full", "sft", "random-sft"], min_length=1, description="Fine-tuning methods: full, sft, random-sft.")
+    random_seeds: list[int] = Field([1, 2, 3], description="Seeds of the random (shuffled) masks.")
+    resources: Resources = Field(default_factory=Resources, description="Resources per trial.")
+    grid: dict[str, list[Any]] = Field({}, description="Dotted setting paths to lists of values; each combination is a branch.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "SweepSpec":
+        if {"sft", "random-sft"} & set(self.methods) and "full" not in self.methods:
+            raise ValueError("methods 'sft' and 'random-sft' need 'full' (the subnetworks are found in the fully fine-tuned model)")
+        if "random-sft" in self.methods and not self.random_seeds:
+            raise ValueError("method 'random-sft' needs at least one of random_seeds")
+        for path, values in self.grid.items():
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"grid.{path} must be a non-empty list")
+            if path.split(".")[0] not in {"model", "training", "subnetworks", "influence"}:
+                raise ValueError(f"grid.{path}: only model.*, training.*, subnetworks.* and influence.* settings can be gridded")
+        return self
+
+
+class ConfigError(ValueError):
+    """A sweep file that cannot be used; the message names the file and the field."""
+
+
+def _format_error(path: str, err: ValidationError) -> str:
+    lines = [f"{path}: invalid sweep file"]
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
+        got = e.get("input")
+        got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
+        lines.append(f"  {loc}: {e['msg']}{got_s}")
+    return "\n".join(lines)
+
+
+def load_sweep(path: str | Path) -> SweepSpec:
+    """Returns the validated sweep in `path`; raises ConfigError naming the file and field."""
+    path = str(path)
+    try:
+        text = Path(path).read_text()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read sweep file: {e.strerror}") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
+    try:
+        spec = SweepSpec.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(_format_error(path, e)) from None
+    try:
+        branches(spec)  # every grid combination must itself validate
+    except ValidationError as e:
+        raise ConfigError(_format_error(path + " (grid)", e)) from None
+    except KeyError as e:
+        raise ConfigError(f"{path}: grid: {e.args[0]}") from None
+    return spec
+
+
+def _set_dotted(d: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    for k in keys[:-1]:
+        if k not in d or not isinstance(d[k], dict):
+            raise KeyError(f"unknown setting {dotted!r}")
+        d = d[k]
+    if keys[-1] not in d:
+        raise KeyError(f"unknown setting {dotted!r}")
+    d[keys[-1]] = value
+
+
+def branches(spec: SweepSpec) -> list[tuple[dict[str, Any], SweepSpec]]:
+    """Returns one (grid values, sweep without grid) pair per combination of `spec.grid`."""
+    base = spec.model_dump(mode="json")
+    base["grid"] = {}
+    keys = sorted(spec.grid)
+    out = []
+    for combo in itertools.product(*(spec.grid[k] for k in keys)):
+        d = copy.deepcopy(base)
+        for k, v in zip(keys, combo):
+            _set_dotted(d, k, v)
+        out.append((dict(zip(keys, combo)), SweepSpec.model_validate(d)))
+    return out
+
+
+class Trial(BaseModel):
+    """One unit of work for Ray Tune: a task x method x training seed (x random-mask seed) on one branch."""
+
+    model_config = ConfigDict(frozen=True)
+    task: str
+    method: Method
+    seed: int
+    random_seed: int | None = None
+    branch: dict[str, Any] = {}
+
+    @property
+    def name(self) -> str:
+        parts = [self.task, self.method, f"seed{self.seed}"]
+        if self.random_seed is not None:
+            parts.append(f"rand{self.random_seed}")
+        parts += [f"{k.split('.')[-1]}={v}" for k, v in self.branch.items()]
+        return "/".join(parts)
+
+
+def plan(spec: SweepSpec) -> list[Trial]:
+    """Returns the expanded trials: branches x tasks x methods x seeds (x random seeds)."""
+    trials = []
+    for grid_values, b in branches(spec):
+        for task in b.tasks:
+            for method in b.methods:
+                for seed in b.training.seeds:
+                    rseeds = b.random_seeds if method == "random-sft" else [None]
+                    for rs in rseeds:
+                        trials.append(Trial(task=task.id, method=method, seed=seed, random_seed=rs, branch=grid_values))
+    return trials
