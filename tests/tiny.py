@@ -1,0 +1,31 @@
+"""The tiny model and batches every test reuses (2 layers x 4 heads x hidden 32)."""
+import torch
+
+from subnet_ray.config import ModelSpec, TinySpec
+from subnet_ray.models import build_model
+
+VOCAB = 50
+TINY = ModelSpec(name="tiny", tiny=TinySpec(layers=2, heads=4, hidden=32, intermediate=64, max_positions=64), dropout=0.0)
+
+
+def tiny_model(seed: int = 0, num_labels: int = 2):
+    """Returns a tiny random-init classifier in eval mode."""
+    return build_model(TINY, num_labels=num_labels, vocab_size=VOCAB, seed=seed).eval()
+
+
+def tiny_batch(n: int = 6, length: int = 10, seed: int = 0, pad: bool = True) -> dict:
+    """Returns a batch with some rows right-padded, so padding is always exercised."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, VOCAB, (n, length), generator=g)
+    mask = torch.ones(n, length, dtype=torch.long)
+    if pad:
+        for i in range(n):
+            cut = length - (i % 3) * 2
+            ids[i, cut:] = 0
+            mask[i, cut:] = 0
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "token_type_ids": torch.zeros_like(ids),
+        "labels": torch.randint(0, 2, (n,), generator=g),
+    }
