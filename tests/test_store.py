@@ -1,0 +1,60 @@
+import os
+from pathlib import Path
+
+import pytest
+
+from subnet_ray.store import SUCCESS, Store
+
+
+def test_key_depends_on_config_and_inputs_only():
+    a = Store.key("train", {"lr": 1e-5, "epochs": 2}, ["data/x"])
+    assert a == Store.key("train", {"epochs": 2, "lr": 1e-5}, ["data/x"])  # order of fields does not matter
+    assert a != Store.key("train", {"lr": 2e-5, "epochs": 2}, ["data/x"])
+    assert a != Store.key("train", {"lr": 1e-5, "epochs": 2}, ["data/y"])
+    assert a.startswith("train/")
+
+
+def test_failed_stage_exposes_nothing_and_resumes_from_partial(tmp_path):
+    store = Store(tmp_path)
+    key = Store.key("stage", {"n": 1})
+    with pytest.raises(RuntimeError):
+        with store.writing(key) as d:
+            (d / "half.txt").write_text("first part")
+            raise RuntimeError("crash mid-write")
+    assert not store.done(key)
+    assert store.keys() == []
+    with pytest.raises(KeyError, match="not in the store"):
+        store.path(key)
+    # the scratch folder survives, so the retried stage can pick up where it stopped
+    assert (store.partial(key) / "half.txt").read_text() == "first part"
+    with store.writing(key) as d:
+        (d / "rest.txt").write_text("second part")
+    assert store.done(key) and store.keys() == [key]
+    assert sorted(p.name for p in store.path(key).iterdir()) == [SUCCESS, "half.txt", "rest.txt"]
+
+
+def test_finished_key_is_never_recomputed(tmp_path):
+    store = Store(tmp_path)
+    key = Store.key("stage", {"n": 2})
+    calls = []
+
+    def compute(d: Path):
+        calls.append(1)
+        (d / "out").write_text("x")
+
+    p1 = store.get_or_compute(key, compute)
+    p2 = Store(tmp_path).get_or_compute(key, compute)
+    assert p1 == p2 and calls == [1]
+
+
+def test_fsspec_root_publishes_with_marker_last(tmp_path):
+    store = Store(f"memory://{tmp_path.name}/root", cache=tmp_path / "cache")
+    key = Store.key("stage", {"n": 3})
+    with store.writing(key) as d:
+        (d / "a.txt").write_text("hello")
+        assert not store.done(key)
+    assert store.done(key)
+    fresh = Store(f"memory://{tmp_path.name}/root", cache=tmp_path / "cache2")
+    assert (fresh.path(key) / "a.txt").read_text() == "hello"
+    assert fresh.keys("stage") == [key]
+    assert not any(".tmp-" in p for p in fresh.fs.find(fresh.root))
