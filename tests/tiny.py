@@ -29,3 +29,27 @@ def tiny_batch(n: int = 6, length: int = 10, seed: int = 0, pad: bool = True) ->
         "token_type_ids": torch.zeros_like(ids),
         "labels": torch.randint(0, 2, (n,), generator=g),
     }
+
+
+def tiny_task(languages=("xa", "xb", "ya"), train=24, dev=12, test=12):
+    """Returns a small babel TaskSpec (families: x* related, y* alone)."""
+    from subnet_ray.config import BabelSpec, TaskSpec
+
+    fams = [[l for l in languages if l.startswith("x")], [l for l in languages if not l.startswith("x")]]
+    return TaskSpec(
+        id="babel", languages=list(languages), train_size=train, dev_size=dev, test_size=test,
+        babel=BabelSpec(vocab_size=60, length=8, families=[f for f in fams if f]),
+    )
+
+
+def tiny_data(task=None):
+    """Returns (task, train, dev, test, tokenizer) for the tiny babel task."""
+    from subnet_ray.data import build_tokenizer, load_examples
+
+    task = task or tiny_task()
+    return task, load_examples(task, "train"), load_examples(task, "dev"), load_examples(task, "test"), build_tokenizer(task)
+
+
+def tiny_babel_model(tokenizer, seed=0):
+    """Returns a tiny classifier sized for the tokenizer."""
+    return build_model(TINY, num_labels=2, vocab_size=len(tokenizer), seed=seed)

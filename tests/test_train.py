@@ -1,0 +1,118 @@
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from subnet_ray.config import TrainSpec
+from subnet_ray.models import head_parameter_masks
+from subnet_ray.train import NonFiniteLossError, checkpoints, epoch_plan, evaluate, finetune
+from tiny import tiny_babel_model, tiny_data
+
+CFG = TrainSpec(lr=5e-3, epochs=2, batch_size=8, max_length=16, seeds=[1])
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_data()
+
+
+def weights(folder):
+    return load_file(str(folder / "model.safetensors"))
+
+
+def assert_same_checkpoints(a, b):
+    ca, cb = checkpoints(a), checkpoints(b)
+    assert [p.name for p in ca] == [p.name for p in cb]
+    for pa, pb in zip(ca, cb):
+        wa, wb = weights(pa), weights(pb)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_identical_runs_give_identical_checkpoints(data, tmp_path):
+    _, train, dev, _, tok = data
+    h1 = finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "a", seed=1, progress=False)
+    h2 = finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "b", seed=1, progress=False)
+    assert h1 == h2 and len(h1) == 2 and set(h1[0]["dev_accuracy"]) == {"xa", "xb", "ya"}
+    assert_same_checkpoints(tmp_path / "a", tmp_path / "b")
+    finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "c", seed=2, progress=False)
+    assert not torch.equal(weights(tmp_path / "a" / "epoch_2")["classifier.dense.weight"],
+                           weights(tmp_path / "c" / "epoch_2")["classifier.dense.weight"])
+
+
+def test_interrupted_run_resumes_to_the_same_checkpoints(data, tmp_path):
+    _, train, dev, _, tok = data
+    finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "ref", seed=1, progress=False)
+
+    def crash(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "run", seed=1, on_epoch=crash, progress=False)
+    assert [p.name for p in checkpoints(tmp_path / "run")] == ["epoch_1"]
+    finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "run", seed=1, progress=False)
+    assert_same_checkpoints(tmp_path / "ref", tmp_path / "run")
+
+
+def test_sft_batches_are_single_language_and_balanced(data):
+    _, train, _, _, _ = data
+    plan = epoch_plan(train[:-5], 5, seed=3, epoch=1, sparse=True)  # one language has fewer examples
+    langs = [b[0].language for b in plan]
+    assert all(len({e.language for e in b}) == 1 for b in plan)
+    assert len({langs.count(l) for l in set(langs)}) == 1  # every language equally often
+    assert langs != sorted(langs)  # random order, not language blocks
+
+
+def masks_for(langs):
+    m = torch.ones(2, 4)
+    m[0, 1] = 0
+    m[1, 3] = 0
+    return {l: m for l in langs}
+
+
+@pytest.mark.parametrize("mode", ["strict", "paper"])
+def test_sft_disabled_heads(data, tmp_path, mode):
+    _, train, dev, _, tok = data
+    model = tiny_babel_model(tok)
+    masks = masks_for(["xa", "xb", "ya"])
+    before = {id(p): p.detach().clone() for p, _ in head_parameter_masks(model, masks["xa"])}
+    cfg = CFG.model_copy(update={"sft_mode": mode, "epochs": 1})
+    finetune(model, train, dev, tok, cfg, tmp_path, seed=1, masks=masks, progress=False)
+    moved_disabled = moved_enabled = 0
+    for p, m in head_parameter_masks(model, masks["xa"]):
+        off = (m.expand_as(p) == 0)
+        moved_disabled += (p.detach() != before[id(p)])[off].sum().item()
+        moved_enabled += (p.detach() != before[id(p)])[~off].sum().item()
+    assert moved_enabled > 0
+    if mode == "strict":
+        assert moved_disabled == 0  # bit-identical
+    else:
+        assert moved_disabled > 0  # AdamW weight decay still moves them: the paper's behaviour
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(data, tmp_path):
+    _, train, dev, _, tok = data
+
+    def poison(record):
+        with torch.no_grad():
+            model.classifier["out_proj"].weight.fill_(float("nan"))
+
+    model = tiny_babel_model(tok)
+    with pytest.raises(NonFiniteLossError, match="epoch 2.*last good checkpoint"):
+        finetune(model, train, dev, tok, CFG, tmp_path, seed=1, on_epoch=poison, progress=False)
+    assert [p.name for p in checkpoints(tmp_path)] == ["epoch_1"]
+    assert torch.isfinite(weights(tmp_path / "epoch_1")["classifier.out_proj.weight"]).all()
+
+
+def test_sft_needs_a_mask_for_every_language(data, tmp_path):
+    _, train, dev, _, tok = data
+    with pytest.raises(ValueError, match=r"missing \['ya'\]"):
+        finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path, seed=1, masks=masks_for(["xa", "xb"]))
+    assert not any(tmp_path.glob("epoch_*"))
+
+
+def test_evaluate_accuracy_is_fraction_of_correct_predictions(data):
+    _, _, dev, _, tok = data
+    model = tiny_babel_model(tok)
+    r = evaluate(model, dev, tok, 16, batch_size=5)
+    assert r["accuracy"] == sum(p == e.label for p, e in zip(r["preds"], dev)) / len(dev)
+    assert len(r["preds"]) == len(dev)
