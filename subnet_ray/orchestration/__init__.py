@@ -1,0 +1,1 @@
+"""Orchestration on top of the science: Ray Tune trials, Ray Data stages and MLflow tracking."""

@@ -1,0 +1,445 @@
+"""MLflow tracking of a sweep: one experiment per sweep, a parent run per invocation, a child per trial.
+
+Every MLflow write happens in the sweep driver process (Ray trials report to the driver,
+never to MLflow), so there is one writer and the embedded SQLite store is safe. Runs are
+opened and ended through `MlflowClient` with explicit run ids rather than the fluent
+active-run stack, so nesting does not depend on global state and no run is left RUNNING.
+"""
+from __future__ import annotations
+
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+import warnings
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+
+from mlflow import MlflowClient  # noqa: E402
+from mlflow.entities import Metric, Param, RunTag  # noqa: E402
+from mlflow.tracking.context.registry import resolve_tags  # noqa: E402
+from mlflow.utils.validation import (  # noqa: E402
+    MAX_ENTITY_KEY_LENGTH,
+    MAX_PARAM_VAL_LENGTH,
+    MAX_PARAMS_TAGS_PER_BATCH,
+    MAX_TAG_VAL_LENGTH,
+)
+
+STATUSES = ("FINISHED", "FAILED", "KILLED")
+TRUNCATED = "...[truncated]"
+LIST_ITEMS = 8  # lists longer than this (masks, example ids) are summarised, never spelled out
+_DB_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+_SCHEMES = ("sqlite", "file", "http", "https", "databricks", *_DB_PORTS)
+
+
+class TrackingUnreachable(ConnectionError):
+    """A tracking store that cannot be reached or written; the message names the URI."""
+
+
+def default_tracking_uri(root: str | os.PathLike) -> str:
+    """Returns the embedded tracking store of a sweep root: `sqlite:///<root>/mlflow.db`."""
+    root_s = str(root)
+    if "://" in root_s and not root_s.startswith("file://"):
+        raise ValueError(f"store root {root_s} is remote: give a tracking URI (--tracking-uri) for MLflow")
+    return f"sqlite:///{Path(root_s.removeprefix('file://')).resolve()}/mlflow.db"
+
+
+def _scheme(uri: str) -> str:
+    return uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
+
+
+def _redact(uri: str) -> str:
+    """Returns `uri` with any password replaced by ***, so messages can name it."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    return uri.replace(f":{parts.password}@", ":***@", 1)
+
+
+def _bounded(uri: str, timeout: float, probe: Callable[[float], None], what: str = "server") -> None:
+    # urllib's timeout covers each socket operation but not name resolution, so the probe
+    # runs in a daemon thread and we stop waiting for it at the deadline.
+    err: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            probe(timeout)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            err.append(e)
+
+    t = threading.Thread(target=run, daemon=True, name="tracking-uri-check")
+    t.start()
+    t.join(timeout)
+    if t.is_alive():
+        raise TrackingUnreachable(f"MLflow tracking {what} {_redact(uri)} unreachable: no answer within {timeout:g} s")
+    if err:
+        e = err[0]
+        if isinstance(e, TrackingUnreachable):
+            raise e
+        reason = getattr(e, "reason", None) or e
+        raise TrackingUnreachable(f"MLflow tracking {what} {_redact(uri)} unreachable: {reason}") from e
+
+
+def _http_probe(uri: str) -> Callable[[float], None]:
+    base = uri.rstrip("/")
+    ctx = None
+    if os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+        ctx = ssl._create_unverified_context()  # the user asked mlflow to skip verification too
+
+    def status(url: str, deadline: float) -> int:
+        req = urllib.request.Request(url, headers={"User-Agent": "subnet-ray"})
+        try:
+            with urllib.request.urlopen(req, timeout=max(deadline - time.monotonic(), 0.1), context=ctx) as r:
+                return r.status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    def probe(timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        health = status(f"{base}/health", deadline)
+        if health == 200:
+            return
+        # Behind a proxy /health may be hidden; the REST API answering (even 401/403: the
+        # server is there, credentials are mlflow's business) is enough.
+        api = status(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", deadline)
+        if api in (200, 401, 403):
+            return
+        raise TrackingUnreachable(
+            f"MLflow tracking server {_redact(uri)} unreachable: HTTP {health} from /health and HTTP {api} "
+            "from the experiments API (is this an MLflow tracking server?)"
+        )
+
+    return probe
+
+
+def _tcp_probe(uri: str) -> Callable[[float], None] | None:
+    parts = urlsplit(uri)
+    if not parts.hostname:  # a unix-socket DSN: nothing to dial
+        return None
+    port = parts.port or _DB_PORTS[_scheme(uri)]
+
+    def probe(timeout: float) -> None:
+        socket.create_connection((parts.hostname, port), timeout=timeout).close()
+
+    return probe
+
+
+def _check_folder(uri: str, folder: Path) -> None:
+    p = folder.absolute()
+    while not p.exists():  # the nearest existing ancestor decides whether the folder is creatable
+        p = p.parent
+    if not p.is_dir():
+        raise TrackingUnreachable(f"MLflow tracking store {_redact(uri)} unusable: {p} is not a folder")
+    if not os.access(p, os.W_OK | os.X_OK):
+        raise TrackingUnreachable(f"MLflow tracking store {_redact(uri)} unusable: cannot create or write in {p}")
+
+
+def check_tracking_uri(uri: str, timeout: float = 30) -> None:
+    """Returns None if the tracking store at `uri` is usable; raises TrackingUnreachable within `timeout` s if not.
+
+    http(s): GET /health (else the experiments API); sqlite / file: the folder exists or can be
+    created and is writable; postgresql / mysql / mssql: the database port accepts a connection.
+    Nothing is created.
+    """
+    scheme = _scheme(uri)
+    if scheme not in _SCHEMES:
+        raise ValueError(f"tracking URI {_redact(uri)}: unsupported scheme {scheme!r}; expected one of {', '.join(_SCHEMES)}")
+    if scheme in ("http", "https"):
+        _bounded(uri, timeout, _http_probe(uri))
+    elif scheme in _DB_PORTS:
+        probe = _tcp_probe(uri)
+        if probe is not None:
+            _bounded(uri, timeout, probe, what="database")
+    elif scheme == "sqlite":
+        path = uri.split("://", 1)[1].split("?", 1)[0]
+        if path in ("", "/", "/:memory:"):
+            raise ValueError(f"tracking URI {uri}: an in-memory SQLite store would lose the runs; give a file")
+        db = Path(path[1:])  # sqlite:///rel.db -> rel.db ; sqlite:////abs.db -> /abs.db
+        if db.is_dir():
+            raise TrackingUnreachable(f"MLflow tracking store {uri} unusable: {db} is a folder, not a database file")
+        if db.exists() and not os.access(db, os.W_OK):
+            raise TrackingUnreachable(f"MLflow tracking store {uri} unusable: {db} is not writable")
+        _check_folder(uri, db.parent)  # SQLite writes its journal beside the database
+    elif scheme == "file":
+        _check_folder(uri, Path(urlsplit(uri).path if "://" in uri else uri))
+
+
+def _tag_value(v: Any) -> str:
+    s = str(v)
+    return s if len(s) <= MAX_TAG_VAL_LENGTH else s[: MAX_TAG_VAL_LENGTH - len(TRUNCATED)] + TRUNCATED
+
+
+def metric_name(name: str) -> str:
+    """Returns `name` made valid as an MLflow metric key (e.g. 'dev_accuracy/xa' stays as it is)."""
+    # MLflow allows alphanumerics, _ - . space / ; colons are refused on Windows servers, and
+    # names are treated as paths, so empty, '.' and '..' segments are dropped.
+    s = re.sub(r"[^\w.\- /]", "_", str(name))
+    s = "/".join(p for p in s.split("/") if p not in ("", ".", ".."))
+    s = s[:MAX_ENTITY_KEY_LENGTH]
+    if not s:
+        raise ValueError(f"metric name {name!r} has no usable characters")
+    return s
+
+
+def _summary(v: Any) -> str | None:
+    shape = getattr(v, "shape", None)
+    if shape is not None and getattr(v, "dtype", None) is not None and len(shape) > 0:
+        return f"<array shape={tuple(shape)} dtype={v.dtype}>"  # masks go to artifacts, never params
+    return None
+
+
+def flat_params(d: dict, prefix: str = "") -> dict[str, str]:
+    """Returns `d` flattened to MLflow params: dotted keys, string values within MLflow's limits.
+
+    Nested dicts become dotted keys; short lists of dicts are indexed (`tasks.0.id`); lists of
+    more than LIST_ITEMS items and arrays are summarised, not spelled out; values longer than
+    MLflow's limit are cut and end with TRUNCATED.
+    """
+    out: dict[str, str] = {}
+    for k, v in d.items():
+        key = f"{prefix}.{k}" if prefix else str(k)
+        if isinstance(v, dict) and v:
+            out.update(flat_params(v, key))
+            continue
+        if isinstance(v, (list, tuple)) and v and len(v) <= LIST_ITEMS and all(isinstance(x, dict) for x in v):
+            out.update(flat_params({str(i): x for i, x in enumerate(v)}, key))
+            continue
+        s = _summary(v)
+        if s is None and isinstance(v, (list, tuple)) and len(v) > LIST_ITEMS:
+            head = ", ".join(str(x) for x in v[:3])
+            s = f"<{len(v)} items: {head}, ...>"
+        if s is None:
+            s = str(v) if not isinstance(v, (list, tuple)) else "[" + ", ".join(map(str, v)) + "]"
+        key = re.sub(r"[^\w.\- /]", "_", key)[:MAX_ENTITY_KEY_LENGTH]
+        out[key] = s if len(s) <= MAX_PARAM_VAL_LENGTH else s[: MAX_PARAM_VAL_LENGTH - len(TRUNCATED)] + TRUNCATED
+    return out
+
+
+def _check_status(status: str) -> str:
+    if status not in STATUSES:
+        raise ValueError(f"run status {status!r}: expected one of {', '.join(STATUSES)}")
+    return status
+
+
+class TrialRun:
+    """One MLflow run (a trial's child run, or the sweep's parent run) addressed by its id."""
+
+    def __init__(self, client: MlflowClient, run_id: str, name: str):
+        self.client, self.run_id, self.name = client, run_id, name
+        self.status: str | None = None  # set when ended
+
+    @property
+    def open(self) -> bool:
+        return self.status is None
+
+    def _log(self, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        batch = [Metric(metric_name(k), float(v), now, int(step)) for k, v in metrics.items()]
+        for i in range(0, len(batch), 1000):
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Returns None; logs `metrics` (e.g. {'loss': .., 'dev_accuracy/xa': ..}) at step=epoch."""
+        self._log(metrics, epoch)
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        """Returns None; logs final (not per-epoch) metrics at step 0."""
+        self._log(metrics, 0)
+
+    def log_params(self, params: dict) -> None:
+        """Returns None; logs `params` flattened by flat_params."""
+        items = [Param(k, v) for k, v in flat_params(params).items()]
+        for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+
+    def set_tags(self, tags: dict) -> None:
+        """Returns None; sets `tags` (values as strings, None skipped)."""
+        items = [RunTag(str(k), _tag_value(v)) for k, v in tags.items() if v is not None]
+        for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
+            self.client.log_batch(self.run_id, tags=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
+
+    def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
+        """Returns None; copies the folder `local_dir` into the run's artifacts (under `artifact_path`)."""
+        if not Path(local_dir).is_dir():
+            raise FileNotFoundError(f"log_artifacts: {local_dir} is not a folder")
+        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Returns None; copies the file `path` into the run's artifacts (under `artifact_path`)."""
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"log_artifact: {path} is not a file")
+        self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dict(self, obj: dict, name: str) -> None:
+        """Returns None; stores `obj` as the artifact `name` (JSON, or YAML for .yaml/.yml)."""
+        self.client.log_dict(self.run_id, obj, name)
+
+    def end(self, status: str = "FINISHED") -> None:
+        """Returns None; ends the run with `status` (FINISHED, FAILED or KILLED); a second call does nothing."""
+        _check_status(status)
+        if self.status is None:
+            self.client.set_terminated(self.run_id, status)
+            self.status = status
+
+
+class Tracker:
+    """The MLflow side of one sweep invocation: its experiment, parent run and child runs.
+
+    Use as a context manager: an exception inside the block ends every open run as FAILED.
+    """
+
+    def __init__(
+        self,
+        sweep_name: str,
+        root: str | os.PathLike,
+        tracking_uri: str | None = None,
+        artifact_location: str | None = None,
+    ):
+        self.sweep_name = sweep_name
+        root_s = str(root)
+        local_root = "://" not in root_s or root_s.startswith("file://")
+        self.root = Path(root_s.removeprefix("file://")).resolve() if local_root else None
+        self.tracking_uri = tracking_uri or default_tracking_uri(root)
+        remote = _scheme(self.tracking_uri) in ("http", "https", "databricks")
+        if remote:
+            # mlflow's own HTTP client retries for minutes by default; a dead server should fail a
+            # sweep in seconds. setdefault: the user's own settings win.
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "3")
+            os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
+        check_tracking_uri(self.tracking_uri)
+        if artifact_location is None and not remote:
+            if self.root is None:
+                raise ValueError(f"store root {root} is remote: give an artifact location for MLflow")
+            artifact_location = (self.root / "mlartifacts" / sweep_name).as_uri()
+        elif artifact_location is not None and "://" not in artifact_location and not artifact_location.startswith("file:"):
+            artifact_location = Path(artifact_location).resolve().as_uri()  # never relative to the cwd
+        self.client = MlflowClient(tracking_uri=self.tracking_uri)
+        self.experiment_id = self._experiment(artifact_location)
+        self.parent: TrialRun | None = None
+        self.children: dict[str, TrialRun] = {}
+        self.finished = False
+
+    def _experiment(self, artifact_location: str | None) -> str:
+        exp = self.client.get_experiment_by_name(self.sweep_name)
+        if exp is None:
+            return self.client.create_experiment(self.sweep_name, artifact_location=artifact_location, tags={"subnet_ray.sweep": self.sweep_name})
+        if exp.lifecycle_stage == "deleted":
+            self.client.restore_experiment(exp.experiment_id)
+        if artifact_location is not None and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
+            # MLflow cannot move an experiment's artifact location; new runs follow the old one.
+            warnings.warn(
+                f"MLflow experiment {self.sweep_name!r} keeps its artifact location {exp.artifact_location} "
+                f"(not {artifact_location}): it was created with it",
+                stacklevel=3,
+            )
+        return exp.experiment_id
+
+    @property
+    def artifact_location(self) -> str:
+        return self.client.get_experiment(self.experiment_id).artifact_location
+
+    def start(self, run_name: str, params: dict, tags: dict) -> str:
+        """Returns the id of this invocation's parent run, created with `params` (flattened) and `tags`."""
+        if self.parent is not None:
+            raise RuntimeError(f"sweep {self.sweep_name}: the parent run was already started ({self.parent.run_id})")
+        all_tags = {k: _tag_value(v) for k, v in resolve_tags({"subnet_ray.role": "sweep"}).items()}
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
+        self.parent = TrialRun(self.client, run.info.run_id, run_name)
+        self.parent.set_tags(tags)
+        self.parent.log_params(params)
+        return self.parent.run_id
+
+    def trial(self, name: str, tags: dict, params: dict) -> TrialRun:
+        """Returns the child run of trial `name` (e.g. 'pawsx/sft/seed1') in this invocation, creating it once.
+
+        A trial that is retried in the same invocation keeps its one child run.
+        """
+        if self.parent is None:
+            raise RuntimeError(f"sweep {self.sweep_name}: call start() before trial({name!r})")
+        if self.finished:
+            raise RuntimeError(f"sweep {self.sweep_name}: the parent run has finished; no new trial {name!r}")
+        if name in self.children:
+            child = self.children[name]
+            if not child.open:
+                raise RuntimeError(f"trial {name!r} already ended as {child.status} in this invocation")
+            child.set_tags(tags)
+            return child
+        base = resolve_tags({"mlflow.parentRunId": self.parent.run_id, "subnet_ray.role": "trial"})
+        run = self.client.create_run(self.experiment_id, run_name=name, tags={k: _tag_value(v) for k, v in base.items()})
+        child = TrialRun(self.client, run.info.run_id, name)
+        self.children[name] = child
+        child.set_tags(tags)
+        child.log_params(params)
+        return child
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """Returns None; ends open child runs, then the parent, with `status`; a second call does nothing.
+
+        A child still open when the sweep finishes normally never reported its own end, so it
+        is ended KILLED rather than claimed FINISHED; if the sweep failed, it is FAILED too.
+        """
+        _check_status(status)
+        if self.finished:
+            return
+        leftover = "KILLED" if status == "FINISHED" else status
+        try:
+            for child in self.children.values():
+                child.end(leftover)
+        finally:
+            if self.parent is not None:
+                self.parent.end(status)
+            self.finished = True
+
+    def __enter__(self) -> "Tracker":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        self.finish("FAILED" if exc_type is not None else "FINISHED")
+        return False
+
+
+def ui_command(root: str | os.PathLike, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
+    """Returns the `mlflow ui` command line that serves the sweep store under `root` on host:port."""
+    uri = tracking_uri or default_tracking_uri(root)
+    if _scheme(uri) in ("http", "https", "databricks"):
+        raise ValueError(f"tracking URI {uri} is a server already: open it in a browser, no local UI needed")
+    if not 0 < int(port) < 65536:
+        raise ValueError(f"port {port}: expected 1-65535")
+    if _scheme(uri) == "sqlite":
+        db = Path(uri.split("://", 1)[1].split("?", 1)[0][1:])
+        if not db.is_file():
+            raise FileNotFoundError(f"no MLflow store at {db}: run a sweep with this root first")
+    # New experiments created from the UI would otherwise put artifacts in ./mlartifacts of the cwd.
+    artifacts = (Path(str(root).removeprefix("file://")).resolve() / "mlartifacts").as_uri()
+    return [
+        sys.executable, "-m", "mlflow", "ui",
+        "--backend-store-uri", uri,
+        "--artifacts-destination", artifacts,
+        "--host", host, "--port", str(int(port)),
+        "--workers", "1",  # a browsing UI for one user; the default 4 crowd small machines
+    ]
+
+
+def open_ui(root: str | os.PathLike, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Returns the exit code of the MLflow UI, run in the foreground until it stops (Ctrl-C)."""
+    cmd = ui_command(root, tracking_uri, host, port)
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
+    proc = subprocess.Popen(cmd, env=env)
+    try:
+        return proc.wait()
+    except KeyboardInterrupt:
+        proc.terminate()
+        try:
+            return proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait()
