@@ -1,0 +1,240 @@
+"""One writer for every figure: the CSV and the PNG come from the same long-form table.
+
+Each figure is a tidy DataFrame (one row per plotted number, with the columns that place
+it: panel, row/column, x/y, hue). The writer saves that table as `<name>.csv`, draws it
+(heatmap, scatter, lines or bars) without touching any other data, saves `<name>.png`,
+and reads the drawn numbers back from the matplotlib artists into `FigureRecord.plotted`
+so tests can check the picture against the CSV. Matplotlib is used through its object
+API with the Agg canvas (no pyplot state), so it is safe in workers and tests.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+DIVERGING = "RdBu_r"  # red = more influence / higher, blue = less; white at 0
+SEQUENTIAL = "Blues"
+PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+@dataclass
+class FigureRecord:
+    """One written figure: where its files are, what it shows, and the numbers drawn."""
+
+    figure: int | str  # the paper's figure number, or a word for figures the paper does not have
+    task: str
+    slug: str
+    png: Path
+    csv: Path
+    caption: str
+    plotted: dict[str, np.ndarray] = field(repr=False, default_factory=dict)
+    """Panel (or 'panel/hue') -> numbers read back from the drawn artists."""
+    spec: dict = field(default_factory=dict)
+    """How the CSV's columns were drawn: kind ('heatmap' | 'scatter' | 'lines' | 'bars') and column roles."""
+
+    @property
+    def name(self) -> str:
+        """Returns the file stem, e.g. 'fig02_babel_subnet_vs_full'."""
+        return self.png.stem
+
+
+def _order(values: pd.Series) -> list:
+    """Returns the distinct values in order of first appearance (the builder's order)."""
+    return list(pd.unique(values))
+
+
+def _panels(data: pd.DataFrame, panel: str | None) -> list[tuple[str, pd.DataFrame]]:
+    if panel is None:
+        return [("main", data)]
+    return [(str(p), data[data[panel] == p]) for p in _order(data[panel])]
+
+
+def _axes(fig: Figure, n: int) -> list:
+    return list(fig.subplots(1, n, squeeze=False)[0])
+
+
+class FigureWriter:
+    """Writes figures and keeps the list of what was written and what was skipped, and why."""
+
+    def __init__(self, out_dir: str | Path, dpi: int = 100):
+        self.out_dir = Path(out_dir)
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        self.dpi = dpi
+        self.records: list[FigureRecord] = []
+        self.skipped: list[dict] = []
+        self.correlations: list[dict] = []  # one dict per correlation: figure, task, what, r, p, n
+        self.comparisons: dict[str, dict[str, dict]] = {}  # task -> "a vs b" -> changes per language
+
+    def skip(self, figure: int | str, task: str, reason: str) -> None:
+        """Records that a figure was not made for a task, and why."""
+        label = f"fig{figure:02d}" if isinstance(figure, int) else figure
+        self.skipped.append({"figure": label, "task": task, "reason": reason})
+
+    def correlation(self, figure: int, task: str, what: str, x: str, y: str, corr, **extra) -> None:
+        """Records one correlation (a stats.Correlation) for summary.json and the report."""
+        self.correlations.append({"figure": f"fig{figure:02d}", "task": task, "what": what, "x": x, "y": y,
+                                  **extra, **corr.as_dict()})
+
+    def _save(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, caption: str,
+              size: tuple[float, float], draw: Callable[[Figure, pd.DataFrame], dict[str, np.ndarray]],
+              title: str | None, spec: dict) -> FigureRecord:
+        if data.empty:
+            raise ValueError(f"fig{figure:02d} {task} {slug}: nothing to plot")
+        # Paper figures are figNN_<task>_<slug>; figures the paper does not have use a word prefix.
+        stem = f"fig{figure:02d}_{task}_{slug}" if isinstance(figure, int) else f"{figure}_{task}_{slug}"
+        data = data.reset_index(drop=True)
+        csv, png = self.out_dir / f"{stem}.csv", self.out_dir / f"{stem}.png"
+        data.to_csv(csv, index=False)
+        fig = Figure(figsize=size, layout="constrained")
+        FigureCanvasAgg(fig)
+        plotted = draw(fig, data)
+        if title:
+            fig.suptitle(title, fontsize=10)
+        fig.savefig(png, dpi=self.dpi)
+        record = FigureRecord(figure, task, slug, png, csv, caption, plotted, spec)
+        self.records.append(record)
+        return record
+
+    def heatmap(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, row: str, col: str, value: str,
+                caption: str, panel: str | None = None, diverging: bool = False, fmt: str = "{:.1f}",
+                title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> FigureRecord:
+        """Returns the record of a heatmap per panel, cells annotated; diverging maps centred at 0."""
+        values = data[value].to_numpy(float)
+        finite = values[np.isfinite(values)]
+        if diverging:
+            m = float(np.abs(finite).max()) if finite.size else 1.0
+            vmin, vmax, cmap = -(m or 1.0), (m or 1.0), DIVERGING
+        else:
+            vmin = float(finite.min()) if finite.size else 0.0
+            vmax = float(finite.max()) if finite.size else 1.0
+            vmax, cmap = (vmax if vmax > vmin else vmin + 1.0), SEQUENTIAL
+        panels = _panels(data, panel)
+        nrows = max(len(_order(d[row])) for _, d in panels)
+        ncols = max(len(_order(d[col])) for _, d in panels)
+        cell = 0.42 if ncols <= 8 else 0.32
+        size = (len(panels) * (cell * ncols + 1.5) + 0.4, cell * nrows + 1.3 + (0.3 if title else 0))
+        fontsize = 8 if ncols <= 8 else 6
+
+        def draw(fig: Figure, data: pd.DataFrame) -> dict[str, np.ndarray]:
+            out = {}
+            for ax, (name, d) in zip(_axes(fig, len(panels)), _panels(data, panel)):
+                rows, cols = _order(d[row]), _order(d[col])
+                grid = d.pivot(index=row, columns=col, values=value).reindex(index=rows, columns=cols).to_numpy(float)
+                im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+                ax.set_xticks(range(len(cols)), [str(c) for c in cols], fontsize=fontsize)
+                ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=fontsize)
+                ax.set_xlabel(xlabel or col, fontsize=8)
+                ax.set_ylabel(ylabel or row, fontsize=8)
+                if panel is not None:
+                    ax.set_title(name, fontsize=9)
+                for (i, j), v in np.ndenumerate(grid):
+                    if np.isfinite(v):
+                        dark = abs(im.norm(v) - (0.5 if diverging else 0.0)) > (0.3 if diverging else 0.6)
+                        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=fontsize - 1,
+                                color="white" if dark else "black")
+                fig.colorbar(im, ax=ax, shrink=0.8)
+                out[name] = np.ma.filled(np.ma.asarray(im.get_array(), dtype=float), np.nan)
+            return out
+
+        spec = {"kind": "heatmap", "row": row, "col": col, "value": value, "panel": panel}
+        return self._save(figure, task, slug, data, caption, size, draw, title, spec)
+
+    def scatter(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, x: str, y: str, caption: str,
+                hue: str | None = None, label: str | None = None, panel: str | None = None,
+                panel_titles: dict[str, str] | None = None, title: str | None = None) -> FigureRecord:
+        """Returns the record of a scatter per panel (points coloured by hue, labelled, least-squares line)."""
+        panels = _panels(data, panel)
+        hues = _order(data[hue]) if hue else []
+        colour = {h: PALETTE[i % len(PALETTE)] for i, h in enumerate(hues)}
+        size = (len(panels) * 3.6 + 0.4, 3.3 + (0.3 if title else 0))
+
+        def draw(fig: Figure, data: pd.DataFrame) -> dict[str, np.ndarray]:
+            out = {}
+            for ax, (name, d) in zip(_axes(fig, len(panels)), _panels(data, panel)):
+                xs, ys = d[x].to_numpy(float), d[y].to_numpy(float)
+                colours = [colour[h] for h in d[hue]] if hue else PALETTE[0]
+                points = ax.scatter(xs, ys, c=colours, s=22, zorder=3)
+                ok = np.isfinite(xs) & np.isfinite(ys)
+                if ok.sum() >= 2 and np.ptp(xs[ok]) > 0:
+                    slope, icept = np.polyfit(xs[ok], ys[ok], 1)
+                    grid = np.linspace(xs[ok].min(), xs[ok].max(), 2)
+                    ax.plot(grid, slope * grid + icept, color="0.4", lw=1, ls="--", zorder=2)
+                if label:
+                    for xi, yi, text in zip(xs, ys, d[label]):
+                        ax.annotate(str(text), (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
+                if hue:
+                    handles = [ax.scatter([], [], c=colour[h], s=22, label=str(h)) for h in _order(d[hue])]
+                    ax.legend(handles=handles, fontsize=7, title=hue, title_fontsize=7)
+                ax.set_xlabel(x, fontsize=8)
+                ax.set_ylabel(y, fontsize=8)
+                ax.tick_params(labelsize=7)
+                ax.set_title((panel_titles or {}).get(name, name if panel else ""), fontsize=8)
+                out[name] = np.asarray(points.get_offsets(), dtype=float)
+            return out
+
+        spec = {"kind": "scatter", "x": x, "y": y, "hue": hue, "panel": panel}
+        return self._save(figure, task, slug, data, caption, size, draw, title, spec)
+
+    def lines(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, x: str, y: str, hue: str, caption: str,
+              panel: str | None = None, title: str | None = None, ylabel: str | None = None,
+              hlines: dict[str, float] | None = None) -> FigureRecord:
+        """Returns the record of one line per hue per panel (shared y axis); `hlines` adds labelled reference lines."""
+        panels = _panels(data, panel)
+        colour = {h: PALETTE[i % len(PALETTE)] for i, h in enumerate(_order(data[hue]))}
+        size = (len(panels) * 3.6 + 0.4, 3.0 + (0.3 if title else 0))
+
+        def draw(fig: Figure, data: pd.DataFrame) -> dict[str, np.ndarray]:
+            out = {}
+            axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
+            for ax, (name, d) in zip(axes, _panels(data, panel)):
+                for h in _order(d[hue]):
+                    dh = d[d[hue] == h]
+                    (line,) = ax.plot(dh[x].to_numpy(float), dh[y].to_numpy(float), marker="o", ms=3,
+                                      color=colour[h], label=str(h))
+                    out[f"{name}/{h}"] = np.asarray(line.get_xydata(), dtype=float)
+                for text, level in (hlines or {}).items():
+                    ax.axhline(level, color="0.5", lw=0.8, ls=":")
+                    ax.annotate(text, (ax.get_xlim()[0], level), fontsize=6, color="0.4", va="bottom")
+                ax.set_xlabel(x, fontsize=8)
+                ax.set_ylabel(ylabel or y, fontsize=8)
+                ax.tick_params(labelsize=7)
+                if panel:
+                    ax.set_title(name, fontsize=8)
+                ax.legend(fontsize=6, title=hue, title_fontsize=6)
+            return out
+
+        spec = {"kind": "lines", "x": x, "y": y, "hue": hue, "panel": panel}
+        return self._save(figure, task, slug, data, caption, size, draw, title, spec)
+
+    def bars(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, x: str, y: str, caption: str,
+             hue: str | None = None, title: str | None = None, ylabel: str | None = None) -> FigureRecord:
+        """Returns the record of grouped bars (one group per x, one bar per hue), heights in row order."""
+        xs = _order(data[x])
+        hues = _order(data[hue]) if hue else [None]
+        size = (max(3.6, 0.5 * len(xs) * len(hues) + 1.5), 3.0 + (0.3 if title else 0))
+
+        def draw(fig: Figure, data: pd.DataFrame) -> dict[str, np.ndarray]:
+            ax = fig.subplots()
+            width = 0.8 / len(hues)
+            pos = [xs.index(xv) + (hues.index(hv) - (len(hues) - 1) / 2) * width
+                   for xv, hv in zip(data[x], data[hue] if hue else [None] * len(data))]
+            colours = [PALETTE[hues.index(hv) % len(PALETTE)] for hv in (data[hue] if hue else [None] * len(data))]
+            bars = ax.bar(pos, data[y].to_numpy(float), width=width, color=colours)
+            ax.axhline(0, color="0.3", lw=0.8)
+            ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7)
+            ax.set_xlabel(x, fontsize=8)
+            ax.set_ylabel(ylabel or y, fontsize=8)
+            ax.tick_params(labelsize=7)
+            if hue:
+                handles = [ax.bar([0], [0], width=0, color=PALETTE[i % len(PALETTE)], label=str(h)) for i, h in enumerate(hues)]
+                ax.legend(handles=handles, fontsize=7)
+            return {"main": np.array([b.get_height() for b in bars], dtype=float)}
+
+        spec = {"kind": "bars", "x": x, "y": y, "hue": hue, "panel": None}
+        return self._save(figure, task, slug, data, caption, size, draw, title, spec)

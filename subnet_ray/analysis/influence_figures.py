@@ -1,0 +1,345 @@
+"""The paper's cross-language influence figures (2-7, 10, 11, 18, 19) for one task.
+
+Each `figNN(writer, task)` makes the figure from the variants the task has, or records
+why it could not. Shares are over the top-k most positive / negative training examples of
+the summed TracIn ranking (checkpoint -1), except Figs 7, 10, 18, which use each epoch's.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from subnet_ray.analysis.figures import FigureWriter
+from subnet_ray.analysis.results import SUM_CHECKPOINT, InfluenceResult, TaskResults
+from subnet_ray.analysis.shares import (
+    ShareComparison,
+    compare_shares,
+    correct_under_all,
+    language_shares,
+    mean_delta,
+    specialization,
+    specialization_by_checkpoint,
+)
+from subnet_ray.analysis.stats import correlate
+
+SIGNS = {"pos": "most positive", "neg": "most negative"}
+
+
+def top_k(result: InfluenceResult) -> int:
+    """Returns k, the length of the rankings."""
+    return int(result.topk["rank"].max()) + 1 if len(result.topk) else 0
+
+
+def missing_reason(t: TaskResults, names: list[str], checkpoint: str = "sum") -> str | None:
+    """Returns why the named variants cannot be used (absent or without the rankings needed), or None."""
+    absent = [n for n in names if n not in t.influence]
+    if absent:
+        return f"needs influence results of variant(s) {absent}; have {sorted(t.influence) or 'none'}"
+    for n in names:
+        ckpts = t.influence[n].topk["checkpoint"]
+        if checkpoint == "sum" and not (ckpts == SUM_CHECKPOINT).any():
+            return f"variant {n!r} has no summed TracIn rankings (checkpoint -1)"
+        if checkpoint == "epochs" and not (ckpts != SUM_CHECKPOINT).any():
+            return f"variant {n!r} has no per-checkpoint rankings (checkpoint >= 1)"
+    return None
+
+
+def cells(table: pd.DataFrame, value: str, **const) -> pd.DataFrame:
+    """Returns a rows x columns table as long form: const columns, row name, column name, value."""
+    r, c = table.index.name or "row", table.columns.name or "column"
+    return pd.DataFrame([{**const, r: i, c: j, value: float(table.at[i, j])} for i in table.index for j in table.columns])
+
+
+def _diag_text(delta: pd.Series) -> str:
+    """Returns 'rises for i/L test languages (de +2.1, en -0.3)' for per-language changes."""
+    parts = ", ".join(f"{lang} {v:+.1f}" for lang, v in delta.items())
+    return f"rises for {int((delta > 0).sum())}/{len(delta)} test languages ({parts})"
+
+
+def _record(w: FigureWriter, t: TaskResults, name: str, comps: dict[str, list[ShareComparison]]) -> dict[str, pd.DataFrame]:
+    """Returns the (mean) delta per sign and records the in-language changes in the summary."""
+    deltas = {sign: mean_delta(cs) for sign, cs in comps.items()}
+    weighted = [compare_shares(t.influence, c.a, c.b, t.languages, sign="pos", weighted=True) for c in comps["pos"]]
+    w.comparisons.setdefault(t.task, {})[name] = {
+        "variants": [[c.a, c.b] for c in comps["pos"]],
+        "in_language_pos_change": specialization(deltas["pos"]).round(6).to_dict(),
+        "in_language_neg_change": specialization(deltas["neg"]).round(6).to_dict(),
+        "in_language_pos_change_score_weighted": specialization(mean_delta(weighted)).round(6).to_dict(),
+        "n_test_examples": {lang: int(n) for lang, n in comps["pos"][0].n.items()},
+    }
+    return deltas
+
+
+def _delta_figure(w: FigureWriter, t: TaskResults, number: int, slug: str, pairs: list[tuple[str, str]],
+                  name: str, what: str, paper: str, extra: str = "") -> None:
+    """Makes a heatmap of share(a) - share(b) per sign, averaged over the pairs."""
+    why = missing_reason(t, sorted({n for p in pairs for n in p}))
+    if why:
+        return w.skip(number, t.task, why)
+    comps = {sign: [compare_shares(t.influence, a, b, t.languages, sign=sign) for a, b in pairs] for sign in SIGNS}
+    deltas = _record(w, t, name, comps)
+    data = pd.concat([cells(deltas[s], "delta_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
+    k = top_k(t.influence[pairs[0][0]])
+    n = comps["pos"][0].n
+    caption = (
+        f"Change (percentage points) in each training language's share of the top-{k} most positive (left) and most "
+        f"negative (right) training examples, {what}; rows are test languages, columns training languages; only test "
+        f"examples both models classify correctly (n per language: {', '.join(f'{l} {v}' for l, v in n.items())}). "
+        f"Here the in-language positive share {_diag_text(specialization(deltas['pos']))}.{extra} Paper: {paper}"
+    )
+    w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="delta_pct",
+              panel="sign", diverging=True, caption=caption, title=f"{t.task}: {name}",
+              xlabel="training language", ylabel="test language")
+
+
+def fig02(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 2: own subnetwork vs full model at test time, after full fine-tuning."""
+    _delta_figure(w, t, 2, "subnet_vs_full", [("full+subnet", "full")], "full+subnet vs full",
+                  "when each test language's own subnetwork is applied to the fully fine-tuned model at test time, "
+                  "compared with the full model",
+                  "the in-language positive share rises for every language of every task (+1 to +8); changes in "
+                  "negative influence are less clear (Fig 2).")
+
+
+def fig04(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 4: SFT model with its subnetworks vs the fully fine-tuned full model."""
+    _delta_figure(w, t, 4, "sft_vs_full", [("sft+subnet", "full")], "sft+subnet vs full",
+                  "for the sparse-fine-tuned model with each test language's subnetwork, compared with the fully "
+                  "fine-tuned full model",
+                  "after SFT the in-language reliance of some subnetworks decreases (Korean for PAWS-X; Chinese, "
+                  "French, Spanish for MARC), so SFT does not always strengthen specialisation (Fig 4).")
+
+
+def fig06(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 6: SFT with random masks vs full fine-tuning, averaged over seeds."""
+    seeds = t.variants("random-sft")
+    if not seeds:
+        return w.skip(6, t.task, "needs influence results of at least one random-sft:SEED variant")
+    acc = _final_accuracy(t, [v.name for v in seeds])
+    extra = f" Mean final accuracy of the random-mask SFT models: {100 * acc:.1f}%." if not np.isnan(acc) else ""
+    _delta_figure(w, t, 6, "random_sft_vs_full", [(v.name, "full") for v in seeds],
+                  f"random-sft (mean of {len(seeds)} seeds) vs full",
+                  f"for models sparse-fine-tuned with random masks (each language's mask shuffled), each test language's "
+                  f"random mask at test time, compared with the fully fine-tuned full model, averaged over "
+                  f"{len(seeds)} seed(s) ({', '.join(str(v.seed) for v in seeds)})",
+                  "random-mask SFT makes subnetworks far more reliant on in-language data (English +64, to 97%), "
+                  "yet they perform considerably worse (about 56% accuracy) (Fig 6).", extra)
+
+
+def _final_accuracy(t: TaskResults, variants: list[str]) -> float:
+    """Returns the mean accuracy at each variant's last epoch (test split if present, else dev), or NaN."""
+    acc = t.accuracy[t.accuracy["variant"].isin(variants)]
+    if acc.empty:
+        return float("nan")
+    split = "test" if (acc["split"] == "test").any() else "dev"
+    acc = acc[acc["split"] == split]
+    last = acc.groupby("variant")["epoch"].transform("max")
+    return float(acc[acc["epoch"] == last]["accuracy"].mean())
+
+
+def fig03(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 3: random and suboptimal masks vs the full model, per baseline test language."""
+    rows = [(f"R{v.seed}", v.name) for v in t.variants("full+random")]
+    rows += [(f"mask of {v.language}", v.name) for v in t.variants("full+subopt")]
+    if not rows:
+        return w.skip(3, t.task, "needs influence results of full+random:SEED or full+subopt:LANG variants")
+    why = missing_reason(t, ["full"] + [name for _, name in rows])
+    if why:
+        return w.skip(3, t.task, why)
+    tested = set().union(*(set(t.influence[name].topk["test_language"]) for _, name in rows))
+    if "full+subnet" in t.influence and not missing_reason(t, ["full+subnet"]):
+        rows.insert(0, ("own mask", "full+subnet"))
+    comps = {(name, sign): compare_shares(t.influence, name, "full", t.languages, sign=sign) for _, name in rows for sign in SIGNS}
+    for lang in [lang for lang in t.languages if lang in tested]:
+        data = pd.DataFrame([
+            {"sign": SIGNS[sign], "mask": label, "train_language": j, "delta_pct": float(comps[name, sign].delta.at[lang, j])}
+            for sign in SIGNS for label, name in rows if lang in comps[name, sign].delta.index for j in t.languages
+        ])
+        own = {label: float(comps[name, "pos"].delta.at[lang, lang]) for label, name in rows if lang in comps[name, "pos"].delta.index}
+        caption = (
+            f"Test language {lang}, full fine-tuned model: change (percentage points) in each training language's share "
+            f"of the top-{top_k(t.influence['full'])} most positive (left) and most negative (right) training examples "
+            f"when applying random masks (R = {lang}'s mask shuffled with that seed), other languages' masks (suboptimal) "
+            f"or {lang}'s own mask, compared with no mask. In-language ({lang}) positive change: "
+            f"{', '.join(f'{k} {v:+.1f}' for k, v in own.items())}. Paper (PAWS-X, German): random masks change little "
+            "and never raise German's share, while suboptimal masks behave unlike random ones (e.g. much more negative "
+            "influence from Korean) (Fig 3)."
+        )
+        w.heatmap(3, t.task, f"baselines_{lang}", data, row="mask", col="train_language", value="delta_pct",
+                  panel="sign", diverging=True, caption=caption, title=f"{t.task}: baselines on test language {lang}",
+                  xlabel="training language", ylabel="mask at test time")
+
+
+def _absolute(w: FigureWriter, t: TaskResults, number: int, slug: str, name: str, what: str, paper: str) -> None:
+    why = missing_reason(t, [name])
+    if why:
+        return w.skip(number, t.task, why)
+    res = t.influence[name]
+    keep = correct_under_all([res])
+    tables = {s: language_shares(res.topk, t.languages, sign=s, keep=keep) for s in SIGNS}
+    data = pd.concat([cells(tables[s], "share_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
+    spec = specialization(tables["pos"])
+    top = (tables["pos"].idxmax(axis=1) == tables["pos"].index).sum()
+    caption = (
+        f"Share (%) of each training language among the top-{top_k(res)} most positive (left) and most negative "
+        f"(right) training examples, {what}, averaged over correctly classified test examples; rows are test "
+        f"languages, columns training languages. In-language positive shares: "
+        f"{', '.join(f'{l} {v:.1f}' for l, v in spec.items())} (chance {100 / len(t.languages):.0f}); the test "
+        f"language is its own largest contributor for {top}/{len(spec)} languages. Paper: {paper}"
+    )
+    w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="share_pct",
+              panel="sign", caption=caption, title=f"{t.task}: {name}", xlabel="training language", ylabel="test language")
+
+
+def fig05(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 5: absolute shares of the SFT subnetworks."""
+    _absolute(w, t, 5, "sft_shares", "sft+subnet", "for the sparse-fine-tuned model with each test language's subnetwork",
+              "after SFT all subnetworks still rely mostly on in-language data in absolute numbers (Fig 5).")
+
+
+def fig11(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 11: absolute shares of the fully fine-tuned full model."""
+    _absolute(w, t, 11, "full_shares", "full", "for the fully fine-tuned model without masks",
+              "with the full model each test language draws the most on its own language, XNLI least so (Fig 11).")
+
+
+def fig19(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 19: union / intersection of two languages' masks on the SFT model vs the full model."""
+    composed = t.variants("sft+union") + t.variants("sft+intersect")
+    if not composed:
+        return w.skip(19, t.task, "needs influence results of sft+union:A-B or sft+intersect:A-B variants")
+    for pair in sorted({v.pair for v in composed}):
+        ops = [(v.kind.split("+")[1], v.name) for v in composed if v.pair == pair]
+        if "sft+subnet" in t.influence:
+            ops.append(("own masks", "sft+subnet"))
+        why = missing_reason(t, ["full"] + [name for _, name in ops])
+        if why:
+            w.skip(19, t.task, f"pair {pair[0]}-{pair[1]}: {why}")
+            continue
+        frames, cross = [], []
+        for op, name in ops:
+            delta = compare_shares(t.influence, name, "full", t.languages, sign="pos").delta
+            delta = delta.loc[[lang for lang in pair if lang in delta.index]]
+            frames.append(cells(delta, "delta_pct", mask=op))
+            cross.append(f"{op}: " + ", ".join(f"{b} on {a} {delta.at[a, b]:+.1f}" for a, b in (pair, pair[::-1]) if a in delta.index))
+        caption = (
+            f"Change (percentage points) in each training language's share of the top-{top_k(t.influence['full'])} most "
+            f"positive training examples for test languages {pair[0]} and {pair[1]} when the SFT model is tested with "
+            f"the union or the intersection of their two masks, compared with the full fine-tuned model. Cross-pair "
+            f"changes: {'; '.join(cross)}. Paper: intersecting the masks of pairs that already shared (PAWS-X es-fr, "
+            "MARC de-en) strengthens their sharing; the union does so less (Fig 19)."
+        )
+        w.heatmap(19, t.task, f"composition_{pair[0]}-{pair[1]}", pd.concat(frames, ignore_index=True),
+                  row="test_language", col="train_language", value="delta_pct", panel="mask", diverging=True,
+                  caption=caption, title=f"{t.task}: composed masks {pair[0]}+{pair[1]} (SFT) vs full",
+                  xlabel="training language", ylabel="test language")
+
+
+def _epoch_accuracy(t: TaskResults, variant: str) -> pd.DataFrame:
+    """Returns language, epoch, accuracy of a variant (test split if it has one, else dev)."""
+    acc = t.accuracy[t.accuracy["variant"] == variant]
+    split = "test" if (acc["split"] == "test").any() else "dev"
+    return acc[acc["split"] == split][["language", "epoch", "accuracy"]].assign(split=split)
+
+
+def fig07(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 7: specialisation vs accuracy over languages x checkpoints, per variant."""
+    names = ["full", "full+subnet", "sft+subnet"] + [v.name for v in t.variants("random-sft")]
+    frames, titles, reasons = [], {}, []
+    for name in names:
+        why = missing_reason(t, [name], checkpoint="epochs")
+        acc = _epoch_accuracy(t, name)
+        if why or acc.empty:
+            reasons.append(why or f"variant {name!r} has no per-epoch accuracy")
+            continue
+        res = t.influence[name]
+        spec = specialization_by_checkpoint(res, t.languages, keep=correct_under_all([res]))
+        d = spec.merge(acc, left_on=["test_language", "checkpoint"], right_on=["language", "epoch"])
+        if d.empty:
+            reasons.append(f"variant {name!r}: no checkpoint matches an accuracy epoch")
+            continue
+        d = pd.DataFrame({"variant": name, "test_language": d["test_language"], "epoch": d["epoch"],
+                          "specialization_pct": d["specialization"], "accuracy_pct": 100 * d["accuracy"]})
+        corr = correlate(d["specialization_pct"], d["accuracy_pct"])
+        w.correlation(7, t.task, "language specialisation vs accuracy over languages x checkpoints",
+                      "specialization_pct", "accuracy_pct", corr, variant=name, split=acc["split"].iloc[0])
+        titles[name] = f"{name}: Pearson r={corr.pearson_r:.2f} (p={corr.pearson_p:.2g}), n={corr.n}"
+        frames.append(d)
+    if not frames:
+        return w.skip(7, t.task, "; ".join(reasons))
+    caption = (
+        "Language specialisation (in-language share of the top positive training examples, from each epoch's "
+        "checkpoint ranking) against accuracy at that epoch, one point per test language and epoch, one panel per "
+        f"variant; dashed line = least squares. {'; '.join(titles.values())}. Paper: stronger specialisation is "
+        "negatively correlated with accuracy on PAWS-X and MARC (Fig 7)."
+    )
+    w.scatter(7, t.task, "specialization_vs_accuracy", pd.concat(frames, ignore_index=True), x="specialization_pct",
+              y="accuracy_pct", hue="test_language", panel="variant", panel_titles=titles, caption=caption,
+              title=f"{t.task}: specialisation vs accuracy")
+
+
+def _per_epoch(t: TaskResults, names: list[str]) -> pd.DataFrame:
+    """Returns test_language, epoch, specialization_pct averaged over the named variants."""
+    frames = []
+    for name in names:
+        res = t.influence[name]
+        frames.append(specialization_by_checkpoint(res, t.languages, keep=correct_under_all([res])))
+    d = pd.concat(frames).groupby(["test_language", "checkpoint"], sort=False)["specialization"].mean().reset_index()
+    d["test_language"] = pd.Categorical(d["test_language"], categories=t.languages, ordered=True)
+    d = d.sort_values(["test_language", "checkpoint"])
+    return pd.DataFrame({"test_language": d["test_language"].astype(str), "epoch": d["checkpoint"].astype(int),
+                         "specialization_pct": d["specialization"]})
+
+
+def _spread(d: pd.DataFrame) -> str:
+    last = d[d["epoch"] == d["epoch"].max()]
+    return ", ".join(f"{r.test_language} {r.specialization_pct:.1f}" for r in last.itertuples())
+
+
+def fig10(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 10 (and the paper's Fig 17 for MARC): specialisation per epoch, full FT vs SFT subnetworks."""
+    panels = []
+    full = next((n for n in ("full+subnet", "full") if not missing_reason(t, [n], checkpoint="epochs")), None)
+    if full:
+        panels.append(("full FT, own mask at test" if full == "full+subnet" else "full FT, no mask", full))
+    if not missing_reason(t, ["sft+subnet"], checkpoint="epochs"):
+        panels.append(("SFT, own mask", "sft+subnet"))
+    if not panels:
+        return w.skip(10, t.task, "needs per-checkpoint rankings of full+subnet (or full) or sft+subnet")
+    frames = [_per_epoch(t, [name]).assign(model=label)[["model", "test_language", "epoch", "specialization_pct"]]
+              for label, name in panels]
+    data = pd.concat(frames, ignore_index=True)
+    finals = "; ".join(f"{label}: {_spread(d)}" for (label, _), d in zip(panels, frames))
+    caption = (
+        "Language specialisation (in-language share of the top positive training examples, from each epoch "
+        f"checkpoint's own ranking) per test language over training epochs. Last epoch: {finals}. Paper (PAWS-X): both "
+        "converge to about 25% in-language reliance, SFT lets all languages share more while full fine-tuning leaves "
+        "Korean and English behind; for MARC (Fig 17) full fine-tuning is similar and Chinese is left behind (Fig 10, 17)."
+    )
+    w.lines(10, t.task, "specialization_epochs", data, x="epoch", y="specialization_pct", hue="test_language",
+            panel="model", caption=caption, title=f"{t.task}: specialisation over epochs",
+            hlines={"chance": 100 / len(t.languages)})
+
+
+def fig18(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 18: specialisation per epoch of random-mask SFT, mean over seeds."""
+    names = [v.name for v in t.variants("random-sft")]
+    why = missing_reason(t, names, checkpoint="epochs") if names else "needs influence results of random-sft:SEED variants"
+    if why:
+        return w.skip(18, t.task, why)
+    data = _per_epoch(t, names)
+    caption = (
+        f"Language specialisation per test language over epochs for SFT with random masks, mean of {len(names)} "
+        f"seed(s), from each epoch checkpoint's ranking. Last epoch: {_spread(data)}. Paper (PAWS-X): random-mask SFT "
+        "behaves like full fine-tuning, leaving some languages behind (Fig 18)."
+    )
+    w.lines(18, t.task, "random_sft_specialization_epochs", data, x="epoch", y="specialization_pct",
+            hue="test_language", caption=caption, title=f"{t.task}: random-mask SFT over epochs",
+            hlines={"chance": 100 / len(t.languages)})
+
+
+def influence_figures(w: FigureWriter, t: TaskResults) -> None:
+    """Makes every influence figure the task's variants allow."""
+    for make in (fig02, fig03, fig04, fig05, fig06, fig07, fig10, fig11, fig18, fig19):
+        make(w, t)
+    w.skip(17, t.task, "the paper's Fig 17 is Fig 10 for MARC; fig10_<task>_specialization_epochs covers every task")

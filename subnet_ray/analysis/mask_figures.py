@@ -1,0 +1,201 @@
+"""The paper's mask figures (8, 9, 12, 13, 16) and the pruning trace, for one task.
+
+Mask similarity is the cosine of the flattened binary masks; overlap % in row a, column b is
+the share of a's enabled heads that b also enables. Similarity is set against the
+cross-language influence of the subnetworks: the share of training language b among the
+top positive (Figs 8, 9) or negative (Fig 16) training examples of test language a != b.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from subnet_ray.analysis import _mask_stats as ms
+from subnet_ray.analysis.figures import FigureWriter
+from subnet_ray.analysis.influence_figures import missing_reason, cells, top_k
+from subnet_ray.analysis.results import TaskResults
+from subnet_ray.analysis.shares import correct_under_all, language_shares
+from subnet_ray.analysis.stats import Correlation, correlate
+
+# SFT subnetworks first: Section 7.2 studies how overlap guides sharing under SFT.
+SUBNET_VARIANTS = ("sft+subnet", "full+subnet")
+
+
+def _mask_languages(w: FigureWriter, t: TaskResults, number: int, minimum: int = 2) -> list[str] | None:
+    """Returns the languages that have identified masks, or None (and records the skip) if too few."""
+    have = [lang for lang in t.languages if lang in t.masks]
+    if len(have) < minimum:
+        w.skip(number, t.task, f"needs identified masks of at least {minimum} languages; have {have}")
+        return None
+    return have
+
+
+def _subnet_shares(t: TaskResults, sign: str) -> tuple[str, pd.DataFrame] | None:
+    """Returns (variant, absolute shares) of the preferred subnetwork variant, or None."""
+    name = next((n for n in SUBNET_VARIANTS if not missing_reason(t, [n])), None)
+    if name is None:
+        return None
+    res = t.influence[name]
+    return name, language_shares(res.topk, t.languages, sign=sign, keep=correct_under_all([res]))
+
+
+def pair_table(x: pd.DataFrame, shares: pd.DataFrame, x_name: str, y_name: str) -> pd.DataFrame:
+    """Returns one row per ordered pair (test a, training b != a): pair label, a, b, x[a, b], shares[a, b]."""
+    rows = [a for a in shares.index if a in x.index]
+    return pd.DataFrame([
+        {"pair": f"{b}>{a}", "test_language": a, "train_language": b,
+         x_name: float(x.at[a, b]), y_name: float(shares.at[a, b])}
+        for a in rows for b in shares.columns if b != a and b in x.columns
+    ])
+
+
+def _corr_text(c: Correlation) -> str:
+    return (f"Pearson r={c.pearson_r:.2f} (p={c.pearson_p:.2g}), "
+            f"Spearman r={c.spearman_r:.2f} (p={c.spearman_p:.2g}), n={c.n}")
+
+
+def _extremes(table: pd.DataFrame) -> str:
+    """Returns the most and least similar distinct pairs of a symmetric language x language table."""
+    pairs = {(a, b): table.at[a, b] for i, a in enumerate(table.index) for b in table.columns[i + 1:]}
+    hi, lo = max(pairs, key=pairs.get), min(pairs, key=pairs.get)
+    return f"most similar {hi[0]}-{hi[1]} ({pairs[hi]:.2f}), least similar {lo[0]}-{lo[1]} ({pairs[lo]:.2f})"
+
+
+def fig08(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 8: mask cosine similarity heatmap, and positive cross-language influence vs similarity."""
+    langs = _mask_languages(w, t, 8)
+    if langs is None:
+        return
+    sim = ms.similarity_matrix(t.masks, langs)
+    w.heatmap(8, t.task, "mask_similarity", cells(sim, "cosine_similarity"), row="language_a", col="language_b",
+              value="cosine_similarity", fmt="{:.2f}", title=f"{t.task}: mask cosine similarity",
+              caption=(f"Cosine similarity between the flattened binary head masks of each language pair "
+                       f"({t.masks[langs[0]].size} heads): {_extremes(sim)}. Paper: MARC's subnetworks overlap more "
+                       "than PAWS-X's on average (Fig 8, left)."))
+    found = _subnet_shares(t, "pos")
+    if found is None:
+        return w.skip(8, t.task, f"similarity-vs-influence panel needs summed rankings of one of {list(SUBNET_VARIANTS)}")
+    name, shares = found
+    sim_ab = sim.rename_axis(index="test_language", columns="train_language")
+    data = pair_table(sim_ab, shares, "mask_cosine_similarity", "positive_share_pct")
+    corr = correlate(data["mask_cosine_similarity"], data["positive_share_pct"])
+    w.correlation(8, t.task, "mask cosine similarity vs positive cross-language influence",
+                  "mask_cosine_similarity", "positive_share_pct", corr, variant=name)
+    w.scatter(8, t.task, "similarity_vs_positive_influence", data, x="mask_cosine_similarity", y="positive_share_pct",
+              hue="test_language", label="pair", title=f"{t.task} ({name})\n{_corr_text(corr)}",
+              caption=(f"Positive cross-language influence (share % of training language b among the top-"
+                       f"{top_k(t.influence[name])} most positive examples of test language a, variant {name}; points "
+                       f"labelled b>a) against the cosine similarity of a's and b's masks. {_corr_text(corr)}. Paper: "
+                       "similarity is positively correlated with positive cross-language influence (Fig 8, right)."))
+
+
+def fig09(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 9: per layer, correlation of mask similarity with positive cross-language influence."""
+    langs = _mask_languages(w, t, 9, minimum=3)
+    if langs is None:
+        return
+    found = _subnet_shares(t, "pos")
+    if found is None:
+        return w.skip(9, t.task, f"needs summed rankings of one of {list(SUBNET_VARIANTS)}")
+    name, shares = found
+    rows, undefined = [], []
+    for layer in range(t.masks[langs[0]].shape[0]):
+        sim = ms.similarity_matrix(t.masks, langs, layer=layer).rename_axis(index="test_language", columns="train_language")
+        pairs = pair_table(sim, shares, "layer_cosine_similarity", "positive_share_pct")
+        corr = correlate(pairs["layer_cosine_similarity"], pairs["positive_share_pct"])
+        w.correlation(9, t.task, f"layer {layer} mask cosine similarity vs positive cross-language influence",
+                      "layer_cosine_similarity", "positive_share_pct", corr, variant=name, layer=layer)
+        if np.isnan(corr.pearson_r):
+            undefined.append(str(layer))
+        rows += [{"layer": layer, "method": "Pearson", "r": corr.pearson_r},
+                 {"layer": layer, "method": "Spearman", "r": corr.spearman_r}]
+    data = pd.DataFrame(rows)
+    pearson = data[data["method"] == "Pearson"].set_index("layer")["r"]
+    best = f"strongest Pearson r at layer {pearson.abs().idxmax()} ({pearson[pearson.abs().idxmax()]:+.2f})" if pearson.notna().any() else "no layer has a defined correlation"
+    note = f" Undefined (the layer's masks are identical across languages, or too few pairs) for layers {', '.join(undefined)}." if undefined else ""
+    w.bars(9, t.task, "layer_similarity_correlation", data, x="layer", y="r", hue="method", ylabel="correlation r",
+           title=f"{t.task} ({name}): per-layer similarity vs positive influence",
+           caption=(f"Correlation, over ordered language pairs, between the cosine similarity of two languages' masks "
+                    f"restricted to one layer and positive cross-language influence (variant {name}); p-values are in "
+                    f"summary.json. Here the {best}.{note} Paper: similarity in some layers is much more indicative of "
+                    "cross-language influence, with the same pattern on PAWS-X and MARC (Fig 9)."))
+
+
+def fig12(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 12: how many languages' masks enable each head."""
+    langs = _mask_languages(w, t, 12, minimum=1)
+    if langs is None:
+        return
+    shared = ms.heads_shared_by(t.masks, langs)
+    data = pd.DataFrame([{"layer": i, "head": j, "languages_enabling": int(v)} for (i, j), v in np.ndenumerate(shared)])
+    counts = {k: int((shared == k).sum()) for k in (0, len(langs))}
+    w.heatmap(12, t.task, "heads_shared", data, row="layer", col="head", value="languages_enabling", fmt="{:.0f}",
+              title=f"{t.task}: heads enabled by k of {len(langs)} languages",
+              caption=(f"Number of languages (of {len(langs)}: {', '.join(langs)}) whose identified subnetwork enables "
+                       f"each attention head (rows layers, columns heads). {counts[len(langs)]} heads are shared by all, "
+                       f"{counts[0]} used by none. Paper: some heads are used by no language, many are shared by all "
+                       "(lower layers for PAWS-X, higher for XNLI) (Fig 12)."))
+
+
+def fig13(w: FigureWriter, t: TaskResults) -> None:
+    """Figs 13-15: overlapping enabled heads per language pair, absolute and as % of the row language's heads."""
+    langs = _mask_languages(w, t, 13)
+    if langs is None:
+        return
+    counts = ms.overlap_counts(t.masks, langs).astype(float)
+    pct = ms.overlap_percent(t.masks, langs)
+    data = pd.concat([cells(pct, "value", panel="% of row language's heads"),
+                      cells(counts, "value", panel="shared heads (count)")], ignore_index=True)
+    full = [f"{a} in {b}" for a in langs for b in langs if a != b and pct.at[a, b] == 100]
+    w.heatmap(13, t.task, "mask_overlap", data, row="language_a", col="language_b", value="value", panel="panel",
+              fmt="{:.0f}", title=f"{t.task}: mask overlap",
+              caption=(f"Left: % of the row language's enabled heads that the column language's mask also enables "
+                       f"(asymmetric, as sparsity differs). Right: number of heads both enable (diagonal = heads each "
+                       f"enables). Masks fully contained in another: {', '.join(full) or 'none'}. Paper: for XNLI "
+                       "German shares 100% of its heads with English but English only 73% with German (Figs 13-15)."))
+
+
+def fig16(w: FigureWriter, t: TaskResults) -> None:
+    """Fig 16: negative cross-language influence vs overlap % of the masks."""
+    langs = _mask_languages(w, t, 16)
+    if langs is None:
+        return
+    found = _subnet_shares(t, "neg")
+    if found is None:
+        return w.skip(16, t.task, f"needs summed rankings of one of {list(SUBNET_VARIANTS)}")
+    name, shares = found
+    pct = ms.overlap_percent(t.masks, langs).rename_axis(index="test_language", columns="train_language")
+    data = pair_table(pct, shares, "overlap_pct", "negative_share_pct")
+    corr = correlate(data["overlap_pct"], data["negative_share_pct"])
+    w.correlation(16, t.task, "mask overlap % vs negative cross-language influence", "overlap_pct",
+                  "negative_share_pct", corr, variant=name)
+    w.scatter(16, t.task, "overlap_vs_negative_influence", data, x="overlap_pct", y="negative_share_pct",
+              hue="test_language", label="pair", title=f"{t.task} ({name})\n{_corr_text(corr)}",
+              caption=(f"Negative cross-language influence (share % of training language b among the top-"
+                       f"{top_k(t.influence[name])} most negative examples of test language a, variant {name}; points "
+                       f"labelled b>a) against the % of a's enabled heads that b's mask also enables. {_corr_text(corr)}. "
+                       "Paper: no strong correlation between negative influence and overlap (Fig 16, Section 7.2)."))
+
+
+def pruning_curves(w: FigureWriter, t: TaskResults) -> None:
+    """Extra figure: dev accuracy relative to the full model as heads are pruned, per language."""
+    curves = t.pruning_curves
+    if curves.empty:
+        return w.skip("pruning", t.task, "no pruning trace in the results")
+    d = curves.assign(language=pd.Categorical(curves["language"], t.languages, ordered=True)).sort_values(["language", "step"])
+    data = pd.DataFrame({"language": d["language"].astype(str), "heads_disabled": d["heads_disabled"].astype(int),
+                         "relative_accuracy_pct": 100 * d["accuracy"] / d["full_accuracy"]})
+    w.lines("pruning", t.task, "curves", data, x="heads_disabled", y="relative_accuracy_pct", hue="language",
+            ylabel="dev accuracy, % of full model", hlines={"95% (paper's stopping threshold)": 95.0},
+            title=f"{t.task}: head pruning", caption=(
+                "Not a paper figure. Dev accuracy of each language (% of the unpruned model's) as heads are pruned "
+                "10% at a time by Michel et al. importance; the kept subnetwork is the last step at or above the "
+                "threshold (Section 3.1)."))
+
+
+def mask_figures(w: FigureWriter, t: TaskResults) -> None:
+    """Makes every mask figure the task's masks and variants allow."""
+    for make in (fig08, fig09, fig12, fig13, fig16, pruning_curves):
+        make(w, t)
+    for number, task in ((14, "PAWS-X"), (15, "MARC")):
+        w.skip(number, t.task, f"the paper's Fig {number} is Fig 13 for {task}; fig13_<task>_mask_overlap covers every task")

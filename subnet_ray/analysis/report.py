@@ -1,0 +1,191 @@
+"""The report folder of a sweep: figures with their CSVs, Tables 1-2, summary.json, report.html.
+
+`build_report` reads only the `TaskResults` it is given (no training, no scoring), so
+`subnet-ray report SWEEP` can regenerate everything from the artifact store.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from subnet_ray.analysis import _mask_stats as ms
+from subnet_ray.analysis.figures import FigureRecord, FigureWriter
+from subnet_ray.analysis.influence_figures import influence_figures
+from subnet_ray.analysis.mask_figures import mask_figures
+from subnet_ray.analysis.results import TaskResults
+
+# Files this module writes; older copies are removed first so the folder matches summary.json.
+_OWN_PATTERNS = ("fig[0-9][0-9]_*.png", "fig[0-9][0-9]_*.csv", "pruning_*.png", "pruning_*.csv",
+                 "table1_*.csv", "table2_*.csv", "summary.json", "report.html")
+TABLE2_COLUMNS = {"full+subnet": "full_ft_subnet_pct", "sft+subnet": "sft_subnet_pct", "full": "full_ft_no_mask_pct"}
+
+
+def final_accuracy(t: TaskResults) -> tuple[dict[str, dict[str, float]], dict[str, str]]:
+    """Returns accuracy per variant and language at each variant's last epoch, and the split used (test, else dev)."""
+    acc, splits = {}, {}
+    for variant, d in t.accuracy.groupby("variant", sort=True):
+        split = "test" if (d["split"] == "test").any() else "dev"
+        d = d[d["split"] == split]
+        d = d[d["epoch"] == d["epoch"].max()]
+        order = {lang: i for i, lang in enumerate(t.languages)}
+        acc[variant] = {lang: float(a) for lang, a in sorted(zip(d["language"], d["accuracy"]), key=lambda p: order.get(p[0], 99))}
+        splits[variant] = split
+    return acc, splits
+
+
+def table1(results: list[TaskResults]) -> pd.DataFrame:
+    """Returns Table 1: disabled heads of each language's identified subnetwork, one row per task."""
+    langs = list(dict.fromkeys(lang for t in results for lang in t.languages))
+    rows = []
+    for t in results:
+        total = next(iter(t.masks.values())).size if t.masks else None
+        rows.append({"task": t.task, "total_heads": total,
+                     **{lang: (ms.disabled_heads(t.masks[lang]) if lang in t.masks else None) for lang in langs}})
+    return pd.DataFrame(rows).astype({lang: "Int64" for lang in langs} | {"total_heads": "Int64"})
+
+
+def table2(results: list[TaskResults]) -> pd.DataFrame:
+    """Returns Table 2: accuracy (%) of each language's subnetwork after full fine-tuning and after SFT.
+
+    Columns full_ft_subnet_pct (full+subnet), sft_subnet_pct (sft+subnet), and for reference
+    full_ft_no_mask_pct (full) and random_sft_mean_pct (random-sft, mean over seeds), where present.
+    """
+    rows = []
+    for t in results:
+        acc, splits = final_accuracy(t)
+        randoms = [v for v in acc if v.startswith("random-sft:")]
+        for lang in t.languages:
+            row = {"task": t.task, "language": lang}
+            for variant, column in TABLE2_COLUMNS.items():
+                if lang in acc.get(variant, {}):
+                    row[column] = 100 * acc[variant][lang]
+            values = [acc[v][lang] for v in randoms if lang in acc[v]]
+            if values:
+                row["random_sft_mean_pct"] = 100 * float(np.mean(values))
+            row["split"] = ",".join(sorted({splits[v] for v in [*TABLE2_COLUMNS, *randoms] if v in splits}))
+            if len(row) > 3:
+                rows.append(row)
+    cols = ["task", "language", *[c for c in [*TABLE2_COLUMNS.values(), "random_sft_mean_pct"]
+                                  if any(c in r for r in rows)], "split"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _jsonable(x):
+    """Returns x with NaN as None and numpy scalars as Python numbers, for strict JSON."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _clean(out: Path) -> None:
+    for pattern in _OWN_PATTERNS:
+        for path in out.glob(pattern):
+            path.unlink()
+
+
+def build_report(results: list[TaskResults], out_dir: str | Path, sweep_name: str, dpi: int = 100) -> dict:
+    """Returns summary.json's content, after writing every figure, table and report.html the results allow."""
+    return write_report(results, out_dir, sweep_name, dpi)[0]
+
+
+def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: str,
+                 dpi: int = 100) -> tuple[dict, list[FigureRecord]]:
+    """Returns (summary, figure records) after writing the report folder; see `build_report`."""
+    if not results:
+        raise ValueError("build_report needs at least one TaskResults")
+    tasks = [t.task for t in results]
+    if len(set(tasks)) != len(tasks):
+        raise ValueError(f"task ids must be unique within a report, got {tasks}")
+    for t in results:
+        t.validate()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    _clean(out)
+    w = FigureWriter(out, dpi=dpi)
+    for t in results:
+        influence_figures(w, t)
+        mask_figures(w, t)
+    tables = {"table1_disabled_heads.csv": table1(results), "table2_subnetwork_accuracy.csv": table2(results)}
+    for name, table in tables.items():
+        table.to_csv(out / name, index=False)
+    accuracy = {t.task: final_accuracy(t) for t in results}
+    summary = _jsonable({
+        "sweep": sweep_name,
+        "tasks": tasks,
+        "languages": {t.task: list(t.languages) for t in results},
+        "variants": {t.task: sorted(t.influence) for t in results},
+        "accuracy": {task: acc for task, (acc, _) in accuracy.items()},
+        "accuracy_split": {task: splits for task, (_, splits) in accuracy.items()},
+        "heads_disabled": {t.task: {lang: ms.disabled_heads(m) for lang, m in t.masks.items()} for t in results},
+        "total_heads": {t.task: (next(iter(t.masks.values())).size if t.masks else None) for t in results},
+        "comparisons": w.comparisons,
+        "correlations": w.correlations,
+        "figures": [{"figure": r.name.split("_")[0], "task": r.task, "png": r.png.name, "csv": r.csv.name,
+                     "caption": r.caption} for r in w.records],
+        "tables": list(tables),
+        "skipped": w.skipped,
+    })
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
+    (out / "report.html").write_text(render_html(summary, w.records, tables, out))
+    return summary, w.records
+
+
+_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+figure{margin:1.5em 0;border-top:1px solid #ddd;padding-top:1em}figure img{max-width:100%}
+figcaption{font-size:0.9em;line-height:1.4}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
+td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
+.skipped li{font-size:0.85em}"""
+
+
+def _table_html(df: pd.DataFrame) -> str:
+    return df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3g}", border=0)
+
+
+def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd.DataFrame], out: Path) -> str:
+    """Returns a self-contained report page: every figure embedded (and linked), captions, tables, skips."""
+    esc = html.escape
+    parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>subnet-ray report: {esc(summary['sweep'])}</title>",
+             f"<style>{_CSS}</style></head><body><h1>Sweep {esc(summary['sweep'])}</h1>",
+             "<p>Figures follow Choenni et al., <i>Examining Modularity in Multilingual LMs via Language-Specialized "
+             "Subnetworks</i> (arXiv 2311.08273); figNN is the paper's Figure NN. Each figure links the CSV of exactly "
+             "the plotted numbers. Shares are percentages of the top-k most influential training examples; deltas are "
+             "percentage points.</p><h2>Accuracy (last epoch)</h2>"]
+    for task in summary["tasks"]:
+        acc = pd.DataFrame(summary["accuracy"][task]).T
+        if not acc.empty:
+            acc = (100 * acc).round(1).reset_index(names="variant")
+            splits = summary["accuracy_split"][task]
+            acc.insert(1, "split", [splits[v] for v in acc["variant"]])
+            parts += [f"<h3>{esc(task)}</h3>", _table_html(acc)]
+    for name, table in tables.items():
+        parts += [f"<h2>{'Table 1: disabled heads' if name.startswith('table1') else 'Table 2: subnetwork accuracy (%)'}</h2>",
+                  f"<p><a href='{esc(name)}'>{esc(name)}</a></p>", _table_html(table)]
+    if summary["correlations"]:
+        corr = pd.DataFrame(summary["correlations"])
+        parts += ["<h2>Correlations</h2>", _table_html(corr)]
+    for task in summary["tasks"]:
+        parts.append(f"<h2>Figures: {esc(task)}</h2>")
+        for r in (r for r in records if r.task == task):
+            png = base64.b64encode((out / r.png.name).read_bytes()).decode("ascii")
+            parts.append(
+                f"<figure id='{esc(r.name)}'><a href='{esc(r.png.name)}'><img alt='{esc(r.name)}' "
+                f"src='data:image/png;base64,{png}'></a><figcaption><b>{esc(r.name)}</b>. {esc(r.caption)} "
+                f"<a href='{esc(r.csv.name)}'>Data (CSV)</a></figcaption></figure>")
+    if summary["skipped"]:
+        parts.append("<h2>Not made</h2><ul class='skipped'>")
+        parts += [f"<li>{esc(s['figure'])} ({esc(s['task'])}): {esc(s['reason'])}</li>" for s in summary["skipped"]]
+        parts.append("</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

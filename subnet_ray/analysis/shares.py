@@ -1,0 +1,173 @@
+"""Language shares among each test example's most influential training examples.
+
+For one test example, the share (%) of training language L among its top-k most positive
+(or most negative) training examples is the fraction of those k examples that are in L; the
+score-weighted share weights each example by |influence score| instead of 1. A test
+language's shares are the mean over its test examples. Language specialisation is the
+in-language share (the diagonal). Comparisons between two variants use only the test
+examples both classify correctly (paper Section 4.3) and report share(a) - share(b) in
+percentage points.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+import pandas as pd
+
+from subnet_ray.analysis.results import SUM_CHECKPOINT, InfluenceResult
+
+KEY = ["test_language", "test_id"]
+
+
+def example_keys(df: pd.DataFrame) -> pd.MultiIndex:
+    """Returns the (test_language, test_id) key of every row of a topk or predictions table."""
+    return pd.MultiIndex.from_frame(df[KEY])
+
+
+def correct_examples(predictions: pd.DataFrame) -> pd.MultiIndex:
+    """Returns the keys of the test examples whose prediction equals the label."""
+    return example_keys(predictions[predictions["pred"] == predictions["label"]])
+
+
+def correct_under_all(results: Iterable[InfluenceResult]) -> pd.MultiIndex:
+    """Returns the keys of test examples every result ranks and classifies correctly."""
+    keep: pd.MultiIndex | None = None
+    for result in results:
+        ok = correct_examples(result.predictions).intersection(example_keys(result.topk).unique())
+        keep = ok if keep is None else keep.intersection(ok)
+    if keep is None:
+        raise ValueError("correct_under_all needs at least one InfluenceResult")
+    return keep
+
+
+def per_example_shares(
+    topk: pd.DataFrame,
+    languages: Sequence[str],
+    *,
+    sign: str = "pos",
+    checkpoint: int = SUM_CHECKPOINT,
+    keep: pd.MultiIndex | None = None,
+    weighted: bool = False,
+) -> pd.DataFrame:
+    """Returns shares (%) per test example: index (test_language, test_id), one column per language.
+
+    Each row sums to 100. `keep` restricts to those example keys; `weighted` weights each
+    ranked training example by |score| instead of counting it once.
+    """
+    if sign not in ("pos", "neg"):
+        raise ValueError(f"sign must be 'pos' or 'neg', got {sign!r}")
+    sel = topk[(topk["sign"] == sign) & (topk["checkpoint"] == checkpoint)]
+    if keep is not None:
+        sel = sel[example_keys(sel).isin(keep)]
+    unknown = set(sel["train_language"].unique()) - set(languages)
+    if unknown:
+        raise ValueError(f"topk has training languages {sorted(unknown)} not in {list(languages)}")
+    weight = sel["score"].abs() if weighted else pd.Series(1.0, index=sel.index)
+    table = (
+        sel.assign(weight=weight.astype(float))
+        .groupby(KEY + ["train_language"])["weight"]
+        .sum()
+        .unstack("train_language", fill_value=0.0)
+        .reindex(columns=list(languages), fill_value=0.0)
+    )
+    table.columns.name = "train_language"
+    total = table.sum(axis=1)
+    if (total <= 0).any():
+        bad = total[total <= 0].index[0]
+        raise ValueError(f"test example {bad} has zero total |score| among its {sign} top-k; weighted shares undefined")
+    return table.div(total, axis=0) * 100.0
+
+
+def language_shares(
+    topk: pd.DataFrame,
+    languages: Sequence[str],
+    *,
+    sign: str = "pos",
+    checkpoint: int = SUM_CHECKPOINT,
+    keep: pd.MultiIndex | None = None,
+    weighted: bool = False,
+) -> pd.DataFrame:
+    """Returns mean shares (%): rows test languages (in `languages` order, those present), columns training languages."""
+    per_ex = per_example_shares(topk, languages, sign=sign, checkpoint=checkpoint, keep=keep, weighted=weighted)
+    shares = per_ex.groupby(level="test_language").mean()
+    shares = shares.reindex([lang for lang in languages if lang in shares.index])
+    shares.index.name = "test_language"
+    return shares
+
+
+def example_counts(
+    topk: pd.DataFrame, *, sign: str = "pos", checkpoint: int = SUM_CHECKPOINT, keep: pd.MultiIndex | None = None
+) -> pd.Series:
+    """Returns the number of test examples behind each test language's shares."""
+    sel = topk[(topk["sign"] == sign) & (topk["checkpoint"] == checkpoint)]
+    if keep is not None:
+        sel = sel[example_keys(sel).isin(keep)]
+    return sel.drop_duplicates(KEY).groupby("test_language").size()
+
+
+def specialization(shares: pd.DataFrame) -> pd.Series:
+    """Returns the in-language share (%) of each test language (the diagonal of a shares table)."""
+    langs = [lang for lang in shares.index if lang in shares.columns]
+    return pd.Series([shares.at[lang, lang] for lang in langs], index=pd.Index(langs, name="test_language"), dtype=float)
+
+
+@dataclass
+class ShareComparison:
+    """Shares of two variants on the test examples both classify correctly, and their difference."""
+
+    a: str
+    b: str
+    sign: str
+    shares_a: pd.DataFrame
+    shares_b: pd.DataFrame
+    delta: pd.DataFrame  # shares_a - shares_b, percentage points
+    n: pd.Series  # test examples per test language behind both
+
+
+def compare_shares(
+    results: Mapping[str, InfluenceResult],
+    a: str,
+    b: str,
+    languages: Sequence[str],
+    *,
+    sign: str = "pos",
+    checkpoint: int = SUM_CHECKPOINT,
+    weighted: bool = False,
+) -> ShareComparison:
+    """Returns the shares of variants a and b and a - b, on test examples both classify correctly."""
+    for name in (a, b):
+        if name not in results:
+            raise KeyError(f"variant {name!r} has no influence results; have {sorted(results)}")
+    keep = correct_under_all([results[a], results[b]])
+    kw = dict(sign=sign, checkpoint=checkpoint, keep=keep, weighted=weighted)
+    sa = language_shares(results[a].topk, languages, **kw)
+    sb = language_shares(results[b].topk, languages, **kw)
+    rows = [lang for lang in sa.index if lang in sb.index]
+    sa, sb = sa.loc[rows], sb.loc[rows]
+    n = example_counts(results[a].topk, sign=sign, checkpoint=checkpoint, keep=keep).reindex(rows)
+    return ShareComparison(a, b, sign, sa, sb, sa - sb, n)
+
+
+def mean_delta(comparisons: Sequence[ShareComparison]) -> pd.DataFrame:
+    """Returns the mean of several comparisons' deltas (e.g. over random seeds), cell by cell."""
+    if not comparisons:
+        raise ValueError("mean_delta needs at least one comparison")
+    stacked = pd.concat([c.delta for c in comparisons], keys=range(len(comparisons)), names=["_run"])
+    mean = stacked.groupby(level="test_language").mean()
+    order = [lang for lang in comparisons[0].delta.columns if lang in mean.index]
+    return mean.reindex(order)
+
+
+def specialization_by_checkpoint(
+    result: InfluenceResult, languages: Sequence[str], *, keep: pd.MultiIndex | None = None, weighted: bool = False
+) -> pd.DataFrame:
+    """Returns in-language positive share per test language and epoch checkpoint.
+
+    Columns test_language, checkpoint, specialization; only checkpoints >= 1 (not the sum).
+    """
+    rows = []
+    for ckpt in sorted(c for c in result.topk["checkpoint"].unique() if c != SUM_CHECKPOINT):
+        spec = specialization(language_shares(result.topk, languages, checkpoint=int(ckpt), keep=keep, weighted=weighted))
+        rows += [(lang, int(ckpt), float(v)) for lang, v in spec.items()]
+    return pd.DataFrame(rows, columns=["test_language", "checkpoint", "specialization"])

@@ -1,0 +1,332 @@
+"""Analysis: language shares, deltas, filters and correlations on hand-built rankings with known
+answers; figures whose CSVs equal the plotted numbers; the report folder on synthetic results."""
+import base64
+import json
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from subnet_ray.analysis import (
+    FigureWriter,
+    InfluenceResult,
+    TaskResults,
+    build_report,
+    compare_shares,
+    correct_under_all,
+    correlate,
+    language_shares,
+    mean_delta,
+    parse_variant,
+    specialization,
+    specialization_by_checkpoint,
+    table1,
+    write_report,
+)
+from subnet_ray.analysis import _mask_stats as ms
+
+LANGS = ["a", "b", "c"]
+
+
+def ranking(test_id, test_language, sign, train_languages, scores, checkpoint=-1):
+    """Returns topk rows for one test example, rank 0 first."""
+    return [
+        {"test_id": test_id, "test_language": test_language, "checkpoint": checkpoint, "sign": sign, "rank": r,
+         "train_id": f"{tl}{r}", "train_language": tl, "score": float(s)}
+        for r, (tl, s) in enumerate(zip(train_languages, scores))
+    ]
+
+
+def preds(rows):
+    return pd.DataFrame(rows, columns=["test_id", "test_language", "label", "pred"])
+
+
+@pytest.fixture
+def hand():
+    """Variant A and B on test examples x1, x2 (language a) and x3 (language b); B gets x2 wrong."""
+    a = pd.DataFrame(
+        ranking("x1", "a", "pos", "aabc", [4, 3, 2, 1]) + ranking("x2", "a", "pos", "abbb", [1, 1, 1, 1])
+        + ranking("x3", "b", "pos", "bbbb", [1, 1, 1, 1]) + ranking("x1", "a", "neg", "ccca", [-4, -3, -2, -1])
+    )
+    b = pd.DataFrame(
+        ranking("x1", "a", "pos", "bbba", [1, 1, 1, 1]) + ranking("x2", "a", "pos", "aaaa", [1, 1, 1, 1])
+        + ranking("x3", "b", "pos", "bbbc", [1, 1, 1, 1])
+    )
+    # x4 is classified correctly but has no ranking: it must not count.
+    pa = preds([("x1", "a", 1, 1), ("x2", "a", 0, 0), ("x3", "b", 1, 1), ("x4", "a", 1, 1)])
+    pb = preds([("x1", "a", 1, 1), ("x2", "a", 0, 1), ("x3", "b", 1, 1), ("x4", "a", 1, 1)])
+    return {"A": InfluenceResult(a, pa), "B": InfluenceResult(b, pb)}
+
+
+def test_shares_are_mean_of_per_example_percentages(hand):
+    s = language_shares(hand["A"].topk, LANGS)
+    # x1: a 2/4, b 1/4, c 1/4; x2: a 1/4, b 3/4 -> mean over language a's two examples.
+    assert s.loc["a"].tolist() == [37.5, 50.0, 12.5]
+    assert s.loc["b"].tolist() == [0.0, 100.0, 0.0]
+    assert specialization(s).to_dict() == {"a": 37.5, "b": 100.0}
+    neg = language_shares(hand["A"].topk, LANGS, sign="neg")
+    assert neg.loc["a"].tolist() == [25.0, 0.0, 75.0]
+
+
+def test_score_weighted_shares(hand):
+    s = language_shares(hand["A"].topk, LANGS, weighted=True)
+    # x1 weights a 4+3, b 2, c 1 of 10; x2 equal scores -> as counts.
+    assert np.allclose(s.loc["a"], [(70 + 25) / 2, (20 + 75) / 2, (10 + 0) / 2])
+    neg = language_shares(hand["A"].topk, LANGS, sign="neg", weighted=True)
+    assert np.allclose(neg.loc["a"], [10.0, 0.0, 90.0])  # |scores|: c 4+3+2, a 1
+
+
+def test_correct_under_all_keeps_examples_both_rank_and_classify_correctly(hand):
+    keep = correct_under_all([hand["A"], hand["B"]])
+    assert sorted(keep.tolist()) == [("a", "x1"), ("b", "x3")]
+    assert sorted(correct_under_all([hand["A"]]).tolist()) == [("a", "x1"), ("a", "x2"), ("b", "x3")]
+
+
+def test_delta_uses_only_jointly_correct_examples(hand):
+    c = compare_shares(hand, "A", "B", LANGS)
+    # Only x1 for language a: A (50, 25, 25) - B (25, 75, 0); x3 for b: A (0, 100, 0) - B (0, 75, 25).
+    assert c.delta.loc["a"].tolist() == [25.0, -50.0, 25.0]
+    assert c.delta.loc["b"].tolist() == [0.0, 25.0, -25.0]
+    assert c.n.to_dict() == {"a": 1, "b": 1}
+    assert specialization(c.delta).to_dict() == {"a": 25.0, "b": 25.0}
+    # Averaging a comparison with its mirror image gives zero everywhere.
+    assert (mean_delta([c, compare_shares(hand, "B", "A", LANGS)]).to_numpy() == 0).all()
+
+
+def test_specialization_by_checkpoint(hand):
+    topk = pd.DataFrame(ranking("x1", "a", "pos", "aabc", [4, 3, 2, 1], checkpoint=1)
+                        + ranking("x1", "a", "pos", "abbb", [4, 3, 2, 1], checkpoint=2))
+    res = InfluenceResult(topk, preds([("x1", "a", 1, 1)]))
+    spec = specialization_by_checkpoint(res, LANGS)
+    assert spec.to_dict("records") == [{"test_language": "a", "checkpoint": 1, "specialization": 50.0},
+                                       {"test_language": "a", "checkpoint": 2, "specialization": 25.0}]
+
+
+def test_correlations_equal_hand_computed_values():
+    # x = 1..4, y = 1,3,2,4: sum dx*dy = 4, sum dx^2 = sum dy^2 = 5 -> r = 0.8; t = 0.8*sqrt(2)/0.6,
+    # and with 2 degrees of freedom P(|T| > t) = 1 - t/sqrt(t^2 + 2) = 0.2. Ranks equal values.
+    c = correlate([1, 2, 3, 4], [1, 3, 2, 4])
+    assert c.n == 4
+    assert c.pearson_r == pytest.approx(0.8) and c.pearson_p == pytest.approx(0.2)
+    assert c.spearman_r == pytest.approx(0.8) and c.spearman_p == pytest.approx(0.2)
+    # Monotone but not linear: Spearman 1, Pearson below 1; NaN pairs dropped.
+    c = correlate([1, 2, 3, np.nan], [1, 4, 27, 5])
+    assert c.n == 3 and c.spearman_r == pytest.approx(1.0) and c.pearson_r < 1
+    undefined = correlate([1, 1, 1, 1], [1, 2, 3, 4])
+    assert np.isnan(undefined.pearson_r) and undefined.n == 4 and undefined.as_dict()["pearson_r"] is None
+
+
+def test_mask_statistics_are_asymmetric_where_sparsity_differs():
+    masks = {"de": np.array([[1, 1, 0, 0]], bool), "en": np.array([[1, 1, 1, 1]], bool)}
+    pct = ms.overlap_percent(masks, ["de", "en"])
+    assert pct.at["de", "en"] == 100.0 and pct.at["en", "de"] == 50.0  # the paper's Fig 13 reading
+    assert ms.overlap_counts(masks, ["de", "en"]).to_numpy().tolist() == [[2, 2], [2, 4]]
+    assert ms.cosine(masks["de"], masks["en"]) == pytest.approx(2 / np.sqrt(8))
+    assert ms.heads_shared_by(masks, ["de", "en"]).tolist() == [[2, 2, 1, 1]]
+    assert ms.disabled_heads(masks["de"]) == 2
+
+
+def test_variant_names_parse_and_unknown_names_fail():
+    assert parse_variant("sft+intersect:de-en").pair == ("de", "en")
+    assert parse_variant("full+random:3").seed == 3
+    assert parse_variant("full+subopt:ko").language == "ko"
+    with pytest.raises(ValueError, match=r"unknown variant name 'sft\+subnetwork'"):
+        parse_variant("sft+subnetwork")
+
+
+# ----------------------------------------------------------------------------- synthetic sweep
+
+
+def make_synthetic_results(task="toy", languages=("de", "en", "ko"), *, layers=2, heads=4, n_test=6, n_train=8,
+                           k=5, epochs=2, seeds=(0, 1), variants=None, seed=0) -> TaskResults:
+    """Returns a TaskResults with every variant (or those named), rankings biased towards in-language data."""
+    rng = np.random.default_rng(seed)
+    langs = list(languages)
+    masks = {lang: rng.random((layers, heads)) < 0.7 for lang in langs}
+    random_masks = {s: {lang: rng.permutation(m.ravel()).reshape(layers, heads) for lang, m in masks.items()} for s in seeds}
+    names = variants or (["full", "full+subnet", *[f"full+random:{s}" for s in seeds], f"full+subopt:{langs[1]}",
+                          f"full+subopt:{langs[2]}", "sft+subnet", f"sft+union:{langs[0]}-{langs[1]}",
+                          f"sft+intersect:{langs[0]}-{langs[1]}", *[f"random-sft:{s}" for s in seeds]])
+    train = [(f"{lang}-tr{i}", lang) for lang in langs for i in range(n_train)]
+    influence, acc_rows = {}, []
+    for name in names:
+        v = parse_variant(name)
+        tested = [langs[0]] if v.kind in ("full+subopt", "full+random") else list(v.pair or langs)
+        bias = rng.uniform(1.5, 4.0)
+        rows, pred_rows = [], []
+        for a in tested:
+            for i in range(n_test):
+                tid = f"{a}-te{i}"
+                label = int(rng.integers(2))
+                pred_rows.append((tid, a, label, label if rng.random() > 0.2 else 1 - label))
+                for ckpt in [-1, *range(1, epochs + 1)]:
+                    for sign in ("pos", "neg"):
+                        p = np.array([bias if tl == a else 1.0 for _, tl in train])
+                        pick = rng.choice(len(train), size=k, replace=False, p=p / p.sum())
+                        scores = np.sort(rng.uniform(0.1, 1.0, k))[::-1] * (1 if sign == "pos" else -1)
+                        rows += ranking(tid, a, sign, [train[j][1] for j in pick], scores, ckpt)
+                        for r, j in enumerate(pick):
+                            rows[-k + r]["train_id"] = train[j][0]
+        influence[name] = InfluenceResult(pd.DataFrame(rows), preds(pred_rows))
+        acc_rows += [(name, lang, e, split, float(rng.uniform(0.5, 0.9)))
+                     for lang in langs for e in range(1, epochs + 1) for split in ("dev", "test")]
+    curves = pd.DataFrame([(lang, s, s, 0.8 - 0.02 * s * (1 + j), 0.8) for j, lang in enumerate(langs) for s in range(4)],
+                          columns=["language", "step", "heads_disabled", "accuracy", "full_accuracy"])
+    accuracy = pd.DataFrame(acc_rows, columns=["variant", "language", "epoch", "split", "accuracy"])
+    return TaskResults(task, langs, masks, random_masks, curves, accuracy, influence)
+
+
+def assert_csv_equals_plotted(record):
+    """Reads the CSV back and rebuilds, independently, what each panel must have drawn."""
+    data = pd.read_csv(record.csv, keep_default_na=True)
+    spec = record.spec
+    groups = [("main", data)] if spec["panel"] is None else [(str(p), data[data[spec["panel"]] == p])
+                                                              for p in pd.unique(data[spec["panel"]])]
+    if spec["kind"] == "heatmap":
+        assert set(record.plotted) == {name for name, _ in groups}
+        for name, d in groups:
+            grid = d.pivot(index=spec["row"], columns=spec["col"], values=spec["value"])
+            grid = grid.reindex(index=pd.unique(d[spec["row"]]), columns=pd.unique(d[spec["col"]])).to_numpy(float)
+            np.testing.assert_allclose(record.plotted[name], grid, rtol=0, atol=1e-12, equal_nan=True)
+    elif spec["kind"] == "scatter":
+        for name, d in groups:
+            np.testing.assert_allclose(record.plotted[name], d[[spec["x"], spec["y"]]].to_numpy(float), atol=1e-12)
+    elif spec["kind"] == "lines":
+        expected = {f"{name}/{h}": dh[[spec["x"], spec["y"]]].to_numpy(float)
+                    for name, d in groups for h, dh in ((h, d[d[spec["hue"]] == h]) for h in pd.unique(d[spec["hue"]]))}
+        assert set(record.plotted) == set(expected)
+        for key, xy in expected.items():
+            np.testing.assert_allclose(record.plotted[key], xy, atol=1e-12)
+    else:
+        np.testing.assert_allclose(record.plotted["main"], data[spec["y"]].to_numpy(float), atol=1e-12, equal_nan=True)
+
+
+def test_writer_csv_equals_imshow_array(tmp_path):
+    w = FigureWriter(tmp_path)
+    data = pd.DataFrame({"sign": ["pos"] * 4 + ["neg"] * 4, "test_language": list("aabb") * 2,
+                         "train_language": list("abab") * 2, "delta_pct": [1.5, -2.0, 0.25, np.nan, 3, 4, 5, 6]})
+    rec = w.heatmap(2, "t", "x", data, row="test_language", col="train_language", value="delta_pct", panel="sign",
+                    diverging=True, caption="c")
+    assert rec.plotted["pos"][0].tolist() == [1.5, -2.0] and np.isnan(rec.plotted["pos"][1, 1])
+    assert rec.plotted["neg"].tolist() == [[3, 4], [5, 6]]
+    assert_csv_equals_plotted(rec)
+    assert rec.png.name == "fig02_t_x.png" and rec.png.stat().st_size > 0
+
+
+EXPECTED = ["fig02_toy_subnet_vs_full", "fig03_toy_baselines_de", "fig04_toy_sft_vs_full", "fig05_toy_sft_shares",
+            "fig06_toy_random_sft_vs_full", "fig07_toy_specialization_vs_accuracy", "fig08_toy_mask_similarity",
+            "fig08_toy_similarity_vs_positive_influence", "fig09_toy_layer_similarity_correlation",
+            "fig10_toy_specialization_epochs", "fig11_toy_full_shares", "fig12_toy_heads_shared",
+            "fig13_toy_mask_overlap", "fig16_toy_overlap_vs_negative_influence",
+            "fig18_toy_random_sft_specialization_epochs", "fig19_toy_composition_de-en", "pruning_toy_curves"]
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("report")
+    t = make_synthetic_results()
+    summary, records = write_report([t], out, "synthetic")
+    return t, out, summary, records
+
+
+def test_report_has_every_figure_with_csv_equal_to_plot(report):
+    t, out, summary, records = report
+    assert sorted(r.name for r in records) == sorted(EXPECTED)
+    for r in records:
+        assert (out / f"{r.name}.png").exists() and (out / f"{r.name}.csv").exists()
+        assert_csv_equals_plotted(r)
+    assert {s["figure"] for s in summary["skipped"]} == {"fig14", "fig15", "fig17"}  # merged into 13 and 10
+
+
+def test_report_numbers_agree_with_the_shares_api(report):
+    t, out, summary, _ = report
+    fig02 = pd.read_csv(out / "fig02_toy_subnet_vs_full.csv")
+    pos = fig02[fig02["sign"] == "most positive"].pivot(index="test_language", columns="train_language", values="delta_pct")
+    delta = compare_shares(t.influence, "full+subnet", "full", t.languages).delta
+    np.testing.assert_allclose(pos.loc[delta.index, delta.columns].to_numpy(), delta.to_numpy(), atol=1e-12)
+    change = summary["comparisons"]["toy"]["full+subnet vs full"]["in_language_pos_change"]
+    assert change == pytest.approx({lang: delta.at[lang, lang] for lang in t.languages}, abs=1e-6)
+    # Fig 6 is the mean over seeds of each seed's own jointly-correct comparison.
+    fig06 = pd.read_csv(out / "fig06_toy_random_sft_vs_full.csv")
+    pos6 = fig06[fig06["sign"] == "most positive"].set_index(["test_language", "train_language"])["delta_pct"]
+    seeds = [compare_shares(t.influence, f"random-sft:{s}", "full", t.languages).delta for s in (0, 1)]
+    assert pos6[("en", "ko")] == pytest.approx((seeds[0].at["en", "ko"] + seeds[1].at["en", "ko"]) / 2)
+
+
+def test_report_correlations_equal_those_of_the_plotted_points(report):
+    _, out, summary, _ = report
+    fig08 = pd.read_csv(out / "fig08_toy_similarity_vs_positive_influence.csv")
+    c = correlate(fig08["mask_cosine_similarity"], fig08["positive_share_pct"])
+    got = next(x for x in summary["correlations"] if x["figure"] == "fig08")
+    assert got["n"] == 6 and got["pearson_r"] == pytest.approx(c.pearson_r) and got["spearman_p"] == pytest.approx(c.spearman_p)
+    fig07 = pd.read_csv(out / "fig07_toy_specialization_vs_accuracy.csv")
+    for x in (x for x in summary["correlations"] if x["figure"] == "fig07"):
+        d = fig07[fig07["variant"] == x["variant"]]
+        assert x["n"] == len(d) == 6  # 3 languages x 2 epochs
+        assert x["pearson_r"] == pytest.approx(correlate(d["specialization_pct"], d["accuracy_pct"]).pearson_r)
+    assert sum(x["figure"] == "fig09" for x in summary["correlations"]) == 2  # one per layer
+
+
+def test_summary_and_html_link_every_figure(report):
+    t, out, summary, _ = report
+    on_disk = json.loads((out / "summary.json").read_text())
+    assert on_disk == summary
+    for key in ("accuracy", "heads_disabled", "comparisons", "correlations", "skipped", "figures"):
+        assert key in summary
+    assert summary["heads_disabled"]["toy"] == {lang: int((~m).sum()) for lang, m in t.masks.items()}
+    assert set(summary["accuracy"]["toy"]) == set(t.influence)
+    assert {"r", "p"} <= {k.split("_")[-1] for k in summary["correlations"][0]}
+    page = (out / "report.html").read_text()
+    for fig in summary["figures"]:
+        assert f"href='{fig['png']}'" in page and f"href='{fig['csv']}'" in page
+        assert (out / fig["png"]).exists() and (out / fig["csv"]).exists()
+    embedded = re.findall(r"src='data:image/png;base64,([^']+)'", page)
+    assert len(embedded) == len(summary["figures"])
+    assert {base64.b64decode(e) for e in embedded} == {(out / f["png"]).read_bytes() for f in summary["figures"]}
+    assert "table1_disabled_heads.csv" in page and "table2_subnetwork_accuracy.csv" in page
+
+
+def test_tables(report):
+    t, out, _, _ = report
+    t1 = pd.read_csv(out / "table1_disabled_heads.csv")
+    assert t1.loc[0, "task"] == "toy" and t1.loc[0, "total_heads"] == 8
+    assert [t1.loc[0, lang] for lang in t.languages] == [int((~t.masks[lang]).sum()) for lang in t.languages]
+    t2 = pd.read_csv(out / "table2_subnetwork_accuracy.csv")
+    acc = t.accuracy
+    want = acc[(acc.variant == "sft+subnet") & (acc.language == "en") & (acc.split == "test") & (acc.epoch == 2)].accuracy
+    assert t2.set_index("language").at["en", "sft_subnet_pct"] == pytest.approx(100 * want.item())
+    assert t2.loc[0, "split"] == "test"
+
+
+def test_missing_variants_are_skipped_with_reasons_and_tasks_prefix_files(tmp_path):
+    only_full = make_synthetic_results("one", variants=["full"], seed=1)
+    only_full.pruning_curves = only_full.pruning_curves.iloc[:0]
+    two = make_synthetic_results("two", languages=("xa", "xb"), variants=["full", "full+subnet"], seed=2)
+    summary = build_report([only_full, two], tmp_path, "mixed")
+    files = {p.name for p in tmp_path.glob("fig*.png")}
+    assert "fig11_one_full_shares.png" in files and "fig02_two_subnet_vs_full.png" in files
+    assert not any(f.startswith("fig02_one") for f in files)
+    skipped = {(s["figure"], s["task"]): s["reason"] for s in summary["skipped"]}
+    assert "full+subnet" in skipped[("fig02", "one")]
+    assert "random-sft" in skipped[("fig06", "two")]
+    assert "at least 3 languages" in skipped[("fig09", "two")]
+    assert table1([only_full, two]).columns.tolist() == ["task", "total_heads", "de", "en", "ko", "xa", "xb"]
+    # A rebuild with fewer results leaves no stale figures behind.
+    build_report([two], tmp_path, "mixed")
+    assert not any(p.name.startswith("fig11_one") for p in tmp_path.iterdir())
+
+
+def test_bad_inputs_name_what_is_wrong():
+    t = make_synthetic_results(variants=["full"])
+    t.masks["en"] = np.ones((3, 4), bool)
+    with pytest.raises(ValueError, match=r"masks\['en'\] has shape \(3, 4\)"):
+        t.validate()
+    t = make_synthetic_results(variants=["full"])
+    t.influence["sft"] = t.influence["full"]
+    with pytest.raises(ValueError, match="unknown variant name 'sft'"):
+        t.validate()
+    t = make_synthetic_results(variants=["full"])
+    t.influence["full"].predictions["test_id"] = range(len(t.influence["full"].predictions))
+    with pytest.raises(ValueError, match="no row in predictions"):
+        t.validate()
