@@ -1,0 +1,139 @@
+"""The synthetic `babel` task: K artificial languages rendering one latent classification task.
+
+A latent sentence is a sequence of `length` concept ids drawn from `vocab_size` concepts. A
+few concepts (2.5% of them, at least 2) are positive, as many negative, the rest neutral; the
+label is 1 when positive concepts outnumber negative ones (every sentence has 1-3 polar
+words of one side and 0-1 of the other, so there is no tie), then flipped with probability
+`label_noise`. Labels are balanced: the clean label is drawn first, with probability 1/2.
+
+Each language renders a concept as a surface word. Languages of one family (groups in
+`BabelSpec.families`; a language in no group is its own family) take the same
+`shared_vocab` fraction of concepts from the family's proto-lexicon (words `<family>_s<j>`),
+so any two members share exactly that fraction of their surface words; every other concept
+gets a word of the language's own (`<lang>_w<j>`), so different families share no word. With
+`reorder`, each family writes the `length` positions in its own fixed permutation. Word
+indices j are shuffled per lexicon, so a word's name says nothing about its concept.
+
+Everything is a pure function of (data seed, spec, language, split): which languages share
+is known in advance, the ground truth the subnetwork and influence analyses are checked against.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+
+import numpy as np
+
+from .config import BabelSpec
+
+
+def rng(seed: int, *parts: object) -> np.random.Generator:
+    """Returns a numpy generator seeded by `seed` and `parts`, the same in every process."""
+    # Python's hash() of a str changes per process; a digest does not.
+    digest = hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+# Share of the concepts that are positive (as many are negative). Measured with a 2-layer
+# hidden-32 BERT on 4 languages: 1/8 left it at 73-83% test accuracy after 5 epochs of 300
+# examples per language, 1/40 reached 85-91% (the ceiling under 5% label noise is 95%).
+POLAR_FRACTION = 0.025
+
+
+@dataclass(frozen=True)
+class Babel:
+    """The generated languages: concept roles, one lexicon and word order per language."""
+
+    spec: BabelSpec
+    seed: int
+    roles: np.ndarray  # [vocab_size] int8: +1 positive, -1 negative, 0 neutral concept
+    family: dict[str, str]  # language -> family name
+    lexicon: dict[str, np.ndarray]  # language -> [vocab_size] surface word of each concept
+    order: dict[str, np.ndarray]  # language -> [length] source position written at each slot
+
+    def vocabulary(self) -> list[str]:
+        """Returns the sorted distinct surface words of all languages."""
+        return sorted({w for lex in self.lexicon.values() for w in lex.tolist()})
+
+
+def family_names(spec: BabelSpec, languages: list[str]) -> dict[str, str]:
+    """Returns each language's family name: its group in `spec.families` joined by '-', else itself.
+
+    Raises ValueError if a language is in two groups.
+    """
+    out: dict[str, str] = {}
+    for group in spec.families or []:
+        name = "-".join(group)
+        for lang in group:
+            if lang in out and out[lang] != name:
+                raise ValueError(f"babel.families: language {lang!r} is in two families ({out[lang]!r} and {name!r})")
+            out[lang] = name
+    return {lang: out.get(lang, lang) for lang in languages}
+
+
+def make_babel(spec: BabelSpec, languages: list[str], seed: int) -> Babel:
+    """Returns the lexicons and word orders of `languages` under `spec` and data seed `seed`."""
+    V, L = spec.vocab_size, spec.length
+    # Concept roles are the latent task, common to every language.
+    n_polar = max(2, int(V * POLAR_FRACTION))
+    perm = rng(seed, "babel", V, "roles").permutation(V)
+    roles = np.zeros(V, dtype=np.int8)
+    roles[perm[:n_polar]] = 1
+    roles[perm[n_polar : 2 * n_polar]] = -1
+
+    families = family_names(spec, languages)
+    n_shared = int(round(spec.shared_vocab * V))
+    lexicon, order = {}, {}
+    for lang in languages:
+        fam = families[lang]
+        # Seeds name the family, not its position in the task, so a language's lexicon does not
+        # depend on which other languages a sweep happens to include.
+        frng = rng(seed, "babel", V, L, "family", fam)
+        shared = frng.permutation(V)[:n_shared]
+        proto_index = frng.permutation(V)
+        own_index = rng(seed, "babel", V, "language", lang).permutation(V)
+        words = np.array([f"{lang}_w{own_index[c]}" for c in range(V)], dtype=object)
+        words[shared] = [f"{fam}_s{proto_index[c]}" for c in shared]
+        lexicon[lang] = words
+        order[lang] = frng.permutation(L) if spec.reorder else np.arange(L)
+    return Babel(spec=spec, seed=seed, roles=roles, family=families, lexicon=lexicon, order=order)
+
+
+def latent_sample(babel: Babel, language: str, split: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (concepts [n, length], clean labels [n], noisy labels [n]) for one language and split.
+
+    Each language and split draws its own latent sentences (as MARC reviews are not parallel),
+    from the same distribution, so only the rendering differs between languages.
+    """
+    V, L = babel.spec.vocab_size, babel.spec.length
+    g = rng(babel.seed, "babel", "sample", language, split)
+    pos, neg, neutral = (np.flatnonzero(babel.roles == r) for r in (1, -1, 0))
+    clean = (g.random(n) < 0.5).astype(np.int64)
+    # A strict majority of 1-2 polar words over 0-1 of the other side: the label needs every
+    # polar word's sign, and no sentence is a tie.
+    n_minor = g.integers(0, 2, n)
+    n_major = n_minor + g.integers(1, 3, n)
+    concepts = neutral[g.integers(0, len(neutral), (n, L))]
+    slots = np.argsort(g.random((n, L)), axis=1)  # distinct random positions per row
+    major_pool = np.where(clean[:, None] == 1, pos[g.integers(0, len(pos), (n, 3))], neg[g.integers(0, len(neg), (n, 3))])
+    minor_pool = np.where(clean[:, None] == 1, neg[g.integers(0, len(neg), (n, 1))], pos[g.integers(0, len(pos), (n, 1))])
+    rows = np.arange(n)
+    for k in range(3):
+        put = n_major > k
+        concepts[rows[put], slots[put, k]] = major_pool[put, k]
+    put = n_minor > 0
+    concepts[rows[put], slots[put, 3]] = minor_pool[put, 0]
+    flip = g.random(n) < babel.spec.label_noise
+    return concepts, clean, np.where(flip, 1 - clean, clean)
+
+
+def render(babel: Babel, language: str, concepts: np.ndarray) -> list[str]:
+    """Returns the sentences of `concepts` [n, length] written in `language`."""
+    words = babel.lexicon[language][concepts[:, babel.order[language]]]
+    return [" ".join(row) for row in words.tolist()]
+
+
+def generate(babel: Babel, language: str, split: str, n: int) -> tuple[list[str], np.ndarray]:
+    """Returns (texts, noisy labels) of `n` generated examples of one language and split."""
+    concepts, _, labels = latent_sample(babel, language, split, n)
+    return render(babel, language, concepts), labels

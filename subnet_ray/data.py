@@ -1,0 +1,446 @@
+"""Task registry, per-language deterministic sampling, tokenizers and batch encoding.
+
+Tasks (labels are binary except `local`):
+- xnli: premise / hypothesis / label (0 entailment, 1 neutral, 2 contradiction). Binary as in
+  the paper: label 1 = entailment, 0 = not entailment (neutral or contradiction).
+- pawsx: sentence1 / sentence2 / label (1 paraphrase, 0 not), unchanged.
+- marc: the original MARC columns stars / review_title / review_body; stars 1-2 -> 0
+  (negative), 4-5 -> 1 (positive), 3 dropped; text = review_title, text_pair = review_body.
+  The default hub source, SetFit's per-language port of the retired `amazon_reviews_multi`,
+  keeps only text (= review_body) and label (= stars - 1; an early revision of some
+  languages kept label = stars, recognised by a 5 in the split); it is read as stars with
+  text = the body and no text_pair.
+- local: any files with the columns named in the TaskSpec (text, optional text pair, integer
+  label in [0, num_labels), language).
+- babel: generated (see babel.py).
+
+Where the rows come from (`TaskSpec.source`):
+- a hub dataset id, loaded with `datasets.load_dataset`: the language is the config name,
+  or fills `{lang}` in the id (the default for marc). Hub split names: train, validation, test.
+- a local folder `<source>/<lang>/<split>.<ext>`, ext in jsonl / csv / tsv / parquet, dev may
+  also be named validation. TSV files are read unquoted, like the XNLI and PAWS-X releases.
+- local task only, also: `<source>/<split>.<ext>` holding all languages, or a single file
+  holding all languages and splits, from which train, dev and test are carved as disjoint
+  consecutive pieces of one seeded permutation per language.
+
+Sampling: per language, the first `<split>_size` usable rows of a permutation seeded by
+(data_seed, language, split); an example's id is `<task>/<language>/<split>/<source_row>`.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from . import babel as babel_mod
+from .config import TaskSpec
+
+
+class DataError(ValueError):
+    """Data that cannot be used; the message names the task, language, split, file and column."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled example of one language."""
+
+    id: str  # f"{task_id}/{language}/{split}/{source_row}", stable and unique within a task
+    language: str
+    text: str
+    text_pair: str | None
+    label: int
+
+
+SPLITS = ("train", "dev", "test")
+XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
+LANGUAGES: dict[str, tuple[str, ...]] = {
+    "xnli": XNLI_LANGUAGES,
+    "pawsx": ("de", "en", "es", "fr", "ja", "ko", "zh"),
+    "marc": ("de", "en", "es", "fr", "ja", "zh"),
+}
+HUB_SOURCES = {
+    "xnli": "facebook/xnli",
+    "pawsx": "google-research-datasets/paws-x",
+    "marc": "SetFit/amazon_reviews_multi_{lang}",
+}
+FORMATS = ("jsonl", "csv", "tsv", "parquet")
+HUB_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in every built tokenizer
+
+
+def num_labels(task: TaskSpec) -> int:
+    """Returns the number of classes of `task`: 2, or `task.num_labels` for the local task."""
+    return task.num_labels if task.id == "local" else 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading rows
+
+
+@dataclass
+class _Rows:
+    """Rows of one language and split after the task's label mapping, before sampling."""
+
+    where: str  # file or hub dataset, for error messages
+    table: pa.Table
+    text_column: str
+    pair_column: str | None
+    label: np.ndarray  # int64 per row of `table`; -1 = dropped (MARC 3 stars)
+    row: np.ndarray  # index of each row of `table` in its source file / split
+
+
+TEXT_COLUMNS = {
+    "xnli": ("premise", "hypothesis"),
+    "pawsx": ("sentence1", "sentence2"),
+    "marc": ("review_title", "review_body", "text"),
+}
+
+
+def _string_columns(task: TaskSpec) -> tuple[str, ...]:
+    if task.id == "local":
+        return tuple(c for c in (task.text_column, task.text_pair_column, task.language_column) if c)
+    return TEXT_COLUMNS.get(task.id, ())
+
+
+def _read_file(path: Path, strings: tuple[str, ...] = ()) -> pa.Table:
+    """Returns the table in a jsonl / csv / tsv / parquet file (no columns if the file is blank).
+
+    csv / tsv columns named in `strings` are read as text as written (no "true" -> True, "12" -> 12).
+    """
+    import pyarrow.csv as pcsv
+    import pyarrow.json as pjson
+    import pyarrow.parquet as pq
+
+    ext = path.name.rsplit(".", 1)[-1]
+    try:
+        if ext == "jsonl":
+            if not path.read_bytes().strip():
+                return pa.table({})
+            return pjson.read_json(path)
+        convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in strings})
+        if ext == "csv":
+            return pcsv.read_csv(path, convert_options=convert)
+        if ext == "tsv":
+            parse = pcsv.ParseOptions(delimiter="\t", quote_char=False)
+            return pcsv.read_csv(path, parse_options=parse, convert_options=convert)
+        if ext == "parquet":
+            return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path}: cannot read {ext} file: {e}") from None
+    raise DataError(f"{path}: unknown file format {ext!r}; expected one of {', '.join(FORMATS)}")
+
+
+def _find_split_file(folder: Path, split: str) -> Path | None:
+    """Returns `<folder>/<split>.<ext>` (dev also as validation), or None if there is none."""
+    names = [split, "validation"] if split == "dev" else [split]
+    found = [folder / f"{n}.{ext}" for n in names for ext in FORMATS if (folder / f"{n}.{ext}").is_file()]
+    if len(found) > 1:
+        raise DataError(f"{folder}: several files for split {split!r}: {', '.join(p.name for p in found)}; keep one")
+    return found[0] if found else None
+
+
+def _missing_file(task: TaskSpec, lang: str, split: str, folder: Path) -> DataError:
+    alts = " or validation" if split == "dev" else ""
+    return DataError(
+        f"task {task.id!r}, language {lang!r}, split {split!r}: no file {folder}/{split}{alts}.<{'|'.join(FORMATS)}>"
+    )
+
+
+def _where(task: TaskSpec, lang: str, split: str, where: str) -> str:
+    return f"task {task.id!r}, language {lang!r}, split {split!r}: {where}"
+
+
+def _require(table: pa.Table, names: list[str], task: TaskSpec, lang: str, split: str, where: str) -> None:
+    for name in names:
+        if name not in table.column_names:
+            raise DataError(f"{_where(task, lang, split, where)} has no column {name!r} (columns: {', '.join(table.column_names) or 'none'})")
+
+
+def _labels(table: pa.Table, name: str, allowed: range, task: TaskSpec, lang: str, split: str, where: str, rows: np.ndarray) -> np.ndarray:
+    values = table.column(name).to_pylist()
+    for i, v in enumerate(values):
+        if isinstance(v, bool) or not isinstance(v, int) or v not in allowed:
+            raise DataError(
+                f"{_where(task, lang, split, where)} column {name!r} has label {v!r} at row {rows[i]}; "
+                f"expected an integer in [{allowed.start}, {allowed.stop - 1}]"
+            )
+    return np.asarray(values, dtype=np.int64)
+
+
+def _convert(task: TaskSpec, table: pa.Table, lang: str, split: str, where: str, rows: np.ndarray) -> _Rows:
+    """Returns the rows of `table` with labels mapped to the task's classes; checks columns and labels."""
+    if table.num_rows == 0:
+        raise DataError(f"{_where(task, lang, split, where)} has no rows (empty language)")
+    cols = set(table.column_names)
+
+    def labels(name: str, allowed: range) -> np.ndarray:
+        return _labels(table, name, allowed, task, lang, split, where, rows)
+
+    if task.id == "xnli":
+        _require(table, ["premise", "hypothesis", "label"], task, lang, split, where)
+        return _Rows(where, table, "premise", "hypothesis", (labels("label", range(3)) == 0).astype(np.int64), rows)
+    if task.id == "pawsx":
+        _require(table, ["sentence1", "sentence2", "label"], task, lang, split, where)
+        return _Rows(where, table, "sentence1", "sentence2", labels("label", range(2)), rows)
+    if task.id == "marc":
+        if "stars" in cols or not {"text", "label"} <= cols:
+            _require(table, ["stars", "review_title", "review_body"], task, lang, split, where)
+            stars, text, pair = labels("stars", range(1, 6)), "review_title", "review_body"
+        else:  # SetFit port: label = stars - 1 (= stars in early revisions of some languages, which have 5s)
+            stars, text, pair = labels("label", range(0, 6)), "text", None
+            if (stars == 5).any() and (stars == 0).any():
+                raise DataError(f"{_where(task, lang, split, where)} column 'label' holds both 0 and 5; cannot tell stars - 1 from stars")
+            if not (stars == 5).any():
+                stars = stars + 1
+        return _Rows(where, table, text, pair, np.where(stars <= 2, 0, np.where(stars >= 4, 1, -1)), rows)
+    names = [task.text_column, task.label_column] + ([task.text_pair_column] if task.text_pair_column else [])
+    _require(table, names, task, lang, split, where)
+    return _Rows(where, table, task.text_column, task.text_pair_column, labels(task.label_column, range(task.num_labels)), rows)
+
+
+def _texts(rows: _Rows, column: str, take: np.ndarray, task: TaskSpec, lang: str, split: str) -> list[str]:
+    """Returns the strings of `column` at positions `take` of `rows`; a missing value is an error."""
+    values = rows.table.column(column).take(pa.array(take, type=pa.int64())).to_pylist()
+    for i, v in zip(take, values):
+        if v is None:
+            raise DataError(f"{_where(task, lang, split, rows.where)} column {column!r} is empty at row {rows.row[i]}")
+    # jsonl / parquet may hold numbers in a text column.
+    return [v if isinstance(v, str) else str(v) for v in values]
+
+
+def _hub_rows(task: TaskSpec, lang: str, split: str, source: str) -> _Rows:
+    """Returns the rows of one language and split of a hub dataset."""
+    import datasets
+
+    if "{lang}" in source:
+        path, name = source.format(lang=lang), None
+    else:
+        path, name = source, lang
+    where = f"hub dataset {path!r}" + (f" config {name!r}" if name else "") + f" split {HUB_SPLIT[split]!r}"
+    try:
+        ds = datasets.load_dataset(path, name, split=HUB_SPLIT[split])
+    except Exception as e:  # network, missing config or split: all mean this source is unusable
+        raise DataError(f"task {task.id!r}, language {lang!r}, split {split!r}: cannot load {where}: {type(e).__name__}: {e}") from None
+    table = ds.with_format("arrow")[:]
+    return _convert(task, table, lang, split, where, np.arange(table.num_rows))
+
+
+def _local_rows(task: TaskSpec, lang: str, split: str, source: Path) -> tuple[_Rows, bool]:
+    """Returns (rows of one language and split from local files, whether the file holds all splits)."""
+    if source.is_file():
+        if task.id != "local":
+            raise DataError(f"task {task.id!r}: source {source} is a file; expected a folder <source>/<lang>/<split>.<ext>")
+        return _filter_language(task, lang, split, source), True
+    if (source / lang).is_dir():
+        path = _find_split_file(source / lang, split)
+        if path is None:
+            raise _missing_file(task, lang, split, source / lang)
+        table = _read_file(path, _string_columns(task))
+        return _convert(task, table, lang, split, str(path), np.arange(table.num_rows)), False
+    if task.id == "local":
+        path = _find_split_file(source, split)
+        if path is not None:
+            return _filter_language(task, lang, split, path), False
+        raise DataError(
+            f"task 'local', language {lang!r}, split {split!r}: no folder {source / lang} and no file "
+            f"{source}/{split}.<{'|'.join(FORMATS)}> holding all languages"
+        )
+    raise DataError(f"task {task.id!r}, language {lang!r}, split {split!r}: no folder {source / lang}")
+
+
+def _filter_language(task: TaskSpec, lang: str, split: str, path: Path) -> _Rows:
+    """Returns the rows of `path` whose language column is `lang`."""
+    table = _read_file(path, _string_columns(task))
+    _require(table, [task.language_column], task, lang, split, str(path))
+    langs = np.asarray([str(v) for v in table.column(task.language_column).to_pylist()], dtype=object)
+    rows = np.flatnonzero(langs == lang)
+    if len(rows) == 0:
+        present = sorted(set(langs.tolist()))
+        raise DataError(
+            f"task {task.id!r}, language {lang!r}, split {split!r}: {path} column {task.language_column!r} has no rows "
+            f"of language {lang!r} (languages present: {', '.join(present) or 'none'})"
+        )
+    return _convert(task, table.take(pa.array(rows)), lang, split, str(path), rows)
+
+
+def _source_rows(task: TaskSpec, lang: str, split: str) -> tuple[_Rows, bool]:
+    source = task.source or HUB_SOURCES.get(task.id)
+    if source is None:
+        raise DataError(f"task {task.id!r}: no source given; the local task needs `source`, a file or folder")
+    if Path(source).expanduser().exists():
+        return _local_rows(task, lang, split, Path(source).expanduser())
+    if task.id == "local" or source.startswith((".", "/", "~")) or "\\" in source:
+        raise DataError(f"task {task.id!r}, language {lang!r}, split {split!r}: source {source} does not exist")
+    return _hub_rows(task, lang, split, source), False
+
+
+# ---------------------------------------------------------------------------------------------
+# Sampling
+
+
+def _check_language(task: TaskSpec, lang: str) -> None:
+    known = LANGUAGES.get(task.id)
+    if known is not None and lang not in known:
+        raise DataError(f"task {task.id!r}: unknown language {lang!r}; {task.id} offers {', '.join(known)}")
+
+
+def _sizes(task: TaskSpec) -> dict[str, int]:
+    return {"train": task.train_size, "dev": task.dev_size, "test": task.test_size}
+
+
+def _sample_language(task: TaskSpec, lang: str, split: str) -> list[Example]:
+    n = _sizes(task)[split]
+    rows, all_splits = _source_rows(task, lang, split)
+    where = rows.where
+    usable = np.flatnonzero(rows.label >= 0)
+    if all_splits:
+        # One file for every split: carve disjoint pieces of one permutation, train then dev then test.
+        order = babel_mod.rng(task.data_seed, lang, "all-splits").permutation(usable)
+        sizes = _sizes(task)
+        start = sum(sizes[s] for s in SPLITS[: SPLITS.index(split)])
+        need, have = start + n, len(usable)
+        take = order[start : start + n]
+    else:
+        order = babel_mod.rng(task.data_seed, lang, split).permutation(usable)
+        need, have = n, len(usable)
+        take = order[:n]
+    if have < need:
+        what = "usable rows (3-star reviews are dropped)" if task.id == "marc" else "rows"
+        carve = f" (train + dev + test up to {split} = {need}, carved from one file)" if all_splits else ""
+        raise DataError(
+            f"task {task.id!r}, language {lang!r}, split {split!r}: {where} has only {have} {what}, "
+            f"fewer than the {need} asked{carve}"
+        )
+    texts = _texts(rows, rows.text_column, take, task, lang, split)
+    pairs = _texts(rows, rows.pair_column, take, task, lang, split) if rows.pair_column else [None] * len(take)
+    return [
+        Example(f"{task.id}/{lang}/{split}/{rows.row[i]}", lang, t, p, int(rows.label[i]))
+        for i, t, p in zip(take, texts, pairs)
+    ]
+
+
+def babel_languages(task: TaskSpec) -> babel_mod.Babel:
+    """Returns the generated languages of a babel task (lexicons, word orders, concept roles)."""
+    try:
+        return babel_mod.make_babel(task.babel, list(task.languages), task.data_seed)
+    except ValueError as e:
+        raise DataError(f"task 'babel': {e}") from None
+
+
+def _babel_language(task: TaskSpec, world: babel_mod.Babel, lang: str, split: str) -> list[Example]:
+    texts, labels = babel_mod.generate(world, lang, split, _sizes(task)[split])
+    return [Example(f"babel/{lang}/{split}/{i}", lang, t, None, int(y)) for i, (t, y) in enumerate(zip(texts, labels))]
+
+
+def load_examples(task: TaskSpec, split: str) -> list[Example]:
+    """Returns the sampled examples of `split`, grouped by language in `task.languages` order.
+
+    Raises DataError naming the task, language, split, file and column for an unknown task,
+    split or language, a missing file or column, a label out of range, an empty language or
+    fewer examples than asked.
+    """
+    if task.id not in (*LANGUAGES, "local", "babel"):
+        raise DataError(f"unknown task {task.id!r}; expected one of {', '.join((*LANGUAGES, 'local', 'babel'))}")
+    if split not in SPLITS:
+        raise DataError(f"task {task.id!r}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+    for lang in task.languages:  # before any loading, so a typo fails fast
+        _check_language(task, lang)
+    if task.id == "babel":
+        world = babel_languages(task)
+        return [ex for lang in task.languages for ex in _babel_language(task, world, lang, split)]
+    return [ex for lang in task.languages for ex in _sample_language(task, lang, split)]
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers and encoding
+
+
+def _wrap(tok) -> "PreTrainedTokenizerFast":  # noqa: F821
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        # transformers 5 leaves token_type_ids out by default; pair tasks need them.
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def _wordpiece_vocab(words: Counter, vocab_size: int) -> dict[str, int]:
+    """Returns specials, every character (word-initial and ##-continuation), then the most frequent words."""
+    chars = sorted({c for w in words for c in w})
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for piece in chars + ["##" + c for c in chars]:
+        vocab.setdefault(piece, len(vocab))
+    # Ties broken by the word itself, so the vocabulary is a function of the texts alone.
+    for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(w, len(vocab))
+    return vocab
+
+
+def build_tokenizer(task: TaskSpec, vocab_size: int = 8000) -> "PreTrainedTokenizerFast":  # noqa: F821
+    """Returns a locally built tokenizer for the tiny model: WordLevel over babel's words, else WordPiece.
+
+    Special tokens [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4; pairs are encoded as
+    [CLS] a [SEP] b [SEP] with token_type_ids 0 / 1. Deterministic; no hub.
+    The WordPiece vocabulary holds every character of the task's training texts and pairs plus
+    their most frequent words, up to `vocab_size` entries (more only if the characters alone
+    exceed it); a rarer word is spelt in characters. `tokenizers`' WordPiece trainer is not
+    used: it breaks ties in hash-map order, and gave 3-4 different vocabularies in 6 runs.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    if task.id == "babel":
+        vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+        for w in babel_languages(task).vocabulary():
+            vocab[w] = len(vocab)
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return _wrap(tok)
+    # Multilingual: keep accents, split CJK ideographs apart (no spaces in zh / ja).
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words: Counter = Counter()
+    for ex in load_examples(task, "train"):
+        for text in (ex.text, ex.text_pair):
+            if text is not None:
+                words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    tok = Tokenizer(models.WordPiece(_wordpiece_vocab(words, vocab_size), unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.WordPiece()
+    return _wrap(tok)
+
+
+def encode(examples: list[Example], tokenizer, max_length: int) -> dict:
+    """Returns input_ids, attention_mask, token_type_ids (if the tokenizer makes them) and labels as tensors.
+
+    Padded to the longest example of the batch, truncated to `max_length` tokens (longest
+    segment first for pairs).
+    """
+    import torch
+
+    if not examples:
+        raise ValueError("encode: no examples")
+    has_pair = {ex.text_pair is not None for ex in examples}
+    if len(has_pair) > 1:
+        raise ValueError("encode: the batch mixes examples with and without text_pair")
+    pairs = [ex.text_pair for ex in examples] if has_pair.pop() else None
+    batch = tokenizer(
+        [ex.text for ex in examples], pairs, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    out = dict(batch)
+    out["labels"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)
+    return out
