@@ -111,6 +111,28 @@ def epoch_plan(train: list[Example], batch_size: int, seed: int, epoch: int, spa
     return plan
 
 
+def train_step(model, batch: dict, optimizer, param_masks=None, strict: bool = False) -> torch.Tensor:
+    """Returns the batch loss after one AdamW step; with `param_masks`, an SFT step (head mask set by the caller).
+
+    A non-finite loss is returned before any parameter changes.
+    """
+    loss = F.cross_entropy(model(**batch), batch["labels"])
+    if not torch.isfinite(loss):
+        return loss.detach()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    frozen = []
+    if param_masks is not None:
+        mask_gradients(param_masks)
+        if strict:
+            frozen = [(p, m, p.detach().clone()) for p, m in param_masks]
+    optimizer.step()
+    with torch.no_grad():
+        for p, m, before in frozen:
+            p.copy_(torch.where(m.bool(), p, before))
+    return loss.detach()
+
+
 def _linear_schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
     warm = int(total_steps * warmup)
 
@@ -197,22 +219,12 @@ def finetune(
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * schedule(step)
                 b = _to(encode(chunk, tokenizer, cfg.max_length), device)
-                loss = F.cross_entropy(model(**b), b["labels"])
+                loss = train_step(model, b, optimizer, param_masks.get(lang), strict=cfg.sft_mode == "strict")
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"loss is {loss.item()} at epoch {epoch}, step {step} (batch language {lang}); "
                         f"last good checkpoint: {out_dir / f'epoch_{epoch - 1}' if epoch > 1 else 'none'}"
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                if sparse:
-                    mask_gradients(param_masks[lang])
-                    frozen = [(p, m, p.detach().clone()) for p, m in param_masks[lang]] if cfg.sft_mode == "strict" else []
-                optimizer.step()
-                if sparse and frozen:
-                    with torch.no_grad():
-                        for p, m, before in frozen:
-                            p.copy_(torch.where(m.bool(), p, before))
                 total += loss.item()
                 step += 1
             hm.set(None)
