@@ -17,6 +17,8 @@ from subnet_ray.orchestration.tracking import (
     default_tracking_uri,
     flat_params,
     metric_name,
+    start_ui,
+    stop_ui,
     ui_command,
 )
 
@@ -129,8 +131,11 @@ def test_finish_is_idempotent_and_a_rerun_adds_a_parent(root, cwd):
     with pytest.raises(ValueError, match="RUNNING"):
         t1.end("RUNNING")
 
+    with pytest.warns(UserWarning, match="keeps its artifact location"):
+        Tracker("t-rerun", root, artifact_location=str(root / "elsewhere"))  # MLflow cannot move it
     tr2 = Tracker("t-rerun", root)
     assert tr2.experiment_id == tr.experiment_id
+    assert tr2.artifact_location == (root / "mlartifacts" / "t-rerun").resolve().as_uri()
     second = tr2.start("inv2", params={"a": 1}, tags={})
     tr2.finish()
 
@@ -247,3 +252,41 @@ def test_ui_command_serves_the_sweep_store(root, tmp_path):
         ui_command(tmp_path / "empty")
     with pytest.raises(ValueError, match="server already"):
         ui_command(root, "http://127.0.0.1:5000")
+
+
+@pytest.mark.slow
+def test_ui_serves_the_store_and_a_tracker_writes_through_it(root, cwd, tmp_path):
+    """A real `mlflow ui` on the sweep store: reachable, takes runs over HTTP, stops completely."""
+    Tracker("t-ui", root)
+    port = _closed_port()
+    uri = f"http://127.0.0.1:{port}"
+    proc = start_ui(root, port=port)
+    try:
+        deadline = time.monotonic() + 240  # the server takes ~40 s to come up on a busy 2-core machine
+        while True:
+            try:
+                check_tracking_uri(uri, timeout=5)
+                break
+            except TrackingUnreachable:
+                assert proc.poll() is None, "mlflow ui exited"
+                assert time.monotonic() < deadline, "mlflow ui not healthy in time"
+                time.sleep(0.5)
+        (tmp_path / "report.md").write_text("# report\n")
+        with Tracker("t-http", root, tracking_uri=uri) as tr:
+            tr.start("inv", params={"a": 1}, tags={})
+            t = tr.trial("babel/full/seed1", tags={"task": "babel"}, params={})
+            t.log_epoch(0, {"loss": 0.5})
+            t.log_artifact(tmp_path / "report.md", "report")
+            t.end()
+        runs = _runs(root, "t-http")  # read straight from the SQLite file the server writes
+        assert {n: r.info.status for n, r in runs.items()} == {"inv": "FINISHED", "babel/full/seed1": "FINISHED"}
+        child = runs["babel/full/seed1"]
+        stored = root / "mlartifacts" / child.info.experiment_id / child.info.run_id / "artifacts" / "report" / "report.md"
+        assert stored.read_text() == "# report\n"  # proxied by the server into the sweep root
+        assert list(cwd.iterdir()) == []
+    finally:
+        t0 = time.monotonic()
+        stop_ui(proc)
+        print(f"mlflow ui stopped in {time.monotonic() - t0:.1f} s")
+    with pytest.raises(ProcessLookupError):
+        os.killpg(proc.pid, 0)  # nothing of the server's process group is left

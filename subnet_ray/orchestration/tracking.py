@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -429,17 +430,40 @@ def ui_command(root: str | os.PathLike, tracking_uri: str | None = None, host: s
     ]
 
 
-def open_ui(root: str | os.PathLike, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Returns the exit code of the MLflow UI, run in the foreground until it stops (Ctrl-C)."""
+# mlflow 3's server also starts seven background job consumers (GenAI features), which a
+# browsing UI does not need and which outlive a plain SIGTERM to the server.
+UI_ENV = {"MLFLOW_DISABLE_TELEMETRY": "true", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def start_ui(root: str | os.PathLike, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> subprocess.Popen:
+    """Returns the running MLflow UI process (in its own process group, so stop_ui ends all of it)."""
     cmd = ui_command(root, tracking_uri, host, port)
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": os.environ.get("MLFLOW_DISABLE_TELEMETRY", "true")}
-    proc = subprocess.Popen(cmd, env=env)
+    return subprocess.Popen(cmd, env={**os.environ, **UI_ENV}, start_new_session=True)
+
+
+def stop_ui(proc: subprocess.Popen, grace: float = 10) -> int:
+    """Returns the exit code of the UI after ending its whole process group (SIGTERM, then SIGKILL)."""
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break  # the whole group is gone already
+        try:
+            proc.wait(timeout=wait)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    try:  # the server's own workers may linger briefly after it exits
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    return proc.wait()
+
+
+def open_ui(root: str | os.PathLike, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
+    """Returns the exit code of the MLflow UI, run in the foreground until it stops or Ctrl-C."""
+    proc = start_ui(root, tracking_uri, host, port)
     try:
         return proc.wait()
     except KeyboardInterrupt:
-        proc.terminate()
-        try:
-            return proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            return proc.wait()
+        return stop_ui(proc)
