@@ -9,6 +9,8 @@ API with the Agg canvas (no pyplot state), so it is safe in workers and tests.
 """
 from __future__ import annotations
 
+import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +19,7 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 DIVERGING = "RdBu_r"  # red = more influence / higher, blue = less; white at 0
 SEQUENTIAL = "Blues"
@@ -55,8 +58,19 @@ def _panels(data: pd.DataFrame, panel: str | None) -> list[tuple[str, pd.DataFra
     return [(str(p), data[data[panel] == p]) for p in _order(data[panel])]
 
 
-def _axes(fig: Figure, n: int) -> list:
-    return list(fig.subplots(1, n, squeeze=False)[0])
+def _axes(fig: Figure, n: int, per_row: int = 99, **kw) -> list:
+    """Returns n axes in rows of at most per_row; unused grid cells are removed."""
+    cols = min(n, per_row)
+    axes = list(fig.subplots(math.ceil(n / cols), cols, squeeze=False, **kw).ravel())
+    for ax in axes[n:]:
+        ax.remove()
+    return axes[:n]
+
+
+def _grid(n: int, per_row: int) -> tuple[int, int]:
+    """Returns (columns, rows) of a grid of n panels with at most per_row per row."""
+    cols = min(n, per_row)
+    return cols, math.ceil(n / cols)
 
 
 class FigureWriter:
@@ -95,7 +109,9 @@ class FigureWriter:
         FigureCanvasAgg(fig)
         plotted = draw(fig, data)
         if title:
-            fig.suptitle(title, fontsize=10)
+            # Wrap to the figure's width so long titles are never cut off.
+            wrapped = "\n".join(textwrap.fill(line, max(30, int(size[0] * 14))) for line in title.split("\n"))
+            fig.suptitle(wrapped, fontsize=9)
         fig.savefig(png, dpi=self.dpi)
         record = FigureRecord(figure, task, slug, png, csv, caption, plotted, spec)
         self.records.append(record)
@@ -103,17 +119,23 @@ class FigureWriter:
 
     def heatmap(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, row: str, col: str, value: str,
                 caption: str, panel: str | None = None, diverging: bool = False, fmt: str = "{:.1f}",
-                title: str | None = None, xlabel: str | None = None, ylabel: str | None = None) -> FigureRecord:
-        """Returns the record of a heatmap per panel, cells annotated; diverging maps centred at 0."""
-        values = data[value].to_numpy(float)
-        finite = values[np.isfinite(values)]
-        if diverging:
-            m = float(np.abs(finite).max()) if finite.size else 1.0
-            vmin, vmax, cmap = -(m or 1.0), (m or 1.0), DIVERGING
-        else:
-            vmin = float(finite.min()) if finite.size else 0.0
-            vmax = float(finite.max()) if finite.size else 1.0
-            vmax, cmap = (vmax if vmax > vmin else vmin + 1.0), SEQUENTIAL
+                title: str | None = None, xlabel: str | None = None, ylabel: str | None = None,
+                shared_scale: bool = True) -> FigureRecord:
+        """Returns the record of a heatmap per panel, cells annotated; diverging maps centred at 0.
+
+        Panels share one colour scale unless `shared_scale` is False (panels in different units).
+        """
+        def scale(values: np.ndarray) -> tuple[float, float]:
+            finite = values[np.isfinite(values)]
+            if diverging:
+                m = float(np.abs(finite).max()) if finite.size else 0.0
+                return -(m or 1.0), (m or 1.0)
+            lo = float(finite.min()) if finite.size else 0.0
+            hi = float(finite.max()) if finite.size else 1.0
+            return lo, (hi if hi > lo else lo + 1.0)
+
+        cmap = DIVERGING if diverging else SEQUENTIAL
+        shared = scale(data[value].to_numpy(float))
         panels = _panels(data, panel)
         nrows = max(len(_order(d[row])) for _, d in panels)
         ncols = max(len(_order(d[col])) for _, d in panels)
@@ -126,6 +148,7 @@ class FigureWriter:
             for ax, (name, d) in zip(_axes(fig, len(panels)), _panels(data, panel)):
                 rows, cols = _order(d[row]), _order(d[col])
                 grid = d.pivot(index=row, columns=col, values=value).reindex(index=rows, columns=cols).to_numpy(float)
+                vmin, vmax = shared if shared_scale else scale(grid.ravel())
                 im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
                 ax.set_xticks(range(len(cols)), [str(c) for c in cols], fontsize=fontsize)
                 ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=fontsize)
@@ -136,8 +159,9 @@ class FigureWriter:
                 for (i, j), v in np.ndenumerate(grid):
                     if np.isfinite(v):
                         dark = abs(im.norm(v) - (0.5 if diverging else 0.0)) > (0.3 if diverging else 0.6)
+                        # Cell labels sit inside the axes: keeping them out of the layout saves most of its cost.
                         ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=fontsize - 1,
-                                color="white" if dark else "black")
+                                color="white" if dark else "black", in_layout=False)
                 fig.colorbar(im, ax=ax, shrink=0.8)
                 out[name] = np.ma.filled(np.ma.asarray(im.get_array(), dtype=float), np.nan)
             return out
@@ -147,16 +171,18 @@ class FigureWriter:
 
     def scatter(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, x: str, y: str, caption: str,
                 hue: str | None = None, label: str | None = None, panel: str | None = None,
-                panel_titles: dict[str, str] | None = None, title: str | None = None) -> FigureRecord:
+                panel_titles: dict[str, str] | None = None, title: str | None = None,
+                xlabel: str | None = None, ylabel: str | None = None) -> FigureRecord:
         """Returns the record of a scatter per panel (points coloured by hue, labelled, least-squares line)."""
         panels = _panels(data, panel)
         hues = _order(data[hue]) if hue else []
         colour = {h: PALETTE[i % len(PALETTE)] for i, h in enumerate(hues)}
-        size = (len(panels) * 3.6 + 0.4, 3.3 + (0.3 if title else 0))
+        cols, rows = _grid(len(panels), 3)
+        size = (cols * 3.8 + 0.4, rows * 3.4 + (0.4 if title else 0))
 
         def draw(fig: Figure, data: pd.DataFrame) -> dict[str, np.ndarray]:
             out = {}
-            for ax, (name, d) in zip(_axes(fig, len(panels)), _panels(data, panel)):
+            for ax, (name, d) in zip(_axes(fig, len(panels), 3), _panels(data, panel)):
                 xs, ys = d[x].to_numpy(float), d[y].to_numpy(float)
                 colours = [colour[h] for h in d[hue]] if hue else PALETTE[0]
                 points = ax.scatter(xs, ys, c=colours, s=22, zorder=3)
@@ -167,14 +193,16 @@ class FigureWriter:
                     ax.plot(grid, slope * grid + icept, color="0.4", lw=1, ls="--", zorder=2)
                 if label:
                     for xi, yi, text in zip(xs, ys, d[label]):
-                        ax.annotate(str(text), (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points")
+                        ax.annotate(str(text), (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points",
+                                    in_layout=False)
                 if hue:
                     handles = [ax.scatter([], [], c=colour[h], s=22, label=str(h)) for h in _order(d[hue])]
                     ax.legend(handles=handles, fontsize=7, title=hue, title_fontsize=7)
-                ax.set_xlabel(x, fontsize=8)
-                ax.set_ylabel(y, fontsize=8)
+                ax.margins(0.12)  # room for the point labels
+                ax.set_xlabel(xlabel or x, fontsize=8)
+                ax.set_ylabel(ylabel or y, fontsize=8)
                 ax.tick_params(labelsize=7)
-                ax.set_title((panel_titles or {}).get(name, name if panel else ""), fontsize=8)
+                ax.set_title(textwrap.fill((panel_titles or {}).get(name, name if panel else ""), 48), fontsize=7)
                 out[name] = np.asarray(points.get_offsets(), dtype=float)
             return out
 
@@ -183,16 +211,19 @@ class FigureWriter:
 
     def lines(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, x: str, y: str, hue: str, caption: str,
               panel: str | None = None, title: str | None = None, ylabel: str | None = None,
-              hlines: dict[str, float] | None = None) -> FigureRecord:
+              hlines: dict[str, float] | None = None, xlabel: str | None = None) -> FigureRecord:
         """Returns the record of one line per hue per panel (shared y axis); `hlines` adds labelled reference lines."""
         panels = _panels(data, panel)
         colour = {h: PALETTE[i % len(PALETTE)] for i, h in enumerate(_order(data[hue]))}
-        size = (len(panels) * 3.6 + 0.4, 3.0 + (0.3 if title else 0))
+        cols, rows = _grid(len(panels), 3)
+        size = (cols * 3.8 + 0.4, rows * 3.0 + (0.4 if title else 0))
+        integer_x = pd.api.types.is_integer_dtype(data[x])
 
         def draw(fig: Figure, data: pd.DataFrame) -> dict[str, np.ndarray]:
             out = {}
-            axes = fig.subplots(1, len(panels), squeeze=False, sharey=True)[0]
-            for ax, (name, d) in zip(axes, _panels(data, panel)):
+            for ax, (name, d) in zip(_axes(fig, len(panels), 3, sharey=True), _panels(data, panel)):
+                if integer_x:
+                    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
                 for h in _order(d[hue]):
                     dh = d[d[hue] == h]
                     (line,) = ax.plot(dh[x].to_numpy(float), dh[y].to_numpy(float), marker="o", ms=3,
@@ -201,7 +232,7 @@ class FigureWriter:
                 for text, level in (hlines or {}).items():
                     ax.axhline(level, color="0.5", lw=0.8, ls=":")
                     ax.annotate(text, (ax.get_xlim()[0], level), fontsize=6, color="0.4", va="bottom")
-                ax.set_xlabel(x, fontsize=8)
+                ax.set_xlabel(xlabel or x, fontsize=8)
                 ax.set_ylabel(ylabel or y, fontsize=8)
                 ax.tick_params(labelsize=7)
                 if panel:

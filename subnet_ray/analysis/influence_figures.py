@@ -274,8 +274,9 @@ def fig07(w: FigureWriter, t: TaskResults) -> None:
         "negatively correlated with accuracy on PAWS-X and MARC (Fig 7)."
     )
     w.scatter(7, t.task, "specialization_vs_accuracy", pd.concat(frames, ignore_index=True), x="specialization_pct",
-              y="accuracy_pct", hue="test_language", panel="variant", panel_titles=titles, caption=caption,
-              title=f"{t.task}: specialisation vs accuracy")
+              y="accuracy_pct", hue="test_language", label="epoch", panel="variant", panel_titles=titles,
+              caption=caption, title=f"{t.task}: specialisation vs accuracy (points labelled by epoch)",
+              xlabel="language specialisation (%)", ylabel="accuracy (%)")
 
 
 def _per_epoch(t: TaskResults, names: list[str]) -> pd.DataFrame:
@@ -318,7 +319,7 @@ def fig10(w: FigureWriter, t: TaskResults) -> None:
     )
     w.lines(10, t.task, "specialization_epochs", data, x="epoch", y="specialization_pct", hue="test_language",
             panel="model", caption=caption, title=f"{t.task}: specialisation over epochs",
-            hlines={"chance": 100 / len(t.languages)})
+            hlines={"chance": 100 / len(t.languages)}, ylabel="in-language share of top positive (%)")
 
 
 def fig18(w: FigureWriter, t: TaskResults) -> None:
@@ -335,7 +336,7 @@ def fig18(w: FigureWriter, t: TaskResults) -> None:
     )
     w.lines(18, t.task, "random_sft_specialization_epochs", data, x="epoch", y="specialization_pct",
             hue="test_language", caption=caption, title=f"{t.task}: random-mask SFT over epochs",
-            hlines={"chance": 100 / len(t.languages)})
+            hlines={"chance": 100 / len(t.languages)}, ylabel="in-language share of top positive (%)")
 
 
 def influence_figures(w: FigureWriter, t: TaskResults) -> None:

@@ -69,6 +69,7 @@ def fig08(w: FigureWriter, t: TaskResults) -> None:
     sim = ms.similarity_matrix(t.masks, langs)
     w.heatmap(8, t.task, "mask_similarity", cells(sim, "cosine_similarity"), row="language_a", col="language_b",
               value="cosine_similarity", fmt="{:.2f}", title=f"{t.task}: mask cosine similarity",
+              xlabel="language", ylabel="language",
               caption=(f"Cosine similarity between the flattened binary head masks of each language pair "
                        f"({t.masks[langs[0]].size} heads): {_extremes(sim)}. Paper: MARC's subnetworks overlap more "
                        "than PAWS-X's on average (Fig 8, left)."))
@@ -83,6 +84,7 @@ def fig08(w: FigureWriter, t: TaskResults) -> None:
                   "mask_cosine_similarity", "positive_share_pct", corr, variant=name)
     w.scatter(8, t.task, "similarity_vs_positive_influence", data, x="mask_cosine_similarity", y="positive_share_pct",
               hue="test_language", label="pair", title=f"{t.task} ({name})\n{_corr_text(corr)}",
+              xlabel="mask cosine similarity of a and b", ylabel="share of b in a's top positive (%)",
               caption=(f"Positive cross-language influence (share % of training language b among the top-"
                        f"{top_k(t.influence[name])} most positive examples of test language a, variant {name}; points "
                        f"labelled b>a) against the cosine similarity of a's and b's masks. {_corr_text(corr)}. Paper: "
@@ -130,6 +132,7 @@ def fig12(w: FigureWriter, t: TaskResults) -> None:
     data = pd.DataFrame([{"layer": i, "head": j, "languages_enabling": int(v)} for (i, j), v in np.ndenumerate(shared)])
     counts = {k: int((shared == k).sum()) for k in (0, len(langs))}
     w.heatmap(12, t.task, "heads_shared", data, row="layer", col="head", value="languages_enabling", fmt="{:.0f}",
+              xlabel="head", ylabel="layer",
               title=f"{t.task}: heads enabled by k of {len(langs)} languages",
               caption=(f"Number of languages (of {len(langs)}: {', '.join(langs)}) whose identified subnetwork enables "
                        f"each attention head (rows layers, columns heads). {counts[len(langs)]} heads are shared by all, "
@@ -148,7 +151,8 @@ def fig13(w: FigureWriter, t: TaskResults) -> None:
                       cells(counts, "value", panel="shared heads (count)")], ignore_index=True)
     full = [f"{a} in {b}" for a in langs for b in langs if a != b and pct.at[a, b] == 100]
     w.heatmap(13, t.task, "mask_overlap", data, row="language_a", col="language_b", value="value", panel="panel",
-              fmt="{:.0f}", title=f"{t.task}: mask overlap",
+              fmt="{:.0f}", title=f"{t.task}: mask overlap", shared_scale=False,
+              xlabel="language b", ylabel="language a",
               caption=(f"Left: % of the row language's enabled heads that the column language's mask also enables "
                        f"(asymmetric, as sparsity differs). Right: number of heads both enable (diagonal = heads each "
                        f"enables). Masks fully contained in another: {', '.join(full) or 'none'}. Paper: for XNLI "
@@ -171,6 +175,7 @@ def fig16(w: FigureWriter, t: TaskResults) -> None:
                   "negative_share_pct", corr, variant=name)
     w.scatter(16, t.task, "overlap_vs_negative_influence", data, x="overlap_pct", y="negative_share_pct",
               hue="test_language", label="pair", title=f"{t.task} ({name})\n{_corr_text(corr)}",
+              xlabel="% of a's heads also in b's mask", ylabel="share of b in a's top negative (%)",
               caption=(f"Negative cross-language influence (share % of training language b among the top-"
                        f"{top_k(t.influence[name])} most negative examples of test language a, variant {name}; points "
                        f"labelled b>a) against the % of a's enabled heads that b's mask also enables. {_corr_text(corr)}. "
