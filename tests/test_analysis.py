@@ -127,6 +127,25 @@ def test_mask_statistics_are_asymmetric_where_sparsity_differs():
     assert ms.disabled_heads(masks["de"]) == 2
 
 
+def test_mask_statistics_agree_with_the_subnetwork_toolkit():
+    from subnet_ray.subnetworks import masks as toolkit  # imports transformers: only this test pays for it
+
+    rng = np.random.default_rng(3)
+    masks = {lang: rng.random((3, 4)) < 0.6 for lang in ["de", "en", "ko"]}
+    masks["ko"][1] = False  # an empty layer: undefined per-layer cosine in both
+    langs = list(masks)
+    np.testing.assert_allclose(ms.similarity_matrix(masks, langs).to_numpy(), toolkit.similarity_matrix(masks).to_numpy())
+    both, pct = toolkit.overlap(masks)
+    assert (ms.overlap_counts(masks, langs).to_numpy() == both.to_numpy()).all()
+    np.testing.assert_allclose(ms.overlap_percent(masks, langs).to_numpy(), pct.to_numpy())
+    assert (ms.heads_shared_by(masks, langs) == toolkit.heads_shared_by(masks).numpy()).all()
+    per_layer = toolkit.layer_similarity(masks)
+    for row in per_layer.itertuples():
+        ours = ms.similarity_matrix(masks, langs, layer=row.layer).at[row.language_a, row.language_b]
+        assert ours == pytest.approx(row.cosine, nan_ok=True)
+    assert per_layer["cosine"].isna().sum() == 2  # ko's layer 1 against de and en
+
+
 def test_variant_names_parse_and_unknown_names_fail():
     assert parse_variant("sft+intersect:de-en").pair == ("de", "en")
     assert parse_variant("full+random:3").seed == 3
@@ -252,6 +271,18 @@ def test_report_numbers_agree_with_the_shares_api(report):
     pos6 = fig06[fig06["sign"] == "most positive"].set_index(["test_language", "train_language"])["delta_pct"]
     seeds = [compare_shares(t.influence, f"random-sft:{s}", "full", t.languages).delta for s in (0, 1)]
     assert pos6[("en", "ko")] == pytest.approx((seeds[0].at["en", "ko"] + seeds[1].at["en", "ko"]) / 2)
+
+
+def test_report_mask_maps_equal_hand_counts(report):
+    t, out, _, _ = report
+    fig12 = pd.read_csv(out / "fig12_toy_heads_shared.csv")
+    shared = sum(m.astype(int) for m in t.masks.values())
+    assert fig12.pivot(index="layer", columns="head", values="languages_enabling").to_numpy().tolist() == shared.tolist()
+    fig13 = pd.read_csv(out / "fig13_toy_mask_overlap.csv").set_index(["panel", "language_a", "language_b"])["value"]
+    de, en = t.masks["de"], t.masks["en"]
+    assert fig13[("% of row language's heads", "de", "en")] == pytest.approx(100 * (de & en).sum() / de.sum())
+    assert fig13[("% of row language's heads", "en", "de")] == pytest.approx(100 * (de & en).sum() / en.sum())
+    assert fig13[("shared heads (count)", "en", "en")] == en.sum()
 
 
 def test_report_correlations_equal_those_of_the_plotted_points(report):

@@ -1,7 +1,10 @@
 """Simple statistics of head masks (bool [layers, heads], True = enabled), for the figures.
 
-Kept private and small: `subnet_ray/subnetworks/masks.py` owns the mask statistics; these
-helpers can be swapped for it once it lands, with the same meaning.
+`subnet_ray/subnetworks/masks.py` owns the mask statistics; these numpy twins have the same
+meaning (tests/test_analysis.py checks they agree) and exist because importing that package
+pulls in transformers, which would triple the start-up time of `subnet-ray report`. Where the
+toolkit raises for a mask with no enabled head, these return NaN, so one empty layer leaves a
+blank cell or drops one pair from a correlation instead of stopping the report.
 """
 from __future__ import annotations
 
@@ -12,16 +15,15 @@ import pandas as pd
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Returns the cosine similarity of two flattened binary masks; 0 if either enables no head."""
+    """Returns the cosine similarity of two flattened binary masks; NaN if either enables no head."""
     a = np.asarray(a, dtype=float).ravel()
     b = np.asarray(b, dtype=float).ravel()
     norm = np.linalg.norm(a) * np.linalg.norm(b)
-    # An empty mask (e.g. a fully pruned layer) shares nothing with any other.
-    return float(a @ b / norm) if norm > 0 else 0.0
+    return float(a @ b / norm) if norm > 0 else float("nan")
 
 
 def similarity_matrix(masks: Mapping[str, np.ndarray], languages: Sequence[str], layer: int | None = None) -> pd.DataFrame:
-    """Returns the cosine similarity of every language pair's masks (or of one layer's row)."""
+    """Returns the cosine similarity of every language pair's masks (or of one layer's heads only)."""
     pick = (lambda m: np.asarray(m)[layer]) if layer is not None else np.asarray
     values = [[cosine(pick(masks[a]), pick(masks[b])) for b in languages] for a in languages]
     return pd.DataFrame(values, index=pd.Index(languages, name="language_a"), columns=pd.Index(languages, name="language_b"))
@@ -34,7 +36,7 @@ def overlap_counts(masks: Mapping[str, np.ndarray], languages: Sequence[str]) ->
 
 
 def overlap_percent(masks: Mapping[str, np.ndarray], languages: Sequence[str]) -> pd.DataFrame:
-    """Returns, in row a and column b, the % of a's enabled heads that b also enables (asymmetric)."""
+    """Returns, in row a and column b, the % of a's enabled heads that b also enables (asymmetric; NaN if a has none)."""
     counts = overlap_counts(masks, languages)
     enabled = pd.Series(np.diag(counts.to_numpy()), index=counts.index).astype(float)
     return counts.div(enabled.where(enabled > 0), axis=0) * 100.0
