@@ -264,8 +264,13 @@ def test_report_numbers_agree_with_the_shares_api(report):
     pos = fig02[fig02["sign"] == "most positive"].pivot(index="test_language", columns="train_language", values="delta_pct")
     delta = compare_shares(t.influence, "full+subnet", "full", t.languages).delta
     np.testing.assert_allclose(pos.loc[delta.index, delta.columns].to_numpy(), delta.to_numpy(), atol=1e-12)
-    change = summary["comparisons"]["toy"]["full+subnet vs full"]["in_language_pos_change"]
-    assert change == pytest.approx({lang: delta.at[lang, lang] for lang in t.languages}, abs=1e-6)
+    record = summary["comparisons"]["toy"]["full+subnet vs full"]
+    assert record["in_language_pos_change"] == pytest.approx({lang: delta.at[lang, lang] for lang in t.languages}, abs=1e-6)
+    n = compare_shares(t.influence, "full+subnet", "full", t.languages).n
+    assert record["n_test_examples"] == {"full+subnet": n.to_dict()}
+    # Every baseline and composition is a recorded comparison too.
+    assert {"full+random:0 vs full", "full+subopt:en vs full", "sft+intersect:de-en vs full",
+            "sft+subnet vs full", "random-sft (mean of 2 seeds) vs full"} <= set(summary["comparisons"]["toy"])
     # Fig 6 is the mean over seeds of each seed's own jointly-correct comparison.
     fig06 = pd.read_csv(out / "fig06_toy_random_sft_vs_full.csv")
     pos6 = fig06[fig06["sign"] == "most positive"].set_index(["test_language", "train_language"])["delta_pct"]

@@ -65,7 +65,8 @@ def _record(w: FigureWriter, t: TaskResults, name: str, comps: dict[str, list[Sh
         "in_language_pos_change": specialization(deltas["pos"]).round(6).to_dict(),
         "in_language_neg_change": specialization(deltas["neg"]).round(6).to_dict(),
         "in_language_pos_change_score_weighted": specialization(mean_delta(weighted)).round(6).to_dict(),
-        "n_test_examples": {lang: int(n) for lang, n in comps["pos"][0].n.items()},
+        # Each pair keeps its own jointly-correct examples, so n is per pair (keyed by variant a).
+        "n_test_examples": {c.a: {lang: int(n) for lang, n in c.n.items()} for c in comps["pos"]},
     }
     return deltas
 
@@ -80,11 +81,12 @@ def _delta_figure(w: FigureWriter, t: TaskResults, number: int, slug: str, pairs
     deltas = _record(w, t, name, comps)
     data = pd.concat([cells(deltas[s], "delta_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
     k = top_k(t.influence[pairs[0][0]])
-    n = comps["pos"][0].n
+    n = pd.concat([c.n for c in comps["pos"]], axis=1).sum(axis=1).astype(int)
     caption = (
         f"Change (percentage points) in each training language's share of the top-{k} most positive (left) and most "
         f"negative (right) training examples, {what}; rows are test languages, columns training languages; only test "
-        f"examples both models classify correctly (n per language: {', '.join(f'{l} {v}' for l, v in n.items())}). "
+        f"examples both models classify correctly (n per language{', summed over pairs' if len(pairs) > 1 else ''}: "
+        f"{', '.join(f'{lang} {v}' for lang, v in n.items())}). "
         f"Here the in-language positive share {_diag_text(specialization(deltas['pos']))}.{extra} Paper: {paper}"
     )
     w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="delta_pct",
@@ -150,6 +152,9 @@ def fig03(w: FigureWriter, t: TaskResults) -> None:
     if "full+subnet" in t.influence and not missing_reason(t, ["full+subnet"]):
         rows.insert(0, ("own mask", "full+subnet"))
     comps = {(name, sign): compare_shares(t.influence, name, "full", t.languages, sign=sign) for _, name in rows for sign in SIGNS}
+    for label, name in rows:
+        if name != "full+subnet":  # recorded by Fig 2
+            _record(w, t, f"{name} vs full", {sign: [comps[name, sign]] for sign in SIGNS})
     for lang in [lang for lang in t.languages if lang in tested]:
         data = pd.DataFrame([
             {"sign": SIGNS[sign], "mask": label, "train_language": j, "delta_pct": float(comps[name, sign].delta.at[lang, j])}
@@ -218,7 +223,8 @@ def fig19(w: FigureWriter, t: TaskResults) -> None:
             continue
         frames, cross = [], []
         for op, name in ops:
-            delta = compare_shares(t.influence, name, "full", t.languages, sign="pos").delta
+            comps = {sign: [compare_shares(t.influence, name, "full", t.languages, sign=sign)] for sign in SIGNS}
+            delta = _record(w, t, f"{name} vs full", comps)["pos"]
             delta = delta.loc[[lang for lang in pair if lang in delta.index]]
             frames.append(cells(delta, "delta_pct", mask=op))
             cross.append(f"{op}: " + ", ".join(f"{b} on {a} {delta.at[a, b]:+.1f}" for a, b in (pair, pair[::-1]) if a in delta.index))
