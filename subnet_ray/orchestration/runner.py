@@ -1,0 +1,178 @@
+"""The sweep driver: run the stage graph in waves, write the report, log everything to MLflow.
+
+Waves: (1) full fine-tuning, subnetworks and random masks and (2) SFT / random-SFT run as Ray
+Tune trials; (3) influence runs in the driver, each sharded on Ray Data; (4) the report. With
+`executor="local"` the same nodes run in this process, no Ray at all. Every node goes
+through the artifact store, so a rerun, a resume or new random seeds compute only what is
+missing; each computation is appended to the store's ledger (`_ledger.jsonl`), which is
+how `status` and the tests count what ran. MLflow is written from this process only.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from ..config import SweepSpec, branches
+from ..stages import HISTORY, Node, branch_of, compute, graph
+from ..store import Store
+
+LEDGER = "_ledger.jsonl"
+
+
+def store_for(root: str | os.PathLike) -> Store:
+    """Returns the artifact store under a sweep root (shared by every sweep under that root)."""
+    root = str(root)
+    return Store(f"{root.rstrip('/')}/store" if "://" in root else Path(root) / "store")
+
+
+def execute(node: Node, spec: SweepSpec, store: Store, **kwargs) -> bool:
+    """Returns True after computing `node` into the store, False if it was already there."""
+    if store.done(node.key):
+        return False
+    with store.writing(node.key) as out:
+        compute(node, branch_of(spec, node.params["branch"]), store, out, **kwargs)
+    entry = {"key": node.key, "stage": node.stage, "trial": node.trial, "variant": node.params.get("variant"),
+             "time": time.time(), "pid": os.getpid()}
+    with open(store.local / LEDGER, "a") as f:  # one short O_APPEND write per line: safe across processes
+        f.write(json.dumps(entry) + "\n")
+    return True
+
+
+def ledger(store: Store) -> list[dict]:
+    """Returns every node computation recorded in the store, oldest first."""
+    path = store.local / LEDGER
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def report_dir(root: str | os.PathLike, spec: SweepSpec, branch: dict, seed: int) -> Path:
+    """Returns where the report of one branch and seed goes: <root>/reports/<sweep>[/<branch>-seed<k>]."""
+    base = Path(str(root)) / "reports" / spec.name
+    if len(branches(spec)) == 1 and len(spec.training.seeds) == 1:
+        return base
+    label = "-".join(f"{k.split('.')[-1]}{v}" for k, v in branch.items()) or "base"
+    return base / f"{label}-seed{seed}"
+
+
+@dataclass
+class SweepRun:
+    """What a sweep invocation did."""
+
+    computed: list[str] = field(default_factory=list)
+    reports: list[Path] = field(default_factory=list)
+    parent_run_id: str | None = None
+
+
+def write_reports(spec: SweepSpec, root, store: Store, nodes: list[Node]) -> list[Path]:
+    """Returns the report folders written from what the store holds, one per branch and seed."""
+    from ..analysis.report import build_report
+    from .results import collect
+
+    out = []
+    for values, b in branches(spec):
+        for seed in b.training.seeds:
+            results = collect(store, b, nodes, values, seed)
+            if not results:
+                continue
+            folder = report_dir(root, spec, values, seed)
+            build_report(results, folder, spec.name)
+            out.append(folder)
+    return out
+
+
+def _plan(nodes: list[Node], store: Store, wave: int) -> dict[str, list[Node]]:
+    plan: dict[str, list[Node]] = defaultdict(list)
+    for n in nodes:
+        if n.wave == wave and not store.done(n.key):
+            plan[n.trial].append(n)
+    return dict(plan)
+
+
+def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None = None, tracking_uri: str | None = None,
+              executor: str = "ray", random_seeds: list[int] | None = None, progress: bool = True,
+              num_cpus: int | None = None) -> SweepRun:
+    """Returns what was computed and where the reports are, after running the whole sweep.
+
+    Fails fast, before any compute, on an unreachable tracking server or cluster.
+    """
+    from .tracking import Tracker, flat_params
+
+    if executor not in ("ray", "local"):
+        raise ValueError(f"executor must be 'ray' or 'local', got {executor!r}")
+    if random_seeds is not None:
+        spec = spec.model_copy(update={"random_seeds": sorted(set(spec.random_seeds) | set(random_seeds))})
+    nodes = graph(spec)
+    root_s = str(root)
+    if "://" not in root_s:
+        Path(root_s).mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
+    influence_fn = None
+    if executor == "ray":
+        from .tune import init_ray
+
+        init_ray(address, num_cpus)
+        from ..influence.distributed import influence_ray
+
+        influence_fn = influence_ray
+    store = store_for(root)
+    run = SweepRun()
+    before = {e["key"] for e in ledger(store)}
+    with tracker:
+        run.parent_run_id = tracker.start(
+            f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", flat_params(spec.model_dump(mode="json")),
+            {"executor": executor, "address": address or "local", "nodes": len(nodes)},
+        )
+        for wave in (1, 2):
+            plan = _plan(nodes, store, wave)
+            if executor == "ray":
+                from .tune import run_wave
+
+                run_wave(spec, store.uri, plan, Path(root_s) / "ray_results", f"{spec.name}-wave{wave}")
+            else:
+                for trial, trial_nodes in plan.items():
+                    for n in trial_nodes:
+                        execute(n, spec, store, progress=progress)
+        pending = [n for n in nodes if n.wave == 3 and not store.done(n.key)]
+        for n in tqdm(pending, desc="influence", disable=not progress):
+            kwargs = {"influence_fn": influence_fn} if influence_fn else {}
+            execute(n, spec, store, progress=progress, **kwargs)
+        run.reports = write_reports(spec, root, store, nodes)
+        _log_trials(tracker, store, nodes)
+        for folder in run.reports:
+            tracker.parent.log_artifacts(folder, f"report/{folder.name}" if folder.name != spec.name else "report")
+    run.computed = [e["key"] for e in ledger(store) if e["key"] not in before]
+    return run
+
+
+def _log_trials(tracker, store: Store, nodes: list[Node]) -> None:
+    """Logs each trial's params, per-epoch metrics, masks and influence tables to its child run."""
+    by_trial: dict[str, list[Node]] = defaultdict(list)
+    for n in nodes:
+        by_trial[n.trial].append(n)
+    for trial, tn in by_trial.items():
+        first = next((n for n in tn if n.stage == "finetune"), tn[0])
+        tags = {"task": first.params["task"], "seed": first.params["seed"], "method": first.params.get("method", ""),
+                "random_seed": first.params.get("random_seed", ""), **{f"key.{n.stage}.{i}": n.key for i, n in enumerate(tn)}}
+        params = {"method": first.params.get("method", ""), "seed": first.params["seed"], **first.params["branch"]}
+        child = tracker.trial(trial, tags, params)
+        for n in tn:
+            if not store.done(n.key):
+                continue
+            folder = store.path(n.key)
+            if n.stage == "finetune":
+                for r in json.loads((folder / HISTORY).read_text()):
+                    child.log_epoch(r["epoch"], {"train_loss": r["train_loss"], "dev_accuracy_mean": r["dev_accuracy_mean"],
+                                                 **{f"dev_accuracy/{k}": v for k, v in r["dev_accuracy"].items()}})
+            elif n.stage == "subnetworks":
+                child.log_artifacts(folder, "masks")
+            elif n.stage == "random_masks":
+                child.log_artifacts(folder, f"random_masks/seed{n.params['random_seed']}")
+            elif n.stage == "influence":
+                variant = n.params["variant"]
+                child.log_artifacts(folder, f"influence/{variant.replace(':', '_')}")
+        child.end("FINISHED")

@@ -1,0 +1,107 @@
+"""Ray: connecting (with a bounded wait), and running a wave of trials on Ray Tune.
+
+A Tune trial runs the stage nodes one trial owns, in order, through the artifact store:
+finished nodes are skipped, an interrupted fine-tuning resumes from its last epoch (its
+partial folder lives in the store root, which a cluster shares), and Tune retries a
+failed trial `max_failures` times. Trials report per-epoch metrics with `ray.tune.report`.
+"""
+from __future__ import annotations
+
+import os
+import socket
+import tempfile
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from ..config import SweepSpec
+from ..stages import Node
+
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+
+
+class ClusterUnreachable(ConnectionError):
+    """The Ray cluster address does not answer; the message names it."""
+
+
+def check_address(address: str, timeout: float = 10.0) -> None:
+    """Raises ClusterUnreachable within `timeout` s unless something listens at the Ray address."""
+    if address in ("auto", "local"):
+        return
+    parts = urlsplit(address if "://" in address else f"ray://{address}")
+    host, port = parts.hostname, parts.port or (10001 if parts.scheme == "ray" else 6379)
+    if not host:
+        raise ClusterUnreachable(f"Ray cluster address {address!r} is not host:port, ray://host:port or http://host:port")
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            pass
+    except OSError as e:
+        raise ClusterUnreachable(f"Ray cluster at {address} is unreachable ({host}:{port}: {e.strerror or e})") from None
+
+
+def init_ray(address: str | None, num_cpus: int | None = None) -> None:
+    """Connects to the cluster at `address`, or starts a local Ray bound to 127.0.0.1 when None."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    env = {"env_vars": dict(WORKER_ENV)}
+    if address:
+        check_address(address)
+        ray.init(address=address, runtime_env=env, log_to_driver=False)
+    else:
+        temp = Path(tempfile.gettempdir()) / f"subnet-ray-{os.getuid()}"  # short: Ray's socket paths are length-limited
+        ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp), runtime_env=env,
+                 _node_ip_address="127.0.0.1", log_to_driver=False)
+
+
+def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None:
+    import torch
+    from ray import tune
+
+    from ..store import Store
+    from .runner import execute
+
+    cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
+    torch.set_num_threads(cpus)
+    spec = SweepSpec.model_validate_json(spec_json)
+    store = Store(store_uri)
+    ran = []
+    for node in plan[config["trial"]]:
+
+        def on_epoch(record: dict, node=node) -> None:
+            tune.report({"epoch": record["epoch"], "train_loss": record["train_loss"],
+                         **{f"dev_accuracy/{k}": v for k, v in record["dev_accuracy"].items()}, "node": node.key})
+
+        if execute(node, spec, store, on_epoch=on_epoch, progress=False):
+            ran.append(node.key)
+    tune.report({"done": 1, "computed": len(ran)})
+
+
+def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], storage: Path, name: str) -> None:
+    """Runs one Tune trial per entry of `plan` (trial name -> its nodes); raises if any trial failed for good."""
+    from ray import tune
+
+    if not plan:
+        return
+    res = spec.resources
+    trainable = tune.with_resources(
+        tune.with_parameters(_trainable, spec_json=spec.model_dump_json(), store_uri=store_uri, plan=plan),
+        {"cpu": res.cpus, "gpu": res.gpus},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"trial": tune.grid_search(sorted(plan))},
+        tune_config=tune.TuneConfig(reuse_actors=False),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage.resolve()), verbose=0,
+            failure_config=tune.FailureConfig(max_failures=res.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    results = tuner.fit()
+    failed = [(r.config["trial"], r.error) for r in results if r.error is not None]
+    if failed:
+        names = ", ".join(t for t, _ in failed)
+        raise RuntimeError(f"{len(failed)} trial(s) failed after {res.max_failures} retries: {names}; first error: {failed[0][1]}")
+
