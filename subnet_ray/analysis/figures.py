@@ -52,6 +52,12 @@ def _order(values: pd.Series) -> list:
     return list(pd.unique(values))
 
 
+def _label(fmt: str, v: float) -> str:
+    """Returns v formatted for a cell, without the '-' of a value that rounds to zero."""
+    text = fmt.format(v)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def _panels(data: pd.DataFrame, panel: str | None) -> list[tuple[str, pd.DataFrame]]:
     if panel is None:
         return [("main", data)]
@@ -160,7 +166,7 @@ class FigureWriter:
                     if np.isfinite(v):
                         dark = abs(im.norm(v) - (0.5 if diverging else 0.0)) > (0.3 if diverging else 0.6)
                         # Cell labels sit inside the axes: keeping them out of the layout saves most of its cost.
-                        ax.text(j, i, fmt.format(v), ha="center", va="center", fontsize=fontsize - 1,
+                        ax.text(j, i, _label(fmt, v), ha="center", va="center", fontsize=fontsize - 1,
                                 color="white" if dark else "black", in_layout=False)
                 fig.colorbar(im, ax=ax, shrink=0.8)
                 out[name] = np.ma.filled(np.ma.asarray(im.get_array(), dtype=float), np.nan)
@@ -248,7 +254,7 @@ class FigureWriter:
         """Returns the record of grouped bars (one group per x, one bar per hue), heights in row order."""
         xs = _order(data[x])
         hues = _order(data[hue]) if hue else [None]
-        size = (max(3.6, 0.5 * len(xs) * len(hues) + 1.5), 3.0 + (0.3 if title else 0))
+        size = (min(9.0, max(3.6, 0.3 * len(xs) * len(hues) + 1.5)), 3.0 + (0.3 if title else 0))
 
         def draw(fig: Figure, data: pd.DataFrame) -> dict[str, np.ndarray]:
             ax = fig.subplots()

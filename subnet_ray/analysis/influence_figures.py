@@ -181,7 +181,7 @@ def _absolute(w: FigureWriter, t: TaskResults, number: int, slug: str, name: str
         return w.skip(number, t.task, why)
     res = t.influence[name]
     keep = correct_under_all([res])
-    tables = {s: language_shares(res.topk, t.languages, sign=s, keep=keep) for s in SIGNS}
+    tables = {s: language_shares(res, t.languages, sign=s, keep=keep) for s in SIGNS}
     data = pd.concat([cells(tables[s], "share_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
     spec = specialization(tables["pos"])
     top = (tables["pos"].idxmax(axis=1) == tables["pos"].index).sum()

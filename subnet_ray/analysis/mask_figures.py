@@ -36,7 +36,7 @@ def _subnet_shares(t: TaskResults, sign: str) -> tuple[str, pd.DataFrame] | None
     if name is None:
         return None
     res = t.influence[name]
-    return name, language_shares(res.topk, t.languages, sign=sign, keep=correct_under_all([res]))
+    return name, language_shares(res, t.languages, sign=sign, keep=correct_under_all([res]))
 
 
 def pair_table(x: pd.DataFrame, shares: pd.DataFrame, x_name: str, y_name: str) -> pd.DataFrame:

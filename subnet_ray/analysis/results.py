@@ -84,6 +84,15 @@ class InfluenceResult:
     predictions: pd.DataFrame
     """One row per test example: test_id, test_language, label, pred, at the final checkpoint
     with this variant's masks applied."""
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def cached(self, key: tuple, compute):
+        """Returns compute(), computed once per key (the tables are treated as read-only once built)."""
+        # Rankings of a real sweep hold millions of rows; a report asks for the same
+        # per-example shares dozens of times.
+        if key not in self._cache:
+            self._cache[key] = compute()
+        return self._cache[key]
 
     def validate(self, where: str = "InfluenceResult") -> None:
         """Returns None; raises ValueError naming the table and what is wrong."""

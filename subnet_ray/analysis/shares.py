@@ -30,11 +30,16 @@ def correct_examples(predictions: pd.DataFrame) -> pd.MultiIndex:
     return example_keys(predictions[predictions["pred"] == predictions["label"]])
 
 
+def ranked_examples(result: InfluenceResult) -> pd.MultiIndex:
+    """Returns the keys of the test examples the result has rankings for."""
+    return result.cached(("ranked",), lambda: pd.MultiIndex.from_frame(result.topk[KEY].drop_duplicates()))
+
+
 def correct_under_all(results: Iterable[InfluenceResult]) -> pd.MultiIndex:
     """Returns the keys of test examples every result ranks and classifies correctly."""
     keep: pd.MultiIndex | None = None
     for result in results:
-        ok = correct_examples(result.predictions).intersection(example_keys(result.topk).unique())
+        ok = correct_examples(result.predictions).intersection(ranked_examples(result))
         keep = ok if keep is None else keep.intersection(ok)
     if keep is None:
         raise ValueError("correct_under_all needs at least one InfluenceResult")
@@ -79,8 +84,20 @@ def per_example_shares(
     return table.div(total, axis=0) * 100.0
 
 
+def _per_example(source: pd.DataFrame | InfluenceResult, languages: Sequence[str], sign: str, checkpoint: int,
+                 keep: pd.MultiIndex | None, weighted: bool) -> pd.DataFrame:
+    """Returns per-example shares of a topk table, or of a result (cached there, then filtered to keep)."""
+    if isinstance(source, pd.DataFrame):
+        return per_example_shares(source, languages, sign=sign, checkpoint=checkpoint, keep=keep, weighted=weighted)
+    per_ex = source.cached(
+        ("shares", tuple(languages), sign, checkpoint, weighted),
+        lambda: per_example_shares(source.topk, languages, sign=sign, checkpoint=checkpoint, weighted=weighted),
+    )
+    return per_ex if keep is None else per_ex[per_ex.index.isin(keep)]
+
+
 def language_shares(
-    topk: pd.DataFrame,
+    source: pd.DataFrame | InfluenceResult,
     languages: Sequence[str],
     *,
     sign: str = "pos",
@@ -88,8 +105,11 @@ def language_shares(
     keep: pd.MultiIndex | None = None,
     weighted: bool = False,
 ) -> pd.DataFrame:
-    """Returns mean shares (%): rows test languages (in `languages` order, those present), columns training languages."""
-    per_ex = per_example_shares(topk, languages, sign=sign, checkpoint=checkpoint, keep=keep, weighted=weighted)
+    """Returns mean shares (%): rows test languages (in `languages` order, those present), columns training languages.
+
+    `source` is a topk table or an InfluenceResult (whose per-example shares are cached).
+    """
+    per_ex = _per_example(source, languages, sign, checkpoint, keep, weighted)
     shares = per_ex.groupby(level="test_language").mean()
     shares = shares.reindex([lang for lang in languages if lang in shares.index])
     shares.index.name = "test_language"
@@ -97,13 +117,16 @@ def language_shares(
 
 
 def example_counts(
-    topk: pd.DataFrame, *, sign: str = "pos", checkpoint: int = SUM_CHECKPOINT, keep: pd.MultiIndex | None = None
+    source: pd.DataFrame | InfluenceResult,
+    languages: Sequence[str],
+    *,
+    sign: str = "pos",
+    checkpoint: int = SUM_CHECKPOINT,
+    keep: pd.MultiIndex | None = None,
 ) -> pd.Series:
     """Returns the number of test examples behind each test language's shares."""
-    sel = topk[(topk["sign"] == sign) & (topk["checkpoint"] == checkpoint)]
-    if keep is not None:
-        sel = sel[example_keys(sel).isin(keep)]
-    return sel.drop_duplicates(KEY).groupby("test_language").size()
+    per_ex = _per_example(source, languages, sign, checkpoint, keep, False)
+    return per_ex.groupby(level="test_language").size()
 
 
 def specialization(shares: pd.DataFrame) -> pd.Series:
@@ -141,11 +164,11 @@ def compare_shares(
             raise KeyError(f"variant {name!r} has no influence results; have {sorted(results)}")
     keep = correct_under_all([results[a], results[b]])
     kw = dict(sign=sign, checkpoint=checkpoint, keep=keep, weighted=weighted)
-    sa = language_shares(results[a].topk, languages, **kw)
-    sb = language_shares(results[b].topk, languages, **kw)
+    sa = language_shares(results[a], languages, **kw)
+    sb = language_shares(results[b], languages, **kw)
     rows = [lang for lang in sa.index if lang in sb.index]
     sa, sb = sa.loc[rows], sb.loc[rows]
-    n = example_counts(results[a].topk, sign=sign, checkpoint=checkpoint, keep=keep).reindex(rows)
+    n = example_counts(results[a], languages, sign=sign, checkpoint=checkpoint, keep=keep).reindex(rows)
     return ShareComparison(a, b, sign, sa, sb, sa - sb, n)
 
 
@@ -168,6 +191,6 @@ def specialization_by_checkpoint(
     """
     rows = []
     for ckpt in sorted(c for c in result.topk["checkpoint"].unique() if c != SUM_CHECKPOINT):
-        spec = specialization(language_shares(result.topk, languages, checkpoint=int(ckpt), keep=keep, weighted=weighted))
+        spec = specialization(language_shares(result, languages, checkpoint=int(ckpt), keep=keep, weighted=weighted))
         rows += [(lang, int(ckpt), float(v)) for lang, v in spec.items()]
     return pd.DataFrame(rows, columns=["test_language", "checkpoint", "specialization"])
