@@ -66,6 +66,16 @@ class TaskSpec(Strict):
             raise ValueError(f"languages must be unique, got {v}")
         return v
 
+    @model_validator(mode="after")
+    def _known_languages(self) -> "TaskSpec":
+        from .data import LANGUAGES  # here: data imports this module
+
+        offered = LANGUAGES.get(self.id)
+        unknown = [l for l in self.languages if offered is not None and l not in offered]
+        if unknown:
+            raise ValueError(f"task {self.id} has no language(s) {unknown}; it offers {', '.join(offered)}")
+        return self
+
 
 class TinySpec(Strict):
     """Sizes of the locally built model (BERT architecture, random init)."""
@@ -172,6 +182,9 @@ class SweepSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
+        ids = [t.id for t in self.tasks]
+        if len(set(ids)) != len(ids):
+            raise ValueError(f"task ids must be unique within a sweep, got {ids}")
         if {"sft", "random-sft"} & set(self.methods) and "full" not in self.methods:
             raise ValueError("methods 'sft' and 'random-sft' need 'full' (the subnetworks are found in the fully fine-tuned model)")
         if "random-sft" in self.methods and not self.random_seeds:

@@ -19,7 +19,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import SweepSpec, branches
-from ..stages import HISTORY, Node, branch_of, compute, graph
+from ..stages import HISTORY, Node, branch_of, compute, graph, task_data
 from ..store import Store
 
 LEDGER = "_ledger.jsonl"
@@ -110,6 +110,9 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     root_s = str(root)
     if "://" not in root_s:
         Path(root_s).mkdir(parents=True, exist_ok=True)
+    for values, b in branches(spec):  # missing data or columns fail here, before Ray or MLflow start
+        for task in b.tasks:
+            task_data(b, task.id)
     tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
     influence_fn = None
     if executor == "ray":

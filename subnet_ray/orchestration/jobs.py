@@ -1,0 +1,57 @@
+"""Submitting a sweep to a Ray cluster as a Ray job, with the project as its working dir."""
+from __future__ import annotations
+
+import shlex
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from .tune import WORKER_ENV, ClusterUnreachable
+
+PROJECT = Path(__file__).resolve().parents[2]
+EXCLUDES = [".venv", ".git", "runs", "*.egg-info", "__pycache__", ".subnet-ray"]
+
+
+def check_dashboard(address: str, timeout: float = 10.0) -> None:
+    """Raises ClusterUnreachable within `timeout` s unless a Ray dashboard answers at `address`."""
+    if not address.startswith(("http://", "https://")):
+        raise ClusterUnreachable(f"Ray job address {address!r} must be the dashboard URL, e.g. http://HEAD:8265")
+    try:
+        with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=timeout) as r:
+            r.read()
+    except (urllib.error.URLError, OSError) as e:
+        raise ClusterUnreachable(f"Ray dashboard at {address} is unreachable: {getattr(e, 'reason', e)}") from None
+
+
+def entrypoint(sweep: str, root: str | None, tracking_uri: str | None) -> str:
+    """Returns the job's command line: the sweep run with the working dir's own code."""
+    path = Path(sweep).resolve()
+    try:
+        rel = path.relative_to(PROJECT)
+    except ValueError:
+        raise ValueError(f"sweep file {sweep} must be inside the project ({PROJECT}) so the job's working dir holds it") from None
+    cmd = ["python", "-m", "subnet_ray.cli", "run", str(rel), "--quiet", "--address", "auto"]
+    if root:
+        cmd += ["--root", root]
+    if tracking_uri:
+        cmd += ["--tracking-uri", tracking_uri]
+    return shlex.join(cmd)
+
+
+def submit(sweep: str, address: str, root: str | None = None, tracking_uri: str | None = None, wait: bool = False) -> str:
+    """Returns the Ray job id of the submitted sweep; with `wait`, returns once the job has ended (raising if it failed)."""
+    check_dashboard(address)
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+    job = client.submit_job(
+        entrypoint=entrypoint(sweep, root, tracking_uri),
+        runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES, "env_vars": dict(WORKER_ENV)},
+    )
+    if wait:
+        while (status := client.get_job_status(job)) not in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.STOPPED):
+            time.sleep(5)
+        if status != JobStatus.SUCCEEDED:
+            raise RuntimeError(f"Ray job {job} ended {status}; logs:\n{client.get_job_logs(job)[-4000:]}")
+    return job
