@@ -1,0 +1,191 @@
+"""TracIn influence of training on test examples over epoch checkpoints and head masks: the single-process path.
+
+`influence` is what the sweep calls. For each distinct head mask (the test languages' masks;
+None = the full model) and each checkpoint it sketches the whole training set and the test
+examples of the languages that use that mask, both with the mask on, then scores them
+(tracin.top_influences). Examples are sketched in batches of similar length, so little
+compute is spent on padding; ids, not positions, tie every sketch to its example.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+import torch
+from safetensors import safe_open
+from torch import nn
+
+from ..config import InfluenceSpec
+from ..models import META, WEIGHTS, check_mask, load_checkpoint
+from .projection import Projector
+from .sketch import DTYPES, Sketches, layer_dims, select_linears, sketch_batch
+from .tracin import top_influences
+
+
+@dataclass(frozen=True)
+class MaskGroup:
+    """One distinct head mask and the test languages that use it."""
+
+    key: str  # 'none', or 'mask-<hash of the 0/1 pattern>'
+    mask: torch.Tensor | None  # [layers, heads] float 0/1
+    languages: tuple[str, ...]
+
+
+def mask_key(mask: torch.Tensor | None) -> str:
+    """Returns 'none' for no mask, else a short hash of the mask's 0/1 pattern and shape."""
+    if mask is None:
+        return "none"
+    bits = (mask.detach().cpu() != 0).to(torch.uint8)
+    return "mask-" + hashlib.sha1(str(tuple(bits.shape)).encode() + bits.numpy().tobytes()).hexdigest()[:12]
+
+
+def mask_groups(model: nn.Module, languages: list[str], masks: dict | None) -> list[MaskGroup]:
+    """Returns the distinct masks among the test languages', each with its languages; checks every mask's shape."""
+    masks = masks or {}
+    missing = [lang for lang in languages if masks and lang not in masks]
+    if missing:
+        raise ValueError(f"masks given, but none for test languages {missing} (map a language to None for the full model)")
+    groups: dict[str, list] = {}
+    for lang in languages:
+        m = masks.get(lang)
+        if m is not None:
+            m = torch.as_tensor(m)
+            check_mask(model, m)
+            if m.dim() != 2:
+                raise ValueError(f"mask of language {lang!r}: expected one [layers, heads] mask, got shape {tuple(m.shape)}")
+            m = (m != 0).float()
+        key = mask_key(m)
+        groups.setdefault(key, [m, []])[1].append(lang)
+    return [MaskGroup(k, m, tuple(langs)) for k, (m, langs) in groups.items()]
+
+
+def checkpoint_meta(model: nn.Module, directory: str | Path) -> dict:
+    """Returns the checkpoint's meta (epoch, lr, ...) after checking its tensor names and shapes against `model` (no weights loaded)."""
+    path = Path(directory) / WEIGHTS
+    if not path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    with safe_open(str(path), framework="pt") as f:
+        shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if shapes != own:
+        missing = sorted(set(own) - set(shapes))[:3]
+        extra = sorted(set(shapes) - set(own))[:3]
+        bad = sorted(k for k in set(own) & set(shapes) if own[k] != shapes[k])[:3]
+        raise ValueError(
+            f"checkpoint {path} does not match the model: missing {missing}, unexpected {extra}, "
+            f"wrong shape {[(k, shapes[k], own[k]) for k in bad]}"
+        )
+    meta_path = Path(directory) / META
+    return json.loads(meta_path.read_text()) if meta_path.exists() else {}
+
+
+def checkpoint_metas(model: nn.Module, checkpoints: list) -> list[dict]:
+    """Returns each checkpoint's meta with 'epoch' (from meta, else its position) and 'lr' (None if absent); checks them all first."""
+    if not checkpoints:
+        raise ValueError("influence needs at least one checkpoint")
+    metas = []
+    for i, c in enumerate(checkpoints):
+        meta = checkpoint_meta(model, c)
+        metas.append({"epoch": int(meta.get("epoch", i)), "lr": meta.get("lr"), "dir": str(c)})
+    epochs = [m["epoch"] for m in metas]
+    if len(set(epochs)) != len(epochs):
+        raise ValueError(f"checkpoints repeat an epoch: {epochs} ({[m['dir'] for m in metas]})")
+    return metas
+
+
+def check_examples(examples: list, what: str) -> None:
+    """Raises ValueError if `examples` is empty or repeats an id."""
+    if not examples:
+        raise ValueError(f"influence: no {what} examples")
+    dup = [i for i, c in Counter(ex.id for ex in examples).items() if c > 1]
+    if dup:
+        raise ValueError(f"influence: {len(dup)} duplicate {what} example ids, e.g. {dup[:3]}")
+
+
+def by_length(examples: list, tokenizer, max_length: int) -> list:
+    """Returns the examples sorted by token count (stable), so batches pad little."""
+    pairs = [ex.text_pair for ex in examples] if all(ex.text_pair is not None for ex in examples) else None
+    enc = tokenizer([ex.text for ex in examples], pairs, truncation=True, max_length=max_length)
+    lengths = [len(ids) for ids in enc["input_ids"]]
+    return [examples[i] for i in sorted(range(len(examples)), key=lambda i: lengths[i])]
+
+
+def sketch_examples(
+    model: nn.Module,
+    examples: list,
+    tokenizer,
+    spec: InfluenceSpec,
+    max_length: int,
+    head_mask: torch.Tensor | None = None,
+    device: str | torch.device = "cpu",
+    projector: Projector | None = None,
+) -> tuple[list, torch.Tensor]:
+    """Returns (examples in sketch order, sketches [n, dim] in spec.dtype) of the model as loaded, under `head_mask`."""
+    from ..data import encode
+
+    linears = select_linears(model, spec.layers)
+    if projector is None and spec.proj_dim:
+        projector = Projector(spec.proj_dim, spec.projection_seed)
+    ordered = by_length(examples, tokenizer, max_length)
+    mask = head_mask.to(device) if head_mask is not None else None
+    out = []
+    for i in range(0, len(ordered), spec.batch_size):
+        batch = {k: v.to(device) for k, v in encode(ordered[i : i + spec.batch_size], tokenizer, max_length).items()}
+        out.append(sketch_batch(model, batch, linears, projector, mask).to("cpu", DTYPES[spec.dtype]))
+    return ordered, torch.cat(out)
+
+
+def as_model(model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
+    """Returns `model` itself, or what the factory builds."""
+    return model if isinstance(model, nn.Module) else model()
+
+
+def influence(
+    model: nn.Module | Callable[[], nn.Module],
+    checkpoints: list[str | Path],
+    train: list,
+    test: list,
+    tokenizer,
+    spec: InfluenceSpec,
+    masks: dict[str, torch.Tensor | None] | None = None,
+    max_length: int = 128,
+    device: str | torch.device = "cpu",
+) -> pd.DataFrame:
+    """Returns the top-k influences table (tracin.COLUMNS) of `train` on `test` over `checkpoints`.
+
+    model: a SequenceClassifier (its weights are overwritten by each checkpoint) or a factory.
+    train, test: data.Example lists; test is used as given (the caller picks the examples
+    every compared model classifies correctly). masks: test language -> head mask [layers,
+    heads] or None (full model); omitted = the full model for all. Train and test sketches of a
+    test language are both taken under its mask; the training set is sketched once per
+    distinct mask and checkpoint.
+    """
+    model = as_model(model)
+    check_examples(train, "training")
+    check_examples(test, "test")
+    metas = checkpoint_metas(model, checkpoints)
+    languages = sorted({ex.language for ex in test})
+    groups = mask_groups(model, languages, masks)
+    linears = select_linears(model, spec.layers)
+    layout = layer_dims(linears, spec.proj_dim)
+    projector = Projector(spec.proj_dim, spec.projection_seed) if spec.proj_dim else None
+    model.to(device).eval()
+    frames = []
+    for group in groups:
+        group_test = [ex for ex in test if ex.language in group.languages]
+        sk_train, sk_test = [], []
+        for meta in metas:
+            load_checkpoint(model, meta["dir"])
+            for examples, sink in ((train, sk_train), (group_test, sk_test)):
+                ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, group.mask, device, projector)
+                sink.append(Sketches(
+                    ids=[ex.id for ex in ordered], languages=[ex.language for ex in ordered], values=values, layout=layout,
+                    proj_dim=spec.proj_dim, seed=spec.projection_seed, checkpoint=meta["epoch"], lr=meta["lr"], mask=group.key,
+                ))
+        frames.append(top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
+    return pd.concat(frames, ignore_index=True)

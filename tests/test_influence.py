@@ -1,0 +1,330 @@
+"""Influence engine: sketches against brute-force per-example gradients, projection statistics,
+Captum's TracInCP, head masks, top-k against argsort, bad input, and the Ray Data path."""
+import numpy as np
+import pytest
+import torch
+from scipy.stats import spearmanr
+from torch.nn import functional as F
+
+from subnet_ray.config import InfluenceSpec
+from subnet_ray.data import Example
+from subnet_ray.influence import Projector, Sketches, dense_scores, influence, select_linears, sketch_batch, top_influences
+from subnet_ray.influence.pipeline import checkpoint_metas, mask_groups
+from subnet_ray.influence.sketch import layer_dims
+from subnet_ray.models import HeadMask, save_checkpoint
+from tiny import VOCAB, tiny_batch, tiny_model
+
+LAYERS = ["encoder", "classifier"]
+
+
+def brute_grads(model, batch, linears, mask=None):
+    """Per-example [weight | bias] gradients by autograd, one unpadded example at a time."""
+    rows = []
+    for i in range(batch["input_ids"].shape[0]):
+        n = int(batch["attention_mask"][i].sum())
+        one = {k: v[i : i + 1, :n] if v.dim() == 2 else v[i : i + 1] for k, v in batch.items()}
+        m = None if mask is None else (mask[i] if mask.dim() == 3 else mask)
+        with HeadMask(model, m):
+            loss = F.cross_entropy(model(one["input_ids"], one["attention_mask"], one["token_type_ids"]), one["labels"])
+        params = [p for _, lin in linears for p in (lin.weight, lin.bias)]
+        g = torch.autograd.grad(loss, params)
+        rows.append(torch.cat([torch.cat([g[2 * j], g[2 * j + 1][:, None]], 1).flatten() for j in range(len(linears))]))
+    return torch.stack(rows)
+
+
+def cosine(a):
+    u = a / a.norm(dim=1, keepdim=True)
+    return u @ u.T
+
+
+def test_exact_sketch_equals_brute_force_gradients_with_padding():
+    model = tiny_model().double()
+    batch = tiny_batch(n=6, length=10)
+    assert (batch["attention_mask"] == 0).any()
+    linears = select_linears(model, LAYERS)
+    assert [n for n, _ in linears][-2:] == ["classifier.dense", "classifier.out_proj"]  # one-token layers included
+    got = sketch_batch(model, batch, linears, None)
+    ref = brute_grads(model, batch, linears)
+    assert got.shape == ref.shape == (6, sum(d for _, d in layer_dims(linears, 0)))
+    torch.testing.assert_close(got @ got.T, ref @ ref.T, rtol=1e-5, atol=1e-12)
+    torch.testing.assert_close(cosine(got), cosine(ref), rtol=1e-5, atol=1e-12)
+    assert all(p.requires_grad for p in model.parameters())  # restored after sketching
+
+
+def test_projected_sketch_equals_projection_of_exact_gradient():
+    model = tiny_model().double()
+    batch = tiny_batch(n=5, length=9, seed=3)
+    linears = select_linears(model, LAYERS)
+    proj = Projector(16, seed=7)
+    got = sketch_batch(model, batch, linears, proj)
+    exact = sketch_batch(model, batch, linears, None)
+    ref, off = [], 0
+    for name, lin in linears:
+        size = lin.out_features * (lin.in_features + 1)
+        ref.append(proj.project(name, exact[:, off : off + size].view(-1, lin.out_features, lin.in_features + 1), bias=True))
+        off += size
+    torch.testing.assert_close(got, torch.cat(ref, 1), rtol=1e-9, atol=1e-12)
+    # Same seed and layer name give the same matrices in a fresh projector (no shipping needed).
+    torch.testing.assert_close(sketch_batch(model, batch, linears, Projector(16, seed=7)), got, rtol=0, atol=0)
+
+
+def test_projection_is_unbiased_and_its_error_shrinks_with_d():
+    """Tolerance: over S=300 seeds the mean estimate of every pairwise inner product lies within
+    4.5 standard errors of the exact one (deterministic seeds, so not flaky; a biased estimator
+    with bias >= 0.26 sd fails), and the mean cosine error |est - true| / (|a||b|) falls strictly
+    as d goes 4, 16, ..., 1024, by more than 3x overall."""
+    model = tiny_model().double()
+    batch = tiny_batch(n=5, length=8, seed=1)
+    linears = select_linears(model, LAYERS)[-6:]  # layer 1 and the classifier: fast, still sequence and one-token layers
+    exact = sketch_batch(model, batch, linears, None)
+    true = exact @ exact.T
+    norms = exact.norm(dim=1)
+    grads, off = [], 0
+    for name, lin in linears:
+        size = lin.out_features * (lin.in_features + 1)
+        grads.append((name, exact[:, off : off + size].view(-1, lin.out_features, lin.in_features + 1)))
+        off += size
+
+    def estimates(d, seeds):
+        out = []
+        for s in seeds:
+            p = Projector(d, seed=s)
+            sk = torch.cat([p.project(name, g, bias=True) for name, g in grads], 1)
+            out.append(sk @ sk.T)
+        return torch.stack(out)
+
+    errors = []
+    for d in (4, 16, 64, 256, 1024):
+        est = estimates(d, range(40))
+        errors.append(((est - true).abs() / (norms[:, None] * norms[None, :])).mean().item())
+    assert all(a > b for a, b in zip(errors, errors[1:])), errors
+    assert errors[-1] < errors[0] / 3, errors  # theory for one-token layers: d^(-1/4), 4x over 4..1024
+    est = estimates(16, range(1000, 1300))
+    z = (est.mean(0) - true) / (est.std(0) / est.shape[0] ** 0.5)
+    assert z.abs().max() < 4.5, z
+
+
+def test_sketch_under_head_mask_equals_masked_exact_gradient():
+    model = tiny_model().double()
+    batch = tiny_batch(n=4, length=10, seed=2)
+    linears = select_linears(model, LAYERS)
+    mask = torch.ones(2, 4, dtype=torch.float64)
+    mask[0, 1] = mask[1, 3] = 0
+    got = sketch_batch(model, batch, linears, None, head_mask=mask)
+    ref = brute_grads(model, batch, linears, mask)
+    torch.testing.assert_close(got, ref, rtol=1e-7, atol=1e-12)
+    assert not torch.allclose(got, brute_grads(model, batch, linears), atol=1e-4)
+    per_example = torch.ones(4, 2, 4, dtype=torch.float64)
+    per_example[0, 0, :2] = 0
+    per_example[3, 1, 1:] = 0
+    got = sketch_batch(model, batch, linears, None, head_mask=per_example)
+    torch.testing.assert_close(got, brute_grads(model, batch, linears, per_example), rtol=1e-7, atol=1e-12)
+    assert not model.attention_layers()[0].output.dense._forward_pre_hooks  # mask hooks removed
+    assert not any(lin._forward_hooks for _, lin in linears)  # sketch hooks removed
+
+
+def _sketches(values, ids=None, ckpt=1, lr=None, **kw):
+    n, d = values.shape
+    ids = ids or [f"x{i}" for i in range(n)]
+    langs = ["aa" if i % 2 else "bb" for i in range(n)]
+    return Sketches(ids=ids, languages=langs, values=values, layout=(("l", d),), proj_dim=kw.get("proj_dim", d),
+                    seed=kw.get("seed", 0), checkpoint=ckpt, lr=lr, mask=kw.get("mask", "none"))
+
+
+def test_dense_scores_are_lr_weighted_sums_of_cosines():
+    g = torch.Generator().manual_seed(0)
+    tr = [torch.randn(7, 9, generator=g) for _ in range(2)]
+    te = [torch.randn(3, 9, generator=g) for _ in range(2)]
+    train = [_sketches(tr[e], ckpt=e + 1, lr=[1e-3, 5e-4][e]) for e in range(2)]
+    test = [_sketches(te[e], ids=["t0", "t1", "t2"], ckpt=e + 1, lr=[1e-3, 5e-4][e]) for e in range(2)]
+    got = dense_scores(test, train, lr_weighting=True)
+    cos = [F.cosine_similarity(te[e][:, None], tr[e][None], dim=-1) for e in range(2)]
+    torch.testing.assert_close(got[0], 1e-3 * cos[0])
+    torch.testing.assert_close(got[2], 1e-3 * cos[0] + 5e-4 * cos[1])
+    torch.testing.assert_close(dense_scores(test, train, normalize=False)[1], te[1] @ tr[1].T)
+
+
+@pytest.mark.parametrize("block_mb", [1e-4, 256.0])  # 1e-4: one train chunk per top-k width, many merges
+def test_top_k_equals_brute_force_argsort(block_mb):
+    g = torch.Generator().manual_seed(1)
+    train = [_sketches(torch.randn(40, 6, generator=g), ckpt=e) for e in (1, 2)]
+    test = [_sketches(torch.randn(5, 6, generator=g), ids=[f"t{i}" for i in range(5)], ckpt=e) for e in (1, 2)]
+    train[1] = train[1].take(list(reversed(train[1].ids)))  # another row order: aligned by id
+    df = top_influences(test, train, top_k=4, max_block_mb=block_mb)
+    dense = dense_scores(test, train)
+    assert len(df) == 3 * 2 * 5 * 4
+    for c, label in enumerate([1, 2, -1]):
+        for sign, order in (("pos", -1), ("neg", 1)):
+            sub = df[(df.checkpoint == label) & (df.sign == sign)].sort_values(["test_id", "rank"])
+            idx = np.argsort(order * dense[c].numpy(), axis=1, kind="stable")[:, :4]
+            assert sub.train_id.tolist() == [train[0].ids[j] for row in idx for j in row]
+            np.testing.assert_allclose(sub.score.to_numpy(), np.take_along_axis(dense[c].numpy(), idx, 1).ravel(), rtol=1e-6)
+            assert sub.train_language.tolist() == [train[0].languages[j] for row in idx for j in row]
+    assert (df.groupby(["test_id", "checkpoint", "sign"]).size() == 4).all()
+
+
+def _checkpoints(tmp_path, n=2):
+    """Saves n checkpoints of the tiny model, each a small perturbation of the last."""
+    model = tiny_model()
+    g = torch.Generator().manual_seed(5)
+    dirs = []
+    for e in range(1, n + 1):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.05 * torch.randn(p.shape, generator=g))
+        save_checkpoint(model, tmp_path / f"epoch_{e}", {"epoch": e, "lr": 1e-3 / e})
+        dirs.append(tmp_path / f"epoch_{e}")
+    return dirs
+
+
+def test_rankings_agree_with_captum_tracincp(tmp_path):
+    from captum.influence import TracInCP
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from subnet_ray.models import load_checkpoint
+
+    dirs = _checkpoints(tmp_path)
+    model = tiny_model()
+    train_b, test_b = tiny_batch(n=12, length=10, seed=11), tiny_batch(n=4, length=10, seed=12)
+    names = ["encoder.encoder.layer.1.output.dense", "encoder.encoder.layer.1.attention.self.value", "classifier.out_proj"]
+    linears = select_linears(model, names)
+    sk = {"train": [], "test": []}
+    for e, d in enumerate(dirs, 1):
+        meta = load_checkpoint(model, d)
+        for what, b in (("train", train_b), ("test", test_b)):
+            v = sketch_batch(model, b, linears, None)
+            sk[what].append(Sketches(ids=[f"{what}{i}" for i in range(len(v))], languages=["aa"] * len(v), values=v,
+                                     layout=layer_dims(linears, 0), proj_dim=0, seed=0, checkpoint=e, lr=meta["lr"]))
+    ours = dense_scores(sk["test"], sk["train"], lr_weighting=True, normalize=False)[-1]
+
+    def tensors(b):
+        return (b["input_ids"], b["attention_mask"], b["token_type_ids"], b["labels"])
+
+    tracin = TracInCP(
+        tiny_model(), DataLoader(TensorDataset(*tensors(train_b)), batch_size=4), [str(d) for d in dirs],
+        checkpoints_load_func=lambda m, path: load_checkpoint(m, path)["lr"],
+        layers=names, loss_fn=torch.nn.CrossEntropyLoss(reduction="none"), batch_size=4,
+    )
+    theirs = tracin.influence(tensors(test_b))
+    for i in range(4):
+        assert spearmanr(ours[i].numpy(), theirs[i].detach().numpy()).statistic >= 0.99
+    torch.testing.assert_close(ours, theirs.detach(), rtol=1e-4, atol=1e-7)
+
+
+def test_bad_input_gets_clear_errors(tmp_path):
+    v = torch.randn(4, 16)
+    a = _sketches(v)
+    with pytest.raises(ValueError, match="seed"):
+        top_influences([_sketches(v[:2], seed=1)], [a], 2)
+    with pytest.raises(ValueError, match="proj_dim"):
+        top_influences([_sketches(v[:2], proj_dim=9)], [a], 2)
+    with pytest.raises(ValueError, match="layout"):
+        top_influences([_sketches(torch.randn(2, 9), proj_dim=16)], [a], 2)
+    with pytest.raises(ValueError, match="mask"):
+        top_influences([_sketches(v[:2], mask="mask-1")], [a], 2)
+    with pytest.raises(ValueError, match="different examples"):
+        top_influences([_sketches(v[:2], ckpt=1), _sketches(v[:2], ckpt=2)], [a, _sketches(v, ids=list("abcd"), ckpt=2)], 2)
+    with pytest.raises(ValueError, match="duplicate"):
+        _sketches(v, ids=["a", "b", "a", "c"])
+    with pytest.raises(ValueError, match="empty"):
+        _sketches(torch.zeros(0, 16))
+    with pytest.raises(ValueError, match="lack"):
+        a.take(["x0", "nope"])
+    with pytest.raises(ValueError, match="learning rate"):
+        top_influences([_sketches(v[:2])], [a], 2, lr_weighting=True)
+    model = tiny_model()
+    save_checkpoint(tiny_model(num_labels=3), tmp_path / "other", {"epoch": 1})
+    with pytest.raises(ValueError, match="does not match the model.*classifier.out_proj"):
+        checkpoint_metas(model, [tmp_path / "other"])
+    with pytest.raises(ValueError, match="matches no Linear"):
+        select_linears(model, ["encoder", "decoder"])
+    with pytest.raises(ValueError, match=r"none for test languages \['bb'\]"):
+        mask_groups(model, ["aa", "bb"], {"aa": torch.ones(2, 4)})
+    with pytest.raises(ValueError, match="does not fit the model"):
+        mask_groups(model, ["aa"], {"aa": torch.ones(3, 4)})
+    ex = [Example("same", "aa", "w1 w2", None, 0), Example("same", "aa", "w3", None, 1)]
+    with pytest.raises(ValueError, match="duplicate training example ids"):
+        influence(model, [tmp_path / "other"], ex, ex[:1], None, InfluenceSpec())
+
+
+# -- end to end on Examples ------------------------------------------------------------------
+
+
+def word_tokenizer():
+    """A WordLevel tokenizer over w0..w44 with BERT's special tokens: 50 ids, the tiny model's vocabulary."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"])}
+    vocab |= {f"w{i}": i + 5 for i in range(VOCAB - 5)}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]",
+                                   sep_token="[SEP]", mask_token="[MASK]", model_input_names=["input_ids", "token_type_ids", "attention_mask"])
+
+
+def examples(n, split, seed, languages=("aa", "bb")):
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        words = " ".join(f"w{j}" for j in rng.integers(0, VOCAB - 5, rng.integers(2, 9)))
+        out.append(Example(f"t/{languages[i % len(languages)]}/{split}/{i}", languages[i % len(languages)], words, None, int(rng.integers(0, 2))))
+    return out
+
+
+def test_influence_equals_brute_force_cosine_tracin(tmp_path):
+    dirs = _checkpoints(tmp_path)
+    tok = word_tokenizer()
+    train, test = examples(10, "train", 0), examples(4, "test", 1)
+    mask = torch.ones(2, 4)
+    mask[1, :2] = 0
+    spec = InfluenceSpec(proj_dim=0, top_k=3, batch_size=4, lr_weighting=True)
+    df = influence(tiny_model, dirs, train, test, tok, spec, masks={"aa": None, "bb": mask}, max_length=16)
+    assert len(df) == 4 * 3 * 2 * 3
+    from subnet_ray.data import encode
+    from subnet_ray.models import load_checkpoint
+
+    model = tiny_model()
+    linears = select_linears(model, LAYERS)
+    for t in test:
+        m = mask if t.language == "bb" else None
+        total = torch.zeros(len(train))
+        for d in dirs:
+            lr = load_checkpoint(model, d)["lr"]
+            g_train = brute_grads(model, encode(train, tok, 16), linears, m)
+            g_test = brute_grads(model, encode([t], tok, 16), linears, m)
+            total += lr * F.cosine_similarity(g_test, g_train, dim=1)
+        got = df[(df.test_id == t.id) & (df.checkpoint == -1) & (df.sign == "pos")].sort_values("rank")
+        order = torch.argsort(total, descending=True)[:3]
+        assert got.train_id.tolist() == [train[j].id for j in order]
+        np.testing.assert_allclose(got.score.to_numpy(), total[order].numpy(), rtol=1e-4)
+        assert (got.test_language == t.language).all()
+
+
+@pytest.mark.slow  # ~110 s here: Ray start-up and one actor pool per checkpoint
+def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written under the home folder
+    from subnet_ray.influence.distributed import influence_ray
+
+    dirs = _checkpoints(tmp_path)
+    tok = word_tokenizer()
+    train, test = examples(24, "train", 2), examples(6, "test", 3)
+    mask = torch.ones(2, 4)
+    mask[0, 3] = 0
+    masks = {"aa": mask, "bb": None}
+    spec = InfluenceSpec(proj_dim=16, top_k=5, batch_size=4, actors=2, projection_seed=3)
+    ref = influence(tiny_model, dirs, train, test, tok, spec, masks=masks, max_length=16)
+    temp = str(tmp_path_factory.mktemp("r"))  # short: Ray's socket paths are capped at 107 bytes
+    ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False)
+    try:
+        got = influence_ray(tiny_model, dirs, train, test, tok, spec, masks=masks, max_length=16, shard_size=2,
+                            sketch_dir=str(tmp_path / "sketches"))
+    finally:
+        ray.shutdown()
+    key = ["test_id", "checkpoint", "sign", "rank"]
+    ref, got = ref.sort_values(key).reset_index(drop=True), got.sort_values(key).reset_index(drop=True)
+    assert got[key + ["train_id", "train_language", "test_language"]].equals(ref[key + ["train_id", "train_language", "test_language"]])
+    np.testing.assert_allclose(got.score.to_numpy(), ref.score.to_numpy(), rtol=1e-4, atol=1e-6)
+    assert len(list((tmp_path / "sketches" / "epoch_1").glob("*.parquet"))) >= 1
