@@ -256,6 +256,7 @@ def test_report_has_every_figure_with_csv_equal_to_plot(report):
         assert (out / f"{r.name}.png").exists() and (out / f"{r.name}.csv").exists()
         assert_csv_equals_plotted(r)
     assert {s["figure"] for s in summary["skipped"]} == {"fig14", "fig15", "fig17"}  # merged into 13 and 10
+    assert not any(s["reason"].startswith("error") for s in summary["skipped"])
 
 
 def test_report_numbers_agree_with_the_shares_api(report):
@@ -352,6 +353,17 @@ def test_missing_variants_are_skipped_with_reasons_and_tasks_prefix_files(tmp_pa
     build_report([only_full], tmp_path, "mixed", dpi=50)
     assert not any(p.name.startswith("fig02_two") for p in tmp_path.iterdir())
     assert "fig11_one_full_shares.png" in {p.name for p in tmp_path.iterdir()}
+
+
+def test_a_figure_whose_data_is_inconsistent_is_skipped_not_fatal(tmp_path):
+    t = make_synthetic_results(variants=["full", "full+subnet"], seed=4)
+    res = t.influence["full+subnet"]
+    t.influence["full+subnet"] = InfluenceResult(res.topk[res.topk["sign"] == "pos"], res.predictions)  # no negatives
+    t.masks, t.pruning_curves = {}, t.pruning_curves.iloc[:0]  # fewer figures: faster
+    summary = build_report([t], tmp_path, "broken", dpi=50)
+    reasons = {s["figure"]: s["reason"] for s in summary["skipped"]}
+    assert reasons["fig02"].startswith("error: ValueError: no test example has 'neg' rankings")
+    assert "fig11_toy_full_shares.png" in {f["png"] for f in summary["figures"]}
 
 
 def test_bad_inputs_name_what_is_wrong():

@@ -96,6 +96,13 @@ class FigureWriter:
         label = f"fig{figure:02d}" if isinstance(figure, int) else figure
         self.skipped.append({"figure": label, "task": task, "reason": reason})
 
+    def attempt(self, figure: int | str, task: str, make: Callable[[], None]) -> None:
+        """Runs one figure builder; bad or inconsistent data skips that figure (with the error) instead of the report."""
+        try:
+            make()
+        except (ValueError, KeyError) as e:
+            self.skip(figure, task, f"error: {type(e).__name__}: {e}")
+
     def correlation(self, figure: int, task: str, what: str, x: str, y: str, corr, **extra) -> None:
         """Records one correlation (a stats.Correlation) for summary.json and the report."""
         self.correlations.append({"figure": f"fig{figure:02d}", "task": task, "what": what, "x": x, "y": y,

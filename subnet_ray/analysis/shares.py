@@ -167,6 +167,11 @@ def compare_shares(
     sa = language_shares(results[a], languages, **kw)
     sb = language_shares(results[b], languages, **kw)
     rows = [lang for lang in sa.index if lang in sb.index]
+    if not rows:
+        raise ValueError(
+            f"no test example has {sign!r} rankings at checkpoint {checkpoint} in both {a!r} and {b!r} "
+            f"and is classified correctly by both"
+        )
     sa, sb = sa.loc[rows], sb.loc[rows]
     n = example_counts(results[a], languages, sign=sign, checkpoint=checkpoint, keep=keep).reindex(rows)
     return ShareComparison(a, b, sign, sa, sb, sa - sb, n)
