@@ -94,11 +94,11 @@ group_tree() {
 }
 
 # Succeeds when some process of group PGID (or a descendant) has MARKER in its command line:
-# the PID file is ours and not a recycled pid.
+# the PID file is ours and not a recycled pid. (-ww: ps cuts args to the terminal width.)
 group_matches() {
     local pgid="$1" marker="$2" pid
     for pid in $(group_tree "$pgid"); do
-        if ps -o args= -p "$pid" 2>/dev/null | grep -qF -- "$marker"; then return 0; fi
+        if ps -ww -o args= -p "$pid" 2>/dev/null | grep -qF -- "$marker"; then return 0; fi
     done
     return 1
 }

@@ -77,7 +77,7 @@ raylet_node_id() {
     local pid
     for pid in $(group_tree "$1"); do
         [[ "$(ps -o comm= -p "$pid" 2>/dev/null)" == raylet ]] || continue
-        ps -o args= -p "$pid" | tr ' ' '\n' | sed -n 's/^--node_id=//p' | head -n 1
+        ps -ww -o args= -p "$pid" | tr ' ' '\n' | sed -n 's/^--node_id=//p' | head -n 1
         return 0
     done
 }
@@ -145,6 +145,7 @@ cmd_start() {
         esac
     done
     [[ "$name" =~ ^[A-Za-z0-9_.-]+$ ]] || die "--name must be letters, digits, '.', '_' or '-', got '$name'"
+    [[ "$auth" == token || "$auth" == disabled ]] || die "--auth must be 'token' or 'disabled', got '$auth'"
     require_int --timeout "$timeout"
     [[ -z "$num_cpus" ]] || require_int --num-cpus "$num_cpus"
     [[ -z "$num_gpus" ]] || require_int --num-gpus "$num_gpus"
@@ -275,6 +276,7 @@ cmd_health() {
         esac
     done
     require_int --min-nodes "$min"; require_int --timeout "$timeout"
+    [[ "$auth" == token || "$auth" == disabled ]] || die "--auth must be 'token' or 'disabled', got '$auth'"
     state_dir="${state_dir:-$(default_state_dir)}"
     if [[ -z "$address" || -n "$name" ]]; then
         local rec="${name:-head}"
