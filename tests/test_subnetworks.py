@@ -368,3 +368,60 @@ def test_load_mask_checks_shape_and_refuses_pickles(tmp_path):
 def test_save_mask_names_missing_metadata(tmp_path):
     with pytest.raises(ValueError, match="checkpoint"):
         save_mask(tmp_path / "m", A, {k: v for k, v in META.items() if k != "checkpoint"})
+
+
+# ---- on the babel task (data.py, train.py) ---------------------------------------------------
+
+BABEL_LANGS = ["a1", "a2", "b1", "b2"]  # two families: a1/a2 share 80% of their words, as do b1/b2
+
+
+def babel_task(train_size=300, dev_size=100):
+    from subnet_ray.config import BabelSpec, TaskSpec
+
+    return TaskSpec(id="babel", languages=BABEL_LANGS, train_size=train_size, dev_size=dev_size, test_size=10,
+                    babel=BabelSpec(families=[["a1", "a2"], ["b1", "b2"]]))
+
+
+def test_find_subnetworks_accuracies_agree_with_train_evaluate():
+    from subnet_ray.data import build_tokenizer, load_examples
+    from subnet_ray.models import build_model
+    from subnet_ray.train import by_language, evaluate
+    from tiny import TINY
+
+    task = babel_task(train_size=20, dev_size=40)
+    dev, tok = by_language(load_examples(task, "dev")), build_tokenizer(task)
+    model = build_model(TINY, num_labels=2, vocab_size=len(tok), seed=0).eval()
+    subs = find_subnetworks(model, dev, tok, SubnetworkSpec(threshold=0.8, batch_size=16), max_length=32)
+    assert list(subs) == BABEL_LANGS
+    for lang, s in subs.items():
+        assert s.full_accuracy == evaluate(model, dev[lang], tok, 32)["accuracy"]
+        assert s.accuracy == evaluate(model, dev[lang], tok, 32, mask=s.mask)["accuracy"]
+        assert s.accuracy >= 0.8 * s.full_accuracy - 1e-12 and s.mask.any()
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason="does not hold on the tiny model (measured): babel's label is a bag of polar words, one attention head "
+    "carries it, and every language's mask collapses onto the same 1-2 heads (within-family cosine 0.50 = "
+    "across-family 0.50 here; 4x4 models and 600 examples/language gave equal or reversed values too)",
+)
+def test_babel_related_languages_have_more_similar_masks():
+    import tempfile
+
+    from subnet_ray.config import TrainSpec
+    from subnet_ray.data import build_tokenizer, load_examples
+    from subnet_ray.models import build_model
+    from subnet_ray.train import by_language, finetune
+    from tiny import TINY
+
+    task = babel_task()
+    train, dev, tok = load_examples(task, "train"), load_examples(task, "dev"), build_tokenizer(task)
+    model = build_model(TINY, num_labels=2, vocab_size=len(tok), seed=1)
+    with tempfile.TemporaryDirectory() as d:
+        finetune(model, train, dev, tok, TrainSpec(lr=1e-3, epochs=5, batch_size=16, max_length=32), d, seed=1, progress=False)
+    subs = find_subnetworks(model, by_language(dev), tok, SubnetworkSpec(), max_length=32)
+    sim = similarity_matrix({lang: s.mask for lang, s in subs.items()})
+    within = (sim.loc["a1", "a2"] + sim.loc["b1", "b2"]) / 2
+    across = sim.loc[["a1", "a2"], ["b1", "b2"]].values.mean()
+    assert within >= across + 0.1, f"within-family cosine {within:.3f} vs across-family {across:.3f}\n{sim.round(3)}"
