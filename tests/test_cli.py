@@ -1,0 +1,117 @@
+"""The command line: validation, bad input that must write nothing, unreachable services."""
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from subnet_ray.cli import main
+from subnet_ray.config import ConfigError, load_sweep, plan
+from subnet_ray.stages import graph
+
+SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
+def test_shipped_sweeps_validate(path, capsys):
+    assert main(["validate", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert f"{len(plan(load_sweep(path)))} trials" in out
+
+
+def test_paper_settings_in_shipped_sweeps():
+    want = {"xnli": (2e-5, 4, ["en", "fr", "de", "ru", "es"]), "pawsx": (9e-6, 5, ["en", "fr", "de", "ko", "es"]),
+            "marc": (2e-5, 5, ["zh", "en", "fr", "de", "es"])}
+    for name, (lr, epochs, langs) in want.items():
+        s = load_sweep(Path(__file__).parent.parent / "sweeps" / f"{name}.yaml")
+        assert (s.training.lr, s.training.epochs, s.tasks[0].languages, s.model.name) == (lr, epochs, langs, "xlm-roberta-base")
+        assert (s.subnetworks.step_fraction, s.subnetworks.threshold, s.influence.proj_dim, s.influence.top_k) == (0.1, 0.95, 256, 100)
+
+
+BAD = {
+    "unknown field": ("name: x\ntasks: [{id: babel, languages: [a]}]\ntraining: {lrr: 1}\n", "training.lrr"),
+    "unknown task": ("name: x\ntasks: [{id: xnlii, languages: [en]}]\n", "unknown task 'xnlii'"),
+    "unknown language": ("name: x\ntasks: [{id: pawsx, languages: [en, ru]}]\n", "no language(s) ['ru']"),
+    "wrong type": ("name: x\ntasks: [{id: babel, languages: [a]}]\ntraining: {epochs: many}\n", "training.epochs"),
+    "not yaml": ("name: [unclosed\n", "not valid YAML"),
+    "not a mapping": ("- 1\n- 2\n", "expected a mapping"),
+    "sft without full": ("name: x\ntasks: [{id: babel, languages: [a]}]\nmethods: [sft]\n", "need 'full'"),
+    "bad grid path": ("name: x\ntasks: [{id: babel, languages: [a]}]\ngrid: {training.lrr: [1, 2]}\n", "unknown setting 'training.lrr'"),
+    "bad grid value": ("name: x\ntasks: [{id: babel, languages: [a]}]\ngrid: {training.lr: [0.1, -1]}\n", "training.lr"),
+    "compose outside": ("name: x\ntasks: [{id: babel, languages: [a, b]}]\nanalysis: {compose: [[a, c]]}\n", "outside"),
+    "non-square proj": ("name: x\ntasks: [{id: babel, languages: [a]}]\ninfluence: {proj_dim: 10}\n", "perfect square"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_bad_sweep_names_file_and_field_and_writes_nothing(case, tmp_path, capsys):
+    text, expected = BAD[case]
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    root = tmp_path / "root"
+    assert main(["validate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert str(path) in err and expected in err
+    assert main(["run", str(path), "--root", str(root), "--executor", "local"]) == 2
+    assert not root.exists()  # no store, no MLflow db, no Ray
+
+
+def test_missing_sweep_file_is_named(tmp_path, capsys):
+    assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml: cannot read" in capsys.readouterr().err
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def demo_copy(tmp_path) -> str:
+    text = (Path(__file__).parent.parent / "sweeps" / "demo.yaml").read_text()
+    path = tmp_path / "demo.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_unreachable_tracking_server_fails_fast_naming_it(tmp_path, capsys):
+    uri = f"http://127.0.0.1:{closed_port()}"
+    t = time.monotonic()
+    rc = main(["run", demo_copy(tmp_path), "--root", str(tmp_path / "root"), "--tracking-uri", uri, "--executor", "local"])
+    assert rc == 3 and time.monotonic() - t < 30
+    assert uri in capsys.readouterr().err
+    assert not (tmp_path / "root" / "store").exists()
+
+
+def test_unreachable_cluster_fails_fast_naming_it(tmp_path, capsys):
+    addr = f"127.0.0.1:{closed_port()}"
+    t = time.monotonic()
+    rc = main(["run", demo_copy(tmp_path), "--root", str(tmp_path / "root"), "--address", addr])
+    assert rc == 3 and time.monotonic() - t < 30
+    assert addr in capsys.readouterr().err
+    assert not (tmp_path / "root" / "store").exists()
+
+
+def test_unreachable_dashboard_for_submit(tmp_path, capsys):
+    addr = f"http://127.0.0.1:{closed_port()}"
+    t = time.monotonic()
+    assert main(["submit", "sweeps/demo.yaml", "--address", addr]) == 3
+    assert time.monotonic() - t < 30 and addr in capsys.readouterr().err
+
+
+def test_graph_keys_are_shared_across_sweeps_that_agree():
+    # baselines.yaml grids the threshold; its 0.95 branch trains exactly pawsx.yaml's full model
+    pawsx = {n.key for n in graph(load_sweep(Path("sweeps/pawsx.yaml")))}
+    base = {n.key for n in graph(load_sweep(Path("sweeps/baselines.yaml")))}
+    shared_stages = {k.split("/")[0] for k in pawsx & base}
+    assert {"finetune", "subnetworks", "random_masks"} <= shared_stages
+
+
+def test_new_random_seeds_add_nodes_without_changing_existing_keys():
+    spec = load_sweep(Path("sweeps/demo.yaml"))
+    old = {n.key for n in graph(spec)}
+    new = graph(spec, random_seeds=[1, 2, 3, 7])
+    added = [n for n in new if n.key not in old]
+    assert old <= {n.key for n in new}
+    assert sorted((n.stage, n.params.get("variant") or n.params.get("method")) for n in added) == [
+        ("finetune", "random-sft"), ("influence", "full+random:7"), ("influence", "random-sft:7"), ("random_masks", None)]
