@@ -130,7 +130,7 @@ cmd_start() {
     printf '%s\n' "$server_pid" >"$pid_file"
     printf '%s\n' "$url" >"$url_file"
     if ! wait_healthy "$url" "$timeout"; then
-        stop_tree "$server_pid" 5
+        stop_tree "$server_pid" 5 mlflow
         rm -f "$pid_file"
         exit 1
     fi
@@ -157,7 +157,8 @@ cmd_stop() {
     local pgid; pgid="$(cat "$pid_file")"
     [[ "$pgid" =~ ^[0-9]+$ ]] || die "$pid_file does not hold a pid: '$pgid'"
     if group_matches "$pgid" mlflow; then
-        stop_tree "$pgid" "$grace" || die "MLflow server (pgid $pgid) still running after SIGKILL"
+        # The server first, then the launcher that forwards signals to it.
+        stop_tree "$pgid" "$grace" mlflow || die "MLflow server (pgid $pgid) still running after SIGKILL"
         log "stopped MLflow server (pgid $pgid)"
     else
         log "MLflow server (pgid $pgid) was not running; removing the stale PID file"

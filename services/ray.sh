@@ -219,7 +219,15 @@ cmd_start() {
     log "Ray $role '$name' active after $((SECONDS - started))s: node $node_id, cluster $address (pgid $pgid)"
     log "  temp dir: $temp_dir   log: $log_file"
     if [[ "$role" == head ]]; then
-        log "  Jobs API: http://$dash_host:$dash_port   clients need:"
+        local probe="$dash_host"; [[ "$probe" == 0.0.0.0 || "$probe" == "::" ]] && probe=127.0.0.1
+        # Any HTTP status (401 under token auth) means the dashboard is up; 000 means none.
+        if [[ "$(curl -s -o /dev/null -m 3 -w '%{http_code}' "http://$probe:$dash_port/api/version" || true)" == 000 ]]; then
+            log "  note: no dashboard on $probe:$dash_port, so no Jobs API for \`subnet-ray submit\`"
+            log "  (this Ray is the minimal install: pip install 'ray[default]'); \`run --address\` works"
+        else
+            log "  dashboard / Jobs API: http://$probe:$dash_port"
+        fi
+        log "  clients need:"
         log "  export RAY_ADDRESS=$address RAY_AUTH_MODE=$RAY_AUTH_MODE${RAY_AUTH_TOKEN_PATH:+ RAY_AUTH_TOKEN_PATH=$RAY_AUTH_TOKEN_PATH}"
     fi
     printf '%s\n' "$address"
