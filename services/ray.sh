@@ -92,15 +92,16 @@ active_nodes() {
 # within SECS seconds; else names the address and fails.
 wait_active() {
     local address="$1" min="$2" node_id="$3" secs="$4" pgid="${5:-}"
-    local deadline=$((SECONDS + secs)) host="${1%:*}" port="${1##*:}" out="" nodes last=""
+    local deadline=$((SECONDS + secs)) host="${1%:*}" port="${1##*:}" out="" nodes count last=""
     while :; do
         if tcp_open "$py" "$host" "$port"; then
             if out=$(run_limited 15 "$ray_bin" status --address "$address" 2>&1); then
                 nodes=$(active_nodes <<<"$out")
-                if (( $(grep -c . <<<"$nodes") >= min )) && { [[ -z "$node_id" ]] || grep -qx "$node_id" <<<"$nodes"; }; then
+                count=$(grep -c . <<<"$nodes" || true)  # grep -c exits 1 when it counts 0
+                if (( count >= min )) && { [[ -z "$node_id" ]] || grep -qx "$node_id" <<<"$nodes"; }; then
                     return 0
                 fi
-                last="$(grep -c . <<<"$nodes") active node(s), waiting for ${node_id:+node $node_id and }$min"
+                last="$count active node(s), waiting for ${node_id:+node $node_id and }$min"
             else
                 last="$(tail -n 1 <<<"$out")"
             fi

@@ -369,6 +369,16 @@ def test_script_help(script):
     assert bare.returncode == 2 and bare.stderr.startswith("Usage:")
 
 
+def test_ray_status_parsing_counts_running_nodes_only():
+    # `ray status` of autoscaler v1 lists running nodes under Active; v2 splits Active/Idle.
+    status = ("======== Autoscaler status ========\nNode status\n-----\nActive:\n"
+              " 1 node_aa11\n 1 node_bb22\nIdle:\n 1 node_cc33\nPending:\n 1 node_dd44\n"
+              "Recent failures:\n (no failures)\n\nResources\n-----\nTotal Usage:\n 0.0/2.0 CPU\n")
+    script = f'source "{SERVICES}/lib.sh"; eval "$(sed -n "/^active_nodes()/,/^}}/p" "{SERVICES}/ray.sh")"; active_nodes'
+    result = subprocess.run(["bash", "-c", script], input=status, capture_output=True, text=True)
+    assert result.stdout.split() == ["aa11", "bb22", "cc33"]
+
+
 @pytest.mark.parametrize("args, message", [
     (["mlflow.sh", "start", "--port", "http"], "--port must be a non-negative integer, got 'http'"),
     (["mlflow.sh", "start", "--port", "70000"], "--port must be in 1..65535, got 70000"),
@@ -483,6 +493,17 @@ def test_mlflow_server_round_trip(mlflow_state):
     assert live_processes(pgid) == []
     assert not listening(port)
     print(f"\nmlflow server: start {start_seconds:.1f}s, stop {stop_seconds:.1f}s")
+
+
+def test_mlflow_start_that_fails_shows_the_error_and_leaves_nothing(mlflow_state):
+    port = free_port()
+    result = run("mlflow.sh", "start", "--state-dir", mlflow_state, "--port", port,
+                 "--backend-store-uri", "bogus://nowhere")
+    assert result.returncode == 1
+    assert "MLflow server exited during start-up" in result.stderr
+    assert "unsupported URI 'bogus://nowhere'" in result.stderr  # the server's own words
+    assert not (mlflow_state / "mlflow.pid").exists()
+    assert live_processes(marker=f"--port {port}") == []
 
 
 def test_mlflow_health_fails_fast_naming_the_url(tmp_path):
