@@ -21,7 +21,7 @@ head options:
   --dashboard-port PORT   default 8265 (`subnet-ray submit --address http://HEAD:8265`)
 common options:
   --name NAME             node name for the PID file (default head, or worker)
-  --temp-dir DIR          Ray's temp dir (default /tmp/subnet-ray-$UID/NAME; at most 40
+  --temp-dir DIR          Ray's temp dir (default /tmp/subnet-ray-node-$UID/NAME; at most 40
                           characters: Ray's socket paths beneath it must fit in 107 bytes)
   --num-cpus N, --num-gpus N   resources this node offers (default: detected)
   --state-dir DIR         PID, address and log files
@@ -157,7 +157,7 @@ cmd_start() {
         [[ -n "$address" ]] || die "a worker needs --address HEAD_IP:PORT (the head's GCS address)"
         [[ "$address" =~ ^[^:]+:[0-9]+$ ]] || die "--address must be HOST:PORT, got '$address'"
     fi
-    temp_dir="${temp_dir:-/tmp/subnet-ray-$(id -u)/$name}"
+    temp_dir="${temp_dir:-/tmp/subnet-ray-node-$(id -u)/$name}"
     (( ${#temp_dir} <= 40 )) || die "--temp-dir '$temp_dir' is ${#temp_dir} characters; use at most 40 (Ray's socket paths beneath it must fit in 107 bytes)"
     mkdir -p "$temp_dir"; temp_dir="$(cd "$temp_dir" && pwd)"
     state_dir="${state_dir:-$(default_state_dir)}"
