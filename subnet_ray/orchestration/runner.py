@@ -107,6 +107,11 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     if random_seeds is not None:
         spec = spec.model_copy(update={"random_seeds": sorted(set(spec.random_seeds) | set(random_seeds))})
     nodes = graph(spec)
+    # float sums depend on the thread count: every process computing nodes uses the trial's CPUs,
+    # so the local executor, Tune trials and Ray Data actors give the same numbers
+    import torch
+
+    torch.set_num_threads(max(1, int(spec.resources.cpus)))
     root_s = str(root)
     if "://" not in root_s:
         Path(root_s).mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,152 @@
+"""End to end: the sweep driver on a tiny sweep, with the local executor and with real Ray."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+from subnet_ray.config import load_sweep
+from subnet_ray.orchestration.runner import ledger, run_sweep, store_for
+from subnet_ray.stages import TOPK, graph
+
+TINY_SWEEP = """
+name: tiny
+tasks:
+  - id: babel
+    languages: [xa, xb, ya]
+    train_size: 40
+    dev_size: 24
+    test_size: 12
+    babel: {families: [[xa, xb], [ya]], vocab_size: 60, length: 8}
+model:
+  name: tiny
+  tiny: {layers: 2, heads: 4, hidden: 32, intermediate: 64, max_positions: 32}
+training: {lr: 3.0e-3, epochs: 2, batch_size: 8, max_length: 16, seeds: [1]}
+subnetworks: {step_fraction: 0.25, threshold: 0.9}
+influence: {proj_dim: 16, top_k: 5, test_per_language: 6, batch_size: 16}
+methods: [full, sft, random-sft]
+random_seeds: [1]
+analysis: {random_test_language: xa, compose: [[xa, xb]]}
+resources: {cpus: 1, gpus: 0, max_failures: 3}
+"""
+
+
+@pytest.fixture
+def sweep_file(tmp_path) -> Path:
+    p = tmp_path / "tiny.yaml"
+    p.write_text(TINY_SWEEP)
+    return p
+
+
+def topk_tables(root: Path, spec) -> dict[str, pd.DataFrame]:
+    store = store_for(root)
+    return {n.params["variant"]: pd.read_parquet(store.path(n.key) / TOPK) for n in graph(spec) if n.stage == "influence"}
+
+
+def assert_same_influence(a: dict, b: dict, exact: bool = True) -> None:
+    assert sorted(a) == sorted(b)
+    for v in a:
+        x = a[v].sort_values(["test_id", "checkpoint", "sign", "rank"]).reset_index(drop=True)
+        y = b[v].sort_values(["test_id", "checkpoint", "sign", "rank"]).reset_index(drop=True)
+        assert x[["test_id", "checkpoint", "sign", "train_id"]].equals(y[["test_id", "checkpoint", "sign", "train_id"]]), v
+        if exact:
+            assert (x["score"] == y["score"]).all(), v
+        else:
+            pd.testing.assert_series_equal(x["score"], y["score"], rtol=1e-4, atol=1e-5)
+
+
+def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(sweep_file, tmp_path):
+    spec = load_sweep(sweep_file)
+    root = tmp_path / "root"
+    first = run_sweep(spec, root, executor="local", progress=False)
+    nodes = graph(spec)
+    assert sorted(first.computed) == sorted(n.key for n in nodes)
+    report = first.reports[0]
+    summary = json.loads((report / "summary.json").read_text())
+    for key in ("accuracy", "heads_disabled", "comparisons", "correlations"):
+        assert key in summary
+    assert (report / "report.html").exists() and list(report.glob("fig02_*.png")) and list(report.glob("fig02_*.csv"))
+
+    again = run_sweep(spec, root, executor="local", progress=False)
+    assert again.computed == []  # every finished stage is reused
+
+    more = run_sweep(spec, root, executor="local", random_seeds=[2], progress=False)
+    stages = sorted((e["stage"], e["variant"]) for e in ledger(store_for(root)) if e["key"] in more.computed)
+    assert stages == [("finetune", None), ("influence", "full+random:2"), ("influence", "random-sft:2"), ("random_masks", None)]
+
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 3 and {r.info.status for r in runs} == {"FINISHED"}
+    first_parent = min(parents, key=lambda r: r.info.start_time)
+    mine = [r for r in children if r.data.tags["mlflow.parentRunId"] == first_parent.info.run_id]
+    assert sorted(r.info.run_name for r in mine) == ["babel/full/seed1", "babel/random-sft/seed1/rand1", "babel/sft/seed1"]
+    full = next(r for r in mine if r.info.run_name == "babel/full/seed1")
+    masks = [f.path for f in client.list_artifacts(full.info.run_id, "masks/xa")]
+    assert "masks/xa/mask.npy" in masks
+    assert len(client.get_metric_history(full.info.run_id, "dev_accuracy/xa")) == 2  # one per epoch
+    report_files = [f.path for f in client.list_artifacts(first_parent.info.run_id, "report")]
+    assert "report/report.html" in report_files
+
+
+def test_sigint_then_rerun_recomputes_no_finished_stage(sweep_file, tmp_path):
+    spec = load_sweep(sweep_file)
+    ref_root, root = tmp_path / "ref", tmp_path / "root"
+    run_sweep(spec, ref_root, executor="local", progress=False)
+    cmd = [sys.executable, "-m", "subnet_ray.cli", "run", str(sweep_file), "--root", str(root), "--executor", "local", "--quiet"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    led = root / "store" / "_ledger.jsonl"
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and (not led.exists() or len(led.read_text().splitlines()) < 6):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    done_before = [e["key"] for e in ledger(store_for(root))]
+    assert 6 <= len(done_before) < len(graph(spec))
+    rc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert rc.returncode == 0, rc.stderr[-2000:]
+    keys = [e["key"] for e in ledger(store_for(root))]
+    assert len(keys) == len(set(keys)) == len(graph(spec))  # nothing computed twice
+    assert_same_influence(topk_tables(ref_root, spec), topk_tables(root, spec))
+
+
+@pytest.mark.slow
+def test_ray_two_node_cluster_survives_a_killed_worker(sweep_file, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    spec = load_sweep(sweep_file)
+    run_sweep(spec, tmp_path / "ref", executor="local", progress=False)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})  # trials run on workers only
+    worker = cluster.add_node(num_cpus=2)
+    root = tmp_path / "root"
+    killed = threading.Event()
+
+    def kill_worker_mid_training():
+        partial = root / "store" / "_partial" / "finetune"
+        while not killed.is_set():
+            if any(partial.glob("*/epoch_1")) if partial.exists() else False:
+                cluster.remove_node(worker, allow_graceful=False)
+                cluster.add_node(num_cpus=2)
+                killed.set()
+            time.sleep(0.05)
+
+    t = threading.Thread(target=kill_worker_mid_training, daemon=True)
+    t.start()
+    try:
+        run_sweep(spec, root, address=cluster.address, progress=False)
+    finally:
+        killed.set()
+        ray.shutdown()
+        cluster.shutdown()
+    assert_same_influence(topk_tables(tmp_path / "ref", spec), topk_tables(root, spec), exact=False)
