@@ -66,6 +66,7 @@ class SweepRun:
     computed: list[str] = field(default_factory=list)
     reports: list[Path] = field(default_factory=list)
     parent_run_id: str | None = None
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per wave: train, sft, influence, report
 
 
 def write_reports(spec: SweepSpec, root, store: Store, nodes: list[Node]) -> list[Path]:
@@ -136,6 +137,7 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
             {"executor": executor, "address": address or "local", "nodes": len(nodes)},
         )
         for wave in (1, 2):
+            t0 = time.perf_counter()
             plan = _plan(nodes, store, wave)
             if executor == "ray":
                 from .tune import run_wave
@@ -145,14 +147,20 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
                 for trial, trial_nodes in plan.items():
                     for n in trial_nodes:
                         execute(n, spec, store, progress=progress)
+            run.seconds[("train", "sft")[wave - 1]] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         pending = [n for n in nodes if n.wave == 3 and not store.done(n.key)]
         for n in tqdm(pending, desc="influence", disable=not progress):
             kwargs = {"influence_fn": influence_fn} if influence_fn else {}
             execute(n, spec, store, progress=progress, **kwargs)
+        run.seconds["influence"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
         run.reports = write_reports(spec, root, store, nodes)
         _log_trials(tracker, store, nodes)
         for folder in run.reports:
             tracker.parent.log_artifacts(folder, f"report/{folder.name}" if folder.name != spec.name else "report")
+        run.seconds["report"] = time.perf_counter() - t0
+        tracker.parent.log_metrics({f"seconds/{k}": v for k, v in run.seconds.items()})
     run.computed = [e["key"] for e in ledger(store) if e["key"] not in before]
     return run
 

@@ -7,6 +7,7 @@ failed trial `max_failures` times. Trials report per-epoch metrics with `ray.tun
 """
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
@@ -45,6 +46,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, Tune prints no status tables
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bars say where a sweep is
     env = {"env_vars": dict(WORKER_ENV)}
     if address:
         check_address(address)
@@ -53,6 +56,9 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         temp = Path(tempfile.gettempdir()) / f"subnet-ray-{os.getuid()}"  # short: Ray's socket paths are length-limited
         ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp), runtime_env=env,
                  _node_ip_address="127.0.0.1", log_to_driver=False)
+    from ray.data import DataContext
+
+    DataContext.get_current().enable_progress_bars = False
 
 
 def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None:
