@@ -315,7 +315,7 @@ def bad_cases(tmp: Path):
         # the sweep config rejects this first (tests/test_cli.py); the loader still guards itself
         (TaskSpec.model_construct(**task("xnli", tmp / "ok").model_dump() | {"languages": ["en", "xx"]}), "train",
          "task 'xnli': unknown language 'xx'; xnli offers ar"),
-        (task("marc", tmp / "ok", languages=["ko"]), "train", "unknown language 'ko'"),
+        (TaskSpec.model_construct(**task("marc", tmp / "ok").model_dump() | {"languages": ["ko"]}), "train", "unknown language 'ko'"),
         (task("xnli", tmp / "ok"), "dev", f"split 'dev': no file {tmp}/ok/en/dev or validation"),
         (task("xnli", tmp / "ok", languages=["de"]), "train", f"language 'de', split 'train': no folder {tmp}/ok/de"),
         (task("xnli", tmp / "twice"), "dev", f"{tmp}/twice/en: several files for split 'dev': dev.jsonl, validation.csv; keep one"),
