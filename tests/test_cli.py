@@ -115,3 +115,13 @@ def test_new_random_seeds_add_nodes_without_changing_existing_keys():
     assert old <= {n.key for n in new}
     assert sorted((n.stage, n.params.get("variant") or n.params.get("method")) for n in added) == [
         ("finetune", "random-sft"), ("influence", "full+random:7"), ("influence", "random-sft:7"), ("random_masks", None)]
+
+
+def test_submit_entrypoint_runs_the_sweep_from_the_working_dir():
+    from subnet_ray.orchestration.jobs import entrypoint
+
+    cmd = entrypoint("sweeps/xnli.yaml", "/mnt/store", "http://mlflow:5000")
+    assert cmd == ("python -m subnet_ray.cli run sweeps/xnli.yaml --quiet --address auto "
+                   "--root /mnt/store --tracking-uri http://mlflow:5000")
+    with pytest.raises(ValueError, match="must be inside the project"):
+        entrypoint("/tmp/elsewhere.yaml", None, None)

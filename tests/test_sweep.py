@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
+from subnet_ray.cli import main
 from subnet_ray.config import load_sweep
 from subnet_ray.orchestration.runner import ledger, run_sweep, store_for
 from subnet_ray.stages import TOPK, graph
@@ -62,7 +63,7 @@ def assert_same_influence(a: dict, b: dict, exact: bool = True) -> None:
             pd.testing.assert_series_equal(x["score"], y["score"], rtol=1e-4, atol=1e-5)
 
 
-def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(sweep_file, tmp_path):
+def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(sweep_file, tmp_path, capsys):
     spec = load_sweep(sweep_file)
     root = tmp_path / "root"
     first = run_sweep(spec, root, executor="local", progress=False)
@@ -76,6 +77,15 @@ def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(sweep_file, tmp_p
 
     again = run_sweep(spec, root, executor="local", progress=False)
     assert again.computed == []  # every finished stage is reused
+
+    n_ledger = len(ledger(store_for(root)))
+    (report / "summary.json").unlink()
+    assert main(["report", str(sweep_file), "--root", str(root)]) == 0  # from the store alone
+    assert (report / "summary.json").exists() and len(ledger(store_for(root))) == n_ledger
+    capsys.readouterr()
+    assert main(["status", str(sweep_file), "--root", str(root)]) == 0
+    status = capsys.readouterr().out
+    assert f"{len(nodes)}/{len(nodes)} stage outputs" in status and "[missing]" not in status
 
     more = run_sweep(spec, root, executor="local", random_seeds=[2], progress=False)
     stages = sorted((e["stage"], e["variant"]) for e in ledger(store_for(root)) if e["key"] in more.computed)
