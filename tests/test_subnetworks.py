@@ -402,26 +402,34 @@ def test_find_subnetworks_accuracies_agree_with_train_evaluate():
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
-    reason="does not hold on the tiny model (measured): babel's label is a bag of polar words, one attention head "
-    "carries it, and every language's mask collapses onto the same 1-2 heads (within-family cosine 0.50 = "
-    "across-family 0.50 here; 4x4 models and 600 examples/language gave equal or reversed values too)",
+    reason="does not hold on the demo's model (measured, sweeps/demo.yaml as shipped, data seed 0): babel's label is a "
+    "bag of polar words, one attention head carries it for every language, and pruning to 95% leaves 1-4 heads on the "
+    "same places in every language: within-family cosine 0.875 = across 0.875 (model seed 1), 1.00 = 1.00 (seeds 2 "
+    "and 3, every mask one head). Labels that need family-specific relations (a negator scoping the next word in one "
+    "family and the previous in the other; the sign of the first polar word, read in opposite orders) are not "
+    "learned in the demo's 4 epochs of 500 examples (45-75% dev accuracy), and a family-dependent important half of "
+    "the sentence (85-92%) is solved token-locally, still through one shared head (0.50 = 0.50, 0.75 vs 0.625)",
 )
 def test_babel_related_languages_have_more_similar_masks():
+    """The demo exactly as shipped: its task, model, training and pruning settings, its first seed."""
     import tempfile
+    from pathlib import Path
 
-    from subnet_ray.config import TrainSpec
+    from subnet_ray.config import load_sweep
     from subnet_ray.data import build_tokenizer, load_examples
     from subnet_ray.models import build_model
     from subnet_ray.train import by_language, finetune
-    from tiny import TINY
 
-    task = babel_task()
+    demo = load_sweep(Path(__file__).parent.parent / "sweeps" / "demo.yaml")
+    task, seed = demo.tasks[0], demo.training.seeds[0]
+    (x1, x2), (y1, y2) = task.babel.families
     train, dev, tok = load_examples(task, "train"), load_examples(task, "dev"), build_tokenizer(task)
-    model = build_model(TINY, num_labels=2, vocab_size=len(tok), seed=1)
+    model = build_model(demo.model, num_labels=2, vocab_size=len(tok), seed=seed)
     with tempfile.TemporaryDirectory() as d:
-        finetune(model, train, dev, tok, TrainSpec(lr=1e-3, epochs=5, batch_size=16, max_length=32), d, seed=1, progress=False)
-    subs = find_subnetworks(model, by_language(dev), tok, SubnetworkSpec(), max_length=32)
+        finetune(model, train, dev, tok, demo.training, d, seed=seed, progress=False)
+    subs = find_subnetworks(model, by_language(dev), tok, demo.subnetworks, demo.training.max_length)
     sim = similarity_matrix({lang: s.mask for lang, s in subs.items()})
-    within = (sim.loc["a1", "a2"] + sim.loc["b1", "b2"]) / 2
-    across = sim.loc[["a1", "a2"], ["b1", "b2"]].values.mean()
+    within = (sim.loc[x1, x2] + sim.loc[y1, y2]) / 2
+    across = sim.loc[[x1, x2], [y1, y2]].values.mean()
+    # Tolerance 0.1 of cosine: clear of float noise, well under what one head swapped in a 4-head mask moves (0.25).
     assert within >= across + 0.1, f"within-family cosine {within:.3f} vs across-family {across:.3f}\n{sim.round(3)}"
