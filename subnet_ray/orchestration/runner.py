@@ -1,7 +1,8 @@
 """The sweep driver: run the stage graph in waves, write the report, log everything to MLflow.
 
-Waves: (1) full fine-tuning, subnetworks and random masks and (2) SFT / random-SFT run as Ray
-Tune trials; (3) influence runs in the driver, each sharded on Ray Data; (4) the report. With
+Waves, each a set of Ray Tune trials: (1) full fine-tuning, subnetworks and random masks,
+(2) SFT / random-SFT, (3) influence, one trial per model x mask variant, sketching on a Ray
+Data actor pool inside the trial when `influence.actors` > 1; then (4) the report. With
 `executor="local"` the same nodes run in this process, no Ray at all. Every node goes
 through the artifact store, so a rerun, a resume or new random seeds compute only what is
 missing; each computation is appended to the store's ledger (`_ledger.jsonl`), which is
@@ -87,10 +88,12 @@ def write_reports(spec: SweepSpec, root, store: Store, nodes: list[Node]) -> lis
 
 
 def _plan(nodes: list[Node], store: Store, wave: int) -> dict[str, list[Node]]:
+    """Returns the wave's missing nodes by Tune trial: a training trial's stages run in order in one
+    trial; each influence node is a trial of its own, so variants score in parallel."""
     plan: dict[str, list[Node]] = defaultdict(list)
     for n in nodes:
         if n.wave == wave and not store.done(n.key):
-            plan[n.trial].append(n)
+            plan[f"{n.trial}/{n.params['variant']}" if n.stage == "influence" else n.trial].append(n)
     return dict(plan)
 
 
@@ -120,14 +123,10 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
         for task in b.tasks:
             task_data(b, task.id)
     tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
-    influence_fn = None
     if executor == "ray":
         from .tune import init_ray
 
         init_ray(address, num_cpus)
-        from ..influence.distributed import influence_ray
-
-        influence_fn = influence_ray
     store = store_for(root)
     run = SweepRun()
     before = {e["key"] for e in ledger(store)}
@@ -136,24 +135,19 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
             f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", flat_params(spec.model_dump(mode="json")),
             {"executor": executor, "address": address or "local", "nodes": len(nodes)},
         )
-        for wave in (1, 2):
+        for wave, label in ((1, "train"), (2, "sft"), (3, "influence")):
             t0 = time.perf_counter()
             plan = _plan(nodes, store, wave)
             if executor == "ray":
                 from .tune import run_wave
 
-                run_wave(spec, store.uri, plan, Path(root_s) / "ray_results", f"{spec.name}-wave{wave}")
+                storage = f"{root_s.rstrip('/')}/ray_results" if "://" in root_s else str(Path(root_s).resolve() / "ray_results")
+                run_wave(spec, store.uri, plan, storage, f"{spec.name}-{label}", progress)
             else:
-                for trial, trial_nodes in plan.items():
+                for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not progress or wave != 3):
                     for n in trial_nodes:
-                        execute(n, spec, store, progress=progress)
-            run.seconds[("train", "sft")[wave - 1]] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        pending = [n for n in nodes if n.wave == 3 and not store.done(n.key)]
-        for n in tqdm(pending, desc="influence", disable=not progress):
-            kwargs = {"influence_fn": influence_fn} if influence_fn else {}
-            execute(n, spec, store, progress=progress, **kwargs)
-        run.seconds["influence"] = time.perf_counter() - t0
+                        execute(n, spec, store, progress=progress and wave != 3)
+            run.seconds[label] = time.perf_counter() - t0
         t0 = time.perf_counter()
         run.reports = write_reports(spec, root, store, nodes)
         _log_trials(tracker, store, nodes)

@@ -73,18 +73,53 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
     spec = SweepSpec.model_validate_json(spec_json)
     store = Store(store_uri)
     ran = []
+    restored = tune.get_checkpoint()  # a retried trial on a remote store: its partial folder comes back from Tune
     for node in plan[config["trial"]]:
+        if restored is not None and node.stage == "finetune" and not store.done(node.key):
+            restored.to_directory(str(store.partial(node.key)))
+            restored = None
 
         def on_epoch(record: dict, node=node) -> None:
-            tune.report({"epoch": record["epoch"], "train_loss": record["train_loss"],
-                         **{f"dev_accuracy/{k}": v for k, v in record["dev_accuracy"].items()}, "node": node.key})
+            metrics = {"epoch": record["epoch"], "train_loss": record["train_loss"], "node": node.key,
+                       **{f"dev_accuracy/{k}": v for k, v in record["dev_accuracy"].items()}}
+            # a shared-disk store keeps partial work where any node finds it; a remote one needs Tune's checkpoint
+            ckpt = tune.Checkpoint.from_directory(str(store.partial(node.key))) if store.remote else None
+            tune.report(metrics, checkpoint=ckpt)
 
-        if execute(node, spec, store, on_epoch=on_epoch, progress=False):
+        kwargs = {}
+        if node.stage == "influence" and spec.influence.actors > 1:
+            from ..influence.distributed import influence_ray
+
+            kwargs["influence_fn"] = influence_ray  # shards this variant's examples over an actor pool
+        if execute(node, spec, store, on_epoch=on_epoch, progress=False, **kwargs):
             ran.append(node.key)
     tune.report({"done": 1, "computed": len(ran)})
 
 
-def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], storage: Path, name: str) -> None:
+def _progress(total: int, desc: str, enabled: bool):
+    from ray.tune import Callback
+    from tqdm.auto import tqdm
+
+    class Progress(Callback):
+        """A progress bar of finished trials, in the driver (Tune's own tables are off)."""
+
+        def __init__(self):
+            self.bar = tqdm(total=total, desc=desc, disable=not enabled)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self.bar.update(1)
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self.bar.set_postfix_str(f"failed: {trial.config['trial']}")
+
+        def on_experiment_end(self, trials, **info):
+            self.bar.close()
+
+    return Progress()
+
+
+def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], storage: str, name: str,
+             progress: bool = True) -> None:
     """Runs one Tune trial per entry of `plan` (trial name -> its nodes); raises if any trial failed for good."""
     from ray import tune
 
@@ -100,7 +135,7 @@ def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], stora
         param_space={"trial": tune.grid_search(sorted(plan))},
         tune_config=tune.TuneConfig(reuse_actors=False),
         run_config=tune.RunConfig(
-            name=name, storage_path=str(storage.resolve()), verbose=0,
+            name=name, storage_path=storage, verbose=0, callbacks=[_progress(len(plan), name, progress)],
             failure_config=tune.FailureConfig(max_failures=res.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
