@@ -52,7 +52,7 @@ class Projector:
         self.proj_dim = proj_dim
         self.seed = seed
         self.side = sketch_side(proj_dim)
-        self._cache: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._cache: dict[tuple, tuple] = {}
 
     def matrices(
         self, layer: str, out_features: int, in_features: int, bias: bool, device=None, dtype=torch.float32
@@ -69,6 +69,16 @@ class Projector:
             if not bias:
                 g2 = g2[:, :in_features].contiguous()
             self._cache[key] = (g1.to(device=device, dtype=dtype), g2.to(device=device, dtype=dtype))
+        return self._cache[key]
+
+    def factors(
+        self, layer: str, out_features: int, in_features: int, bias: bool, device=None, dtype=torch.float32
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Returns (G1, G2's weight columns, G2's bias column or None), each contiguous, for F.linear."""
+        key = ("factors", layer, out_features, in_features, bias, str(device), dtype)
+        if key not in self._cache:
+            g1, g2 = self.matrices(layer, out_features, in_features, bias, device, dtype)
+            self._cache[key] = (g1, g2[:, :in_features].contiguous(), g2[:, in_features].contiguous() if bias else None)
         return self._cache[key]
 
     def project(self, layer: str, grad: torch.Tensor, bias: bool) -> torch.Tensor:

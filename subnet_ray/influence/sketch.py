@@ -87,6 +87,8 @@ def sketch_batch(
         raise ValueError("sketch_batch needs the model in eval mode (dropout makes gradients random)")
     tokens = batch["attention_mask"]
     size, length = tokens.shape
+    if not linears:
+        raise ValueError("sketch_batch: no layers to sketch")
     parts: dict[str, torch.Tensor] = {}
     leaves: list[torch.Tensor] = []
 
@@ -98,12 +100,10 @@ def sketch_batch(
             if projector is None:
                 px = torch.cat([x, x.new_ones(x.shape[:-1] + (1,))], -1) if bias else x
             else:
-                g1, g2 = projector.matrices(name, lin.out_features, lin.in_features, bias, x.device, x.dtype)
-                px = x @ g2[:, : lin.in_features].T
-                if bias:
-                    px = px + g2[:, lin.in_features]
+                g1, g2, g2_bias = projector.factors(name, lin.out_features, lin.in_features, bias, x.device, x.dtype)
+                px = F.linear(x, g2, g2_bias)  # G2 [x; 1]
             if x.dim() == 3 and x.shape[:2] == (size, length):
-                px = px * tokens.unsqueeze(-1).to(px.dtype)
+                px = px * token_weight
             px = px.reshape(size, -1, px.shape[-1])
             if not out.requires_grad:
                 out = out.detach().requires_grad_()
@@ -111,7 +111,7 @@ def sketch_batch(
 
             def grad_hook(delta):
                 delta = delta.reshape(size, -1, delta.shape[-1])
-                pd = delta if projector is None else delta @ g1.T
+                pd = delta if projector is None else F.linear(delta, g1)  # G1 delta
                 s = torch.bmm(pd.transpose(1, 2), px).flatten(1)  # sum over tokens of (G1 delta)(G2 x)^T
                 parts[name] = parts[name] + s if name in parts else s
 
@@ -120,6 +120,8 @@ def sketch_batch(
 
         return hook
 
+    dtype = linears[0][1].weight.dtype
+    token_weight = tokens.unsqueeze(-1).to(dtype)
     handles = [lin.register_forward_hook(forward_hook(n, lin)) for n, lin in linears]
     masker = HeadMask(model, head_mask) if head_mask is not None else None
     try:
@@ -136,7 +138,6 @@ def sketch_batch(
         if masker is not None:
             masker.remove()
     dims = layer_dims(linears, projector.proj_dim if projector else 0)
-    dtype = logits.dtype
     # A layer the loss does not reach has a zero gradient.
     return torch.cat([parts.get(n, torch.zeros(size, d, dtype=dtype, device=tokens.device)) for n, d in dims], 1)
 

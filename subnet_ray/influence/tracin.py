@@ -122,12 +122,14 @@ def top_influences(
     neg = [[] for _ in range(n_scores)]
     for q0 in range(0, n_test, bt):
         q = slice(q0, q0 + bt)
-        tq = [wi * te.values[q].float() * it[q, None] for wi, te, it in zip(w, test, inv_test)]
+        tq = [te.values[q].float() for te in test]
+        scale = [wi * it[q, None] for wi, it in zip(w, inv_test)]
         best_pos: list = [None] * n_scores
         best_neg: list = [None] * n_scores
         for n0 in range(0, n_train, bn):
             n = slice(n0, n0 + bn)
-            blocks = [t @ (tr.values[n].float() * inv[n, None]).T for t, tr, inv in zip(tq, train, inv_train)]
+            # Scale the scores, not the sketches: no normalised copies of test or train rows.
+            blocks = [(t @ tr.values[n].float().T).mul_(sc).mul_(inv[n]) for t, sc, tr, inv in zip(tq, scale, train, inv_train)]
             if n_ckpt > 1:
                 blocks.append(torch.stack(blocks).sum(0))
             for c, b in enumerate(blocks):
