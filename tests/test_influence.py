@@ -1,5 +1,7 @@
 """Influence engine: sketches against brute-force per-example gradients, projection statistics,
 Captum's TracInCP, head masks, top-k against argsort, bad input, and the Ray Data path."""
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -11,8 +13,8 @@ from subnet_ray.data import Example
 from subnet_ray.influence import Projector, Sketches, dense_scores, influence, select_linears, sketch_batch, top_influences
 from subnet_ray.influence.pipeline import checkpoint_metas, mask_groups
 from subnet_ray.influence.sketch import layer_dims
-from subnet_ray.models import HeadMask, save_checkpoint
-from tiny import VOCAB, tiny_batch, tiny_model
+from subnet_ray.models import HeadMask, build_model, save_checkpoint
+from tiny import TINY, VOCAB, tiny_batch, tiny_model
 
 LAYERS = ["encoder", "classifier"]
 
@@ -247,6 +249,45 @@ def test_bad_input_gets_clear_errors(tmp_path):
         influence(model, [tmp_path / "other"], ex, ex[:1], None, InfluenceSpec())
 
 
+@pytest.mark.parametrize("dtype", ["float16", "bfloat16"])
+def test_low_precision_storage_round_trips_and_scores_close_to_float32(dtype):
+    from subnet_ray.influence.sketch import DTYPES, from_numpy, to_numpy
+
+    g = torch.Generator().manual_seed(4)
+    v = torch.randn(30, 64, generator=g)
+    low = v.to(DTYPES[dtype])
+    assert torch.equal(from_numpy(to_numpy(low), dtype), low)  # bit-exact transport, bfloat16 included
+    train32, test32 = [_sketches(v[:24])], [_sketches(v[24:], ids=[f"t{i}" for i in range(6)])]
+    train_lo, test_lo = [_sketches(low[:24])], [_sketches(low[24:], ids=[f"t{i}" for i in range(6)])]
+    ref, got = dense_scores(test32, train32), dense_scores(test_lo, train_lo)
+    assert (got - ref).abs().max() < (1e-2 if dtype == "bfloat16" else 2e-3)
+
+
+def test_sketch_actor_rejects_an_empty_shard():
+    from subnet_ray.influence.distributed import SketchActor
+
+    actor = object.__new__(SketchActor)  # the check comes before any use of the model
+    with pytest.raises(ValueError, match="empty shard"):
+        actor({"row": np.array([], dtype=np.int64), "id": np.array([], dtype=object)})
+
+
+def test_ray_rows_cover_train_once_per_mask_and_test_once_sorted_by_length():
+    from subnet_ray.influence.distributed import _rows
+
+    model, tok = tiny_model(), word_tokenizer()
+    train, test = examples(6, "train", 0), examples(4, "test", 1)
+    groups = mask_groups(model, ["aa", "bb"], {"aa": torch.ones(2, 4), "bb": None})
+    rows = _rows(train, test, groups, tok, 16)
+    assert sorted((r["role"], r["group"], r["id"]) for r in rows) == sorted(
+        [("train", g, ex.id) for g in (0, 1) for ex in train]
+        + [("test", [0 if ex.language == "aa" else 1][0], ex.id) for ex in test])
+    lengths = [len(r["text"].split()) for r in rows]
+    assert lengths == sorted(lengths) and [r["row"] for r in rows] == list(range(len(rows)))
+    assert "text_pair" not in rows[0]  # Arrow would turn an all-None column into NaN floats
+    paired = [Example(ex.id, ex.language, ex.text, "w1 w2", ex.label) for ex in train]
+    assert {r["text_pair"] for r in _rows(paired, paired[:1], groups[:1], tok, 16)} == {"w1 w2"}
+
+
 # -- end to end on Examples ------------------------------------------------------------------
 
 
@@ -302,7 +343,7 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
         assert (got.test_language == t.language).all()
 
 
-@pytest.mark.slow  # ~110 s here: Ray start-up and one actor pool per checkpoint
+@pytest.mark.slow  # 45-110 s here (load-dependent): Ray start-up and one actor pool per checkpoint
 def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written under the home folder
@@ -319,7 +360,9 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
     temp = str(tmp_path_factory.mktemp("r"))  # short: Ray's socket paths are capped at 107 bytes
     ray.init(num_cpus=2, _temp_dir=temp, include_dashboard=False, log_to_driver=False)
     try:
-        got = influence_ray(tiny_model, dirs, train, test, tok, spec, masks=masks, max_length=16, shard_size=2,
+        # Workers cannot import tests/tiny.py: give them a factory from the installed package.
+        factory = functools.partial(build_model, TINY, num_labels=2, vocab_size=VOCAB)
+        got = influence_ray(factory, dirs, train, test, tok, spec, masks=masks, max_length=16, shard_size=2,
                             sketch_dir=str(tmp_path / "sketches"))
     finally:
         ray.shutdown()

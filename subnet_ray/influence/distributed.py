@@ -117,6 +117,8 @@ def influence_ray(
 ) -> pd.DataFrame:
     """Returns the same table as pipeline.influence, computed on Ray (see the module docstring).
 
+    model: as for pipeline.influence; a factory must be importable on the workers (a function
+    of an installed module, or a functools.partial of one), an instance travels with its weights.
     Extra arguments: address of the cluster if Ray is not initialised yet; CPUs per actor
     and scoring task (torch threads follow it); test examples per scoring task; sketch_dir, a
     local folder or URI Ray can write, to keep each checkpoint's sketches as parquet shards
@@ -128,6 +130,7 @@ def influence_ray(
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     if not ray.is_initialized():
         ray.init(address=address)
+    build = model  # actors get the factory if there is one, so no weights are pickled with it
     model = as_model(model)
     check_examples(train, "training")
     check_examples(test, "test")
@@ -145,7 +148,7 @@ def influence_ray(
         ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // spec.batch_size, 8 * spec.actors)))
         out = ds.map_batches(
             SketchActor,
-            fn_constructor_kwargs=dict(model=model, weights=[weights], spec=spec.model_dump(), masks=masks_np,
+            fn_constructor_kwargs=dict(model=build, weights=[weights], spec=spec.model_dump(), masks=masks_np,
                                        tokenizer=tokenizer, max_length=max_length, device=actor_device, cpus=cpus_per_actor),
             batch_size=spec.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=spec.actors),
             num_cpus=cpus_per_actor, num_gpus=spec.gpus_per_actor, runtime_env=WORKER_ENV,
