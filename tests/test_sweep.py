@@ -137,26 +137,35 @@ def test_ray_two_node_cluster_survives_a_killed_worker(sweep_file, tmp_path):
 
     spec = load_sweep(sweep_file)
     run_sweep(spec, tmp_path / "ref", executor="local", progress=False)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})  # trials run on workers only
+    # the head takes no trials, so the training trial runs on the worker that gets killed
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=2)
     root = tmp_path / "root"
-    killed = threading.Event()
+    outcome = {}
 
-    def kill_worker_mid_training():
-        partial = root / "store" / "_partial" / "finetune"
-        while not killed.is_set():
-            if any(partial.glob("*/epoch_1")) if partial.exists() else False:
-                cluster.remove_node(worker, allow_graceful=False)
-                cluster.add_node(num_cpus=2)
-                killed.set()
-            time.sleep(0.05)
+    def sweep():  # Ray's node management needs the main thread, so the sweep runs beside it
+        try:
+            outcome["run"] = run_sweep(spec, root, address=cluster.address, progress=False)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = e
 
-    t = threading.Thread(target=kill_worker_mid_training, daemon=True)
+    t = threading.Thread(target=sweep)
     t.start()
     try:
-        run_sweep(spec, root, address=cluster.address, progress=False)
+        partial = root / "store" / "_partial" / "finetune"
+        deadline = time.monotonic() + 600
+        while not (partial.exists() and any(partial.glob("*/epoch_1"))) and time.monotonic() < deadline and t.is_alive():
+            time.sleep(0.05)
+        assert t.is_alive(), f"the sweep ended before any epoch finished: {outcome}"
+        cluster.add_node(num_cpus=2)  # where the retried trial goes
+        cluster.remove_node(worker, allow_graceful=False)  # killed mid-training
+        killed_at = time.time()
+        t.join(timeout=900)
     finally:
-        killed.set()
         ray.shutdown()
         cluster.shutdown()
+    assert not t.is_alive() and "error" not in outcome, outcome.get("error")
+    first = ledger(store_for(root))
+    assert len({e["key"] for e in first}) == len(first) == len(graph(spec))  # each stage published once
+    assert first[0]["stage"] == "finetune" and first[0]["time"] > killed_at  # the kill hit unfinished training
     assert_same_influence(topk_tables(tmp_path / "ref", spec), topk_tables(root, spec), exact=False)
