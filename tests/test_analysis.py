@@ -3,6 +3,8 @@ answers; figures whose CSVs equal the plotted numbers; the report folder on synt
 import base64
 import json
 import re
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -24,7 +26,7 @@ from subnet_ray.analysis import (
     table1,
     write_report,
 )
-from subnet_ray.analysis import _mask_stats as ms
+from subnet_ray.subnetworks.masks import cosine_similarity, disabled_heads_table, heads_shared_by, overlap
 
 LANGS = ["a", "b", "c"]
 
@@ -119,31 +121,12 @@ def test_correlations_equal_hand_computed_values():
 
 def test_mask_statistics_are_asymmetric_where_sparsity_differs():
     masks = {"de": np.array([[1, 1, 0, 0]], bool), "en": np.array([[1, 1, 1, 1]], bool)}
-    pct = ms.overlap_percent(masks, ["de", "en"])
+    counts, pct = overlap(masks)
     assert pct.at["de", "en"] == 100.0 and pct.at["en", "de"] == 50.0  # the paper's Fig 13 reading
-    assert ms.overlap_counts(masks, ["de", "en"]).to_numpy().tolist() == [[2, 2], [2, 4]]
-    assert ms.cosine(masks["de"], masks["en"]) == pytest.approx(2 / np.sqrt(8))
-    assert ms.heads_shared_by(masks, ["de", "en"]).tolist() == [[2, 2, 1, 1]]
-    assert ms.disabled_heads(masks["de"]) == 2
-
-
-def test_mask_statistics_agree_with_the_subnetwork_toolkit():
-    from subnet_ray.subnetworks import masks as toolkit  # imports transformers: only this test pays for it
-
-    rng = np.random.default_rng(3)
-    masks = {lang: rng.random((3, 4)) < 0.6 for lang in ["de", "en", "ko"]}
-    masks["ko"][1] = False  # an empty layer: undefined per-layer cosine in both
-    langs = list(masks)
-    np.testing.assert_allclose(ms.similarity_matrix(masks, langs).to_numpy(), toolkit.similarity_matrix(masks).to_numpy())
-    both, pct = toolkit.overlap(masks)
-    assert (ms.overlap_counts(masks, langs).to_numpy() == both.to_numpy()).all()
-    np.testing.assert_allclose(ms.overlap_percent(masks, langs).to_numpy(), pct.to_numpy())
-    assert (ms.heads_shared_by(masks, langs) == toolkit.heads_shared_by(masks).numpy()).all()
-    per_layer = toolkit.layer_similarity(masks)
-    for row in per_layer.itertuples():
-        ours = ms.similarity_matrix(masks, langs, layer=row.layer).at[row.language_a, row.language_b]
-        assert ours == pytest.approx(row.cosine, nan_ok=True)
-    assert per_layer["cosine"].isna().sum() == 2  # ko's layer 1 against de and en
+    assert counts.to_numpy().tolist() == [[2, 2], [2, 4]]
+    assert cosine_similarity(masks["de"], masks["en"]) == pytest.approx(2 / np.sqrt(8))
+    assert heads_shared_by(masks).tolist() == [[2, 2, 1, 1]]
+    assert disabled_heads_table({"toy": masks}).at["toy", "de"] == 2
 
 
 def test_variant_names_parse_and_unknown_names_fail():
@@ -379,3 +362,10 @@ def test_bad_inputs_name_what_is_wrong():
     t.influence["full"].predictions["test_id"] = range(len(t.influence["full"].predictions))
     with pytest.raises(ValueError, match="no row in predictions"):
         t.validate()
+
+
+def test_analysis_imports_without_transformers():
+    # The report must start fast: the mask toolkit is shared with subnetworks, whose pruning modules load transformers.
+    code = "import sys, subnet_ray.analysis; print('transformers' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"

@@ -10,12 +10,12 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from subnet_ray.analysis import _mask_stats as ms
 from subnet_ray.analysis.figures import FigureWriter
 from subnet_ray.analysis.influence_figures import missing_reason, cells, top_k
 from subnet_ray.analysis.results import TaskResults
 from subnet_ray.analysis.shares import correct_under_all, language_shares
 from subnet_ray.analysis.stats import Correlation, correlate
+from subnet_ray.subnetworks.masks import heads_shared_by, layer_similarity, overlap, similarity_matrix
 
 # SFT subnetworks first: Section 7.2 studies how overlap guides sharing under SFT.
 SUBNET_VARIANTS = ("sft+subnet", "full+subnet")
@@ -28,6 +28,16 @@ def _mask_languages(w: FigureWriter, t: TaskResults, number: int, minimum: int =
         w.skip(number, t.task, f"needs identified masks of at least {minimum} languages; have {have}")
         return None
     return have
+
+
+def _masks(t: TaskResults, langs: list[str]) -> dict[str, np.ndarray]:
+    """Returns the masks of `langs`, in that order."""
+    return {lang: t.masks[lang] for lang in langs}
+
+
+def _by_pair(table: pd.DataFrame) -> pd.DataFrame:
+    """Returns a language x language table with its axes named language_a (rows) and language_b (columns)."""
+    return table.rename_axis(index="language_a", columns="language_b")
 
 
 def _subnet_shares(t: TaskResults, sign: str) -> tuple[str, pd.DataFrame] | None:
@@ -66,7 +76,7 @@ def fig08(w: FigureWriter, t: TaskResults) -> None:
     langs = _mask_languages(w, t, 8)
     if langs is None:
         return
-    sim = ms.similarity_matrix(t.masks, langs)
+    sim = _by_pair(similarity_matrix(_masks(t, langs)))
     w.heatmap(8, t.task, "mask_similarity", cells(sim, "cosine_similarity"), row="language_a", col="language_b",
               value="cosine_similarity", fmt="{:.2f}", title=f"{t.task}: mask cosine similarity",
               xlabel="language", ylabel="language",
@@ -100,9 +110,13 @@ def fig09(w: FigureWriter, t: TaskResults) -> None:
     if found is None:
         return w.skip(9, t.task, f"needs summed rankings of one of {list(SUBNET_VARIANTS)}")
     name, shares = found
+    per_layer = layer_similarity(_masks(t, langs))
+    # layer_similarity lists each pair once (a before b); pair_table reads both orders.
+    per_layer = pd.concat([per_layer, per_layer.rename(columns={"language_a": "language_b", "language_b": "language_a"})])
     rows, undefined = [], []
     for layer in range(t.masks[langs[0]].shape[0]):
-        sim = ms.similarity_matrix(t.masks, langs, layer=layer).rename_axis(index="test_language", columns="train_language")
+        sim = (per_layer[per_layer["layer"] == layer].pivot(index="language_a", columns="language_b", values="cosine")
+               .rename_axis(index="test_language", columns="train_language"))
         pairs = pair_table(sim, shares, "layer_cosine_similarity", "positive_share_pct")
         corr = correlate(pairs["layer_cosine_similarity"], pairs["positive_share_pct"])
         w.correlation(9, t.task, f"layer {layer} mask cosine similarity vs positive cross-language influence",
@@ -128,7 +142,7 @@ def fig12(w: FigureWriter, t: TaskResults) -> None:
     langs = _mask_languages(w, t, 12, minimum=1)
     if langs is None:
         return
-    shared = ms.heads_shared_by(t.masks, langs)
+    shared = heads_shared_by(_masks(t, langs)).numpy()
     data = pd.DataFrame([{"layer": i, "head": j, "languages_enabling": int(v)} for (i, j), v in np.ndenumerate(shared)])
     counts = {k: int((shared == k).sum()) for k in (0, len(langs))}
     w.heatmap(12, t.task, "heads_shared", data, row="layer", col="head", value="languages_enabling", fmt="{:.0f}",
@@ -145,8 +159,8 @@ def fig13(w: FigureWriter, t: TaskResults) -> None:
     langs = _mask_languages(w, t, 13)
     if langs is None:
         return
-    counts = ms.overlap_counts(t.masks, langs).astype(float)
-    pct = ms.overlap_percent(t.masks, langs)
+    counts, pct = map(_by_pair, overlap(_masks(t, langs)))
+    counts = counts.astype(float)
     data = pd.concat([cells(pct, "value", panel="% of row language's heads"),
                       cells(counts, "value", panel="shared heads (count)")], ignore_index=True)
     full = [f"{a} in {b}" for a in langs for b in langs if a != b and pct.at[a, b] == 100]
@@ -168,7 +182,7 @@ def fig16(w: FigureWriter, t: TaskResults) -> None:
     if found is None:
         return w.skip(16, t.task, f"needs summed rankings of one of {list(SUBNET_VARIANTS)}")
     name, shares = found
-    pct = ms.overlap_percent(t.masks, langs).rename_axis(index="test_language", columns="train_language")
+    pct = overlap(_masks(t, langs))[1].rename_axis(index="test_language", columns="train_language")
     data = pair_table(pct, shares, "overlap_pct", "negative_share_pct")
     corr = correlate(data["overlap_pct"], data["negative_share_pct"])
     w.correlation(16, t.task, "mask overlap % vs negative cross-language influence", "overlap_pct",

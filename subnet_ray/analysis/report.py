@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from subnet_ray.analysis import _mask_stats as ms
 from subnet_ray.analysis.figures import FigureRecord, FigureWriter
 from subnet_ray.analysis.influence_figures import influence_figures
 from subnet_ray.analysis.mask_figures import mask_figures
 from subnet_ray.analysis.results import TaskResults
+from subnet_ray.subnetworks.masks import disabled_heads_table
 
 # Files this module writes; older copies are removed first so the folder matches summary.json.
 _OWN_PATTERNS = ("fig[0-9][0-9]_*.png", "fig[0-9][0-9]_*.csv", "pruning_*.png", "pruning_*.csv",
@@ -42,12 +42,9 @@ def final_accuracy(t: TaskResults) -> tuple[dict[str, dict[str, float]], dict[st
 def table1(results: list[TaskResults]) -> pd.DataFrame:
     """Returns Table 1: disabled heads of each language's identified subnetwork, one row per task."""
     langs = list(dict.fromkeys(lang for t in results for lang in t.languages))
-    rows = []
-    for t in results:
-        total = next(iter(t.masks.values())).size if t.masks else None
-        rows.append({"task": t.task, "total_heads": total,
-                     **{lang: (ms.disabled_heads(t.masks[lang]) if lang in t.masks else None) for lang in langs}})
-    return pd.DataFrame(rows).astype({lang: "Int64" for lang in langs} | {"total_heads": "Int64"})
+    disabled = disabled_heads_table({t.task: t.masks for t in results}).reindex(index=[t.task for t in results], columns=langs)
+    disabled.insert(0, "total_heads", [next(iter(t.masks.values())).size if t.masks else None for t in results])
+    return disabled.rename_axis("task").reset_index().astype({lang: "Int64" for lang in langs} | {"total_heads": "Int64"})
 
 
 def table2(results: list[TaskResults]) -> pd.DataFrame:
@@ -120,6 +117,7 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
     tables = {"table1_disabled_heads.csv": table1(results), "table2_subnetwork_accuracy.csv": table2(results)}
     for name, table in tables.items():
         table.to_csv(out / name, index=False)
+    disabled = tables["table1_disabled_heads.csv"].set_index("task")
     accuracy = {t.task: final_accuracy(t) for t in results}
     summary = _jsonable({
         "sweep": sweep_name,
@@ -128,7 +126,7 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
         "variants": {t.task: sorted(t.influence) for t in results},
         "accuracy": {task: acc for task, (acc, _) in accuracy.items()},
         "accuracy_split": {task: splits for task, (_, splits) in accuracy.items()},
-        "heads_disabled": {t.task: {lang: ms.disabled_heads(m) for lang, m in t.masks.items()} for t in results},
+        "heads_disabled": {t.task: {lang: int(disabled.at[t.task, lang]) for lang in t.masks} for t in results},
         "total_heads": {t.task: (next(iter(t.masks.values())).size if t.masks else None) for t in results},
         "comparisons": w.comparisons,
         "correlations": w.correlations,
