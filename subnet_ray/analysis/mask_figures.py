@@ -71,6 +71,26 @@ def _extremes(table: pd.DataFrame) -> str:
     return f"most similar {hi[0]}-{hi[1]} ({pairs[hi]:.2f}), least similar {lo[0]}-{lo[1]} ({pairs[lo]:.2f})"
 
 
+def _mask_vs_influence(w: FigureWriter, t: TaskResults, number: int, sign: str, x: pd.DataFrame, x_name: str,
+                       measure: str, slug: str, xlabel: str, against: str, paper: str) -> None:
+    """Records the correlation of x[a, b] with b's share of a's top `sign` examples, and plots it per ordered pair."""
+    word = {"pos": "positive", "neg": "negative"}[sign]
+    what = f"{measure} vs {word} cross-language influence"
+    found = _subnet_shares(t, sign)
+    if found is None:
+        return w.skip(number, t.task, f"{what} needs summed rankings of one of {list(SUBNET_VARIANTS)}")
+    name, shares = found
+    y_name = f"{word}_share_pct"
+    data = pair_table(x, shares, x_name, y_name)
+    corr = correlate(data[x_name], data[y_name])
+    w.correlation(number, t.task, what, x_name, y_name, corr, variant=name)
+    w.scatter(number, t.task, slug, data, x=x_name, y=y_name, hue="test_language", label="pair",
+              title=f"{t.task} ({name})\n{_corr_text(corr)}", xlabel=xlabel, ylabel=f"share of b in a's top {word} (%)",
+              caption=(f"{word.capitalize()} cross-language influence (share % of training language b among the top-"
+                       f"{top_k(t.influence[name])} most {word} examples of test language a, variant {name}; points "
+                       f"labelled b>a) against {against}. {_corr_text(corr)}. Paper: {paper}"))
+
+
 def fig08(w: FigureWriter, t: TaskResults) -> None:
     """Fig 8: mask cosine similarity heatmap, and positive cross-language influence vs similarity."""
     langs = _mask_languages(w, t, 8)
@@ -83,22 +103,10 @@ def fig08(w: FigureWriter, t: TaskResults) -> None:
               caption=(f"Cosine similarity between the flattened binary head masks of each language pair "
                        f"({t.masks[langs[0]].size} heads): {_extremes(sim)}. Paper: MARC's subnetworks overlap more "
                        "than PAWS-X's on average (Fig 8, left)."))
-    found = _subnet_shares(t, "pos")
-    if found is None:
-        return w.skip(8, t.task, f"similarity-vs-influence panel needs summed rankings of one of {list(SUBNET_VARIANTS)}")
-    name, shares = found
-    sim_ab = sim.rename_axis(index="test_language", columns="train_language")
-    data = pair_table(sim_ab, shares, "mask_cosine_similarity", "positive_share_pct")
-    corr = correlate(data["mask_cosine_similarity"], data["positive_share_pct"])
-    w.correlation(8, t.task, "mask cosine similarity vs positive cross-language influence",
-                  "mask_cosine_similarity", "positive_share_pct", corr, variant=name)
-    w.scatter(8, t.task, "similarity_vs_positive_influence", data, x="mask_cosine_similarity", y="positive_share_pct",
-              hue="test_language", label="pair", title=f"{t.task} ({name})\n{_corr_text(corr)}",
-              xlabel="mask cosine similarity of a and b", ylabel="share of b in a's top positive (%)",
-              caption=(f"Positive cross-language influence (share % of training language b among the top-"
-                       f"{top_k(t.influence[name])} most positive examples of test language a, variant {name}; points "
-                       f"labelled b>a) against the cosine similarity of a's and b's masks. {_corr_text(corr)}. Paper: "
-                       "similarity is positively correlated with positive cross-language influence (Fig 8, right)."))
+    _mask_vs_influence(w, t, 8, "pos", sim, "mask_cosine_similarity", "mask cosine similarity",
+                       "similarity_vs_positive_influence", "mask cosine similarity of a and b",
+                       "the cosine similarity of a's and b's masks",
+                       "similarity is positively correlated with positive cross-language influence (Fig 8, right).")
 
 
 def fig09(w: FigureWriter, t: TaskResults) -> None:
@@ -115,8 +123,7 @@ def fig09(w: FigureWriter, t: TaskResults) -> None:
     per_layer = pd.concat([per_layer, per_layer.rename(columns={"language_a": "language_b", "language_b": "language_a"})])
     rows, undefined = [], []
     for layer in range(t.masks[langs[0]].shape[0]):
-        sim = (per_layer[per_layer["layer"] == layer].pivot(index="language_a", columns="language_b", values="cosine")
-               .rename_axis(index="test_language", columns="train_language"))
+        sim = per_layer[per_layer["layer"] == layer].pivot(index="language_a", columns="language_b", values="cosine")
         pairs = pair_table(sim, shares, "layer_cosine_similarity", "positive_share_pct")
         corr = correlate(pairs["layer_cosine_similarity"], pairs["positive_share_pct"])
         w.correlation(9, t.task, f"layer {layer} mask cosine similarity vs positive cross-language influence",
@@ -178,22 +185,10 @@ def fig16(w: FigureWriter, t: TaskResults) -> None:
     langs = _mask_languages(w, t, 16)
     if langs is None:
         return
-    found = _subnet_shares(t, "neg")
-    if found is None:
-        return w.skip(16, t.task, f"needs summed rankings of one of {list(SUBNET_VARIANTS)}")
-    name, shares = found
-    pct = overlap(_masks(t, langs))[1].rename_axis(index="test_language", columns="train_language")
-    data = pair_table(pct, shares, "overlap_pct", "negative_share_pct")
-    corr = correlate(data["overlap_pct"], data["negative_share_pct"])
-    w.correlation(16, t.task, "mask overlap % vs negative cross-language influence", "overlap_pct",
-                  "negative_share_pct", corr, variant=name)
-    w.scatter(16, t.task, "overlap_vs_negative_influence", data, x="overlap_pct", y="negative_share_pct",
-              hue="test_language", label="pair", title=f"{t.task} ({name})\n{_corr_text(corr)}",
-              xlabel="% of a's heads also in b's mask", ylabel="share of b in a's top negative (%)",
-              caption=(f"Negative cross-language influence (share % of training language b among the top-"
-                       f"{top_k(t.influence[name])} most negative examples of test language a, variant {name}; points "
-                       f"labelled b>a) against the % of a's enabled heads that b's mask also enables. {_corr_text(corr)}. "
-                       "Paper: no strong correlation between negative influence and overlap (Fig 16, Section 7.2)."))
+    pct = overlap(_masks(t, langs))[1]
+    _mask_vs_influence(w, t, 16, "neg", pct, "overlap_pct", "mask overlap %", "overlap_vs_negative_influence",
+                       "% of a's heads also in b's mask", "the % of a's enabled heads that b's mask also enables",
+                       "no strong correlation between negative influence and overlap (Fig 16, Section 7.2).")
 
 
 def pruning_curves(w: FigureWriter, t: TaskResults) -> None:
