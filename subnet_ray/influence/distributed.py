@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import InfluenceSpec
 from ..models import WEIGHTS
-from .pipeline import as_model, check_examples, checkpoint_metas, mask_groups
+from .pipeline import as_model, check_examples, checkpoint_metas, mask_groups, token_lengths
 from .projection import Projector
 from .sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, sketch_batch, to_numpy
 from .tracin import top_influences
@@ -81,16 +81,14 @@ def _score_shard(test: list[Sketches], train: list[Sketches], top_k: int, lr_wei
 
 def _rows(train: list, test: list, groups, tokenizer, max_length: int) -> list[dict]:
     """Returns one row per (training example, mask) and per test example, sorted by token count so batches pad little."""
-    examples = train + test
-    pairs = [ex.text_pair for ex in examples] if all(ex.text_pair is not None for ex in examples) else None
-    lengths = [len(x) for x in tokenizer([ex.text for ex in examples], pairs, truncation=True, max_length=max_length)["input_ids"]]
+    lengths = token_lengths(train + test, tokenizer, max_length)
     length = {("train", ex.id): n for ex, n in zip(train, lengths)} | {("test", ex.id): n for ex, n in zip(test, lengths[len(train):])}
     rows = []
     for g, group in enumerate(groups):
         rows += [("train", g, ex) for ex in train]
         rows += [("test", g, ex) for ex in test if ex.language in group.languages]
     rows.sort(key=lambda r: length[(r[0], r[2].id)])
-    has_pair = any(ex.text_pair is not None for ex in examples)
+    has_pair = any(ex.text_pair is not None for ex in train + test)
     out = []
     for i, (role, g, ex) in enumerate(rows):
         row = {"row": i, "role": role, "group": g, "id": ex.id, "language": ex.language, "text": ex.text, "label": int(ex.label)}

@@ -107,11 +107,15 @@ def check_examples(examples: list, what: str) -> None:
         raise ValueError(f"influence: {len(dup)} duplicate {what} example ids, e.g. {dup[:3]}")
 
 
+def token_lengths(examples: list, tokenizer, max_length: int) -> list[int]:
+    """Returns each example's token count after truncation to `max_length`."""
+    pairs = [ex.text_pair for ex in examples] if all(ex.text_pair is not None for ex in examples) else None
+    return [len(ids) for ids in tokenizer([ex.text for ex in examples], pairs, truncation=True, max_length=max_length)["input_ids"]]
+
+
 def by_length(examples: list, tokenizer, max_length: int) -> list:
     """Returns the examples sorted by token count (stable), so batches pad little."""
-    pairs = [ex.text_pair for ex in examples] if all(ex.text_pair is not None for ex in examples) else None
-    enc = tokenizer([ex.text for ex in examples], pairs, truncation=True, max_length=max_length)
-    lengths = [len(ids) for ids in enc["input_ids"]]
+    lengths = token_lengths(examples, tokenizer, max_length)
     return [examples[i] for i in sorted(range(len(examples)), key=lambda i: lengths[i])]
 
 
