@@ -64,19 +64,19 @@ def _panels(data: pd.DataFrame, panel: str | None) -> list[tuple[str, pd.DataFra
     return [(str(p), data[data[panel] == p]) for p in _order(data[panel])]
 
 
-def _axes(fig: Figure, n: int, per_row: int = 99, **kw) -> list:
-    """Returns n axes in rows of at most per_row; unused grid cells are removed."""
-    cols = min(n, per_row)
-    axes = list(fig.subplots(math.ceil(n / cols), cols, squeeze=False, **kw).ravel())
-    for ax in axes[n:]:
-        ax.remove()
-    return axes[:n]
-
-
 def _grid(n: int, per_row: int) -> tuple[int, int]:
     """Returns (columns, rows) of a grid of n panels with at most per_row per row."""
     cols = min(n, per_row)
     return cols, math.ceil(n / cols)
+
+
+def _axes(fig: Figure, n: int, per_row: int = 99, **kw) -> list:
+    """Returns n axes in rows of at most per_row; unused grid cells are removed."""
+    cols, rows = _grid(n, per_row)
+    axes = list(fig.subplots(rows, cols, squeeze=False, **kw).ravel())
+    for ax in axes[n:]:
+        ax.remove()
+    return axes[:n]
 
 
 class FigureWriter:

@@ -41,6 +41,7 @@ class ImportancePass:
 
     @property
     def accuracy(self) -> float:
+        """Returns correct / count."""
         return self.correct / self.count
 
 

@@ -40,6 +40,7 @@ class Subnetwork:
 
     @property
     def heads_disabled(self) -> int:
+        """Returns the number of heads `mask` disables."""
         return int((~self.mask).sum())
 
 
