@@ -9,7 +9,12 @@ from pathlib import Path
 
 from .config import ConfigError, SweepSpec, load_sweep, plan
 
-DEMO = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
+def _demo_sweep() -> str:
+    """Returns the demo sweep file: the checkout's (editable install) or ./sweeps/demo.yaml."""
+    for path in (Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml", Path("sweeps") / "demo.yaml"):
+        if path.exists():
+            return str(path)
+    raise ConfigError("sweeps/demo.yaml not found: run `subnet-ray demo` from the project folder")
 
 
 def _root(args) -> str:
@@ -60,7 +65,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    return _run(args, str(DEMO))
+    return _run(args, _demo_sweep())
 
 
 def cmd_rerun_random(args) -> int:
