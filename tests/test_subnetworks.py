@@ -1,7 +1,5 @@
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pandas as pd
@@ -382,15 +380,6 @@ def babel_task(train_size=300, dev_size=100):
 
     return TaskSpec(id="babel", languages=BABEL_LANGS, train_size=train_size, dev_size=dev_size, test_size=10,
                     babel=BabelSpec(families=[["a1", "a2"], ["b1", "b2"]]))
-
-
-def test_package_loads_pruning_only_when_asked_and_prune_is_the_function():
-    # Fresh interpreter: the mask toolkit alone must not load transformers, and the lazily bound
-    # `prune` must be the function even though importing the submodule `prune` binds the module.
-    code = ("import sys, subnet_ray.subnetworks as s; print('transformers' in sys.modules); "
-            "from subnet_ray.subnetworks import curve_frame, prune; print(prune.__module__, s.prune is prune)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
-    assert out[:2] == ["False", "subnet_ray.subnetworks.prune True"]
 
 
 def test_find_subnetworks_accuracies_agree_with_train_evaluate():
