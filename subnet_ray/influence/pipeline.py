@@ -17,6 +17,7 @@ from typing import Callable
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from safetensors import safe_open
 from torch import nn
 
@@ -138,7 +139,8 @@ def sketch_examples(
     ordered = by_length(examples, tokenizer, max_length)
     mask = head_mask.to(device) if head_mask is not None else None
     out = []
-    for i in range(0, len(ordered), spec.batch_size):
+    # a bar on a terminal only (disable=None): Tune trials and Ray actors print no bar noise
+    for i in tqdm(range(0, len(ordered), spec.batch_size), desc=f"sketching {len(ordered)} examples", leave=False, disable=None):
         batch = {k: v.to(device) for k, v in encode(ordered[i : i + spec.batch_size], tokenizer, max_length).items()}
         out.append(sketch_batch(model, batch, linears, projector, mask).to("cpu", DTYPES[spec.dtype]))
     return ordered, torch.cat(out)
