@@ -57,7 +57,7 @@ def main() -> None:
         print(json.dumps({"benchmark": "demo_ray_overhead", "one_process_train_s": round(train(out["local"]), 1),
                           "tune_train_s": round(train(out["ray"]), 1),
                           "ray_overhead": round(train(out["ray"]) / train(out["local"]) - 1, 3), "target_ray_overhead": 0.15,
-                          "influence_local_s": out["local"]["waves_s"]["influence"], "influence_ray_data_s": out["ray"]["waves_s"]["influence"]}))
+                          "influence_local_s": out["local"]["waves_s"]["influence"], "influence_tune_s": out["ray"]["waves_s"]["influence"]}))
 
 
 if __name__ == "__main__":

@@ -142,7 +142,8 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
                 from .tune import run_wave
 
                 storage = f"{root_s.rstrip('/')}/ray_results" if "://" in root_s else str(Path(root_s).resolve() / "ray_results")
-                run_wave(spec, store.uri, plan, storage, f"{spec.name}-{label}", progress)
+                run_wave(spec, store.uri, plan, storage, f"{spec.name}-{label}", progress,
+                         data_parallel=wave == 3 and spec.influence.actors > 1)
             else:
                 for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not progress or wave != 3):
                     for n in trial_nodes:

@@ -68,7 +68,7 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
     from ..store import Store
     from .runner import execute
 
-    cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))
+    cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))  # >= 1 thread
     torch.set_num_threads(cpus)
     spec = SweepSpec.model_validate_json(spec_json)
     store = Store(store_uri)
@@ -119,21 +119,26 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], storage: str, name: str,
-             progress: bool = True) -> None:
-    """Runs one Tune trial per entry of `plan` (trial name -> its nodes); raises if any trial failed for good."""
+             progress: bool = True, data_parallel: bool = False) -> None:
+    """Runs one Tune trial per entry of `plan` (trial name -> its nodes); raises if any trial failed for good.
+
+    data_parallel: the trials only coordinate Ray Data actor pools (influence with actors > 1):
+    they take a sliver of a CPU and run one at a time, so two half-started fixed-size pools
+    can never wait on each other's CPUs.
+    """
     from ray import tune
 
     if not plan:
         return
     res = spec.resources
+    resources = {"cpu": 0.01, "gpu": 0} if data_parallel else {"cpu": res.cpus, "gpu": res.gpus}
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, spec_json=spec.model_dump_json(), store_uri=store_uri, plan=plan),
-        {"cpu": res.cpus, "gpu": res.gpus},
+        tune.with_parameters(_trainable, spec_json=spec.model_dump_json(), store_uri=store_uri, plan=plan), resources,
     )
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(sorted(plan))},
-        tune_config=tune.TuneConfig(reuse_actors=False),
+        tune_config=tune.TuneConfig(reuse_actors=False, max_concurrent_trials=1 if data_parallel else None),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0, callbacks=[_progress(len(plan), name, progress)],
             failure_config=tune.FailureConfig(max_failures=res.max_failures),
