@@ -1,8 +1,9 @@
 """The sweep driver: run the stage graph in waves, write the report, log everything to MLflow.
 
-Waves, each a set of Ray Tune trials: (1) full fine-tuning, subnetworks and random masks,
-(2) SFT / random-SFT, (3) influence, one trial per model x mask variant, sketching on a Ray
-Data actor pool inside the trial when `influence.actors` > 1; then (4) the report. With
+Waves: (1) full fine-tuning, subnetworks and random masks, (2) SFT / random-SFT, as Ray Tune
+trials; (3) influence, one Tune trial per model x mask variant, or, when `influence.actors` > 1
+(paper-sized jobs), each variant sharded on a Ray Data actor pool from the driver; then (4) the
+report. With
 `executor="local"` the same nodes run in this process, no Ray at all. Every node goes
 through the artifact store, so a rerun, a resume or new random seeds compute only what is
 missing; each computation is appended to the store's ledger (`_ledger.jsonl`), which is
@@ -138,12 +139,19 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
         for wave, label in ((1, "train"), (2, "sft"), (3, "influence")):
             t0 = time.perf_counter()
             plan = _plan(nodes, store, wave)
-            if executor == "ray":
+            if executor == "ray" and wave == 3 and spec.influence.actors > 1:
+                # big influence jobs: the driver runs each variant on a Ray Data actor pool of
+                # `influence.actors` (Ray Data inside a Tune trial would sit in its placement group)
+                from ..influence.distributed import influence_ray
+
+                for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not progress):
+                    for n in trial_nodes:
+                        execute(n, spec, store, influence_fn=influence_ray, progress=False)
+            elif executor == "ray":
                 from .tune import run_wave
 
                 storage = f"{root_s.rstrip('/')}/ray_results" if "://" in root_s else str(Path(root_s).resolve() / "ray_results")
-                run_wave(spec, store.uri, plan, storage, f"{spec.name}-{label}", progress,
-                         data_parallel=wave == 3 and spec.influence.actors > 1)
+                run_wave(spec, store.uri, plan, storage, f"{spec.name}-{label}", progress)
             else:
                 for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not progress or wave != 3):
                     for n in trial_nodes:

@@ -86,12 +86,7 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
             ckpt = tune.Checkpoint.from_directory(str(store.partial(node.key))) if store.remote else None
             tune.report(metrics, checkpoint=ckpt)
 
-        kwargs = {}
-        if node.stage == "influence" and spec.influence.actors > 1:
-            from ..influence.distributed import influence_ray
-
-            kwargs["influence_fn"] = influence_ray  # shards this variant's examples over an actor pool
-        if execute(node, spec, store, on_epoch=on_epoch, progress=False, **kwargs):
+        if execute(node, spec, store, on_epoch=on_epoch, progress=False):
             ran.append(node.key)
     tune.report({"done": 1, "computed": len(ran)})
 
@@ -119,26 +114,21 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], storage: str, name: str,
-             progress: bool = True, data_parallel: bool = False) -> None:
-    """Runs one Tune trial per entry of `plan` (trial name -> its nodes); raises if any trial failed for good.
-
-    data_parallel: the trials only coordinate Ray Data actor pools (influence with actors > 1):
-    they take a sliver of a CPU and run one at a time, so two half-started fixed-size pools
-    can never wait on each other's CPUs.
-    """
+             progress: bool = True) -> None:
+    """Runs one Tune trial per entry of `plan` (trial name -> its nodes); raises if any trial failed for good."""
     from ray import tune
 
     if not plan:
         return
     res = spec.resources
-    resources = {"cpu": 0.01, "gpu": 0} if data_parallel else {"cpu": res.cpus, "gpu": res.gpus}
     trainable = tune.with_resources(
-        tune.with_parameters(_trainable, spec_json=spec.model_dump_json(), store_uri=store_uri, plan=plan), resources,
+        tune.with_parameters(_trainable, spec_json=spec.model_dump_json(), store_uri=store_uri, plan=plan),
+        {"cpu": res.cpus, "gpu": res.gpus},
     )
     tuner = tune.Tuner(
         trainable,
         param_space={"trial": tune.grid_search(sorted(plan))},
-        tune_config=tune.TuneConfig(reuse_actors=False, max_concurrent_trials=1 if data_parallel else None),
+        tune_config=tune.TuneConfig(reuse_actors=False),
         run_config=tune.RunConfig(
             name=name, storage_path=storage, verbose=0, callbacks=[_progress(len(plan), name, progress)],
             failure_config=tune.FailureConfig(max_failures=res.max_failures),
