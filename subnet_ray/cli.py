@@ -90,8 +90,8 @@ def cmd_status(args) -> int:
 def cmd_report(args) -> int:
     from .orchestration.runner import store_for, write_reports
 
-    spec, nodes = _load(args.sweep)
-    reports = write_reports(spec, _root(args), store_for(_root(args)), nodes)
+    spec, _ = _load(args.sweep)
+    reports = write_reports(spec, _root(args), store_for(_root(args)))
     if not reports:
         print(f"sweep {spec.name}: nothing in the store under {_root(args)} yet; run it first", file=sys.stderr)
         return 1

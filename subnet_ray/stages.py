@@ -85,9 +85,8 @@ def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
                 ft_cfg = {"task": _task_config(task), "model": model_cfg, "training": train_cfg, "seed": seed, "method": "full"}
                 full = add(Node(Store.key("finetune", ft_cfg), "finetune", full_trial, 1, (), {**common, "method": "full", "config": ft_cfg}))
                 models = {"full": full}
-                if True:  # the subnetworks are needed by every variant but "full"
-                    sub_cfg = {**b.subnetworks.model_dump(mode="json", exclude={"batch_size"}), "max_length": b.training.max_length}
-                    sub = add(Node(Store.key("subnetworks", sub_cfg, [full.key]), "subnetworks", full_trial, 1, (full.key,), {**common, "config": sub_cfg}))
+                sub_cfg = {**b.subnetworks.model_dump(mode="json", exclude={"batch_size"}), "max_length": b.training.max_length}
+                sub = add(Node(Store.key("subnetworks", sub_cfg, [full.key]), "subnetworks", full_trial, 1, (full.key,), {**common, "config": sub_cfg}))
                 rnd = {}
                 for rs in rseeds:
                     rnd[rs] = add(Node(Store.key("random_masks", {"random_seed": rs}, [sub.key]), "random_masks", full_trial, 1, (sub.key,), {**common, "random_seed": rs}))

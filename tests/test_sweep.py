@@ -180,3 +180,17 @@ def test_ray_two_node_cluster_survives_a_killed_worker(sweep_file, tmp_path):
     assert len({e["key"] for e in first}) == len(first) == len(graph(spec))  # each stage published once
     assert first[0]["stage"] == "finetune" and first[0]["time"] > killed_at  # the kill hit unfinished training
     assert_same_influence(topk_tables(tmp_path / "ref", spec), topk_tables(root, spec), exact=False)
+
+
+def test_grid_branches_share_stages_and_each_report_has_them(sweep_file, tmp_path):
+    text = TINY_SWEEP.replace("methods: [full, sft, random-sft]", "methods: [full]").replace(
+        "resources:", "grid: {subnetworks.threshold: [0.9, 0.8]}\nresources:")
+    sweep_file.write_text(text)
+    spec = load_sweep(sweep_file)
+    run = run_sweep(spec, tmp_path / "root", executor="local", progress=False)
+    stages = [e["stage"] for e in ledger(store_for(tmp_path / "root"))]
+    assert stages.count("finetune") == 1 and stages.count("subnetworks") == 2  # fine-tuning shared by both branches
+    assert sorted(p.name for p in run.reports) == ["threshold0.8-seed1", "threshold0.9-seed1"]
+    for folder in run.reports:
+        summary = json.loads((folder / "summary.json").read_text())
+        assert {"full", "full+subnet"} <= set(summary["variants"]["babel"]), folder.name

@@ -18,10 +18,10 @@ def _dev_rows(variant: str, history: list[dict]) -> list[dict]:
     ]
 
 
-def collect(store: Store, spec: SweepSpec, nodes: list[Node], branch: dict, seed: int) -> list[TaskResults]:
-    """Returns one TaskResults per task of the branch `branch` and training seed `seed`, from finished nodes."""
+def collect(store: Store, spec: SweepSpec, nodes: list[Node], seed: int) -> list[TaskResults]:
+    """Returns one TaskResults per task of the sweep branch `spec` (no grid) and training seed `seed`, from finished nodes."""
     out = []
-    mine = [n for n in nodes if n.params["branch"] == branch and n.params["seed"] == seed]
+    mine = [n for n in nodes if n.params["seed"] == seed]
     for task in spec.tasks:
         tn = [n for n in mine if n.params["task"] == task.id]
         sub = next((n for n in tn if n.stage == "subnetworks" and store.done(n.key)), None)

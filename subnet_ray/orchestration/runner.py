@@ -71,15 +71,16 @@ class SweepRun:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per wave: train, sft, influence, report
 
 
-def write_reports(spec: SweepSpec, root, store: Store, nodes: list[Node]) -> list[Path]:
+def write_reports(spec: SweepSpec, root, store: Store) -> list[Path]:
     """Returns the report folders written from what the store holds, one per branch and seed."""
     from ..analysis.report import build_report
     from .results import collect
 
     out = []
     for values, b in branches(spec):
+        nodes = graph(b)  # this branch's own nodes, including those it shares with other branches
         for seed in b.training.seeds:
-            results = collect(store, b, nodes, values, seed)
+            results = collect(store, b, nodes, seed)
             if not results:
                 continue
             folder = report_dir(root, spec, values, seed)
@@ -158,7 +159,7 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
                         execute(n, spec, store, progress=progress and wave != 3)
             run.seconds[label] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        run.reports = write_reports(spec, root, store, nodes)
+        run.reports = write_reports(spec, root, store)
         _log_trials(tracker, store, nodes)
         for folder in run.reports:
             tracker.parent.log_artifacts(folder, f"report/{folder.name}" if folder.name != spec.name else "report")
