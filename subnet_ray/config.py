@@ -224,6 +224,10 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError(f"{path}: not valid YAML: {e}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
+    for task in raw.get("tasks") or []:
+        # a local data folder is named relative to where the sweep is launched; trials run elsewhere
+        if isinstance(task, dict) and isinstance(task.get("source"), str) and Path(task["source"]).exists():
+            task["source"] = str(Path(task["source"]).resolve())
     try:
         spec = SweepSpec.model_validate(raw)
     except ValidationError as e:

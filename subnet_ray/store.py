@@ -39,8 +39,10 @@ class Store:
             self.local = Path(cache or Path.home() / ".cache" / "subnet-ray" / hashlib.sha1(root.encode()).hexdigest()[:12])
         else:
             self.fs = None
-            self.root = root.removeprefix("file://")
+            # absolute: Ray Tune runs trials in their own working folders
+            self.root = str(Path(root.removeprefix("file://")).resolve())
             self.local = Path(self.root)
+            root = self.root
         self.local.mkdir(parents=True, exist_ok=True)
         self.uri = root
 

@@ -125,3 +125,14 @@ def test_submit_entrypoint_runs_the_sweep_from_the_working_dir():
                    "--root /mnt/store --tracking-uri http://mlflow:5000")
     with pytest.raises(ValueError, match="must be inside the project"):
         entrypoint("/tmp/elsewhere.yaml", None, None)
+
+
+def test_local_data_folder_is_resolved_from_where_the_sweep_is_launched(tmp_path, monkeypatch):
+    (tmp_path / "data" / "en").mkdir(parents=True)
+    (tmp_path / "s.yaml").write_text("name: x\ntasks: [{id: pawsx, languages: [en], source: data}]\n")
+    monkeypatch.chdir(tmp_path)
+    spec = load_sweep("s.yaml")
+    assert spec.tasks[0].source == str(tmp_path / "data")
+    hub = tmp_path / "h.yaml"
+    hub.write_text("name: x\ntasks: [{id: pawsx, languages: [en], source: google-research-datasets/paws-x}]\n")
+    assert load_sweep(hub).tasks[0].source == "google-research-datasets/paws-x"  # a hub id stays as it is

@@ -58,3 +58,14 @@ def test_fsspec_root_publishes_with_marker_last(tmp_path):
     assert (fresh.path(key) / "a.txt").read_text() == "hello"
     assert fresh.keys("stage") == [key]
     assert not any(".tmp-" in p for p in fresh.fs.find(fresh.root))
+
+
+def test_relative_root_is_made_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    store = Store("runs/store")
+    assert store.uri == str(tmp_path / "runs" / "store") and Path(store.uri).is_absolute()
+    monkeypatch.chdir("/")  # as in a Ray Tune trial, which runs in its own folder
+    key = Store.key("s", {})
+    with store.writing(key) as d:
+        (d / "x").write_text("1")
+    assert Store(str(tmp_path / "runs" / "store")).done(key)

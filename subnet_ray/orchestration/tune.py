@@ -17,7 +17,8 @@ from urllib.parse import urlsplit
 from ..config import SweepSpec
 from ..stages import Node
 
-WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true"}
+WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
+              "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trials keep the launch folder as their working dir
 
 
 class ClusterUnreachable(ConnectionError):
