@@ -343,7 +343,7 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
         assert (got.test_language == t.language).all()
 
 
-@pytest.mark.slow  # 45-110 s here (load-dependent): Ray start-up and one actor pool per checkpoint
+@pytest.mark.slow  # 40-70 s here (load-dependent): Ray start-up and one actor pool for all checkpoints
 def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written under the home folder

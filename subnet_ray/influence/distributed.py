@@ -1,11 +1,15 @@
 """TracIn influence on Ray: sketching on a Ray Data actor pool, scoring as tasks over test shards.
 
 Same inputs and result as pipeline.influence (same ids, scores within float tolerance):
-- per checkpoint, one `map_batches` pass over every (training example x distinct mask) and
-  every test example (under its language's mask); a `SketchActor` loads the checkpoint once,
-  sets torch threads to its CPUs and applies each row's mask (masks may differ within a
-  batch). The weights travel through the object store, so workers need no shared disk.
-  Output rows are keyed by example id and mask (optionally written as parquet shards);
+- one `map_batches` pass over every (checkpoint x example row), where the example rows are
+  every (training example x distinct mask) and every test example (under its language's
+  mask), ordered by checkpoint. One actor pool serves all checkpoints, since starting a pool
+  (processes importing torch, building the model) costs seconds. A `SketchActor` holds one
+  checkpoint at a time and loads another only when a batch needs it; it sets torch threads
+  to its CPUs and applies each row's mask (masks may differ within a batch). Weights and
+  example texts travel through the object store, so workers need no shared disk. Output
+  rows are keyed by checkpoint, example id and mask (optionally written as parquet shards
+  per checkpoint);
 - per mask, the training sketches of all checkpoints go into the object store once and each
   shard of that mask's test examples is scored by a task against them.
 
@@ -18,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -32,17 +37,17 @@ WORKER_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM
 
 
 class SketchActor:
-    """Ray Data callable class: holds one model at one checkpoint; maps a batch of example rows to sketches."""
+    """Ray Data callable class: holds one model at one checkpoint at a time; maps a batch of (checkpoint, row) pairs to sketches."""
 
-    def __init__(self, model, weights: list, spec: dict, masks: list, tokenizer, max_length: int, device: str, cpus: float):
+    def __init__(self, model, weights: list, examples: list, spec: dict, masks: list, tokenizer, max_length: int, device: str, cpus: float):
         import ray
-        from safetensors.torch import load as load_safetensors
 
         torch.set_num_threads(max(1, int(cpus)))  # two processes on all cores ruin each other
         self.spec = InfluenceSpec.model_validate(spec)
-        self.model = as_model(model)
-        self.model.load_state_dict(load_safetensors(ray.get(weights[0])))
-        self.model.to(device).eval()
+        self.model = as_model(model).to(device).eval()
+        self.weights = weights  # one object ref per checkpoint: only the checkpoint in use is fetched
+        self.loaded = None
+        self.examples = ray.get(examples[0])  # the Arrow table of _rows, read in place from the object store
         self.device = device
         self.linears = select_linears(self.model, self.spec.layers)
         self.projector = Projector(self.spec.proj_dim, self.spec.projection_seed) if self.spec.proj_dim else None
@@ -51,18 +56,42 @@ class SketchActor:
         self.max_length = max_length
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        from ..data import Example, encode
-
         n = len(batch["row"])
         if n == 0:
             raise ValueError("SketchActor got an empty shard of examples")
-        pairs = batch["text_pair"] if "text_pair" in batch else [None] * n
+        checkpoint = batch["checkpoint"]
+        # Ray Data may bundle blocks of two checkpoints into a batch: each part is sketched under
+        # its own weights, the checkpoint already loaded first so a straddling batch loads once.
+        parts = [np.flatnonzero(checkpoint == c) for c in sorted(np.unique(checkpoint), key=lambda c: c != self.loaded)]
+        out = {"checkpoint": [], "row": [], "id": [], "group": [], "sketch": []}
+        for idx in parts:
+            self._load(int(checkpoint[idx[0]]))
+            rows = batch["row"][idx]
+            ids, groups, sketch = self._sketch(rows)
+            for k, v in (("checkpoint", checkpoint[idx]), ("row", rows), ("id", ids), ("group", groups), ("sketch", sketch)):
+                out[k].append(v)
+        return {k: np.concatenate(v) for k, v in out.items()}
+
+    def _load(self, checkpoint: int) -> None:
+        """Loads the weights of checkpoint number `checkpoint` unless they are loaded already."""
+        import ray
+        from safetensors.torch import load as load_safetensors
+
+        if checkpoint != self.loaded:
+            self.model.load_state_dict(load_safetensors(ray.get(self.weights[checkpoint])))
+            self.loaded = checkpoint
+
+    def _sketch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (ids, mask groups, sketches) of example rows `rows` under the loaded checkpoint."""
+        from ..data import Example, encode
+
+        cols = self.examples.take(rows).to_pydict()
+        pairs = cols.get("text_pair", [None] * len(rows))
         examples = [
-            # Arrow turns an all-None column into float NaN: only a str is a text pair.
             Example(id=str(i), language=str(lang), text=str(t), text_pair=p if isinstance(p, str) else None, label=int(y))
-            for i, lang, t, p, y in zip(batch["id"], batch["language"], batch["text"], pairs, batch["label"])
+            for i, lang, t, p, y in zip(cols["id"], cols["language"], cols["text"], pairs, cols["label"])
         ]
-        groups = [self.masks[g] for g in batch["group"]]
+        groups = [self.masks[g] for g in cols["group"]]
         if all(m is None for m in groups):
             head_mask = None
         else:  # an all-ones mask is exactly the full model
@@ -70,7 +99,7 @@ class SketchActor:
             head_mask = torch.stack([ones if m is None else m for m in groups]).to(self.device)
         enc = {k: v.to(self.device) for k, v in encode(examples, self.tokenizer, self.max_length).items()}
         values = sketch_batch(self.model, enc, self.linears, self.projector, head_mask).to("cpu", DTYPES[self.spec.dtype])
-        return {"row": batch["row"], "id": batch["id"], "group": batch["group"], "sketch": to_numpy(values)}
+        return np.array(cols["id"], dtype=object), np.array(cols["group"], dtype=np.int64), to_numpy(values)
 
 
 def _score_shard(test: list[Sketches], train: list[Sketches], top_k: int, lr_weighting: bool, cpus: float) -> pd.DataFrame:
@@ -140,36 +169,45 @@ def influence_ray(
     group_of = np.array([r["group"] for r in rows])
     actor_device = "cuda" if spec.gpus_per_actor > 0 else device
     masks_np = [None if g.mask is None else g.mask.numpy() for g in groups]
-    done = []
-    for meta in metas:
-        weights = ray.put((Path(meta["dir"]) / WEIGHTS).read_bytes())
-        ds = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows) // spec.batch_size, 8 * spec.actors)))
-        out = ds.map_batches(
-            SketchActor,
-            fn_constructor_kwargs=dict(model=build, weights=[weights], spec=spec.model_dump(), masks=masks_np,
-                                       tokenizer=tokenizer, max_length=max_length, device=actor_device, cpus=cpus_per_actor),
-            batch_size=spec.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=spec.actors),
-            num_cpus=cpus_per_actor, num_gpus=spec.gpus_per_actor, runtime_env=WORKER_ENV,
-        ).materialize()
-        if sketch_dir is not None:
-            out.write_parquet(f"{sketch_dir.rstrip('/')}/epoch_{meta['epoch']}")
-        done.append((meta, out))
-        del weights
+    weights = [ray.put((Path(meta["dir"]) / WEIGHTS).read_bytes()) for meta in metas]
+    examples = ray.put(pa.Table.from_pylist(rows))  # once: each input row is only (checkpoint, row index)
+    # Blocks per checkpoint as a pass of one checkpoint had them, in checkpoint order, so an
+    # actor mostly sees one checkpoint after the other and rarely reloads.
+    per = max(1, min(len(rows) // spec.batch_size, 8 * spec.actors))
+    ds = ray.data.from_arrow([pa.table({"checkpoint": np.full(len(part), c), "row": part})
+                              for c in range(len(metas)) for part in np.array_split(np.arange(len(rows)), per)])
+    out = ds.map_batches(
+        SketchActor,
+        fn_constructor_kwargs=dict(model=build, weights=weights, examples=[examples], spec=spec.model_dump(), masks=masks_np,
+                                   tokenizer=tokenizer, max_length=max_length, device=actor_device, cpus=cpus_per_actor),
+        batch_size=spec.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=spec.actors),
+        num_cpus=cpus_per_actor, num_gpus=spec.gpus_per_actor, runtime_env=WORKER_ENV,
+    ).materialize()
+    del weights, examples, ds
+    if sketch_dir is not None:
+        from ray.data.expressions import col
+
+        for c, meta in enumerate(metas):
+            out.filter(expr=col("checkpoint") == c).drop_columns(["checkpoint"]).write_parquet(
+                f"{sketch_dir.rstrip('/')}/epoch_{meta['epoch']}")
     score = ray.remote(num_cpus=cpus_per_actor, runtime_env=WORKER_ENV)(_score_shard)
     frames = []
     for g, group in enumerate(groups):
+        idx = np.flatnonzero(group_of == g)
+        per_checkpoint, seen = _collect(out, g, idx, len(metas), len(rows), spec.dtype)
         sk_train, sk_test = [], []
-        for meta, out in done:
-            values, seen = _collect(out, g, len(rows), spec.dtype)
+        for c, meta in enumerate(metas):
+            values = per_checkpoint[c]
+            per_checkpoint[c] = None  # keep one checkpoint's copy at a time besides the Sketches
             for what, sink in (("train", sk_train), ("test", sk_test)):
-                idx = np.flatnonzero((role == what) & (group_of == g))
-                if not seen[idx].all():
-                    lost = [rows[i]["id"] for i in idx[~seen[idx]][:3]]
+                pos = np.flatnonzero(role[idx] == what)
+                if not seen[c, pos].all():
+                    lost = [rows[i]["id"] for i in idx[pos[~seen[c, pos]]][:3]]
                     raise RuntimeError(f"checkpoint {meta['epoch']}: the sketching pass lost {what} examples, e.g. {lost}")
                 sink.append(Sketches(
-                    ids=[rows[i]["id"] for i in idx], languages=[rows[i]["language"] for i in idx], values=values[torch.from_numpy(idx)],
-                    layout=layout, proj_dim=spec.proj_dim, seed=spec.projection_seed, checkpoint=meta["epoch"],
-                    lr=meta["lr"], mask=group.key,
+                    ids=[rows[i]["id"] for i in idx[pos]], languages=[rows[i]["language"] for i in idx[pos]],
+                    values=values[torch.from_numpy(pos)], layout=layout, proj_dim=spec.proj_dim, seed=spec.projection_seed,
+                    checkpoint=meta["epoch"], lr=meta["lr"], mask=group.key,
                 ))
         train_ref = ray.put(sk_train)
         n_test = len(sk_test[0].ids)
@@ -179,20 +217,27 @@ def influence_ray(
     return pd.concat(frames, ignore_index=True)
 
 
-def _collect(out, group: int, n_rows: int, dtype: str) -> tuple[torch.Tensor, np.ndarray]:
-    """Returns (sketches by row index, which rows arrived) for one mask group of a sketched dataset."""
-    values, seen = None, np.zeros(n_rows, dtype=bool)
+def _collect(out, group: int, idx: np.ndarray, n_checkpoints: int, n_rows: int, dtype: str) -> tuple[list[torch.Tensor], np.ndarray]:
+    """Returns (per checkpoint the sketches of rows `idx`, one mask group's, in that order; which arrived [checkpoints, len(idx)]).
+
+    One pass over the sketched dataset per mask group, holding only that group's sketches.
+    """
+    pos = np.full(n_rows, -1)
+    pos[idx] = np.arange(len(idx))
+    values, seen = [None] * n_checkpoints, np.zeros((n_checkpoints, len(idx)), dtype=bool)
     for b in out.iter_batches(batch_format="numpy", batch_size=None):
         keep = b["group"] == group
-        rows, sk = b["row"][keep], b["sketch"][keep]
-        if not len(rows):
-            continue
-        if seen[rows].any():
-            raise RuntimeError(f"the sketching pass returned rows twice, e.g. id {b['id'][keep][seen[rows]][0]}")
-        if values is None:
-            values = torch.zeros((n_rows, sk.shape[1]), dtype=DTYPES[dtype])
-        values[torch.from_numpy(rows)] = from_numpy(sk, dtype)
-        seen[rows] = True
-    if values is None:
+        for c in np.unique(b["checkpoint"][keep]):
+            sel = keep & (b["checkpoint"] == c)
+            at, sk = pos[b["row"][sel]], b["sketch"][sel]
+            if (at < 0).any():
+                raise RuntimeError(f"the sketching pass put rows of another mask group in group {group}, e.g. id {b['id'][sel][at < 0][0]}")
+            if seen[c, at].any():
+                raise RuntimeError(f"the sketching pass returned rows twice, e.g. id {b['id'][sel][seen[c, at]][0]}")
+            if values[c] is None:
+                values[c] = torch.zeros((len(idx), sk.shape[1]), dtype=DTYPES[dtype])
+            values[c][torch.from_numpy(at)] = from_numpy(sk, dtype)
+            seen[c, at] = True
+    if any(v is None for v in values):
         raise RuntimeError(f"the sketching pass returned no rows for mask group {group}")
     return values, seen
