@@ -358,6 +358,7 @@ def test_load_mask_checks_shape_and_refuses_pickles(tmp_path):
     save_mask(tmp_path / "m", A, META)
     with pytest.raises(ValueError, match=r"\(2, 3\) does not fit the model: expected \(12, 12\)"):
         load_mask(tmp_path / "m", expect_shape=(12, 12))
+    # a hostile artifact: an object array only a pickle can hold; load_mask must refuse it, never unpickle
     np.save(tmp_path / "m" / "mask.npy", np.array([[object()]], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError):
         load_mask(tmp_path / "m")
