@@ -9,10 +9,20 @@ words of one side and 0-1 of the other, so there is no tie), then flipped with p
 Each language renders a concept as a surface word. Languages of one family (groups in
 `BabelSpec.families`; a language in no group is its own family) take the same
 `shared_vocab` fraction of concepts from the family's proto-lexicon (words `<family>_s<j>`),
-so any two members share exactly that fraction of their surface words; every other concept
-gets a word of the language's own (`<lang>_w<j>`), so different families share no word. With
-`reorder`, each family writes the `length` positions in its own fixed permutation. Word
-indices j are shuffled per lexicon, so a word's name says nothing about its concept.
+so any two members share that fraction of their surface words (exactly; to within one word
+in a suffixing family); every other concept gets a word of the language's own
+(`<lang>_w<j>`), so different families share no word. With `reorder`, each family writes the
+`length` positions in its own fixed permutation. Word indices j are shuffled per lexicon, so
+a word's name says nothing about its concept.
+
+Families also differ in morphology (`morphology: alternate`): the groups of `families` in odd
+places write every word as two tokens, stem + suffix. Concepts come in pairs sharing a stem
+(the word the language would use for the pair's first concept): each positive concept with a
+negative one, neutral concepts with each other. The first of a pair takes the suffix
+`<family>_a`, the second `<family>_b`, so a polar word's sign is in neither token alone:
+counting suffixes gives a noisy label, joining each stem to its suffix the clean one.
+Shared words alone do not make a small model read related languages with the same heads;
+a shared way of writing does (numbers in tests/test_subnetworks.py).
 
 Everything is a pure function of (data seed, spec, language, split): which languages share
 is known in advance, the ground truth the subnetwork and influence analyses are checked against.
@@ -48,12 +58,34 @@ class Babel:
     seed: int
     roles: np.ndarray  # [vocab_size] int8: +1 positive, -1 negative, 0 neutral concept
     family: dict[str, str]  # language -> family name
-    lexicon: dict[str, np.ndarray]  # language -> [vocab_size] surface word of each concept
+    lexicon: dict[str, np.ndarray]  # language -> [vocab_size] surface word of each concept ("stem suffix" if suffixing)
     order: dict[str, np.ndarray]  # language -> [length] source position written at each slot
 
     def vocabulary(self) -> list[str]:
-        """Returns the sorted distinct surface words of all languages."""
-        return sorted({w for lex in self.lexicon.values() for w in lex.tolist()})
+        """Returns the sorted distinct tokens (words, stems and suffixes) of all languages."""
+        return sorted({t for lex in self.lexicon.values() for w in lex.tolist() for t in w.split()})
+
+    def suffixing(self, language: str) -> bool:
+        """Returns whether `language` writes every word as stem + suffix."""
+        return " " in self.lexicon[language][0]
+
+
+def suffixing_families(spec: BabelSpec) -> set[str]:
+    """Returns the names of the families that write stem + suffix under `spec.morphology`."""
+    if spec.morphology != "alternate":
+        return set()
+    return {"-".join(group) for group in (spec.families or [])[1::2]}
+
+
+def stem_pairs(roles: np.ndarray, g: np.random.Generator) -> list[tuple[int, int]]:
+    """Returns concept pairs (first, second) sharing a stem: each positive with a negative, neutrals together.
+
+    An odd neutral concept out is paired with itself (its word takes the first suffix).
+    """
+    pos, neg, neutral = (g.permutation(np.flatnonzero(roles == r)) for r in (1, -1, 0))
+    if len(neutral) % 2:
+        neutral = np.append(neutral, neutral[-1])
+    return [(int(a), int(b)) for a, b in zip(np.r_[pos, neutral[0::2]], np.r_[neg, neutral[1::2]])]
 
 
 def family_names(spec: BabelSpec, languages: list[str]) -> dict[str, str]:
@@ -82,6 +114,7 @@ def make_babel(spec: BabelSpec, languages: list[str], seed: int) -> Babel:
     roles[perm[n_polar : 2 * n_polar]] = -1
 
     families = family_names(spec, languages)
+    suffixing = suffixing_families(spec)
     n_shared = int(round(spec.shared_vocab * V))
     lexicon, order = {}, {}
     for lang in languages:
@@ -92,8 +125,19 @@ def make_babel(spec: BabelSpec, languages: list[str], seed: int) -> Babel:
         shared = frng.permutation(V)[:n_shared]
         proto_index = frng.permutation(V)
         own_index = rng(seed, "babel", V, "language", lang).permutation(V)
+        if fam in suffixing:
+            # A pair's two words share a stem, so members share whole pairs: the family's first ones.
+            g = rng(seed, "babel", V, "stems", fam)
+            pairs = stem_pairs(roles, g)
+            pairs = [pairs[i] for i in g.permutation(len(pairs))]
+            shared = np.unique(np.array(pairs[: round(n_shared / 2)], dtype=np.int64))
         words = np.array([f"{lang}_w{own_index[c]}" for c in range(V)], dtype=object)
         words[shared] = [f"{fam}_s{proto_index[c]}" for c in shared]
+        if fam in suffixing:
+            stems = words.copy()
+            for a, b in pairs:
+                words[b] = f"{stems[a]} {fam}_b"
+                words[a] = f"{stems[a]} {fam}_a"
         lexicon[lang] = words
         order[lang] = frng.permutation(L) if spec.reorder else np.arange(L)
     return Babel(spec=spec, seed=seed, roles=roles, family=families, lexicon=lexicon, order=order)

@@ -33,6 +33,15 @@ class BabelSpec(Strict):
     shared_vocab: float = Field(0.8, ge=0.0, le=1.0, description="Fraction of surface words a language shares with the other languages of its family.")
     reorder: bool = Field(True, description="Whether each family has its own word order (a fixed permutation of positions).")
     label_noise: float = Field(0.05, ge=0.0, lt=0.5, description="Probability of flipping a label, so accuracy is not trivially 100%.")
+    morphology: Literal["alternate", "isolating"] = Field(
+        "alternate",
+        description="'alternate': the groups of `families` in even places (1st, 3rd, ...) write one token per word, those in odd places write every word as stem + suffix, where a polar word's sign is only in the pair (2 x length tokens per sentence); 'isolating': one token per word everywhere.",
+    )
+
+    def tokens_per_sentence(self) -> int:
+        """Returns the most tokens a sentence can have, without [CLS] and [SEP]."""
+        two = self.morphology == "alternate" and self.families is not None and len(self.families) > 1
+        return self.length * (2 if two else 1)
 
 
 class TaskSpec(Strict):
@@ -189,6 +198,12 @@ class SweepSpec(Strict):
             raise ValueError("methods 'sft' and 'random-sft' need 'full' (the subnetworks are found in the fully fine-tuned model)")
         if "random-sft" in self.methods and not self.random_seeds:
             raise ValueError("method 'random-sft' needs at least one of random_seeds")
+        for t in self.tasks:
+            if t.id == "babel" and t.babel.tokens_per_sentence() + 2 > self.training.max_length:
+                raise ValueError(
+                    f"task babel: sentences have up to {t.babel.tokens_per_sentence()} tokens plus [CLS] and [SEP], more than "
+                    f"training.max_length={self.training.max_length}; raise max_length or lower babel.length"
+                )
         for path, values in self.grid.items():
             if not isinstance(values, list) or not values:
                 raise ValueError(f"grid.{path} must be a non-empty list")

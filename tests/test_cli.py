@@ -39,6 +39,10 @@ BAD = {
     "bad grid path": ("name: x\ntasks: [{id: babel, languages: [a]}]\ngrid: {training.lrr: [1, 2]}\n", "unknown setting 'training.lrr'"),
     "bad grid value": ("name: x\ntasks: [{id: babel, languages: [a]}]\ngrid: {training.lr: [0.1, -1]}\n", "training.lr"),
     "compose outside": ("name: x\ntasks: [{id: babel, languages: [a, b]}]\nanalysis: {compose: [[a, c]]}\n", "outside"),
+    "babel longer than max_length": (
+        "name: x\ntasks: [{id: babel, languages: [a, b], babel: {length: 20, families: [[a], [b]]}}]\ntraining: {max_length: 32}\n",
+        "sentences have up to 40 tokens plus [CLS] and [SEP], more than training.max_length=32",
+    ),
     "non-square proj": ("name: x\ntasks: [{id: babel, languages: [a]}]\ninfluence: {proj_dim: 10}\n", "perfect square"),
 }
 

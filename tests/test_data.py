@@ -202,6 +202,33 @@ def test_babel_relatedness_follows_families():
     assert (babel_mod.make_babel(FAMILIES, ["b"], seed=3).lexicon["b"] == world.lexicon["b"]).all()
 
 
+def test_babel_second_family_writes_stem_and_suffix_so_only_the_pair_carries_the_sign():
+    world = babel_mod.make_babel(FAMILIES, ["a", "b", "c", "d", "e"], seed=3)
+    assert [lang for lang in "abcde" if world.suffixing(lang)] == ["c", "d"]  # the group in the odd place
+    assert all(" " not in w for lang in "abe" for w in world.lexicon[lang])
+    for lang in "cd":
+        groups: dict[str, list[tuple[int, str]]] = {}
+        for concept, word in enumerate(world.lexicon[lang].tolist()):
+            stem, suffix = word.split(" ")
+            groups.setdefault(stem, []).append((concept, suffix))
+        assert sum(map(len, groups.values())) == 200 and all(len(g) in (1, 2) for g in groups.values())
+        assert sum(len(g) == 1 for g in groups.values()) == 0  # 190 neutral concepts: an even number, no one alone
+        for g in groups.values():
+            roles = sorted(int(world.roles[c]) for c, _ in g)
+            assert roles in ([-1, 1], [0, 0])  # a stem is shared by a positive and a negative concept, or two neutrals
+            assert sorted(sfx for _, sfx in g) == ["c-d_a", "c-d_b"]
+            if roles == [-1, 1]:
+                assert {sfx for c, sfx in g if world.roles[c] == 1} == {"c-d_a"}
+        # Neither token alone gives the sign: every polar stem has both, and so does each suffix.
+        polar = world.roles != 0
+        for sfx in ("c-d_a", "c-d_b"):
+            neutral_with = [w for w, r in zip(world.lexicon[lang], world.roles) if r == 0 and w.endswith(sfx)]
+            assert len(neutral_with) == 95
+        assert len({w.split()[0] for w in world.lexicon[lang][polar]}) == polar.sum() // 2
+    flat = babel_mod.make_babel(FAMILIES.model_copy(update={"morphology": "isolating"}), ["c"], seed=3)
+    assert not flat.suffixing("c") and all(" " not in w for w in flat.lexicon["c"])
+
+
 def test_babel_labels_are_the_latent_majority_with_noise_and_text_renders_concepts():
     world = babel_mod.make_babel(FAMILIES, ["a", "c"], seed=0)
     concepts, clean, noisy = babel_mod.latent_sample(world, "c", "train", 4000)
@@ -209,11 +236,13 @@ def test_babel_labels_are_the_latent_majority_with_noise_and_text_renders_concep
     assert (clean == (roles > 0)).all() and (roles != 0).all()  # brute-force recount, no ties
     assert 0.45 < clean.mean() < 0.55
     assert 0.035 < (clean != noisy).mean() < 0.065  # label_noise 0.05
-    # Decoding a sentence word by word, undoing the family's order, gives back its concepts.
+    # Decoding a sentence word by word (c writes two tokens a word), undoing the family's order,
+    # gives back its concepts.
     inverse = {w: c for c, w in enumerate(world.lexicon["c"].tolist())}
     for sent, row in zip(babel_mod.render(world, "c", concepts[:50]), concepts[:50]):
+        tokens = sent.split()
         decoded = np.empty(10, dtype=np.int64)
-        decoded[world.order["c"]] = [inverse[w] for w in sent.split()]
+        decoded[world.order["c"]] = [inverse[" ".join(tokens[i : i + 2])] for i in range(0, 20, 2)]
         assert (decoded == row).all()
 
 
@@ -250,7 +279,8 @@ def test_babel_tokenizer_is_word_level_over_the_vocabulary():
     assert vocab == build_tokenizer(t).get_vocab()
     for ex in load_examples(t, "train")[::10]:
         ids = tok(ex.text)["input_ids"]
-        assert ids[0] == 2 and ids[-1] == 3 and 1 not in ids and len(ids) == 12  # [CLS] 10 words [SEP], no [UNK]
+        words = 10 * (2 if ex.language == "c" else 1)  # c writes stem + suffix
+        assert ids[0] == 2 and ids[-1] == 3 and 1 not in ids and len(ids) == words + 2  # [CLS] words [SEP], no [UNK]
         assert tok.decode(ids, skip_special_tokens=True) == ex.text
 
 

@@ -400,19 +400,12 @@ def test_find_subnetworks_accuracies_agree_with_train_evaluate():
         assert s.accuracy >= 0.8 * s.full_accuracy - 1e-12 and s.mask.any()
 
 
-@pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="does not hold on the demo's model (measured, sweeps/demo.yaml as shipped, data seed 0): babel's label is a "
-    "bag of polar words, one attention head carries it for every language, and pruning to 95% leaves 1-4 heads on the "
-    "same places in every language: within-family cosine 0.875 = across 0.875 (model seed 1), 1.00 = 1.00 (seeds 2 "
-    "and 3, every mask one head). Labels that need family-specific relations (a negator scoping the next word in one "
-    "family and the previous in the other; the sign of the first polar word, read in opposite orders) are not "
-    "learned in the demo's 4 epochs of 500 examples (45-75% dev accuracy), and a family-dependent important half of "
-    "the sentence (85-92%) is solved token-locally, still through one shared head (0.50 = 0.50, 0.75 vs 0.625)",
-)
-def test_babel_related_languages_have_more_similar_masks():
-    """The demo exactly as shipped: its task, model, training and pruning settings, its first seed."""
+def family_mask_similarity(morphology: str, seeds: list[int]) -> list[tuple[float, float]]:
+    """Returns (within-family, across-family) mean mask cosine per model seed, the demo's settings otherwise.
+
+    The demo's task, model, training and pruning settings; for each seed a model is fine-tuned
+    and its 95% masks found on each language's dev set.
+    """
     import tempfile
     from pathlib import Path
 
@@ -422,15 +415,47 @@ def test_babel_related_languages_have_more_similar_masks():
     from subnet_ray.train import by_language, finetune
 
     demo = load_sweep(Path(__file__).parent.parent / "sweeps" / "demo.yaml")
-    task, seed = demo.tasks[0], demo.training.seeds[0]
+    task = demo.tasks[0].model_copy(update={"babel": demo.tasks[0].babel.model_copy(update={"morphology": morphology})})
     (x1, x2), (y1, y2) = task.babel.families
     train, dev, tok = load_examples(task, "train"), load_examples(task, "dev"), build_tokenizer(task)
-    model = build_model(demo.model, num_labels=2, vocab_size=len(tok), seed=seed)
-    with tempfile.TemporaryDirectory() as d:
-        finetune(model, train, dev, tok, demo.training, d, seed=seed, progress=False)
-    subs = find_subnetworks(model, by_language(dev), tok, demo.subnetworks, demo.training.max_length)
-    sim = similarity_matrix({lang: s.mask for lang, s in subs.items()})
-    within = (sim.loc[x1, x2] + sim.loc[y1, y2]) / 2
-    across = sim.loc[[x1, x2], [y1, y2]].values.mean()
-    # Tolerance 0.1 of cosine: clear of float noise, well under what one head swapped in a 4-head mask moves (0.25).
-    assert within >= across + 0.1, f"within-family cosine {within:.3f} vs across-family {across:.3f}\n{sim.round(3)}"
+    out = []
+    for seed in seeds:
+        model = build_model(demo.model, num_labels=2, vocab_size=len(tok), seed=seed)
+        with tempfile.TemporaryDirectory() as d:
+            finetune(model, train, dev, tok, demo.training, d, seed=seed, progress=False)
+        subs = find_subnetworks(model.eval(), by_language(dev), tok, demo.subnetworks, demo.training.max_length)
+        sim = similarity_matrix({lang: s.mask for lang, s in subs.items()})
+        out.append(((sim.loc[x1, x2] + sim.loc[y1, y2]) / 2, sim.loc[[x1, x2], [y1, y2]].values.mean()))
+    return out
+
+
+SEEDS = list(range(1, 10))
+
+
+@pytest.mark.slow
+def test_babel_related_languages_have_more_similar_masks():
+    """On the demo's settings, over model seeds 1-9, related languages' masks are more alike.
+
+    Measured: mean within-family cosine 0.758 vs across-family 0.398; within is above across
+    for 7 of the 9 seeds, equal for seed 4, below for seed 3 (0.558 vs 0.601).
+    Tolerance: the mean gap must be at least 0.2; one head swapped in a 4-head mask moves a
+    cosine by 0.25, and a single seed can go either way, hence the mean over seeds.
+    """
+    pairs = family_mask_similarity("alternate", SEEDS)
+    within, across = (float(np.mean(v)) for v in zip(*pairs))
+    assert within >= across + 0.2, f"within-family {within:.3f} vs across {across:.3f}; per seed {pairs}"
+    assert sum(w > a for w, a in pairs) >= 6, pairs
+
+
+@pytest.mark.slow
+def test_babel_shared_words_alone_do_not_make_masks_follow_families():
+    """The control: one token per word in every family (only the lexicon shows relatedness).
+
+    A tiny model trained from scratch reads every language's polar words with the same heads,
+    so masks are as alike across families as within (measured: 0.870 = 0.870 over seeds 1-9);
+    the relatedness the masks pick up above comes from the families' shared way of writing.
+    Tolerance: 0.1 on the mean gap, half the gap the test above requires.
+    """
+    pairs = family_mask_similarity("isolating", SEEDS)
+    within, across = (float(np.mean(v)) for v in zip(*pairs))
+    assert abs(within - across) < 0.1, f"within-family {within:.3f} vs across {across:.3f}; per seed {pairs}"
