@@ -1,4 +1,4 @@
-"""Task registry, per-language deterministic sampling, tokenizers and batch encoding.
+"""Task registry, per-language deterministic sampling of labelled examples.
 
 Tasks (labels are binary except `local`):
 - xnli: premise / hypothesis / label (0 entailment, 1 neutral, 2 contradiction). Binary as in
@@ -25,10 +25,12 @@ Where the rows come from (`TaskSpec.source`):
 
 Sampling: per language, the first `<split>_size` usable rows of a permutation seeded by
 (data_seed, language, split); an example's id is `<task>/<language>/<split>/<source_row>`.
+
+Tokenizers and batch encoding live in tokenization.py; SPECIAL_TOKENS, build_tokenizer and
+encode are re-exported here.
 """
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +39,7 @@ import pyarrow as pa
 
 from . import babel as babel_mod
 from .config import TaskSpec
+from .tokenization import SPECIAL_TOKENS, build_tokenizer, encode  # noqa: F401 - re-exported: callers import them from here
 
 
 class DataError(ValueError):
@@ -68,7 +71,6 @@ HUB_SOURCES = {
 }
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
 HUB_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
-SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in every built tokenizer
 
 
 def num_labels(task: TaskSpec) -> int:
@@ -352,95 +354,3 @@ def load_examples(task: TaskSpec, split: str) -> list[Example]:
         world = babel_languages(task)
         return [ex for lang in task.languages for ex in _babel_language(task, world, lang, split)]
     return [ex for lang in task.languages for ex in _sample_language(task, lang, split)]
-
-
-# ---------------------------------------------------------------------------------------------
-# Tokenizers and encoding
-
-
-def _wrap(tok) -> "PreTrainedTokenizerFast":  # noqa: F821
-    from tokenizers import processors
-    from transformers import PreTrainedTokenizerFast
-
-    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
-    tok.post_processor = processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
-    )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        pad_token="[PAD]",
-        unk_token="[UNK]",
-        cls_token="[CLS]",
-        sep_token="[SEP]",
-        mask_token="[MASK]",
-        # transformers 5 leaves token_type_ids out by default; pair tasks need them.
-        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
-    )
-
-
-def _wordpiece_vocab(words: Counter, vocab_size: int) -> dict[str, int]:
-    """Returns specials, every character (word-initial and ##-continuation), then the most frequent words."""
-    chars = sorted({c for w in words for c in w})
-    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-    for piece in chars + ["##" + c for c in chars]:
-        vocab.setdefault(piece, len(vocab))
-    # Ties broken by the word itself, so the vocabulary is a function of the texts alone.
-    for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
-        if len(vocab) >= vocab_size:
-            break
-        vocab.setdefault(w, len(vocab))
-    return vocab
-
-
-def build_tokenizer(task: TaskSpec, vocab_size: int = 8000) -> "PreTrainedTokenizerFast":  # noqa: F821
-    """Returns a locally built tokenizer for the tiny model: WordLevel over babel's words, else WordPiece.
-
-    Special tokens [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4; pairs are encoded as
-    [CLS] a [SEP] b [SEP] with token_type_ids 0 / 1. Deterministic; no hub.
-    The WordPiece vocabulary holds every character of the task's training texts and pairs plus
-    their most frequent words, up to `vocab_size` entries (more only if the characters alone
-    exceed it); a rarer word is spelt in characters. `tokenizers`' WordPiece trainer is not
-    used: it breaks ties in hash-map order, and gave 3-4 different vocabularies in 6 runs.
-    """
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
-
-    if task.id == "babel":
-        vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-        for w in babel_languages(task).vocabulary():
-            vocab[w] = len(vocab)
-        tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        return _wrap(tok)
-    # Multilingual: keep accents, split CJK ideographs apart (no spaces in zh / ja).
-    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True)
-    pre = pre_tokenizers.BertPreTokenizer()
-    words: Counter = Counter()
-    for ex in load_examples(task, "train"):
-        for text in (ex.text, ex.text_pair):
-            if text is not None:
-                words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
-    tok = Tokenizer(models.WordPiece(_wordpiece_vocab(words, vocab_size), unk_token="[UNK]"))
-    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.WordPiece()
-    return _wrap(tok)
-
-
-def encode(examples: list[Example], tokenizer, max_length: int) -> dict:
-    """Returns input_ids, attention_mask, token_type_ids (if the tokenizer makes them) and labels as tensors.
-
-    Padded to the longest example of the batch, truncated to `max_length` tokens (longest
-    segment first for pairs).
-    """
-    import torch
-
-    if not examples:
-        raise ValueError("encode: no examples")
-    has_pair = {ex.text_pair is not None for ex in examples}
-    if len(has_pair) > 1:
-        raise ValueError("encode: the batch mixes examples with and without text_pair")
-    pairs = [ex.text_pair for ex in examples] if has_pair.pop() else None
-    batch = tokenizer(
-        [ex.text for ex in examples], pairs, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
-    )
-    out = dict(batch)
-    out["labels"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)
-    return out

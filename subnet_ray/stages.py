@@ -21,11 +21,12 @@ import pandas as pd
 import torch
 
 from .config import SweepSpec, TaskSpec, branches
-from .data import build_tokenizer, load_examples, num_labels
+from .data import load_examples, num_labels
 from .influence import influence as influence_local
 from .models import build_model, load_checkpoint
 from .store import Store
 from .subnetworks import curve_frame, find_subnetworks, intersection, load_mask, random_mask, save_mask, union
+from .tokenization import build_tokenizer
 from .train import by_language, checkpoints, evaluate, finetune
 
 HISTORY = "history.json"

@@ -27,8 +27,9 @@ from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from .config import TrainSpec
-from .data import Example, encode
+from .data import Example
 from .models import HeadMask, SequenceClassifier, head_parameter_masks, load_checkpoint, mask_gradients, save_checkpoint
+from .tokenization import encode
 
 RESUME = "resume"
 

@@ -323,7 +323,7 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
     spec = InfluenceSpec(proj_dim=0, top_k=3, batch_size=4, lr_weighting=True)
     df = influence(tiny_model, dirs, train, test, tok, spec, masks={"aa": None, "bb": mask}, max_length=16)
     assert len(df) == 4 * 3 * 2 * 3
-    from subnet_ray.data import encode
+    from subnet_ray.tokenization import encode
     from subnet_ray.models import load_checkpoint
 
     model = tiny_model()

@@ -83,7 +83,8 @@ class SketchActor:
 
     def _sketch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (ids, mask groups, sketches) of example rows `rows` under the loaded checkpoint."""
-        from ..data import Example, encode
+        from ..data import Example
+        from ..tokenization import encode
 
         cols = self.examples.take(rows).to_pydict()
         pairs = cols.get("text_pair", [None] * len(rows))

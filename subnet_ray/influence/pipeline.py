@@ -131,7 +131,7 @@ def sketch_examples(
     projector: Projector | None = None,
 ) -> tuple[list, torch.Tensor]:
     """Returns (examples in sketch order, sketches [n, dim] in spec.dtype) of the model as loaded, under `head_mask`."""
-    from ..data import encode
+    from ..tokenization import encode
 
     linears = select_linears(model, spec.layers)
     if projector is None and spec.proj_dim:

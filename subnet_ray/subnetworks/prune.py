@@ -184,7 +184,7 @@ def find_subnetworks(
     if empty:
         raise ValueError(f"no dev examples for language(s) {empty}: a subnetwork is found on that language's dev data")
     step_size(model.num_layers * model.num_heads, spec.step_fraction)  # fail before any compute
-    from ..data import encode  # here, so the pruning loop itself has no data-loading dependency
+    from ..tokenization import encode  # here, so the pruning loop itself has no data-loading dependency
 
     model.to(device)
     out = {}

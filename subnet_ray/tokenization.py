@@ -1,0 +1,107 @@
+"""Tokenizers built locally for the tiny models, and batch encoding of examples to tensors.
+
+`build_tokenizer` makes a WordLevel tokenizer over a babel task's words, else a WordPiece one
+over the task's training texts; `encode` turns a batch of `Example`s into padded tensors.
+No hub download: the vocabulary is a function of the task's texts alone.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from .config import TaskSpec
+
+if TYPE_CHECKING:
+    from .data import Example
+
+SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in every built tokenizer
+
+
+def _wrap(tok) -> "PreTrainedTokenizerFast":  # noqa: F821
+    from tokenizers import processors
+    from transformers import PreTrainedTokenizerFast
+
+    cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls_id), ("[SEP]", sep_id)]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        # transformers 5 leaves token_type_ids out by default; pair tasks need them.
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def _wordpiece_vocab(words: Counter, vocab_size: int) -> dict[str, int]:
+    """Returns specials, every character (word-initial and ##-continuation), then the most frequent words."""
+    chars = sorted({c for w in words for c in w})
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for piece in chars + ["##" + c for c in chars]:
+        vocab.setdefault(piece, len(vocab))
+    # Ties broken by the word itself, so the vocabulary is a function of the texts alone.
+    for w, _ in sorted(words.items(), key=lambda kv: (-kv[1], kv[0])):
+        if len(vocab) >= vocab_size:
+            break
+        vocab.setdefault(w, len(vocab))
+    return vocab
+
+
+def build_tokenizer(task: TaskSpec, vocab_size: int = 8000) -> "PreTrainedTokenizerFast":  # noqa: F821
+    """Returns a locally built tokenizer for the tiny model: WordLevel over babel's words, else WordPiece.
+
+    Special tokens [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4; pairs are encoded as
+    [CLS] a [SEP] b [SEP] with token_type_ids 0 / 1. Deterministic; no hub.
+    The WordPiece vocabulary holds every character of the task's training texts and pairs plus
+    their most frequent words, up to `vocab_size` entries (more only if the characters alone
+    exceed it); a rarer word is spelt in characters. `tokenizers`' WordPiece trainer is not
+    used: it breaks ties in hash-map order, and gave 3-4 different vocabularies in 6 runs.
+    """
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+    from .data import babel_languages, load_examples  # here: data imports this module
+
+    if task.id == "babel":
+        vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+        for w in babel_languages(task).vocabulary():
+            vocab[w] = len(vocab)
+        tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return _wrap(tok)
+    # Multilingual: keep accents, split CJK ideographs apart (no spaces in zh / ja).
+    normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True)
+    pre = pre_tokenizers.BertPreTokenizer()
+    words: Counter = Counter()
+    for ex in load_examples(task, "train"):
+        for text in (ex.text, ex.text_pair):
+            if text is not None:
+                words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    tok = Tokenizer(models.WordPiece(_wordpiece_vocab(words, vocab_size), unk_token="[UNK]"))
+    tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.WordPiece()
+    return _wrap(tok)
+
+
+def encode(examples: list[Example], tokenizer, max_length: int) -> dict:
+    """Returns input_ids, attention_mask, token_type_ids (if the tokenizer makes them) and labels as tensors.
+
+    Padded to the longest example of the batch, truncated to `max_length` tokens (longest
+    segment first for pairs).
+    """
+    import torch
+
+    if not examples:
+        raise ValueError("encode: no examples")
+    has_pair = {ex.text_pair is not None for ex in examples}
+    if len(has_pair) > 1:
+        raise ValueError("encode: the batch mixes examples with and without text_pair")
+    pairs = [ex.text_pair for ex in examples] if has_pair.pop() else None
+    batch = tokenizer(
+        [ex.text for ex in examples], pairs, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+    )
+    out = dict(batch)
+    out["labels"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)
+    return out
