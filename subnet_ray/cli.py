@@ -110,7 +110,7 @@ def cmd_submit(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from .orchestration.tracking import open_ui
+    from .orchestration.tracking_store import open_ui
 
     return open_ui(_root(args), _tracking(args), host=args.host, port=args.port)
 

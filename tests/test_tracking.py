@@ -9,14 +9,11 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
-from subnet_ray.orchestration.tracking import (
-    TRUNCATED,
-    Tracker,
+from subnet_ray.orchestration.tracking import TRUNCATED, Tracker, flat_params, metric_name
+from subnet_ray.orchestration.tracking_store import (
     TrackingUnreachable,
     check_tracking_uri,
     default_tracking_uri,
-    flat_params,
-    metric_name,
     start_ui,
     stop_ui,
     ui_command,
