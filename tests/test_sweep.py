@@ -29,7 +29,7 @@ tasks:
 model:
   name: tiny
   tiny: {layers: 2, heads: 4, hidden: 32, intermediate: 64, max_positions: 32}
-training: {lr: 3.0e-3, epochs: 2, batch_size: 8, max_length: 16, seeds: [1]}
+training: {lr: 3.0e-3, epochs: 2, batch_size: 8, max_length: 18, seeds: [1]}
 subnetworks: {step_fraction: 0.25, threshold: 0.9}
 influence: {proj_dim: 16, top_k: 5, test_per_language: 6, batch_size: 16}
 methods: [full, sft, random-sft]
