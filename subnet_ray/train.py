@@ -14,7 +14,6 @@ epoch, so a run resumed from epoch k equals one that never stopped.
 from __future__ import annotations
 
 import json
-import math
 import random
 import shutil
 from collections import defaultdict
