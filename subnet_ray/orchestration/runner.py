@@ -7,13 +7,15 @@ report. With
 `executor="local"` the same nodes run in this process, no Ray at all. Every node goes
 through the artifact store, so a rerun, a resume or new random seeds compute only what is
 missing; each computation is appended to the store's ledger (`_ledger.jsonl`), which is
-how `status` and the tests count what ran. MLflow is written from this process only.
+how `status` and the tests count what ran. MLflow is written from this process only:
+fine-tuning epochs as they end (Tune reports them here), the rest after the waves (TrialLog).
 """
 from __future__ import annotations
 
 import json
 import os
 import time
+import warnings
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,6 +139,7 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
             f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", flat_params(spec.model_dump(mode="json")),
             {"executor": executor, "address": address or "local", "nodes": len(nodes)},
         )
+        trials = TrialLog(tracker, nodes)
         for wave, label in ((1, "train"), (2, "sft"), (3, "influence")):
             t0 = time.perf_counter()
             plan = _plan(nodes, store, wave)
@@ -152,15 +155,16 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
                 from .tune import run_wave
 
                 storage = f"{root_s.rstrip('/')}/ray_results" if "://" in root_s else str(Path(root_s).resolve() / "ray_results")
-                run_wave(spec, store.uri, plan, storage, f"{spec.name}-{label}", progress)
+                run_wave(spec, store.uri, plan, storage, f"{spec.name}-{label}", progress, on_result=trials.tune_result)
             else:
                 for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not progress or wave != 3):
                     for n in trial_nodes:
-                        execute(n, spec, store, progress=progress and wave != 3)
+                        execute(n, spec, store, progress=progress and wave != 3,
+                                on_epoch=lambda r, key=n.key: trials.live(key, r["epoch"], epoch_metrics(r)))
             run.seconds[label] = time.perf_counter() - t0
         t0 = time.perf_counter()
         run.reports = write_reports(spec, root, store)
-        _log_trials(tracker, store, nodes)
+        trials.finish(store)
         for folder in run.reports:
             tracker.parent.log_artifacts(folder, f"report/{folder.name}" if folder.name != spec.name else "report")
         run.seconds["report"] = time.perf_counter() - t0
@@ -169,30 +173,84 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     return run
 
 
-def _log_trials(tracker, store: Store, nodes: list[Node]) -> None:
-    """Logs each trial's params, per-epoch metrics, masks and influence tables to its child run."""
-    by_trial: dict[str, list[Node]] = defaultdict(list)
-    for n in nodes:
-        by_trial[n.trial].append(n)
-    for trial, tn in by_trial.items():
-        first = next((n for n in tn if n.stage == "finetune"), tn[0])
-        tags = {"task": first.params["task"], "seed": first.params["seed"], "method": first.params.get("method", ""),
-                "random_seed": first.params.get("random_seed", ""), **{f"key.{n.stage}.{i}": n.key for i, n in enumerate(tn)}}
-        params = {"method": first.params.get("method", ""), "seed": first.params["seed"], **first.params["branch"]}
-        child = tracker.trial(trial, tags, params)
-        for n in tn:
-            if not store.done(n.key):
-                continue
-            folder = store.path(n.key)
-            if n.stage == "finetune":
-                for r in json.loads((folder / HISTORY).read_text()):
-                    child.log_epoch(r["epoch"], {"train_loss": r["train_loss"], "dev_accuracy_mean": r["dev_accuracy_mean"],
-                                                 **{f"dev_accuracy/{k}": v for k, v in r["dev_accuracy"].items()}})
-            elif n.stage == "subnetworks":
-                child.log_artifacts(folder, "masks")
-            elif n.stage == "random_masks":
-                child.log_artifacts(folder, f"random_masks/seed{n.params['random_seed']}")
-            elif n.stage == "influence":
-                variant = n.params["variant"]
-                child.log_artifacts(folder, f"influence/{variant.replace(':', '_')}")
-        child.end("FINISHED")
+def epoch_metrics(record: dict) -> dict[str, float]:
+    """Returns the MLflow metrics of one fine-tuning epoch record (a history.json row): train_loss,
+    dev_accuracy_mean and dev_accuracy/<lang>."""
+    return {"train_loss": record["train_loss"], "dev_accuracy_mean": record["dev_accuracy_mean"],
+            **{f"dev_accuracy/{k}": v for k, v in record["dev_accuracy"].items()}}
+
+
+def _trial_run_fields(trial_nodes: list[Node]) -> tuple[dict, dict]:
+    """Returns (tags, params) of a trial's child run, from the trial's nodes."""
+    first = next((n for n in trial_nodes if n.stage == "finetune"), trial_nodes[0])
+    tags = {"task": first.params["task"], "seed": first.params["seed"], "method": first.params.get("method", ""),
+            "random_seed": first.params.get("random_seed", ""),
+            **{f"key.{n.stage}.{i}": n.key for i, n in enumerate(trial_nodes)}}
+    params = {"method": first.params.get("method", ""), "seed": first.params["seed"], **first.params["branch"]}
+    return tags, params
+
+
+class TrialLog:
+    """The trials' child runs of one invocation: per-epoch metrics logged live, as each epoch ends,
+    then whatever is left (stages found in the store, epochs missed live) and the artifacts after the waves.
+
+    Each (trial, node, epoch) is logged once: a retried trial may report an epoch again.
+    """
+
+    def __init__(self, tracker, nodes: list[Node]):
+        self.tracker = tracker
+        self.nodes = {n.key: n for n in nodes}
+        self.by_trial: dict[str, list[Node]] = defaultdict(list)
+        for n in nodes:
+            self.by_trial[n.trial].append(n)
+        self.logged: set[tuple[str, str, int]] = set()
+        self._runs: dict = {}  # trial -> its TrialRun, so live epochs do not re-send the tags
+
+    def run(self, trial: str):
+        """Returns the trial's child run, created on first use with its tags and params."""
+        if trial not in self._runs:
+            self._runs[trial] = self.tracker.trial(trial, *_trial_run_fields(self.by_trial[trial]))
+        return self._runs[trial]
+
+    def epoch(self, node_key: str, epoch: int, metrics: dict[str, float]) -> bool:
+        """Returns True after logging `metrics` of the node's epoch, False if that epoch was already logged."""
+        node = self.nodes[node_key]
+        seen = (node.trial, node.key, int(epoch))
+        if seen in self.logged:
+            return False
+        self.run(node.trial).log_epoch(int(epoch), metrics)
+        self.logged.add(seen)
+        return True
+
+    def live(self, node_key: str, epoch: int, metrics: dict[str, float]) -> None:
+        """Logs a fine-tuning epoch as it ends; a failure only warns: the epoch is logged after the waves."""
+        try:
+            self.epoch(node_key, epoch, metrics)
+        except Exception as e:  # noqa: BLE001 - hours of training must not die on a tracking hiccup
+            warnings.warn(f"live MLflow metrics of {node_key} epoch {epoch}: {e!r}; logged after the waves instead", stacklevel=2)
+
+    def tune_result(self, result: dict) -> None:
+        """Logs a Tune trial's epoch result (one that names its node); other results are not epochs."""
+        if "node" in result and "epoch" in result:
+            metrics = {k: v for k, v in result.items() if k in ("train_loss", "dev_accuracy_mean") or k.startswith("dev_accuracy/")}
+            self.live(result["node"], result["epoch"], metrics)
+
+    def finish(self, store: Store) -> None:
+        """Logs each trial's epochs not logged live (from history.json), masks and influence tables; ends its run."""
+        for trial, tn in self.by_trial.items():
+            child = self.run(trial)
+            for n in tn:
+                if not store.done(n.key):
+                    continue
+                folder = store.path(n.key)
+                if n.stage == "finetune":
+                    for r in json.loads((folder / HISTORY).read_text()):
+                        self.epoch(n.key, r["epoch"], epoch_metrics(r))
+                elif n.stage == "subnetworks":
+                    child.log_artifacts(folder, "masks")
+                elif n.stage == "random_masks":
+                    child.log_artifacts(folder, f"random_masks/seed{n.params['random_seed']}")
+                elif n.stage == "influence":
+                    variant = n.params["variant"]
+                    child.log_artifacts(folder, f"influence/{variant.replace(':', '_')}")
+            child.end("FINISHED")

@@ -3,7 +3,8 @@
 A Tune trial runs the stage nodes one trial owns, in order, through the artifact store:
 finished nodes are skipped, an interrupted fine-tuning resumes from its last epoch (its
 partial folder lives in the store root, which a cluster shares), and Tune retries a
-failed trial `max_failures` times. Trials report per-epoch metrics with `ray.tune.report`.
+failed trial `max_failures` times. Trials report per-epoch metrics with `ray.tune.report`;
+a driver-side callback hands each epoch result to `on_result` as it arrives (live MLflow metrics).
 """
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import os
 import socket
 import tempfile
 from pathlib import Path
+from typing import Callable
 from urllib.parse import urlsplit
 
 from ..config import SweepSpec
@@ -67,7 +69,7 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
     from ray import tune
 
     from ..store import Store
-    from .runner import execute
+    from .runner import epoch_metrics, execute
 
     cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))  # >= 1 thread
     torch.set_num_threads(cpus)
@@ -81,8 +83,7 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
             restored = None
 
         def on_epoch(record: dict, node=node) -> None:
-            metrics = {"epoch": record["epoch"], "train_loss": record["train_loss"], "node": node.key,
-                       **{f"dev_accuracy/{k}": v for k, v in record["dev_accuracy"].items()}}
+            metrics = {"epoch": record["epoch"], "node": node.key, **epoch_metrics(record)}
             # a shared-disk store keeps partial work where any node finds it; a remote one needs Tune's checkpoint
             ckpt = tune.Checkpoint.from_directory(str(store.partial(node.key))) if store.remote else None
             tune.report(metrics, checkpoint=ckpt)
@@ -92,15 +93,20 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
     tune.report({"done": 1, "computed": len(ran)})
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def _progress(total: int, desc: str, enabled: bool, on_result: Callable[[dict], None] | None = None):
     from ray.tune import Callback
     from tqdm.auto import tqdm
 
     class Progress(Callback):
-        """A progress bar of finished trials, in the driver (Tune's own tables are off)."""
+        """A progress bar of finished trials, in the driver (Tune's own tables are off); passes every
+        trial result to `on_result` there, so MLflow keeps one writer."""
 
         def __init__(self):
             self.bar = tqdm(total=total, desc=desc, disable=not enabled)
+
+        def on_trial_result(self, iteration, trials, trial, result, **info):
+            if on_result is not None:
+                on_result(result)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
             self.bar.update(1)
@@ -115,12 +121,20 @@ def _progress(total: int, desc: str, enabled: bool):
 
 
 def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], storage: str, name: str,
-             progress: bool = True) -> None:
-    """Runs one Tune trial per entry of `plan` (trial name -> its nodes); raises if any trial failed for good."""
+             progress: bool = True, on_result: Callable[[dict], None] | None = None) -> None:
+    """Runs one Tune trial per entry of `plan` (trial name -> its nodes); raises if any trial failed for good.
+
+    `on_result(result)` is called in this process with each result a trial reports (per epoch:
+    epoch, node, train_loss, dev_accuracy_mean, dev_accuracy/<lang>). Through Ray Client
+    (ray://) Tune's loop runs on the head node, not here, so it is not called.
+    """
+    import ray
     from ray import tune
 
     if not plan:
         return
+    if ray.util.client.ray.is_connected():
+        on_result = None  # it would run on the head node, a second MLflow writer; the runner logs after the waves
     res = spec.resources
     trainable = tune.with_resources(
         tune.with_parameters(_trainable, spec_json=spec.model_dump_json(), store_uri=store_uri, plan=plan),
@@ -131,7 +145,7 @@ def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], stora
         param_space={"trial": tune.grid_search(sorted(plan))},
         tune_config=tune.TuneConfig(reuse_actors=False),
         run_config=tune.RunConfig(
-            name=name, storage_path=storage, verbose=0, callbacks=[_progress(len(plan), name, progress)],
+            name=name, storage_path=storage, verbose=0, callbacks=[_progress(len(plan), name, progress, on_result)],
             failure_config=tune.FailureConfig(max_failures=res.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
