@@ -14,12 +14,15 @@ import hashlib
 import json
 import os
 import shutil
+import time
 import uuid
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 SUCCESS = "_SUCCESS"
+LEDGER = "_ledger"  # one JSON file per computation, in the store itself (shared by every node)
+OLD_LEDGER = "_ledger.jsonl"  # stores written before the ledger moved into the store: still read
 
 
 def _canonical(obj: Any) -> str:
@@ -112,6 +115,35 @@ class Store:
             with self.writing(key) as scratch:
                 compute(scratch)
         return self.path(key)
+
+    def record(self, entry: dict) -> None:
+        """Returns None; adds `entry` (a computation: key, stage, time, ...) to the store's ledger.
+
+        One small file per entry, written whole under a unique name, so any number of processes
+        on any nodes can record at once without locks, on a local folder or an fsspec root.
+        """
+        name = f"{LEDGER}/{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.json"
+        text = json.dumps(entry, sort_keys=True)
+        if self.remote:
+            self.fs.pipe_file(f"{self.root.rstrip('/')}/{name}", text.encode())
+            return
+        path = self.local / name
+        path.parent.mkdir(exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)  # a reader never sees half an entry
+
+    def ledger(self) -> list[dict]:
+        """Returns every recorded computation, oldest first (the order of their file names)."""
+        old = self.local / OLD_LEDGER
+        entries = [json.loads(line) for line in old.read_text().splitlines()] if not self.remote and old.exists() else []
+        if self.remote:
+            base = f"{self.root.rstrip('/')}/{LEDGER}"
+            names = sorted(self.fs.glob(f"{base}/*.json"))
+            entries += [json.loads(self.fs.cat_file(n)) for n in names]
+        else:
+            entries += [json.loads(p.read_text()) for p in sorted((self.local / LEDGER).glob("*.json"))]
+        return entries
 
     def keys(self, stage: str | None = None) -> list[str]:
         """Returns the finished keys, optionally of one stage."""

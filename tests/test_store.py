@@ -69,3 +69,24 @@ def test_relative_root_is_made_absolute(tmp_path, monkeypatch):
     with store.writing(key) as d:
         (d / "x").write_text("1")
     assert Store(str(tmp_path / "runs" / "store")).done(key)
+
+
+def test_ledger_is_shared_by_every_node_of_a_remote_store(tmp_path):
+    # two "nodes": the same fsspec root, each with its own local cache folder
+    uri = f"memory://{tmp_path.name}/ledger"
+    a, b = Store(uri, cache=tmp_path / "node-a"), Store(uri, cache=tmp_path / "node-b")
+    a.record({"key": "finetune/1", "pid": 1})
+    b.record({"key": "influence/2", "pid": 2})
+    a.record({"key": "finetune/3", "pid": 1})
+    want = ["finetune/1", "influence/2", "finetune/3"]  # oldest first, whoever wrote it
+    assert [e["key"] for e in a.ledger()] == [e["key"] for e in b.ledger()] == want
+    assert not list((tmp_path / "node-a").rglob("*.json"))  # nothing only one node can see
+    assert a.keys() == []  # ledger entries are not stage outputs
+
+
+def test_local_ledger_reads_entries_of_the_old_single_file_first(tmp_path):
+    store = Store(tmp_path)
+    (tmp_path / "_ledger.jsonl").write_text('{"key": "old/1"}\n{"key": "old/2"}\n')
+    store.record({"key": "new/3"})
+    assert [e["key"] for e in Store(tmp_path).ledger()] == ["old/1", "old/2", "new/3"]
+    assert not list((tmp_path / "_ledger").glob("*.tmp"))

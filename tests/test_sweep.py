@@ -122,9 +122,9 @@ def test_sigint_then_rerun_recomputes_no_finished_stage(sweep_file, tmp_path):
     run_sweep(spec, ref_root, executor="local", progress=False)
     cmd = [sys.executable, "-m", "subnet_ray.cli", "run", str(sweep_file), "--root", str(root), "--executor", "local", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    led = root / "store" / "_ledger.jsonl"
+    led = root / "store" / "_ledger"  # one file per finished computation
     deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and (not led.exists() or len(led.read_text().splitlines()) < 6):
+    while time.monotonic() < deadline and len(list(led.glob("*.json"))) < 6:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=120)

@@ -6,7 +6,7 @@ trials; (3) influence, one Tune trial per model x mask variant, or, when `influe
 report. With
 `executor="local"` the same nodes run in this process, no Ray at all. Every node goes
 through the artifact store, so a rerun, a resume or new random seeds compute only what is
-missing; each computation is appended to the store's ledger (`_ledger.jsonl`), which is
+missing; each computation is recorded in the store's ledger (`Store.record`), which is
 how `status` and the tests count what ran. MLflow is written from this process only:
 fine-tuning epochs as they end (Tune reports them here), the rest after the waves (TrialLog).
 """
@@ -26,9 +26,6 @@ from ..config import SweepSpec, branches
 from ..stages import HISTORY, Node, branch_of, compute, graph, task_data
 from ..store import Store
 
-LEDGER = "_ledger.jsonl"
-
-
 def store_for(root: str | os.PathLike) -> Store:
     """Returns the artifact store under a sweep root (shared by every sweep under that root)."""
     root = str(root)
@@ -43,15 +40,13 @@ def execute(node: Node, spec: SweepSpec, store: Store, **kwargs) -> bool:
         compute(node, branch_of(spec, node.params["branch"]), store, out, **kwargs)
     entry = {"key": node.key, "stage": node.stage, "trial": node.trial, "variant": node.params.get("variant"),
              "time": time.time(), "pid": os.getpid()}
-    with open(store.local / LEDGER, "a") as f:  # one short O_APPEND write per line: safe across processes
-        f.write(json.dumps(entry) + "\n")
+    store.record(entry)
     return True
 
 
 def ledger(store: Store) -> list[dict]:
     """Returns every node computation recorded in the store, oldest first."""
-    path = store.local / LEDGER
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return store.ledger()
 
 
 def report_dir(root: str | os.PathLike, spec: SweepSpec, branch: dict, seed: int) -> Path:
