@@ -1,5 +1,6 @@
 """The command line: validation, bad input that must write nothing, unreachable services."""
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -140,3 +141,31 @@ def test_local_data_folder_is_resolved_from_where_the_sweep_is_launched(tmp_path
     hub = tmp_path / "h.yaml"
     hub.write_text("name: x\ntasks: [{id: pawsx, languages: [en], source: google-research-datasets/paws-x}]\n")
     assert load_sweep(hub).tasks[0].source == "google-research-datasets/paws-x"  # a hub id stays as it is
+
+
+@pytest.mark.parametrize("code, reachable", [(401, True), (403, True), (404, False), (500, False)])
+def test_dashboard_check_tells_token_auth_from_a_wrong_server(code, reachable):
+    import http.server
+
+    from subnet_ray.orchestration.jobs import check_dashboard
+    from subnet_ray.orchestration.tune import ClusterUnreachable
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(code)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    address = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        if reachable:  # a dashboard with token authentication answers 401/403 without the token
+            check_dashboard(address, timeout=5)
+        else:
+            with pytest.raises(ClusterUnreachable, match=f"{address} answered HTTP {code} to /api/version"):
+                check_dashboard(address, timeout=5)
+    finally:
+        server.shutdown()

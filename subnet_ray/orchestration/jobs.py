@@ -20,6 +20,10 @@ def check_dashboard(address: str, timeout: float = 10.0) -> None:
     try:
         with urllib.request.urlopen(f"{address.rstrip('/')}/api/version", timeout=timeout) as r:
             r.read()
+    except urllib.error.HTTPError as e:
+        if e.code in (401, 403):
+            return  # it answers, with token authentication on (Ray >= 2.59 locally): the job client sends the token
+        raise ClusterUnreachable(f"{address} answered HTTP {e.code} to /api/version: is it a Ray dashboard?") from None
     except (urllib.error.URLError, OSError) as e:
         raise ClusterUnreachable(f"Ray dashboard at {address} is unreachable: {getattr(e, 'reason', e)}") from None
 
@@ -44,7 +48,10 @@ def submit(sweep: str, address: str, root: str | None = None, tracking_uri: str 
     check_dashboard(address)
     from ray.job_submission import JobStatus, JobSubmissionClient
 
-    client = JobSubmissionClient(address)
+    try:
+        client = JobSubmissionClient(address)
+    except Exception as e:  # noqa: BLE001 - Ray raises plain RuntimeError / ConnectionError for refused tokens
+        raise ClusterUnreachable(f"Ray dashboard at {address} refused the job client: {e}") from None
     job = client.submit_job(
         entrypoint=entrypoint(sweep, root, tracking_uri),
         runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES, "env_vars": dict(WORKER_ENV)},

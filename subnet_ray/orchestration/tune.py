@@ -54,7 +54,10 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
     env = {"env_vars": dict(WORKER_ENV)}
     if address:
         check_address(address)
-        ray.init(address=address, runtime_env=env, log_to_driver=False)
+        # the driver of a Ray job (`subnet-ray submit`) already has WORKER_ENV in the job's runtime
+        # env, and Ray refuses to merge a second one that repeats its keys
+        in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
+        ray.init(address=address, runtime_env=None if in_job else env, log_to_driver=False)
     else:
         temp = Path(tempfile.gettempdir()) / f"subnet-ray-{os.getuid()}"  # short: Ray's socket paths are length-limited
         ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp), runtime_env=env,
