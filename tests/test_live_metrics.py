@@ -9,28 +9,11 @@ from subnet_ray.config import load_sweep
 from subnet_ray.orchestration.runner import TrialLog, epoch_metrics, run_sweep, store_for
 from subnet_ray.orchestration.tracking import Tracker, TrialRun, default_tracking_uri
 from subnet_ray.stages import HISTORY, graph
+from tiny import smoke_sweep
 
-# the tiny sweep of test_sweep.py with fewer influence variants (no random-sft, no composition)
-SWEEP = """
-name: live
-tasks:
-  - id: babel
-    languages: [xa, xb, ya]
-    train_size: 40
-    dev_size: 24
-    test_size: 12
-    babel: {families: [[xa, xb], [ya]], vocab_size: 60, length: 8}
-model:
-  name: tiny
-  tiny: {layers: 2, heads: 4, hidden: 32, intermediate: 64, max_positions: 32}
-training: {lr: 3.0e-3, epochs: 2, batch_size: 8, max_length: 18, seeds: [1]}
-subnetworks: {step_fraction: 0.25, threshold: 0.9}
-influence: {proj_dim: 16, top_k: 5, test_per_language: 6, batch_size: 16}
-methods: [full, sft]
-random_seeds: [1]
-analysis: {random_test_language: xa}
-resources: {cpus: 1, gpus: 0, max_failures: 3}
-"""
+# the smoke sweep with fewer influence variants (no random-sft, no composition)
+SWEEP = smoke_sweep("live", ("methods: [full, sft, random-sft]", "methods: [full, sft]"),
+                    ("analysis: {random_test_language: xa, compose: [[xa, xb]]}", "analysis: {random_test_language: xa}"))
 
 HISTORY_ROWS = [
     {"epoch": 1, "train_loss": 0.6931, "dev_accuracy": {"xa": 0.5, "xb": 0.25, "ya": 0.625}, "dev_accuracy_mean": 0.4583333333333333},

@@ -16,27 +16,9 @@ from subnet_ray.cli import main
 from subnet_ray.config import load_sweep
 from subnet_ray.orchestration.runner import ledger, run_sweep, store_for
 from subnet_ray.stages import TOPK, graph
+from tiny import smoke_sweep
 
-TINY_SWEEP = """
-name: tiny
-tasks:
-  - id: babel
-    languages: [xa, xb, ya]
-    train_size: 40
-    dev_size: 24
-    test_size: 12
-    babel: {families: [[xa, xb], [ya]], vocab_size: 60, length: 8}
-model:
-  name: tiny
-  tiny: {layers: 2, heads: 4, hidden: 32, intermediate: 64, max_positions: 32}
-training: {lr: 3.0e-3, epochs: 2, batch_size: 8, max_length: 18, seeds: [1]}
-subnetworks: {step_fraction: 0.25, threshold: 0.9}
-influence: {proj_dim: 16, top_k: 5, test_per_language: 6, batch_size: 16}
-methods: [full, sft, random-sft]
-random_seeds: [1]
-analysis: {random_test_language: xa, compose: [[xa, xb]]}
-resources: {cpus: 1, gpus: 0, max_failures: 3}
-"""
+TINY_SWEEP = smoke_sweep("tiny")  # every stage in about a minute
 
 
 @pytest.fixture

@@ -1,4 +1,6 @@
 """The tiny model and batches every test reuses (2 layers x 4 heads x hidden 32)."""
+from pathlib import Path
+
 import torch
 
 from subnet_ray.config import ModelSpec, TinySpec
@@ -54,3 +56,19 @@ def tiny_data(task=None):
 def tiny_babel_model(tokenizer, seed=0):
     """Returns a tiny classifier sized for the tokenizer."""
     return build_model(TINY, num_labels=2, vocab_size=len(tokenizer), seed=seed)
+
+
+SMOKE = Path(__file__).resolve().parents[1] / "sweeps" / "smoke.yaml"
+
+
+def smoke_sweep(name: str, *replacements: tuple[str, str]) -> str:
+    """Returns the text of sweeps/smoke.yaml named `name`, 3 retries a trial, with each (old, new) replaced.
+
+    Raises AssertionError if an `old` text is not in the file, so an edit of smoke.yaml cannot
+    silently turn a test's change into nothing.
+    """
+    text = SMOKE.read_text()
+    for old, new in [("name: smoke", f"name: {name}"), ("max_failures: 1}", "max_failures: 3}"), *replacements]:
+        assert old in text, f"{old!r} is not in {SMOKE}"
+        text = text.replace(old, new)
+    return text
