@@ -50,7 +50,8 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0, Tune prints no status tables
-    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our own progress bars say where a sweep is
+    for name in ("ray.data", "ray.tune"):  # our own progress bars say where a sweep is
+        logging.getLogger(name).setLevel(logging.WARNING)
     env = {"env_vars": dict(WORKER_ENV)}
     if address:
         check_address(address)
