@@ -283,7 +283,11 @@ def main() -> None:
         # 24 training and 8 test examples: what remains is the fixed cost of a call.
         small = workload(cfg, folder / "small", max(1, BATCH // len(LANGUAGES) - 2), 2)
         t = time.perf_counter()
-        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False)
+        # as a sweep's driver starts Ray (orchestration.tune.init_ray): the job's runtime env holds WORKER_ENV
+        from subnet_ray.orchestration.tune import WORKER_ENV
+
+        ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False,
+                 runtime_env={"env_vars": dict(WORKER_ENV)})
         ray_start_s = time.perf_counter() - t
         ray.data.DataContext.get_current().enable_progress_bars = False
         main_m = measure(inputs, repeats, cfg["warmup"], "main")

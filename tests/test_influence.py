@@ -362,12 +362,16 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
     try:
         # Workers cannot import tests/tiny.py: give them a factory from the installed package.
         factory = functools.partial(build_model, TINY, num_labels=2, vocab_size=VOCAB)
+        # shards of 2 test examples: scored by Ray tasks; then all 6 in one shard, scored in the driver
         got = influence_ray(factory, dirs, train, test, tok, spec, masks=masks, max_length=16, shard_size=2,
                             sketch_dir=str(tmp_path / "sketches"))
+        one = influence_ray(factory, dirs, train, test, tok, spec, masks=masks, max_length=16)
     finally:
         ray.shutdown()
     key = ["test_id", "checkpoint", "sign", "rank"]
-    ref, got = ref.sort_values(key).reset_index(drop=True), got.sort_values(key).reset_index(drop=True)
-    assert got[key + ["train_id", "train_language", "test_language"]].equals(ref[key + ["train_id", "train_language", "test_language"]])
-    np.testing.assert_allclose(got.score.to_numpy(), ref.score.to_numpy(), rtol=1e-4, atol=1e-6)
+    ref = ref.sort_values(key).reset_index(drop=True)
+    for got in (got, one):
+        got = got.sort_values(key).reset_index(drop=True)
+        assert got[key + ["train_id", "train_language", "test_language"]].equals(ref[key + ["train_id", "train_language", "test_language"]])
+        np.testing.assert_allclose(got.score.to_numpy(), ref.score.to_numpy(), rtol=1e-4, atol=1e-6)
     assert len(list((tmp_path / "sketches" / "epoch_1").glob("*.parquet"))) >= 1
