@@ -149,7 +149,7 @@ def latent_sample(babel: Babel, language: str, split: str, n: int) -> tuple[np.n
     Each language and split draws its own latent sentences (as MARC reviews are not parallel),
     from the same distribution, so only the rendering differs between languages.
     """
-    V, L = babel.spec.vocab_size, babel.spec.length
+    L = babel.spec.length
     g = rng(babel.seed, "babel", "sample", language, split)
     pos, neg, neutral = (np.flatnonzero(babel.roles == r) for r in (1, -1, 0))
     clean = (g.random(n) < 0.5).astype(np.int64)

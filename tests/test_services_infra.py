@@ -19,6 +19,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from procs import free_port, kill_leftovers, live_processes
+
 REPO = Path(__file__).resolve().parents[1]
 SERVICES = REPO / "services"
 INFRA = REPO / "infra"
@@ -399,13 +401,6 @@ def test_bad_input_fails_before_starting_anything(tmp_path, args, message):
 
 # ---------------------------------------------------------------- scripts: live
 
-def free_port():
-    """Returns a TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def listening(port):
     """Returns whether something accepts connections on 127.0.0.1:port."""
     try:
@@ -413,29 +408,6 @@ def listening(port):
         return True
     except OSError:
         return False
-
-
-def live_processes(pgid=None, marker=None):
-    """Returns pids (not zombies) in process group pgid or whose command line has marker."""
-    out = subprocess.run(["ps", "-ww", "-e", "-o", "pid=", "-o", "pgid=", "-o", "stat=", "-o", "args="],
-                         capture_output=True, text=True, check=True).stdout
-    pids = []
-    for line in out.splitlines():
-        pid, group, state, cmd = (line.split(None, 3) + [""])[:4]
-        if state.startswith("Z") or int(pid) == os.getpid():
-            continue
-        if (pgid is not None and int(group) == pgid) or (marker and marker in cmd):
-            pids.append(int(pid))
-    return pids
-
-
-def kill_leftovers(pgid=None, marker=None):
-    """Kills what a failed test left running: its process group and its marked processes."""
-    for pid in live_processes(pgid, marker):
-        try:
-            os.kill(pid, 9)
-        except ProcessLookupError:
-            pass
 
 
 def http(url, data=None):

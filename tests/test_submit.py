@@ -1,9 +1,7 @@
 """End to end: `subnet-ray submit` to a real Ray head with a dashboard (job server), as a user would."""
-import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -16,32 +14,10 @@ import pytest
 from subnet_ray.config import load_sweep
 from subnet_ray.orchestration.runner import ledger, store_for
 from subnet_ray.stages import graph
+from procs import free_ports, kill_leftovers, live_processes
 
 PROJECT = Path(__file__).resolve().parents[1]
 SMOKE = PROJECT / "sweeps" / "smoke.yaml"
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
-def processes_mentioning(text: str) -> list[int]:
-    """Returns the pids of live processes whose command line contains `text`."""
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit() and int(proc.name) != os.getpid():
-            with contextlib.suppress(OSError):
-                cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-                state = next((ln for ln in (proc / "status").read_text().splitlines() if ln.startswith("State:")), "")
-                if text in cmdline and "zombie" not in state:
-                    out.append(int(proc.name))
-    return out
 
 
 @pytest.fixture
@@ -70,13 +46,11 @@ def head():
         # `ray stop` stops every Ray of this user (other tests' too): stop only ours, the processes
         # whose command line names its temp dir, politely first
         for sig in (signal.SIGTERM, signal.SIGKILL):
-            for pid in processes_mentioning(str(temp)):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
+            kill_leftovers(marker=str(temp), sig=sig)
             deadline = time.monotonic() + 10
-            while processes_mentioning(str(temp)) and time.monotonic() < deadline:
+            while live_processes(marker=str(temp)) and time.monotonic() < deadline:
                 time.sleep(0.2)
-        assert not processes_mentioning(str(temp))
+        assert not live_processes(marker=str(temp))
         shutil.rmtree(temp, ignore_errors=True)
 
 

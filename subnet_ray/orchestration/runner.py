@@ -198,7 +198,7 @@ class TrialLog:
         self.by_trial: dict[str, list[Node]] = defaultdict(list)
         for n in nodes:
             self.by_trial[n.trial].append(n)
-        self.logged: set[tuple[str, str, int]] = set()
+        self.logged: set[tuple[str, int]] = set()  # (node key, epoch): a key names its trial
         self._runs: dict = {}  # trial -> its TrialRun, so live epochs do not re-send the tags
 
     def run(self, trial: str):
@@ -210,7 +210,7 @@ class TrialLog:
     def epoch(self, node_key: str, epoch: int, metrics: dict[str, float]) -> bool:
         """Returns True after logging `metrics` of the node's epoch, False if that epoch was already logged."""
         node = self.nodes[node_key]
-        seen = (node.trial, node.key, int(epoch))
+        seen = (node.key, int(epoch))
         if seen in self.logged:
             return False
         self.run(node.trial).log_epoch(int(epoch), metrics)

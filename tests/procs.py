@@ -1,0 +1,45 @@
+"""Process and port helpers for tests that start services (Ray heads, MLflow servers)."""
+import os
+import signal
+import socket
+import subprocess
+
+
+def free_ports(n: int) -> list[int]:
+    """Returns n distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def free_port() -> int:
+    """Returns a TCP port on 127.0.0.1 that nothing listens on right now."""
+    return free_ports(1)[0]
+
+
+def live_processes(pgid=None, marker=None) -> list[int]:
+    """Returns pids (not zombies) in process group pgid or whose command line has marker."""
+    out = subprocess.run(["ps", "-ww", "-e", "-o", "pid=", "-o", "pgid=", "-o", "stat=", "-o", "args="],
+                         capture_output=True, text=True, check=True).stdout
+    pids = []
+    for line in out.splitlines():
+        pid, group, state, cmd = (line.split(None, 3) + [""])[:4]
+        if state.startswith("Z") or int(pid) == os.getpid():
+            continue
+        if (pgid is not None and int(group) == pgid) or (marker and marker in cmd):
+            pids.append(int(pid))
+    return pids
+
+
+def kill_leftovers(pgid=None, marker=None, sig=signal.SIGKILL) -> None:
+    """Sends sig to what a test left running: its process group and its marked processes."""
+    for pid in live_processes(pgid, marker):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
