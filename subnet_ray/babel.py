@@ -24,6 +24,9 @@ counting suffixes gives a noisy label, joining each stem to its suffix the clean
 Shared words alone do not make a small model read related languages with the same heads;
 a shared way of writing does (numbers in tests/test_subnetworks.py).
 
+The task is parallel: each split's latent sentences are drawn once and rendered in every
+language, so example i of a split is the same item in each language.
+
 Everything is a pure function of (data seed, spec, language, split): which languages share
 is known in advance, the ground truth the subnetwork and influence analyses are checked against.
 """
@@ -143,14 +146,15 @@ def make_babel(spec: BabelSpec, languages: list[str], seed: int) -> Babel:
     return Babel(spec=spec, seed=seed, roles=roles, family=families, lexicon=lexicon, order=order)
 
 
-def latent_sample(babel: Babel, language: str, split: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Returns (concepts [n, length], clean labels [n], noisy labels [n]) for one language and split.
+def latent_sample(babel: Babel, split: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Returns (concepts [n, length], clean labels [n], noisy labels [n]) of one split, common to every language.
 
-    Each language and split draws its own latent sentences (as MARC reviews are not parallel),
-    from the same distribution, so only the rendering differs between languages.
+    Babel is parallel, like XNLI and PAWS-X: every language renders the same latent sentences
+    (with the same noisy labels) in each split, so row i of two languages is one item in two
+    translations and only the rendering differs between languages.
     """
     L = babel.spec.length
-    g = rng(babel.seed, "babel", "sample", language, split)
+    g = rng(babel.seed, "babel", "sample", split)
     pos, neg, neutral = (np.flatnonzero(babel.roles == r) for r in (1, -1, 0))
     clean = (g.random(n) < 0.5).astype(np.int64)
     # A strict majority of 1-2 polar words over 0-1 of the other side: the label needs every
@@ -179,5 +183,5 @@ def render(babel: Babel, language: str, concepts: np.ndarray) -> list[str]:
 
 def generate(babel: Babel, language: str, split: str, n: int) -> tuple[list[str], np.ndarray]:
     """Returns (texts, noisy labels) of `n` generated examples of one language and split."""
-    concepts, _, labels = latent_sample(babel, language, split, n)
+    concepts, _, labels = latent_sample(babel, split, n)
     return render(babel, language, concepts), labels

@@ -333,6 +333,8 @@ def babel_languages(task: TaskSpec) -> babel_mod.Babel:
 
 
 def _babel_language(task: TaskSpec, world: babel_mod.Babel, lang: str, split: str) -> list[Example]:
+    # Babel is parallel: row i is latent item i of the split in every language, so ids align
+    # across languages (babel/<lang>/<split>/<i>) and do not depend on the task's other languages.
     texts, labels = babel_mod.generate(world, lang, split, _sizes(task)[split])
     return [Example(f"babel/{lang}/{split}/{i}", lang, t, None, int(y)) for i, (t, y) in enumerate(zip(texts, labels))]
 

@@ -231,7 +231,7 @@ def test_babel_second_family_writes_stem_and_suffix_so_only_the_pair_carries_the
 
 def test_babel_labels_are_the_latent_majority_with_noise_and_text_renders_concepts():
     world = babel_mod.make_babel(FAMILIES, ["a", "c"], seed=0)
-    concepts, clean, noisy = babel_mod.latent_sample(world, "c", "train", 4000)
+    concepts, clean, noisy = babel_mod.latent_sample(world, "train", 4000)
     roles = world.roles[concepts].sum(axis=1)
     assert (clean == (roles > 0)).all() and (roles != 0).all()  # brute-force recount, no ties
     assert 0.45 < clean.mean() < 0.55
@@ -255,6 +255,22 @@ def test_babel_examples_deterministic_ids_and_seeded():
     assert a != load_examples(t.model_copy(update={"data_seed": 1}), "train")
     assert {ex.text for ex in a}.isdisjoint(ex.text for ex in load_examples(t, "test"))
     assert all(ex.text.split()[0].startswith(("d_w", "c-d_s", "a_w", "b_w", "a-b_s")) for ex in a)
+
+
+def test_babel_is_parallel_every_language_renders_the_same_items():
+    t = TaskSpec(id="babel", languages=["d", "a", "c"], train_size=40, dev_size=30, test_size=20, babel=FAMILIES)
+    world = babel_mod.make_babel(FAMILIES, ["d", "a", "c"], seed=0)
+    for split, n in (("train", 40), ("dev", 30), ("test", 20)):
+        concepts, _, noisy = babel_mod.latent_sample(world, split, n)
+        got = load_examples(t, split)
+        for lang in t.languages:
+            texts = babel_mod.render(world, lang, concepts)
+            want = [(f"babel/{lang}/{split}/{i}", texts[i], int(noisy[i])) for i in range(n)]
+            assert [(ex.id, ex.text, ex.label) for ex in got if ex.language == lang] == want
+    # the items of a language do not depend on which other languages the task has
+    alone = load_examples(t.model_copy(update={"languages": ["c"]}), "test")
+    assert alone == [ex for ex in load_examples(t, "test") if ex.language == "c"]
+    assert not np.array_equal(babel_mod.latent_sample(world, "dev", 20)[0], babel_mod.latent_sample(world, "test", 20)[0])
 
 
 def test_babel_generation_is_fast():
