@@ -119,6 +119,10 @@ def make_babel(spec: BabelSpec, languages: list[str], seed: int) -> Babel:
     families = family_names(spec, languages)
     suffixing = suffixing_families(spec)
     n_shared = int(round(spec.shared_vocab * V))
+    # Loanwords: neutral concepts with the same word in every language, whatever its family.
+    grng = rng(seed, "babel", V, "global")
+    neutral = grng.permutation(np.flatnonzero(roles == 0))
+    loans, loan_index = neutral[: int(round(spec.global_vocab * len(neutral)))], grng.permutation(V)
     lexicon, order = {}, {}
     for lang in languages:
         fam = families[lang]
@@ -136,11 +140,13 @@ def make_babel(spec: BabelSpec, languages: list[str], seed: int) -> Babel:
             shared = np.unique(np.array(pairs[: round(n_shared / 2)], dtype=np.int64))
         words = np.array([f"{lang}_w{own_index[c]}" for c in range(V)], dtype=object)
         words[shared] = [f"{fam}_s{proto_index[c]}" for c in shared]
+        words[loans] = [f"g_w{loan_index[c]}" for c in loans]
         if fam in suffixing:
-            stems = words.copy()
+            stems, is_loan = words.copy(), np.isin(np.arange(V), loans)
             for a, b in pairs:
-                words[b] = f"{stems[a]} {fam}_b"
-                words[a] = f"{stems[a]} {fam}_a"
+                stem = stems[b] if is_loan[b] and not is_loan[a] else stems[a]
+                words[b] = f"{stem} {fam}_b"
+                words[a] = f"{stem} {fam}_a"
         lexicon[lang] = words
         order[lang] = frng.permutation(L) if spec.reorder else np.arange(L)
     return Babel(spec=spec, seed=seed, roles=roles, family=families, lexicon=lexicon, order=order)
@@ -153,7 +159,7 @@ def latent_sample(babel: Babel, split: str, n: int) -> tuple[np.ndarray, np.ndar
     (with the same noisy labels) in each split, so row i of two languages is one item in two
     translations and only the rendering differs between languages.
     """
-    L = babel.spec.length
+    L, C = babel.spec.length, counted_positions(babel.spec)
     g = rng(babel.seed, "babel", "sample", split)
     pos, neg, neutral = (np.flatnonzero(babel.roles == r) for r in (1, -1, 0))
     clean = (g.random(n) < 0.5).astype(np.int64)
@@ -162,7 +168,7 @@ def latent_sample(babel: Babel, split: str, n: int) -> tuple[np.ndarray, np.ndar
     n_minor = g.integers(0, 2, n)
     n_major = n_minor + g.integers(1, 3, n)
     concepts = neutral[g.integers(0, len(neutral), (n, L))]
-    slots = np.argsort(g.random((n, L)), axis=1)  # distinct random positions per row
+    slots = np.argsort(g.random((n, C)), axis=1)  # distinct random counted positions per row
     major_pool = np.where(clean[:, None] == 1, pos[g.integers(0, len(pos), (n, 3))], neg[g.integers(0, len(neg), (n, 3))])
     minor_pool = np.where(clean[:, None] == 1, neg[g.integers(0, len(neg), (n, 1))], pos[g.integers(0, len(pos), (n, 1))])
     rows = np.arange(n)
@@ -172,7 +178,22 @@ def latent_sample(babel: Babel, split: str, n: int) -> tuple[np.ndarray, np.ndar
     put = n_minor > 0
     concepts[rows[put], slots[put, 3]] = minor_pool[put, 0]
     flip = g.random(n) < babel.spec.label_noise
+    if C < L:
+        # Distractors: 1-2 polar words of random sign in the positions that do not count, so
+        # a reader must know which positions count (its family's, after reordering).
+        n_distract = g.integers(1, 3, n)
+        where = C + np.argsort(g.random((n, L - C)), axis=1)
+        sign = g.random((n, 2)) < 0.5
+        words = np.where(sign, pos[g.integers(0, len(pos), (n, 2))], neg[g.integers(0, len(neg), (n, 2))])
+        for k in range(min(2, L - C)):
+            put = n_distract > k
+            concepts[rows[put], where[put, k]] = words[put, k]
     return concepts, clean, np.where(flip, 1 - clean, clean)
+
+
+def counted_positions(spec: BabelSpec) -> int:
+    """Returns how many latent positions (the first ones) decide the label: `counted` x length, at least 4."""
+    return max(4, min(spec.length, int(round(spec.counted * spec.length))))
 
 
 def render(babel: Babel, language: str, concepts: np.ndarray) -> list[str]:

@@ -31,6 +31,14 @@ class BabelSpec(Strict):
         None, description="Groups of related languages; languages in one group share `shared_vocab` of their surface words. Default: one family per language."
     )
     shared_vocab: float = Field(0.8, ge=0.0, le=1.0, description="Fraction of surface words a language shares with the other languages of its family.")
+    global_vocab: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="Fraction of the neutral concepts whose word (stem, in a suffixing family) is the same in every language, like loanwords, so unrelated families share some surface words.",
+    )
+    counted: float = Field(
+        1.0, gt=0.0, le=1.0,
+        description="Fraction of latent positions (the first ones, at least 4) whose polar words decide the label; below 1, the other positions hold 1-2 polar words of random sign (distractors), and with `reorder` each family writes the counted positions in its own surface slots.",
+    )
     reorder: bool = Field(True, description="Whether each family has its own word order (a fixed permutation of positions).")
     label_noise: float = Field(0.05, ge=0.0, lt=0.5, description="Probability of flipping a label, so accuracy is not trivially 100%.")
     morphology: Literal["alternate", "isolating"] = Field(

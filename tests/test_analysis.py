@@ -369,3 +369,39 @@ def test_analysis_imports_without_transformers():
     code = "import sys, subnet_ray.analysis; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+def test_summary_effects_are_the_figures_numbers(report):
+    t, out, summary, _ = report
+    eff = summary["effects"]["toy"]
+    assert eff["heads_kept"] == pytest.approx({lang: float(m.mean()) for lang, m in t.masks.items()}, abs=1e-4)
+    fig11 = pd.read_csv(out / "fig11_toy_full_shares.csv")
+    diag = fig11[(fig11["sign"] == "most positive") & (fig11["test_language"] == fig11["train_language"])]
+    assert eff["full_in_language_pos"] == pytest.approx(dict(zip(diag["test_language"], diag["share_pct"])), abs=1e-4)
+    fig2 = summary["comparisons"]["toy"]["full+subnet vs full"]["in_language_pos_change"]
+    assert eff["subnet_in_language_change"] == pytest.approx(fig2, abs=1e-4)
+    for lang, r in eff["random_in_language_change"].items():
+        seeds = {name: summary["comparisons"]["toy"][f"{name} vs full"]["in_language_pos_change"][lang] for name in r["per_seed"]}
+        assert r["per_seed"] == pytest.approx(seeds, abs=1e-4) and r["mean"] == pytest.approx(np.mean(list(seeds.values())), abs=1e-4)
+        assert r["subnet"] == eff["subnet_in_language_change"][lang]
+    fig08 = next(x for x in summary["correlations"] if x["figure"] == "fig08")
+    assert eff["similarity_vs_positive_share"]["pearson_r"] == pytest.approx(fig08["pearson_r"])
+    assert set(eff["checks"]) == {"full_cross_language", "heads_kept", "subnet_raises_in_language",
+                                  "random_below_subnet", "similarity_tracks_influence"}
+
+
+def test_effect_checks_follow_the_papers_targets():
+    from subnet_ray.analysis.effects import effect_checks
+
+    good = {"full_in_language_pos": {"a": 26.0, "b": 69.0, "c": 40.0, "d": 30.0}, "heads_kept": {"a": 0.25, "b": 0.75},
+            "subnet_in_language_change": {"a": 5.0, "b": 3.0, "c": 1.0, "d": -0.5},
+            "random_in_language_change": {"a": {"per_seed": {}, "mean": 4.9, "subnet": 5.0}},
+            "similarity_vs_positive_share": {"pearson_r": 0.1}}
+    assert set(effect_checks(good).values()) == {True}
+    bad = {"full_in_language_pos": {"a": 24.9, "b": 40.0, "c": 40.0, "d": 40.0}, "heads_kept": {"a": 0.24, "b": 0.5},
+           "subnet_in_language_change": {"a": 9.0, "b": 3.0, "c": -1.0, "d": -0.5},  # mean +2.6 but 2 of 4 fall
+           "random_in_language_change": {"a": {"per_seed": {}, "mean": 5.0, "subnet": 5.0}},
+           "similarity_vs_positive_share": {"pearson_r": -0.1}}
+    assert set(effect_checks(bad).values()) == {False}
+    assert effect_checks({"subnet_in_language_change": {"a": 1.9, "b": 2.0}})["subnet_raises_in_language"] is False
+    assert set(effect_checks({}).values()) == {None}

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from subnet_ray.analysis.effects import effect_checks, paper_effects
 from subnet_ray.analysis.figures import FigureRecord, FigureWriter
 from subnet_ray.analysis.influence_figures import influence_figures
 from subnet_ray.analysis.mask_figures import mask_figures
@@ -130,6 +131,7 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
         "total_heads": {t.task: (next(iter(t.masks.values())).size if t.masks else None) for t in results},
         "comparisons": w.comparisons,
         "correlations": w.correlations,
+        "effects": {t.task: (e := paper_effects(t)) | {"checks": effect_checks(e)} for t in results},
         "figures": [{"figure": r.name.split("_")[0], "task": r.task, "png": r.png.name, "csv": r.csv.name,
                      "caption": r.caption} for r in w.records],
         "tables": list(tables),
