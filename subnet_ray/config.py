@@ -141,7 +141,7 @@ class InfluenceSpec(Strict):
     """TracIn with random-projection sketches."""
 
     proj_dim: int = Field(256, ge=0, description="Sketch dimension d per layer (a perfect square); 0 = exact gradients.")
-    layers: list[str] = Field(["encoder", "classifier"], min_length=1, description="Name prefixes of the Linear layers to sketch ('encoder', 'classifier', 'embeddings', or module names).")
+    layers: list[str] = Field(["encoder", "classifier"], min_length=1, description="Name prefixes of the Linear layers to sketch ('encoder', 'classifier', or module names such as 'encoder.encoder.layer.11'); embedding layers are not sketched.")
     top_k: int = Field(100, ge=1, description="Most positive and most negative training examples kept per test example.")
     test_per_language: int = Field(500, ge=1, description="Test examples per language scored against all training examples.")
     batch_size: int = Field(32, ge=1, description="Examples per sketching batch.")
@@ -150,6 +150,16 @@ class InfluenceSpec(Strict):
     projection_seed: int = Field(0, description="Seed of the projection matrices (every worker derives the same ones).")
     actors: int = Field(1, ge=1, description="Ray Data actors sketching in parallel.")
     gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per sketching actor.")
+
+    @field_validator("layers")
+    @classmethod
+    def _no_embeddings(cls, v: list[str]) -> list[str]:
+        # Sketches cover nn.Linear layers (G1 delta x^T G2^T); an embedding's gradient is a
+        # scatter of rows, which the sketcher does not project: refuse it here, not mid-run.
+        bad = [p for p in v if "embeddings" in p.split(".")]
+        if bad:
+            raise ValueError(f"{bad}: embedding layers are not sketched; name Linear layers ('encoder', 'classifier' or module names)")
+        return v
 
     @field_validator("proj_dim")
     @classmethod
