@@ -58,6 +58,10 @@ class TaskSpec(Strict):
     text_pair_column: str | None = Field(None, description="local task: column of the second text, if the task is a pair task.")
     label_column: str = Field("label", description="local task: column of the integer label.")
     language_column: str = Field("language", description="local task: column of the language code.")
+    group_column: str | None = Field(
+        None,
+        description="local task: column naming the parallel item (rows of different languages with one value are translations of one item); when set, every language samples the same items, as XNLI and PAWS-X do.",
+    )
     num_labels: int = Field(2, ge=2, description="local task: number of classes.")
     babel: BabelSpec = Field(default_factory=BabelSpec, description="babel task: the generator's settings.")
 
