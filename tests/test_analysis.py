@@ -260,6 +260,12 @@ def test_report_numbers_agree_with_the_shares_api(report):
     pos6 = fig06[fig06["sign"] == "most positive"].set_index(["test_language", "train_language"])["delta_pct"]
     seeds = [compare_shares(t.influence, f"random-sft:{s}", "full", t.languages).delta for s in (0, 1)]
     assert pos6[("en", "ko")] == pytest.approx((seeds[0].at["en", "ko"] + seeds[1].at["en", "ko"]) / 2)
+    # Fig 3's random baseline: the mean over random-mask seeds, with its interval over examples and seeds
+    rand = summary["comparisons"]["toy"]["full+random (mean of 2 seeds) vs full"]
+    each = [compare_shares(t.influence, f"full+random:{s}", "full", t.languages).delta.at["de", "de"] for s in (0, 1)]
+    assert rand["in_language_pos_change"]["de"] == pytest.approx(np.mean(each), abs=1e-6)
+    lo, hi = rand["in_language_pos_change_ci"]["de"]
+    assert lo <= np.mean(each) <= hi
 
 
 def test_report_mask_maps_equal_hand_counts(report):

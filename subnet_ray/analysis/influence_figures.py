@@ -187,6 +187,10 @@ def fig03(w: FigureWriter, t: TaskResults) -> None:
     for label, name in rows:
         if name != "full+subnet":  # recorded by Fig 2
             _record(w, t, f"{name} vs full", {sign: [comps[name, sign]] for sign in SIGNS})
+    random_names = [name for label, name in rows if name.startswith("full+random:")]
+    if random_names:  # the baseline the paper compares with the identified subnetwork: the mean over seeds
+        _record(w, t, f"full+random (mean of {len(random_names)} seeds) vs full",
+                {sign: [comps[name, sign] for name in random_names] for sign in SIGNS})
     for lang in [lang for lang in t.languages if lang in tested]:
         ci = {(name, sign): delta_interval([comps[name, sign]]) for _, name in rows for sign in SIGNS}
         data = pd.DataFrame([
