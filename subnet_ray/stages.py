@@ -25,7 +25,8 @@ from .data import load_examples, num_labels, tokenizer_for
 from .influence import influence as influence_local
 from .models import build_model, load_checkpoint
 from .store import Store
-from .subnetworks import curve_frame, find_subnetworks, intersection, load_mask, random_mask, save_mask, union
+from .subnetworks import intersection, load_mask, random_mask, save_mask, union
+from .subnetworks.pruning import curve_frame, find_subnetworks
 from .train import by_language, checkpoints, evaluate, finetune
 
 HISTORY = "history.json"

@@ -10,29 +10,21 @@ from torch.nn import functional as F
 from subnet_ray.config import SubnetworkSpec
 from subnet_ray.models import HeadMask
 from subnet_ray.subnetworks import (
-    Subnetwork,
     cosine_similarity,
-    curve_frame,
     disabled_heads_table,
-    find_subnetwork,
-    find_subnetworks,
-    head_importance,
     heads_shared_by,
-    importance_pass,
     intersection,
     layer_similarity,
     load_mask,
-    make_batches,
-    normalize_importance,
     overlap,
-    prune,
     random_mask,
     save_mask,
     similarity_matrix,
-    step_size,
     suboptimal_mask,
     union,
 )
+from subnet_ray.subnetworks.importance import head_importance, importance_pass, normalize_importance
+from subnet_ray.subnetworks.pruning import Subnetwork, curve_frame, find_subnetwork, find_subnetworks, make_batches, prune, step_size
 from tiny import tiny_batch, tiny_model
 
 # ---- importance ------------------------------------------------------------------------------
