@@ -21,12 +21,12 @@ import pandas as pd
 import torch
 
 from .config import SweepSpec, TaskSpec, branches
-from .data import load_examples, num_labels
+from .data import load_examples, num_labels, tokenizer_for
 from .influence import influence as influence_local
 from .models import build_model, load_checkpoint
 from .store import Store
-from .subnetworks import curve_frame, find_subnetworks, intersection, load_mask, random_mask, save_mask, union
-from .tokenization import build_tokenizer
+from .subnetworks import intersection, load_mask, random_mask, save_mask, union
+from .subnetworks.pruning import curve_frame, find_subnetworks
 from .train import by_language, checkpoints, evaluate, finetune
 
 HISTORY = "history.json"
@@ -90,7 +90,9 @@ def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
                 sub = add(Node(Store.key("subnetworks", sub_cfg, [full.key]), "subnetworks", full_trial, 1, (full.key,), {**common, "config": sub_cfg}))
                 rnd = {}
                 for rs in rseeds:
-                    rnd[rs] = add(Node(Store.key("random_masks", {"random_seed": rs}, [sub.key]), "random_masks", full_trial, 1, (sub.key,), {**common, "random_seed": rs}))
+                    # "draw" names how masks are drawn (one stream per language), so stores holding masks
+                    # drawn the old way (one permutation shared by all languages) are not reused
+                    rnd[rs] = add(Node(Store.key("random_masks", {"random_seed": rs, "draw": "per-language"}, [sub.key]), "random_masks", full_trial, 1, (sub.key,), {**common, "random_seed": rs}))
                 if "sft" in b.methods:
                     cfg = {**ft_cfg, "method": "sft"}
                     models["sft"] = add(Node(Store.key("finetune", cfg, [sub.key]), "finetune", f"{task.id}/sft/seed{seed}{bl}", 2, (sub.key,), {**common, "method": "sft", "config": cfg, "masks": sub.key}))
@@ -151,7 +153,7 @@ def _variants(b: SweepSpec, task: TaskSpec, langs: list[str], models: dict, sub:
 def _data(task_json: str, model_name: str):
     task = TaskSpec.model_validate_json(task_json)
     if model_name == "tiny":
-        tokenizer = build_tokenizer(task)
+        tokenizer = tokenizer_for(task)
     else:
         from transformers import AutoTokenizer
 
@@ -222,7 +224,7 @@ def compute(node: Node, spec: SweepSpec, store: Store, out: Path, *, influence_f
         src = store.path(node.inputs[0])
         for lang in task.languages:
             mask, meta = load_mask(src / lang)
-            save_mask(out / lang, random_mask(mask, rs), meta.model_dump() | {"kind": "random", "random_seed": rs, "source": node.inputs[0]})
+            save_mask(out / lang, random_mask(mask, rs, task.id, lang), meta.model_dump() | {"kind": "random", "random_seed": rs, "source": node.inputs[0]})
     elif node.stage == "influence":
         _compute_influence(node, spec, store, out, task, data, tok, make, influence_fn)
     else:
