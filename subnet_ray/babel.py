@@ -15,6 +15,14 @@ in a suffixing family); every other concept gets a word of the language's own
 `length` positions in its own fixed permutation. Word indices j are shuffled per lexicon, so
 a word's name says nothing about its concept.
 
+Loanwords (`global_vocab`): that fraction of the neutral concepts has one word (`g_w<j>`, the
+stem in a suffixing family) in every language, so unrelated families share surface words and
+the full model can draw on them (parallel items of another family then look alike in part).
+
+With `counted` below 1, only the first `counted` x `length` latent positions decide the label;
+the others hold 1-2 polar words of random sign. Each family writes the counted positions in
+its own surface slots (`reorder`), so reading a sentence needs its family's positions.
+
 Families also differ in morphology (`morphology: alternate`): the groups of `families` in odd
 places write every word as two tokens, stem + suffix. Concepts come in pairs sharing a stem
 (the word the language would use for the pair's first concept): each positive concept with a

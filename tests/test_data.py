@@ -239,6 +239,41 @@ def test_babel_labels_are_the_latent_majority_with_noise_and_text_renders_concep
         assert (decoded == row).all()
 
 
+def test_babel_loanwords_are_neutral_words_every_language_shares():
+    spec = FAMILIES.model_copy(update={"global_vocab": 0.5})
+    world = babel_mod.make_babel(spec, ["a", "b", "c", "d", "e"], seed=3)
+    stems = {lang: np.array([w.split()[0] for w in lex.tolist()]) for lang, lex in world.lexicon.items()}
+    loans = np.flatnonzero(np.char.startswith(stems["a"].astype(str), "g_w"))
+    assert len(loans) == 95 and (world.roles[loans] == 0).all()  # half of the 190 neutral concepts
+    for lang in "be":  # one token a word: the very same loanwords in every such language
+        assert (np.flatnonzero(np.char.startswith(stems[lang].astype(str), "g_w")) == loans).all()
+        assert (stems[lang][loans] == stems["a"][loans]).all()
+    for lang in "cd":  # stem + suffix: a loan's stem is a loanword; its pair partner (neutral) shares the stem
+        assert set(stems[lang][loans]) <= set(stems["a"][loans])
+        has_loan_stem = np.char.startswith(stems[lang].astype(str), "g_w")
+        assert has_loan_stem[loans].all() and (world.roles[has_loan_stem] == 0).all()
+    # Polar words and the other neutral words are as without loanwords.
+    plain = babel_mod.make_babel(FAMILIES, ["a", "c"], seed=3)
+    rest = np.setdiff1d(np.arange(200), loans)
+    assert (plain.lexicon["a"][rest] == world.lexicon["a"][rest]).all()
+    assert not {w for w in plain.lexicon["a"].tolist() + plain.lexicon["c"].tolist() if w.startswith("g_w")}
+
+
+def test_babel_counted_positions_alone_decide_the_label():
+    spec = FAMILIES.model_copy(update={"counted": 0.5})
+    world = babel_mod.make_babel(spec, ["a", "c"], seed=0)
+    concepts, clean, _ = babel_mod.latent_sample(world, "train", 3000)
+    roles = world.roles[concepts]
+    assert (clean == (roles[:, :5].sum(axis=1) > 0)).all() and (roles[:, :5].sum(axis=1) != 0).all()
+    distractors = (roles[:, 5:] != 0).sum(axis=1)
+    assert set(distractors.tolist()) == {1, 2}
+    # distractors carry no label information: their sign agrees with the label half the time
+    agree = (np.sign(roles[:, 5:].sum(axis=1)) == 2 * clean - 1)[distractors == 1]
+    assert 0.45 < agree.mean() < 0.55
+    # surface slots of the counted positions differ between the families (their own word orders)
+    assert set(np.flatnonzero(world.order["a"] < 5)) != set(np.flatnonzero(world.order["c"] < 5))
+
+
 def test_babel_examples_deterministic_ids_and_seeded():
     t = TaskSpec(id="babel", languages=["d", "a", "b"], train_size=300, dev_size=20, test_size=20, babel=FAMILIES)
     a = load_examples(t, "train")
