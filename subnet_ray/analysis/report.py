@@ -170,6 +170,14 @@ def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd
             splits = summary["accuracy_split"][task]
             acc.insert(1, "split", [splits[v] for v in acc["variant"]])
             parts += [f"<h3>{esc(task)}</h3>", _table_html(acc)]
+    parts.append("<h2>The paper's headline effects</h2><p>Checks as in subnet_ray/analysis/effects.py "
+                 "(full model in-language positive share between chance and 70%; subnetworks keep 25-75% of heads; "
+                 "own subnetwork raises the in-language share (all languages but one, +2 points on average); random "
+                 "masks raise it less; mask similarity correlates positively with cross-language share).</p>")
+    for task in summary["tasks"]:
+        checks = summary["effects"][task]["checks"]
+        parts += [f"<h3>{esc(task)}</h3>", _table_html(pd.DataFrame(
+            [{"effect": k, "as in the paper": {True: "yes", False: "no", None: "n/a"}[v]} for k, v in checks.items()]))]
     for name, table in tables.items():
         parts += [f"<h2>{'Table 1: disabled heads' if name.startswith('table1') else 'Table 2: subnetwork accuracy (%)'}</h2>",
                   f"<p><a href='{esc(name)}'>{esc(name)}</a></p>", _table_html(table)]
