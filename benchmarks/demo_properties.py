@@ -6,9 +6,14 @@ and prints one JSON line per seed: the headline effects (subnet_ray.analysis.eff
 in-language positive shares of the full model, heads kept per language, Fig 2 diagonal,
 random-mask changes, Fig 8 correlation) and whether each is as the paper reports it; then a
 line counting, per check, the seeds it holds on (target: at least 4 of 5).
+
+    python benchmarks/demo_properties.py [--root DIR] [SEED ...]
+
+With --root the artifact store is kept there (a rerun computes only what is missing, e.g.
+one more seed); without it, a temporary folder.
 """
+import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,12 +25,16 @@ DEMO = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
 
 
 def main() -> None:
-    seeds = [int(s) for s in sys.argv[1:]] or [1, 2, 3, 4, 5]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--root", help="artifact store folder to keep (default: a temporary one)")
+    parser.add_argument("seeds", nargs="*", type=int, default=[1, 2, 3, 4, 5])
+    args = parser.parse_args()
+    seeds = args.seeds
     spec = load_sweep(DEMO)
     spec = spec.model_copy(update={"training": spec.training.model_copy(update={"seeds": seeds})})
     with tempfile.TemporaryDirectory() as d:
         start = time.perf_counter()
-        run = run_sweep(spec, Path(d), executor="local", progress=False)
+        run = run_sweep(spec, Path(args.root or d), executor="local", progress=False)
         wall = time.perf_counter() - start
         held: dict[str, int] = {}
         for folder in sorted(run.reports):
