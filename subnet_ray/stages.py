@@ -24,6 +24,7 @@ from .config import SweepSpec, TaskSpec, branches
 from .data import load_examples, num_labels
 from .influence import influence as influence_local
 from .models import build_model, load_checkpoint
+from .precision import key_part
 from .store import Store
 from .subnetworks import curve_frame, find_subnetworks, intersection, load_mask, random_mask, save_mask, union
 from .tokenization import build_tokenizer
@@ -50,13 +51,21 @@ def _task_config(task: TaskSpec) -> dict:
 
 
 def _training_config(spec: SweepSpec) -> dict:
-    # seeds are per node; device is where it runs, not what it computes
-    return spec.training.model_dump(mode="json", exclude={"seeds", "device"})
+    # seeds are per node; device is where it runs, not what it computes; precision changes the
+    # results, but fp32 stays out of the key so stores from before the setting stay valid
+    cfg = spec.training.model_dump(mode="json", exclude={"seeds", "device", "precision"})
+    return cfg | key_part(spec.training.precision)
+
+
+def influence_precision(spec: SweepSpec) -> str:
+    """Returns the precision of the sweep's sketching and test predictions: influence.precision, else training.precision."""
+    return spec.influence.precision or spec.training.precision
 
 
 def _influence_config(spec: SweepSpec) -> dict:
     # actors and GPUs say how it runs; batch size does not change the sketches
-    return spec.influence.model_dump(mode="json", exclude={"actors", "gpus_per_actor", "batch_size"})
+    cfg = spec.influence.model_dump(mode="json", exclude={"actors", "gpus_per_actor", "batch_size", "precision"})
+    return cfg | key_part(influence_precision(spec))
 
 
 def _branch_label(values: dict) -> str:
@@ -86,7 +95,8 @@ def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
                 ft_cfg = {"task": _task_config(task), "model": model_cfg, "training": train_cfg, "seed": seed, "method": "full"}
                 full = add(Node(Store.key("finetune", ft_cfg), "finetune", full_trial, 1, (), {**common, "method": "full", "config": ft_cfg}))
                 models = {"full": full}
-                sub_cfg = {**b.subnetworks.model_dump(mode="json", exclude={"batch_size"}), "max_length": b.training.max_length}
+                sub_cfg = {**b.subnetworks.model_dump(mode="json", exclude={"batch_size"}), "max_length": b.training.max_length,
+                           **key_part(b.training.precision)}
                 sub = add(Node(Store.key("subnetworks", sub_cfg, [full.key]), "subnetworks", full_trial, 1, (full.key,), {**common, "config": sub_cfg}))
                 rnd = {}
                 for rs in rseeds:
@@ -210,7 +220,8 @@ def compute(node: Node, spec: SweepSpec, store: Store, out: Path, *, influence_f
         model = make()
         last = checkpoints(store.path(node.inputs[0]))[-1]
         load_checkpoint(model, last)
-        subs = find_subnetworks(model, by_language(data["dev"]), tok, spec.subnetworks, spec.training.max_length, device)
+        subs = find_subnetworks(model, by_language(data["dev"]), tok, spec.subnetworks, spec.training.max_length, device,
+                                spec.training.precision)
         for lang, s in subs.items():
             save_mask(out / lang, s.mask, {
                 "task": task.id, "language": lang, "seed": seed, "checkpoint": node.inputs[0], "full_accuracy": s.full_accuracy,
@@ -238,13 +249,16 @@ def _compute_influence(node, spec, store, out, task, data, tok, make, influence_
     test = [e for lang in refs for e in [x for x in data["test"] if x.language == lang][:k]]
     ckpts = checkpoints(store.path(node.params["model"]))
     masks_f = {l: (m.float() if m is not None else None) for l, m in masks.items()}
-    topk = influence_fn(make, ckpts, data["train"], test, tok, spec.influence, masks_f, spec.training.max_length, spec.training.device)
+    precision = influence_precision(spec)
+    inf_spec = spec.influence.model_copy(update={"precision": precision})
+    topk = influence_fn(make, ckpts, data["train"], test, tok, inf_spec, masks_f, spec.training.max_length, spec.training.device)
     topk.to_parquet(out / TOPK, index=False)
     rows = []
     for ckpt in ckpts:
         epoch = load_checkpoint(model, ckpt).get("epoch", int(ckpt.name.split("_")[1]))
         for lang in refs:
             exs = [e for e in test if e.language == lang]
-            preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, masks_f[lang], spec.training.device)["preds"]
+            preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, masks_f[lang], spec.training.device,
+                             precision)["preds"]
             rows += [{"test_id": e.id, "test_language": lang, "checkpoint": epoch, "label": e.label, "pred": p} for e, p in zip(exs, preds)]
     pd.DataFrame(rows).to_parquet(out / PREDICTIONS, index=False)
