@@ -9,9 +9,8 @@ from __future__ import annotations
 from collections import Counter
 from typing import TYPE_CHECKING
 
-from .config import TaskSpec
-
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # only for annotations: encode runs where pydantic is not installed (GPU machines)
+    from .config import TaskSpec
     from .data import Example
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in every built tokenizer

@@ -18,18 +18,20 @@ import random
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .config import TrainSpec
-from .data import Example
 from .models import HeadMask, SequenceClassifier, head_parameter_masks, load_checkpoint, mask_gradients, save_checkpoint
 from .precision import autocast, grad_scaler
 from .tokenization import encode, length_order
+
+if TYPE_CHECKING:  # only for annotations: train_step and evaluate run where pydantic is not installed (GPU machines)
+    from .config import TrainSpec
+    from .data import Example
 
 RESUME = "resume"
 

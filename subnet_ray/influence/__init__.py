@@ -4,10 +4,20 @@ Modules, in data-flow order: projection (G1, G2 per layer from a seed), sketch (
 sketches from one batched forward and backward), tracin (cosine TracIn over checkpoints, top-k
 per test example), pipeline (the single-process `influence` over checkpoints and masks),
 distributed (`influence_ray`, the same on Ray Data; the only module that imports ray).
-"""
-from .pipeline import influence, sketch_examples
-from .projection import Projector
-from .sketch import Sketches, select_linears, sketch_batch
-from .tracin import COLUMNS, dense_scores, top_influences
 
-__all__ = ["COLUMNS", "Projector", "Sketches", "dense_scores", "influence", "select_linears", "sketch_batch", "sketch_examples", "top_influences"]
+Names are imported on first use, so `subnet_ray.influence.sketch` loads without the config
+layer (pydantic), as on GPU machines that have only torch and transformers.
+"""
+import importlib
+
+_HOME = {
+    "influence": "pipeline", "sketch_examples": "pipeline", "Projector": "projection", "Sketches": "sketch",
+    "select_linears": "sketch", "sketch_batch": "sketch", "COLUMNS": "tracin", "dense_scores": "tracin", "top_influences": "tracin",
+}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name in _HOME:
+        return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
