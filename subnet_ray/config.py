@@ -292,35 +292,3 @@ def branches(spec: SweepSpec) -> list[tuple[dict[str, Any], SweepSpec]]:
             _set_dotted(d, k, v)
         out.append((dict(zip(keys, combo)), SweepSpec.model_validate(d)))
     return out
-
-
-class Trial(BaseModel):
-    """One unit of work for Ray Tune: a task x method x training seed (x random-mask seed) on one branch."""
-
-    model_config = ConfigDict(frozen=True)
-    task: str
-    method: Method
-    seed: int
-    random_seed: int | None = None
-    branch: dict[str, Any] = {}
-
-    @property
-    def name(self) -> str:
-        parts = [self.task, self.method, f"seed{self.seed}"]
-        if self.random_seed is not None:
-            parts.append(f"rand{self.random_seed}")
-        parts += [f"{k.split('.')[-1]}={v}" for k, v in self.branch.items()]
-        return "/".join(parts)
-
-
-def plan(spec: SweepSpec) -> list[Trial]:
-    """Returns the expanded trials: branches x tasks x methods x seeds (x random seeds)."""
-    trials = []
-    for grid_values, b in branches(spec):
-        for task in b.tasks:
-            for method in b.methods:
-                for seed in b.training.seeds:
-                    rseeds = b.random_seeds if method == "random-sft" else [None]
-                    for rs in rseeds:
-                        trials.append(Trial(task=task.id, method=method, seed=seed, random_seed=rs, branch=grid_values))
-    return trials
