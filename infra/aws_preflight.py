@@ -122,13 +122,14 @@ def main(argv: list[str] | None = None) -> int:
     else:
         if not args.config:
             p.error("give the cluster config, or --check-driver VERSION")
-        import boto3
         import yaml
 
         with open(os.path.expanduser(args.config)) as f:
             config = yaml.safe_load(f)
         problems = placeholders(config)
-        if not problems:
+        if not problems:  # boto3 only now: a placeholder fails without any AWS call
+            import boto3
+
             region = config["provider"]["region"]
             problems = dry_run_workers(config, boto3.client("ec2", region_name=region))
             problems += check_bucket(os.environ.get("SUBNET_RAY_ROOT", ""), boto3.client("s3", region_name=region))

@@ -7,8 +7,6 @@ import copy
 import gzip
 import importlib.metadata
 import json
-import re
-import shlex
 from pathlib import Path
 
 import jsonschema
@@ -24,7 +22,6 @@ SCHEMAS = Path(__file__).resolve().parent / "data" / "schemas"
 RAY_VERSION = importlib.metadata.version("ray")
 KUBERAY_WITH_AUTH = ["v1.5.1", "v1.7.0"]  # the first KubeRay with authOptions, and the newest vendored
 OBJECT_META = "#/$defs/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta"
-GiB = 2**30
 
 
 def read_gz(name):
