@@ -58,6 +58,10 @@ class TaskSpec(Strict):
     text_pair_column: str | None = Field(None, description="local task: column of the second text, if the task is a pair task.")
     label_column: str = Field("label", description="local task: column of the integer label.")
     language_column: str = Field("language", description="local task: column of the language code.")
+    group_column: str | None = Field(
+        None,
+        description="local task: column naming the parallel item (rows of different languages with one value are translations of one item); when set, every language samples the same items, as XNLI and PAWS-X do.",
+    )
     num_labels: int = Field(2, ge=2, description="local task: number of classes.")
     babel: BabelSpec = Field(default_factory=BabelSpec, description="babel task: the generator's settings.")
 
@@ -141,7 +145,7 @@ class InfluenceSpec(Strict):
     """TracIn with random-projection sketches."""
 
     proj_dim: int = Field(256, ge=0, description="Sketch dimension d per layer (a perfect square); 0 = exact gradients.")
-    layers: list[str] = Field(["encoder", "classifier"], min_length=1, description="Name prefixes of the Linear layers to sketch ('encoder', 'classifier', 'embeddings', or module names).")
+    layers: list[str] = Field(["encoder", "classifier"], min_length=1, description="Name prefixes of the Linear layers to sketch ('encoder', 'classifier', or module names such as 'encoder.encoder.layer.11'); embedding layers are not sketched.")
     top_k: int = Field(100, ge=1, description="Most positive and most negative training examples kept per test example.")
     test_per_language: int = Field(500, ge=1, description="Test examples per language scored against all training examples.")
     batch_size: int = Field(32, ge=1, description="Examples per sketching batch.")
@@ -150,6 +154,16 @@ class InfluenceSpec(Strict):
     projection_seed: int = Field(0, description="Seed of the projection matrices (every worker derives the same ones).")
     actors: int = Field(1, ge=1, description="Ray Data actors sketching in parallel.")
     gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per sketching actor.")
+
+    @field_validator("layers")
+    @classmethod
+    def _no_embeddings(cls, v: list[str]) -> list[str]:
+        # Sketches cover nn.Linear layers (G1 delta x^T G2^T); an embedding's gradient is a
+        # scatter of rows, which the sketcher does not project: refuse it here, not mid-run.
+        bad = [p for p in v if "embeddings" in p.split(".")]
+        if bad:
+            raise ValueError(f"{bad}: embedding layers are not sketched; name Linear layers ('encoder', 'classifier' or module names)")
+        return v
 
     @field_validator("proj_dim")
     @classmethod

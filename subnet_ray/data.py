@@ -23,8 +23,16 @@ Where the rows come from (`TaskSpec.source`):
   holding all languages and splits, from which train, dev and test are carved as disjoint
   consecutive pieces of one seeded permutation per language.
 
-Sampling: per language, the first `<split>_size` usable rows of a permutation seeded by
-(data_seed, language, split); an example's id is `<task>/<language>/<split>/<source_row>`.
+Sampling. Parallel tasks (XNLI, PAWS-X, and `local` with a `group_column`; babel is generated
+parallel) draw the same source items for every language, as the paper needs ("giving each
+language an equal opportunity to be retrieved amongst the most influential samples", 4.3):
+items are aligned by the dataset's own id where every language has one (PAWS-X `id`), by the
+group column (`local`), else by row position (the XNLI releases are row-aligned), and the first
+`<split>_size` items of one permutation seeded by (data_seed, split) are taken in every
+language; sources that do not align (other ids, other row counts) are refused, naming the
+languages. MARC is not parallel: per language, the first `<split>_size` usable rows of a
+permutation seeded by (data_seed, language, split). An example's id is
+`<task>/<language>/<split>/<source_row>`.
 
 Tokenizers and batch encoding live in tokenization.py; SPECIAL_TOKENS, build_tokenizer and
 encode are re-exported here.
@@ -71,6 +79,8 @@ HUB_SOURCES = {
 }
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
 HUB_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
+# Parallel tasks and the column that names an item in every language ("" = row position).
+PARALLEL = {"xnli": "", "pawsx": "id"}
 
 
 def num_labels(task: TaskSpec) -> int:
@@ -324,6 +334,90 @@ def _sample_language(task: TaskSpec, lang: str, split: str) -> list[Example]:
     ]
 
 
+def parallel_by(task: TaskSpec) -> str | None:
+    """Returns how `task`'s languages align: a column naming the item, "" for row position, None if not parallel."""
+    if task.id == "local":
+        return task.group_column
+    return PARALLEL.get(task.id)
+
+
+def _item_keys(task: TaskSpec, split: str, by: str, rows: dict[str, _Rows]) -> dict[str, np.ndarray]:
+    """Returns, per language, the item key of each row: the `by` column's values, else the row position."""
+    have = {lang: by in r.table.column_names for lang, r in rows.items()} if by else {}
+    if by and not all(have.values()):
+        missing = [lang for lang, h in have.items() if not h]
+        if task.id == "local" or any(have.values()):
+            raise DataError(
+                f"task {task.id!r}, split {split!r}: language(s) {', '.join(missing)} have no column {by!r} "
+                f"({rows[missing[0]].where}); parallel items are aligned by it"
+            )
+        by = ""  # no language has the dataset's id column: its files are aligned by position
+    if not by:
+        counts = {lang: r.table.num_rows for lang, r in rows.items()}
+        if len(set(counts.values())) > 1:
+            (a, na), (b, nb) = sorted(counts.items(), key=lambda kv: kv[1])[0], sorted(counts.items(), key=lambda kv: kv[1])[-1]
+            raise DataError(
+                f"task {task.id!r}, split {split!r}: languages {a!r} ({na} rows, {rows[a].where}) and {b!r} ({nb} rows, "
+                f"{rows[b].where}) are not row-aligned; a parallel task needs the same items in every language"
+            )
+        return {lang: r.row.astype(str) for lang, r in rows.items()}
+    keys = {}
+    for lang, r in rows.items():
+        col = r.table.column(by).to_pylist()
+        if any(v is None for v in col):
+            raise DataError(f"{_where(task, lang, split, r.where)} column {by!r} is empty at row {r.row[col.index(None)]}")
+        k = np.asarray([str(v) for v in col], dtype=object)
+        uniq, counts = np.unique(k, return_counts=True)
+        if (counts > 1).any():
+            raise DataError(f"{_where(task, lang, split, r.where)} column {by!r} repeats item {uniq[counts > 1][0]!r}; items must be unique")
+        keys[lang] = k
+    return keys
+
+
+def _sample_parallel(task: TaskSpec, split: str, by: str) -> list[Example]:
+    """Returns the sampled examples of `split`: the same source items in every language."""
+    found = {lang: _source_rows(task, lang, split) for lang in task.languages}
+    rows = {lang: r for lang, (r, _) in found.items()}
+    all_splits = any(a for _, a in found.values())
+    keys = _item_keys(task, split, by, rows)
+    first = task.languages[0]
+    # items usable in every language, in the first language's source order
+    usable = {lang: set(k[r.label >= 0].tolist()) for (lang, k), r in zip(keys.items(), rows.values())}
+    for lang in task.languages[1:]:
+        if set(keys[lang].tolist()) != set(keys[first].tolist()):
+            only = sorted(set(keys[first].tolist()) ^ set(keys[lang].tolist()))
+            raise DataError(
+                f"task {task.id!r}, split {split!r}: languages {first!r} and {lang!r} do not hold the same items "
+                f"({len(only)} differ, e.g. {only[0]!r}; aligned by {('column ' + repr(by)) if by else 'row position'}); "
+                "a parallel task needs the same items in every language"
+            )
+    common = [k for k in keys[first].tolist() if all(k in u for u in usable.values())]
+    sizes = _sizes(task)
+    n = sizes[split]
+    if all_splits:  # one file for every split: disjoint pieces of one permutation, train then dev then test
+        order = babel_mod.rng(task.data_seed, "parallel", "all-splits").permutation(len(common))
+        start = sum(sizes[s] for s in SPLITS[: SPLITS.index(split)])
+    else:
+        order = babel_mod.rng(task.data_seed, "parallel", split).permutation(len(common))
+        start = 0
+    if len(common) < start + n:
+        carve = f" (train + dev + test up to {split} = {start + n}, carved from one file)" if all_splits else ""
+        raise DataError(
+            f"task {task.id!r}, split {split!r}: {rows[first].where} has only {len(common)} rows usable in every language "
+            f"({', '.join(task.languages)}), fewer than the {start + n} asked{carve}"
+        )
+    chosen = [common[i] for i in order[start : start + n]]
+    out = []
+    for lang in task.languages:
+        r = rows[lang]
+        where = {k: i for i, k in enumerate(keys[lang].tolist())}
+        take = np.asarray([where[k] for k in chosen], dtype=np.int64)
+        texts = _texts(r, r.text_column, take, task, lang, split)
+        pairs = _texts(r, r.pair_column, take, task, lang, split) if r.pair_column else [None] * len(take)
+        out += [Example(f"{task.id}/{lang}/{split}/{r.row[i]}", lang, t, p, int(r.label[i])) for i, t, p in zip(take, texts, pairs)]
+    return out
+
+
 def babel_languages(task: TaskSpec) -> babel_mod.Babel:
     """Returns the generated languages of a babel task (lexicons, word orders, concept roles)."""
     try:
@@ -353,4 +447,7 @@ def load_examples(task: TaskSpec, split: str) -> list[Example]:
     if task.id == "babel":
         world = babel_languages(task)
         return [ex for lang in task.languages for ex in _babel_language(task, world, lang, split)]
+    by = parallel_by(task)
+    if by is not None:
+        return _sample_parallel(task, split, by)
     return [ex for lang in task.languages for ex in _sample_language(task, lang, split)]

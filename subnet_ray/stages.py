@@ -90,7 +90,9 @@ def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
                 sub = add(Node(Store.key("subnetworks", sub_cfg, [full.key]), "subnetworks", full_trial, 1, (full.key,), {**common, "config": sub_cfg}))
                 rnd = {}
                 for rs in rseeds:
-                    rnd[rs] = add(Node(Store.key("random_masks", {"random_seed": rs}, [sub.key]), "random_masks", full_trial, 1, (sub.key,), {**common, "random_seed": rs}))
+                    # "draw" names how masks are drawn (one stream per language), so stores holding masks
+                    # drawn the old way (one permutation shared by all languages) are not reused
+                    rnd[rs] = add(Node(Store.key("random_masks", {"random_seed": rs, "draw": "per-language"}, [sub.key]), "random_masks", full_trial, 1, (sub.key,), {**common, "random_seed": rs}))
                 if "sft" in b.methods:
                     cfg = {**ft_cfg, "method": "sft"}
                     models["sft"] = add(Node(Store.key("finetune", cfg, [sub.key]), "finetune", f"{task.id}/sft/seed{seed}{bl}", 2, (sub.key,), {**common, "method": "sft", "config": cfg, "masks": sub.key}))
@@ -222,7 +224,7 @@ def compute(node: Node, spec: SweepSpec, store: Store, out: Path, *, influence_f
         src = store.path(node.inputs[0])
         for lang in task.languages:
             mask, meta = load_mask(src / lang)
-            save_mask(out / lang, random_mask(mask, rs), meta.model_dump() | {"kind": "random", "random_seed": rs, "source": node.inputs[0]})
+            save_mask(out / lang, random_mask(mask, rs, task.id, lang), meta.model_dump() | {"kind": "random", "random_seed": rs, "source": node.inputs[0]})
     elif node.stage == "influence":
         _compute_influence(node, spec, store, out, task, data, tok, make, influence_fn)
     else:

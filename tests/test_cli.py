@@ -44,6 +44,7 @@ BAD = {
         "name: x\ntasks: [{id: babel, languages: [a, b], babel: {length: 20, families: [[a], [b]]}}]\ntraining: {max_length: 32}\n",
         "sentences have up to 40 tokens plus [CLS] and [SEP], more than training.max_length=32",
     ),
+    "embedding layers": ("name: x\ntasks: [{id: babel, languages: [a]}]\ninfluence: {layers: [encoder, embeddings]}\n", "embedding layers are not sketched"),
     "non-square proj": ("name: x\ntasks: [{id: babel, languages: [a]}]\ninfluence: {proj_dim: 10}\n", "perfect square"),
 }
 

@@ -353,7 +353,7 @@ def bad_cases(tmp: Path):
         (task("xnli", tmp / "nocol"), "train", f"{tmp}/nocol/en/train.csv has no column 'hypothesis' \\(columns: premise, hypo, label\\)"),
         (task("xnli", tmp / "badlabel"), "train", f"{tmp}/badlabel/en/train.jsonl column 'label' has label 3 at row 4; expected an integer in \\[0, 2\\]"),
         (task("xnli", tmp / "empty"), "train", f"language 'en', split 'train': {tmp}/empty/en/train.jsonl has no rows \\(empty language\\)"),
-        (task("xnli", tmp / "ok", sizes=(6, 1, 1)), "train", f"language 'en', split 'train': {tmp}/ok/en/train.jsonl has only 5 rows, fewer than the 6 asked"),
+        (task("xnli", tmp / "ok", sizes=(6, 1, 1)), "train", f"split 'train': {tmp}/ok/en/train.jsonl has only 5 rows usable in every language \\(en\\), fewer than the 6 asked"),
         (task("local", tmp / "local.csv", languages=["fr"]), "train", "column 'language' has no rows of language 'fr' \\(languages present: en\\)"),
         (task("local", tmp / "local.csv", sizes=(1, 1, 1)), "dev", "has only 1 rows, fewer than the 2 asked \\(train \\+ dev \\+ test up to dev"),
         (task("local", tmp / "local.csv", label_column="y"), "train", "local.csv has no column 'y'"),
@@ -368,3 +368,95 @@ def test_bad_input_errors_name_what_is_wrong(tmp_path):
             load_examples(spec, split)
     assert issubclass(DataError, ValueError)
     assert LANGUAGES["pawsx"] == ("de", "en", "es", "fr", "ja", "ko", "zh") and len(LANGUAGES["xnli"]) == 15
+
+
+# --------------------------------------------------------------------------------------------
+# Parallel sampling (paper 4.3: every language gets the same items)
+
+
+def pawsx_rows(ids, lang):
+    return [{"id": i, "sentence1": f"{lang} s1 of {i}", "sentence2": f"{lang} s2 of {i}", "label": i % 2} for i in ids]
+
+
+def _items(exs, lang, source_item):
+    return [source_item(ex) for ex in exs if ex.language == lang]
+
+
+def test_pawsx_languages_sample_the_same_items_aligned_by_id(tmp_path):
+    # Each language's files list the items in its own order, as translated releases may:
+    # alignment must follow the `id` column, not the row position.
+    ids = list(range(100, 140))
+    for split, ext in (("train", "tsv"), ("dev", "jsonl"), ("test", "parquet")):
+        for k, lang in enumerate(("de", "en", "fr")):
+            order = np.random.default_rng(k).permutation(ids).tolist()
+            write(tmp_path / lang / f"{split}.{ext}", pawsx_rows(order, lang))
+    spec = task("pawsx", tmp_path, languages=["de", "en", "fr"], sizes=(12, 8, 6))
+    for split, n in (("train", 12), ("dev", 8), ("test", 6)):
+        exs = load_examples(spec, split)
+        assert len(exs) == 3 * n
+        items = {lang: _items(exs, lang, lambda ex: ex.text.split(" of ")[1]) for lang in ("de", "en", "fr")}
+        assert items["de"] == items["en"] == items["fr"]  # the same items, in the same order
+        assert len(set(items["de"])) == n
+        assert all(ex.label == int(ex.text.split(" of ")[1]) % 2 for ex in exs)
+        assert len({ex.id for ex in exs}) == 3 * n  # ids stay unique ...
+    assert [ex.id for ex in load_examples(spec, "train")] == [ex.id for ex in load_examples(spec, "train")]  # ... and stable
+    other = load_examples(spec.model_copy(update={"data_seed": 1}), "train")
+    assert _items(other, "de", lambda ex: ex.text) != _items(load_examples(spec, "train"), "de", lambda ex: ex.text)
+
+
+def test_xnli_languages_sample_the_same_rows(tmp_path):
+    for lang in ("ar", "en", "sw"):
+        write(tmp_path / lang / "test.jsonl", xnli_rows(30, lang))
+    exs = load_examples(task("xnli", tmp_path, languages=["ar", "en", "sw"], sizes=(1, 1, 10)), "test")
+    rows = {lang: [int(ex.id.split("/")[-1]) for ex in exs if ex.language == lang] for lang in ("ar", "en", "sw")}
+    assert rows["ar"] == rows["en"] == rows["sw"] and len(set(rows["en"])) == 10
+    assert all(ex.text == f"{ex.language} premise {ex.id.split('/')[-1]}" for ex in exs)
+
+
+def test_local_group_column_makes_sampling_parallel(tmp_path):
+    rows = [{"text": f"{lang} item {g}", "label": g % 2, "language": lang, "item": f"g{g}"} for lang in ("aa", "bb") for g in range(20)]
+    np.random.default_rng(0).shuffle(rows)
+    write(tmp_path / "all.csv", rows)
+    spec = task("local", tmp_path / "all.csv", languages=["aa", "bb"], sizes=(6, 4, 4), group_column="item")
+    seen = set()
+    for split in ("train", "dev", "test"):
+        exs = load_examples(spec, split)
+        items = {lang: _items(exs, lang, lambda ex: ex.text.split(" item ")[1]) for lang in ("aa", "bb")}
+        assert items["aa"] == items["bb"]
+        assert not seen & set(items["aa"])  # train, dev and test carved disjointly from one permutation
+        seen |= set(items["aa"])
+    # without the group column the same file is sampled per language: items differ
+    plain = load_examples(spec.model_copy(update={"group_column": None}), "train")
+    assert _items(plain, "aa", lambda ex: ex.text.split(" item ")[1]) != _items(plain, "bb", lambda ex: ex.text.split(" item ")[1])
+
+
+@pytest.mark.parametrize("case", ["other ids", "other row counts", "repeated id", "id column missing in one language"])
+def test_misaligned_parallel_sources_are_refused_naming_languages(tmp_path, case):
+    if case == "other row counts":
+        write(tmp_path / "de" / "train.jsonl", xnli_rows(8, "de"))
+        write(tmp_path / "fr" / "train.jsonl", xnli_rows(9, "fr"))
+        spec, match = task("xnli", tmp_path, languages=["de", "fr"]), "languages 'de' \\(8 rows.*and 'fr' \\(9 rows.*not row-aligned"
+    else:
+        write(tmp_path / "de" / "train.jsonl", pawsx_rows(range(10), "de"))
+        fr = {"other ids": pawsx_rows(range(1, 11), "fr"), "repeated id": pawsx_rows([0, 1, 2, 3, 4, 5, 6, 7, 8, 8], "fr"),
+              "id column missing in one language": [{k: v for k, v in r.items() if k != "id"} for r in pawsx_rows(range(10), "fr")]}[case]
+        write(tmp_path / "fr" / "train.jsonl", fr)
+        match = {"other ids": "languages 'de' and 'fr' do not hold the same items \\(2 differ",
+                 "repeated id": "language 'fr', split 'train'.*column 'id' repeats item '8'",
+                 "id column missing in one language": "language\\(s\\) fr have no column 'id'"}[case]
+        spec = task("pawsx", tmp_path, languages=["de", "fr"])
+    with pytest.raises(DataError, match=match):
+        load_examples(spec, "train")
+
+
+def test_marc_is_sampled_per_language_as_before(tmp_path):
+    # MARC is not parallel: each language keeps its own permutation seeded by (data_seed, language, split).
+    for lang in ("de", "fr"):
+        write(tmp_path / lang / "train.jsonl",
+              [{"stars": 1 + (i % 5), "review_title": f"{lang} t{i}", "review_body": f"b{i}"} for i in range(40)])
+    exs = load_examples(task("marc", tmp_path, languages=["de", "fr"], sizes=(10, 1, 1)), "train")
+    for lang in ("de", "fr"):
+        usable = np.asarray([i for i in range(40) if 1 + (i % 5) != 3])
+        expected = babel_mod.rng(0, lang, "train").permutation(usable)[:10].tolist()
+        assert [int(ex.id.split("/")[-1]) for ex in exs if ex.language == lang] == expected
+    assert [ex.id.split("/")[-1] for ex in exs if ex.language == "de"] != [ex.id.split("/")[-1] for ex in exs if ex.language == "fr"]
