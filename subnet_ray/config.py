@@ -14,8 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .tasks import TASKS
+
 Method = Literal["full", "sft", "random-sft"]
-KNOWN_TASKS = ("xnli", "pawsx", "marc", "local", "babel")
 
 
 class Strict(BaseModel):
@@ -68,8 +69,8 @@ class TaskSpec(Strict):
     @field_validator("id")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        if v not in KNOWN_TASKS:
-            raise ValueError(f"unknown task {v!r}; expected one of {', '.join(KNOWN_TASKS)}")
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; expected one of {', '.join(TASKS)}")
         return v
 
     @field_validator("languages")
@@ -81,9 +82,7 @@ class TaskSpec(Strict):
 
     @model_validator(mode="after")
     def _known_languages(self) -> "TaskSpec":
-        from .data import LANGUAGES  # here: data imports this module
-
-        offered = LANGUAGES.get(self.id)
+        offered = TASKS[self.id].languages
         unknown = [l for l in self.languages if offered is not None and l not in offered]
         if unknown:
             raise ValueError(f"task {self.id} has no language(s) {unknown}; it offers {', '.join(offered)}")

@@ -21,12 +21,12 @@ import pandas as pd
 import torch
 
 from .config import SweepSpec, TaskSpec, branches
-from .data import load_examples, num_labels
+from .data import load_examples, num_labels, tokenizer_for
 from .influence import influence as influence_local
 from .models import build_model, load_checkpoint
 from .store import Store
-from .subnetworks import curve_frame, find_subnetworks, intersection, load_mask, random_mask, save_mask, union
-from .tokenization import build_tokenizer
+from .subnetworks import intersection, load_mask, random_mask, save_mask, union
+from .subnetworks.pruning import curve_frame, find_subnetworks
 from .train import by_language, checkpoints, evaluate, finetune
 
 HISTORY = "history.json"
@@ -153,7 +153,7 @@ def _variants(b: SweepSpec, task: TaskSpec, langs: list[str], models: dict, sub:
 def _data(task_json: str, model_name: str):
     task = TaskSpec.model_validate_json(task_json)
     if model_name == "tiny":
-        tokenizer = build_tokenizer(task)
+        tokenizer = tokenizer_for(task)
     else:
         from transformers import AutoTokenizer
 

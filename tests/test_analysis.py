@@ -462,3 +462,15 @@ def test_correlation_intervals_are_fisher_z():
     assert c.spearman_ci == pytest.approx((np.tanh(zs - 1.959964 * np.sqrt(1.06) * se), np.tanh(zs + 1.959964 * np.sqrt(1.06) * se)), abs=1e-6)
     assert c.as_dict()["pearson_ci"] == list(c.pearson_ci)
     assert all(np.isnan(v) for v in correlate([1, 2, 3], [2, 1, 3]).pearson_ci)  # n < 4: undefined
+
+
+def test_pruning_figure_states_the_sweeps_threshold_not_the_papers(tmp_path):
+    from subnet_ray.analysis.mask_figures import pruning_curves
+
+    t = make_synthetic_results(variants=["full"])
+    t.threshold, t.step_fraction = 0.9, 0.25
+    w = FigureWriter(tmp_path)
+    pruning_curves(w, t)
+    caption = w.records[0].caption
+    assert "25% of all heads at a time" in caption and "at or above 90% of the full model" in caption
+    assert "95%" not in caption.split("(Section 3.1")[0]

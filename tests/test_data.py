@@ -11,16 +11,9 @@ import torch
 
 from subnet_ray import babel as babel_mod
 from subnet_ray.config import BabelSpec, TaskSpec
-from subnet_ray.data import (
-    LANGUAGES,
-    SPECIAL_TOKENS,
-    DataError,
-    Example,
-    build_tokenizer,
-    encode,
-    load_examples,
-    num_labels,
-)
+from subnet_ray.data import DataError, Example, load_examples, num_labels, tokenizer_for
+from subnet_ray.tasks import TASKS
+from subnet_ray.tokenization import SPECIAL_TOKENS, encode
 
 # Texts that a careless reader would change: type inference, null markers, quotes, commas, CJK.
 TRICKY = ["true", "12", "NA", "", 'say "hi", then go', "猫が座った", "null", "3.5"]
@@ -272,11 +265,11 @@ def test_babel_generation_is_fast():
 
 def test_babel_tokenizer_is_word_level_over_the_vocabulary():
     t = TaskSpec(id="babel", languages=["a", "b", "c"], train_size=50, babel=FAMILIES)
-    tok = build_tokenizer(t)
+    tok = tokenizer_for(t)
     vocab = tok.get_vocab()
     assert [vocab[s] for s in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
     assert len(vocab) == 5 + len(babel_mod.make_babel(FAMILIES, ["a", "b", "c"], 0).vocabulary())
-    assert vocab == build_tokenizer(t).get_vocab()
+    assert vocab == tokenizer_for(t).get_vocab()
     for ex in load_examples(t, "train")[::10]:
         ids = tok(ex.text)["input_ids"]
         words = 10 * (2 if ex.language == "c" else 1)  # c writes stem + suffix
@@ -289,9 +282,9 @@ def test_wordpiece_tokenizer_round_trips_pairs_with_token_type_ids(tmp_path):
     for lang in ("en", "fr"):
         write(tmp_path / lang / "train.jsonl", rows)
     t = task("pawsx", tmp_path, languages=["en", "fr"], sizes=(40, 1, 1))
-    tok = build_tokenizer(t, vocab_size=300)
+    tok = tokenizer_for(t, vocab_size=300)
     assert [tok.convert_tokens_to_ids(s) for s in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
-    assert tok.get_vocab() == build_tokenizer(t, vocab_size=300).get_vocab()  # deterministic
+    assert tok.get_vocab() == tokenizer_for(t, vocab_size=300).get_vocab()  # deterministic
     exs = load_examples(t, "train")[:4]
     batch = encode(exs, tok, max_length=64)
     assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
@@ -304,8 +297,8 @@ def test_wordpiece_tokenizer_round_trips_pairs_with_token_type_ids(tmp_path):
         assert tok.decode(ids[1 : seps[0]]) == ex.text and tok.decode(ids[seps[0] + 1 : seps[1]]) == ex.text_pair
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [ex.label for ex in exs]
     # A word outside the vocabulary is spelt in characters, not lost to [UNK].
-    chars_only = len(build_tokenizer(t, vocab_size=1))  # specials + every character in both forms
-    small = build_tokenizer(t, vocab_size=chars_only + 11)  # + the 11 most frequent words: the, le, cat, ..., tapis
+    chars_only = len(tokenizer_for(t, vocab_size=1))  # specials + every character in both forms
+    small = tokenizer_for(t, vocab_size=chars_only + 11)  # + the 11 most frequent words: the, le, cat, ..., tapis
     assert len(small) == chars_only + 11 and "tapis" in small.get_vocab() and "tapisserie" not in small.get_vocab()
     assert "number" in small.get_vocab() and "39" not in small.get_vocab()
     assert small.tokenize("tapisserie") == ["tapis", "##s", "##e", "##r", "##i", "##e"]  # longest match first
@@ -314,7 +307,7 @@ def test_wordpiece_tokenizer_round_trips_pairs_with_token_type_ids(tmp_path):
 
 def test_encode_pads_to_longest_and_truncates():
     t = TaskSpec(id="babel", languages=["a"], train_size=4, babel=BabelSpec(vocab_size=50, length=6))
-    tok = build_tokenizer(t)
+    tok = tokenizer_for(t)
     exs = load_examples(t, "train")
     short = Example("x/a/train/9", "a", " ".join(exs[0].text.split()[:2]), None, 1)
     batch = encode([short, exs[1]], tok, max_length=64)
@@ -367,7 +360,7 @@ def test_bad_input_errors_name_what_is_wrong(tmp_path):
         with pytest.raises(DataError, match=message):
             load_examples(spec, split)
     assert issubclass(DataError, ValueError)
-    assert LANGUAGES["pawsx"] == ("de", "en", "es", "fr", "ja", "ko", "zh") and len(LANGUAGES["xnli"]) == 15
+    assert TASKS["pawsx"].languages == ("de", "en", "es", "fr", "ja", "ko", "zh") and len(TASKS["xnli"].languages) == 15
 
 
 # --------------------------------------------------------------------------------------------
@@ -460,3 +453,34 @@ def test_marc_is_sampled_per_language_as_before(tmp_path):
         expected = babel_mod.rng(0, lang, "train").permutation(usable)[:10].tolist()
         assert [int(ex.id.split("/")[-1]) for ex in exs if ex.language == lang] == expected
     assert [ex.id.split("/")[-1] for ex in exs if ex.language == "de"] != [ex.id.split("/")[-1] for ex in exs if ex.language == "fr"]
+
+
+def test_a_new_data_set_is_one_registry_record_plus_its_files(tmp_path):
+    from subnet_ray.config import SweepSpec
+    from subnet_ray.tasks import TaskRecord, register
+
+    def convert(rows, task):  # stars 1-3 -> 0, 4-5 -> 1
+        rows.require("sentence", "stars", "item")
+        return "sentence", None, (rows.labels("stars", range(1, 6)) >= 4).astype(np.int64)
+
+    register(TaskRecord("toyset", convert, languages=("aa", "bb"), text_columns=("sentence",), parallel_by="item"))
+    try:
+        for lang in ("aa", "bb"):
+            for split in ("train", "dev", "test"):
+                write(tmp_path / lang / f"{split}.jsonl",
+                      [{"item": f"i{j}", "sentence": f"{lang} {split} {j}", "stars": 1 + j % 5} for j in range(12)])
+        # validates as a sweep task; an unknown language is refused by the record's list
+        spec = SweepSpec.model_validate({"name": "t", "tasks": [{"id": "toyset", "languages": ["aa", "bb"], "source": str(tmp_path),
+                                                                   "train_size": 5, "dev_size": 2, "test_size": 2}]})
+        with pytest.raises(ValueError, match="no language\\(s\\) \\['cc'\\]"):
+            SweepSpec.model_validate({"name": "t", "tasks": [{"id": "toyset", "languages": ["aa", "cc"]}]})
+        exs = load_examples(spec.tasks[0], "train")
+        assert len(exs) == 10 and num_labels(spec.tasks[0]) == 2
+        items = {lang: [ex.text.split()[-1] for ex in exs if ex.language == lang] for lang in ("aa", "bb")}
+        assert items["aa"] == items["bb"]  # parallel by its item column
+        assert all(ex.label == int(1 + int(ex.text.split()[-1]) % 5 >= 4) for ex in exs)
+        assert tokenizer_for(spec.tasks[0]).tokenize("bb train") == ["bb", "train"]  # its words, from its files
+    finally:
+        TASKS.pop("toyset")
+    with pytest.raises(ValueError, match="unknown task 'toyset'"):
+        SweepSpec.model_validate({"name": "t", "tasks": [{"id": "toyset", "languages": ["aa"]}]})

@@ -10,29 +10,21 @@ from torch.nn import functional as F
 from subnet_ray.config import SubnetworkSpec
 from subnet_ray.models import HeadMask
 from subnet_ray.subnetworks import (
-    Subnetwork,
     cosine_similarity,
-    curve_frame,
     disabled_heads_table,
-    find_subnetwork,
-    find_subnetworks,
-    head_importance,
     heads_shared_by,
-    importance_pass,
     intersection,
     layer_similarity,
     load_mask,
-    make_batches,
-    normalize_importance,
     overlap,
-    prune,
     random_mask,
     save_mask,
     similarity_matrix,
-    step_size,
     suboptimal_mask,
     union,
 )
+from subnet_ray.subnetworks.importance import head_importance, importance_pass, normalize_importance
+from subnet_ray.subnetworks.pruning import Subnetwork, curve_frame, find_subnetwork, find_subnetworks, make_batches, prune, step_size
 from tiny import tiny_batch, tiny_model
 
 # ---- importance ------------------------------------------------------------------------------
@@ -404,13 +396,13 @@ def babel_task(train_size=300, dev_size=100):
 
 
 def test_find_subnetworks_accuracies_agree_with_train_evaluate():
-    from subnet_ray.data import build_tokenizer, load_examples
+    from subnet_ray.data import load_examples, tokenizer_for
     from subnet_ray.models import build_model
     from subnet_ray.train import by_language, evaluate
     from tiny import TINY
 
     task = babel_task(train_size=20, dev_size=40)
-    dev, tok = by_language(load_examples(task, "dev")), build_tokenizer(task)
+    dev, tok = by_language(load_examples(task, "dev")), tokenizer_for(task)
     model = build_model(TINY, num_labels=2, vocab_size=len(tok), seed=0).eval()
     subs = find_subnetworks(model, dev, tok, SubnetworkSpec(threshold=0.8, batch_size=16), max_length=32)
     assert list(subs) == BABEL_LANGS
@@ -430,14 +422,14 @@ def family_mask_similarity(morphology: str, seeds: list[int]) -> list[tuple[floa
     from pathlib import Path
 
     from subnet_ray.config import load_sweep
-    from subnet_ray.data import build_tokenizer, load_examples
+    from subnet_ray.data import load_examples, tokenizer_for
     from subnet_ray.models import build_model
     from subnet_ray.train import by_language, finetune
 
     demo = load_sweep(Path(__file__).parent.parent / "sweeps" / "demo.yaml")
     task = demo.tasks[0].model_copy(update={"babel": demo.tasks[0].babel.model_copy(update={"morphology": morphology})})
     (x1, x2), (y1, y2) = task.babel.families
-    train, dev, tok = load_examples(task, "train"), load_examples(task, "dev"), build_tokenizer(task)
+    train, dev, tok = load_examples(task, "train"), load_examples(task, "dev"), tokenizer_for(task)
     out = []
     for seed in seeds:
         model = build_model(demo.model, num_labels=2, vocab_size=len(tok), seed=seed)

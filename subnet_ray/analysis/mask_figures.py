@@ -202,12 +202,18 @@ def pruning_curves(w: FigureWriter, t: TaskResults) -> None:
     d = curves.assign(language=pd.Categorical(curves["language"], t.languages, ordered=True)).sort_values(["language", "step"])
     data = pd.DataFrame({"language": d["language"].astype(str), "heads_disabled": d["heads_disabled"].astype(int),
                          "relative_accuracy_pct": 100 * d["accuracy"] / d["full_accuracy"]})
+    hlines = {}
+    if t.threshold is not None:
+        paper = " (the paper's)" if t.threshold == 0.95 else " (paper: 95%)"
+        hlines[f"threshold {100 * t.threshold:g}%{paper}"] = 100 * t.threshold
+    step = f"{100 * t.step_fraction:g}% of all heads" if t.step_fraction is not None else "a fixed fraction of all heads"
+    threshold = f"{100 * t.threshold:g}% of the full model's dev accuracy" if t.threshold is not None else "the threshold"
     w.lines("pruning", t.task, "curves", data, x="heads_disabled", y="relative_accuracy_pct", hue="language",
-            ylabel="dev accuracy, % of full model", hlines={"95% (paper's stopping threshold)": 95.0},
+            ylabel="dev accuracy, % of full model", hlines=hlines, xlabel="heads disabled",
             title=f"{t.task}: head pruning", caption=(
-                "Not a paper figure. Dev accuracy of each language (% of the unpruned model's) as heads are pruned "
-                "10% at a time by Michel et al. importance; the kept subnetwork is the last step at or above the "
-                "threshold (Section 3.1)."))
+                f"Not a paper figure. Dev accuracy of each language (% of the unpruned model's) as heads are pruned "
+                f"{step} at a time by Michel et al. importance; the kept subnetwork is the last step at or above "
+                f"{threshold} (Section 3.1; paper: 10% steps, 95%)."))
 
 
 def mask_figures(w: FigureWriter, t: TaskResults) -> None:

@@ -58,6 +58,7 @@ def collect(store: Store, spec: SweepSpec, nodes: list[Node], seed: int) -> list
         out.append(TaskResults(
             task=task.id, languages=list(langs), masks=masks, random_masks=random_masks, pruning_curves=curves,
             accuracy=pd.DataFrame(acc_rows, columns=["variant", "language", "epoch", "split", "accuracy"]), influence=influence,
+            threshold=spec.subnetworks.threshold, step_fraction=spec.subnetworks.step_fraction,
         ))
     return out
 
