@@ -32,11 +32,12 @@ from .influence.sketch import DTYPES, Sketches, layer_dims, select_linears
 from .influence.tracin import top_influences
 from .models import build_model, load_checkpoint, save_checkpoint
 from .precision import grad_scaler
-from .stages import Node, graph, influence_precision, model_factory, task_data
+from .graph import Node, graph, influence_precision
+from .stages import model_factory, task_data
 from .store import Store
 from .subnetworks.importance import importance_pass
 from .subnetworks.masks import load_mask, random_mask, save_mask
-from .subnetworks.prune import make_batches, step_size
+from .subnetworks.pruning import make_batches, step_size
 from .tokenization import encode
 from .train import _save_resume, by_language, epoch_plan, evaluate, train_step
 

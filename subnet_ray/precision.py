@@ -68,8 +68,3 @@ def autocast(device: str | torch.device, precision: str = "fp32"):
 def grad_scaler(device: str | torch.device, precision: str) -> torch.amp.GradScaler:
     """Returns a GradScaler, enabled only for fp16 (bf16 has float32's exponent range and needs none)."""
     return torch.amp.GradScaler(device_type(device), enabled=check(precision) == "fp16")
-
-
-def key_part(precision: str) -> dict:
-    """Returns {} for fp32 (so stage keys from before precision existed stay valid), else {'precision': p}."""
-    return {} if check(precision) == "fp32" else {"precision": precision}

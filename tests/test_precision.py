@@ -9,7 +9,7 @@ from subnet_ray.influence import Projector, Sketches, dense_scores, select_linea
 from subnet_ray.influence.pipeline import sketch_examples
 from subnet_ray.influence.sketch import layer_dims
 from subnet_ray.precision import autocast, grad_scaler
-from subnet_ray.stages import graph
+from subnet_ray.graph import graph
 from subnet_ray.subnetworks.importance import importance_pass
 from subnet_ray.train import evaluate, train_step
 from test_influence import examples, word_tokenizer
