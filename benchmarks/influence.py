@@ -150,11 +150,11 @@ def bucket_line(name: str, task, about: str, repeats: int) -> dict:
     import random
 
     from subnet_ray.config import InfluenceSpec
-    from subnet_ray.data import load_examples
+    from subnet_ray.data import load_examples, tokenizer_for
     from subnet_ray.influence.pipeline import sketch_examples
-    from subnet_ray.tokenization import build_tokenizer, token_lengths
+    from subnet_ray.tokenization import token_lengths
 
-    tok = build_tokenizer(task)
+    tok = tokenizer_for(task)
     examples = load_examples(task, "train")
     random.Random(0).shuffle(examples)  # a mixed-language set in no particular order, as a training set is sampled
     max_length = 128

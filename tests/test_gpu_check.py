@@ -35,7 +35,7 @@ def test_gpu_check_runs_the_smoke_sweep_end_to_end(tmp_path):
     sweep = got[-1]
     assert sweep["benchmark"] == "gpu_smoke_sweep" and sweep["device"] == "cpu", sweep
     from subnet_ray.config import load_sweep
-    from subnet_ray.stages import graph
+    from subnet_ray.graph import graph
 
     assert sweep["nodes_computed"] == len(graph(load_sweep(ROOT / "sweeps" / "smoke.yaml")))
     assert sweep["report"] is True
