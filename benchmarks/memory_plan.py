@@ -25,7 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from subnet_ray.config import ModelSpec, TinySpec  # noqa: E402
-from subnet_ray.estimate import KNOWN_SHAPES, param_count  # noqa: E402
+from subnet_ray.estimate import param_count  # noqa: E402
+from subnet_ray.sizes import KNOWN_SHAPES  # noqa: E402
 from subnet_ray.influence.sketch import layer_dims, select_linears  # noqa: E402
 from subnet_ray.models import build_model  # noqa: E402
 
@@ -38,7 +39,7 @@ def gib(n: float) -> float:
 
 
 def main() -> None:
-    layers, heads, hidden, inter, positions, vocab = KNOWN_SHAPES["xlm-roberta-base"]
+    layers, heads, hidden, inter, positions, vocab, _ = KNOWN_SHAPES["xlm-roberta-base"]
     with torch.device("meta"):  # shapes only: no memory, no init time
         model = build_model(ModelSpec(name="tiny", tiny=TinySpec(layers=layers, heads=heads, hidden=hidden, intermediate=inter,
                                                                  max_positions=positions)), 2, vocab)

@@ -44,6 +44,9 @@ def cmd_validate(args) -> int:
         print(f"  {t}")
     counts = Counter(str(n.stage) for n in nodes)
     print("  stages: " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
+    from .sizes import headline  # sizes from the config alone: validate imports no torch
+
+    print("  " + headline(spec, nodes))
     return 0
 
 

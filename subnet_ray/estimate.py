@@ -34,6 +34,7 @@ from .models import build_model, load_checkpoint, save_checkpoint
 from .precision import grad_scaler
 from .graph import Node, graph, influence_precision
 from .stages import model_factory, task_data
+from .sizes import KNOWN_SHAPES
 from .store import Store
 from .subnetworks.importance import importance_pass
 from .subnetworks.masks import load_mask, random_mask, save_mask
@@ -149,15 +150,6 @@ def _peak(device: str, fn) -> int | None:
     return int(torch.cuda.max_memory_allocated())
 
 
-# Shapes of hub encoders, for estimating where the hub is not reachable: (layers, heads, hidden, intermediate, positions, vocab).
-KNOWN_SHAPES = {
-    "xlm-roberta-base": (12, 12, 768, 3072, 514, 250002),
-    "FacebookAI/xlm-roberta-base": (12, 12, 768, 3072, 514, 250002),
-    "xlm-roberta-large": (24, 16, 1024, 4096, 514, 250002),
-    "bert-base-multilingual-cased": (12, 12, 768, 3072, 512, 119547),
-}
-
-
 def setup(spec: SweepSpec, task_id: str) -> tuple[dict, object, object, list[str]]:
     """Returns ({split: examples}, tokenizer, model factory, notes) for task `task_id`: the real ones where at hand.
 
@@ -185,7 +177,7 @@ def setup(spec: SweepSpec, task_id: str) -> tuple[dict, object, object, list[str
         return data, tok, model_factory(spec, task, tok, seed=0), notes
     if spec.model.name not in KNOWN_SHAPES:
         raise ConfigError(f"model {spec.model.name!r}: not a local directory and its shape is unknown; estimate knows {', '.join(KNOWN_SHAPES)}")
-    layers, heads, hidden, inter, positions, vocab = KNOWN_SHAPES[spec.model.name]
+    layers, heads, hidden, inter, positions, vocab, _ = KNOWN_SHAPES[spec.model.name]
     shape = ModelSpec(name="tiny", dropout=spec.model.dropout, tiny=TinySpec(
         layers=layers, heads=heads, hidden=hidden, intermediate=inter, max_positions=positions))
     notes.append(f"model {spec.model.name}: a random BERT of its shape ({layers}x{heads} heads, hidden {hidden}, vocab {vocab})")

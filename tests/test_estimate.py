@@ -66,3 +66,30 @@ def test_estimate_is_within_30_percent_of_a_measured_smoke_sweep_per_stage(tmp_p
         if all(0.7 <= r <= 1.3 for r in ratios[-1].values()):
             return
     pytest.fail(f"estimate / measured CPU seconds per stage, 3 attempts: {ratios}")
+
+
+@pytest.mark.parametrize("layers,proj_dim", [(["encoder", "classifier"], 16), (["classifier"], 0), (["encoder.encoder.layer.0", "attention"], 0)])
+def test_torch_free_sizes_equal_the_real_models(layers, proj_dim):
+    from subnet_ray.models import build_model
+    from subnet_ray.sizes import KNOWN_SHAPES, parameters, shape_of, sketch_dim
+
+    spec = load_sweep(SMOKE)
+    spec = spec.model_copy(update={"influence": spec.influence.model_copy(update={"layers": layers, "proj_dim": proj_dim})})
+    task, _, tok = task_data(spec, "babel")
+    model = model_factory(spec, task, tok, 0)()
+    shape, exact = shape_of(spec, task)
+    assert exact and parameters(shape, 2) == param_count(model)
+    assert sketch_dim(spec, shape, 2) == sum(d for _, d in layer_dims(select_linears(model, layers), proj_dim))
+    l, h, hid, inter, pos, vocab, types = KNOWN_SHAPES["bert-base-multilingual-cased"]
+    with torch.device("meta"):
+        from subnet_ray.config import ModelSpec, TinySpec
+
+        big = build_model(ModelSpec(name="tiny", tiny=TinySpec(layers=l, heads=h, hidden=hid, intermediate=inter, max_positions=pos)), 3, vocab)
+    assert parameters(KNOWN_SHAPES["bert-base-multilingual-cased"], 3) == param_count(big)
+
+
+def test_validate_prints_the_cost_headline(capsys):
+    assert main(["validate", str(SMOKE)]) == 0
+    line = [l for l in capsys.readouterr().out.splitlines() if "cost:" in l][0]
+    # 3 fine-tuned models x 2 epochs x 22,850 values x 4 B; 120 training examples x 2 epochs x 14 layers x d=16 x 4 B
+    assert "checkpoints 535.5 KB (3 models x 2 epochs x 89.3 KB)" in line and "training sketches 210.0 KB per mask" in line

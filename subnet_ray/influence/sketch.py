@@ -30,15 +30,15 @@ from torch.nn import functional as F
 
 from ..models import HeadMask
 from ..precision import autocast, loss_scale
+from ..sizes import matches
 from .projection import Projector
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _matches(name: str, prefix: str) -> bool:
-    # A prefix matches a module path from its start or as a run of whole components, so
-    # 'classifier', 'encoder.encoder.layer.0', 'embeddings' and 'attention' all work.
-    return name == prefix or name.startswith(prefix + ".") or f".{prefix}." in f".{name}."
+# A prefix matches a module path from its start or as a run of whole components, so
+# 'classifier', 'encoder.encoder.layer.0', 'embeddings' and 'attention' all work.
+_matches = matches
 
 
 def select_linears(model: nn.Module, prefixes: list[str]) -> list[tuple[str, nn.Linear]]:
