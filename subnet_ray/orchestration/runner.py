@@ -116,11 +116,11 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
 
     torch.set_num_threads(max(1, int(spec.resources.cpus)))
     root_s = str(root)
-    if "://" not in root_s:
-        Path(root_s).mkdir(parents=True, exist_ok=True)
-    for values, b in branches(spec):  # missing data or columns fail here, before Ray or MLflow start
+    for values, b in branches(spec):  # missing data or columns fail here, before Ray, MLflow or the root
         for task in b.tasks:
             task_data(b, task.id)
+    if "://" not in root_s:
+        Path(root_s).mkdir(parents=True, exist_ok=True)
     tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
     if executor == "ray":
         from .tune import init_ray

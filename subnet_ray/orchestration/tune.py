@@ -13,11 +13,13 @@ import os
 import socket
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 from urllib.parse import urlsplit
 
 from ..config import SweepSpec
-from ..stages import Node
+
+if TYPE_CHECKING:  # stages imports torch; check_address (preflight) must not pay for it
+    from ..stages import Node
 
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
               "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trials keep the launch folder as their working dir
