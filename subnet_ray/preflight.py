@@ -224,9 +224,9 @@ def check_device(device: str, where: str, local_run: bool, gpus: float = 0.0) ->
             have = f"{n} CUDA device(s)" if n else "no CUDA"
             errors.append(f"device {device!r} does not exist: this machine has {have}, {where}; expected cpu"
                           + (f" or cuda:0..{n - 1}" if n else " (or validate with --remote for a sweep that runs on a cluster)"))
-        if gpus > 0 and n == 0:
-            errors.append(f"resources.gpus={gpus:g} asks a local Ray for GPUs on a machine with no CUDA, resources.gpus; "
-                          "expected 0 (the trials would wait forever)")
+        if gpus > n:
+            errors.append(f"resources.gpus={gpus:g} per trial is more than this machine's {n} CUDA device(s), resources.gpus; "
+                          f"expected at most {n} for a local Ray (the trials would wait forever)")
     return errors
 
 
@@ -268,8 +268,8 @@ def check_fits(spec: SweepSpec) -> list[str]:
                               f"{t.id!r} ({len(t.languages)} languages x tasks[{i}].train_size {t.train_size}){grid}, influence.top_k; "
                               f"expected at most {n_train} (it would be capped there)")
             if b.influence.test_per_language > t.test_size:
-                errors.append(f"influence.test_per_language={b.influence.test_per_language} is more than task {t.id!r}'s "
-                              f"test_size {t.test_size}{grid}, influence.test_per_language; expected at most {t.test_size} "
+                errors.append(f"influence.test_per_language={b.influence.test_per_language} is more than the {t.test_size} test "
+                              f"examples per language of task {t.id!r}{grid}, influence.test_per_language; expected at most {t.test_size} "
                               f"(it would be capped there) or a larger tasks[{i}].test_size")
     return errors
 
@@ -348,10 +348,11 @@ def check(spec: SweepSpec, *, root: str | None = None, tracking_uri: str | None 
     pf.checked.append("device")
     pf.errors += check_fits(spec)
     pf.checked.append("influence sizes")
+    root_errors = check_root(root) if root is not None else []
     if root is not None:
-        pf.errors += check_root(root)
+        pf.errors += root_errors
         pf.checked.append("root")
-    if root is not None or tracking_uri is not None:
+    if tracking_uri is not None or (root is not None and not root_errors):  # a bad root's own store says nothing new
         pf.errors += _check_tracking(root, tracking_uri, timeout)
         pf.checked.append("tracking")
     if address and address not in ("auto", "local"):

@@ -140,6 +140,7 @@ class _Checker:
     def __init__(self, task: TaskSpec, index: int, report: DataReport):
         self.task, self.i, self.report = task, index, report
         self.strings = data._string_columns(task)
+        self.counts: dict[Path, dict[str, int]] = {}  # a file holding every language is read once, not once per language
 
     def _field(self, name: str) -> str:
         fields = {self.task.text_column: "text_column", self.task.label_column: "label_column",
@@ -154,6 +155,8 @@ class _Checker:
 
     def _labels(self, path: Path, lang: str, split: str, where: str, lang_filter: bool) -> dict[str, int]:
         """Returns usable rows per language (just `lang` unless the file holds all languages)."""
+        if lang_filter and path in self.counts:
+            return self.counts[path]
         self.report.files += 1
         cols = header(path)
         if not cols:
@@ -176,7 +179,8 @@ class _Checker:
         if not ok or (len(values) and (values.min() < allowed.start or values.max() >= allowed.stop)):
             data._labels(table, name, allowed, self.task, lang, split, str(path), np.arange(table.num_rows))  # raises, naming the row
         if lang_filter:
-            return {l: _usable(self.task, name, values[langs == l], where) for l in set(langs.tolist())}
+            self.counts[path] = {l: _usable(self.task, name, values[langs == l], where) for l in set(langs.tolist())}
+            return self.counts[path]
         return {lang: _usable(self.task, name, values, where)}
 
     def _enough(self, have: int, need: int, where: str, path: Path, what: str) -> None:
