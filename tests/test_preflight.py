@@ -509,8 +509,13 @@ def test_unreachable_address_fails_within_seconds_without_ray(tmp_path, offline_
 # ---- ui --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
-def test_ui_forwards_signals_and_leaves_no_server(sig, tmp_path):
+@pytest.mark.parametrize("sig, serving", [
+    pytest.param(signal.SIGTERM, True, id="SIGTERM-while-serving", marks=pytest.mark.slow),  # ~10-40 s to come up here
+    pytest.param(signal.SIGHUP, False, id="SIGHUP-while-starting"),
+])
+def test_ui_forwards_signals_and_leaves_no_server(sig, serving, tmp_path):
+    from subnet_ray.orchestration.tracking_store import TrackingUnreachable, check_tracking_uri
+
     root = tmp_path / "root"
     root.mkdir()
     (root / "mlflow.db").write_bytes(b"")  # an empty SQLite database: mlflow creates its tables
@@ -519,22 +524,32 @@ def test_ui_forwards_signals_and_leaves_no_server(sig, tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "subnet_ray.cli", "ui", "--root", str(root), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     marker = str(root / "mlflow.db")
+    group = None
     try:
         line = proc.stdout.readline()
         assert f"http://127.0.0.1:{port}" in line, line + proc.stderr.read()
         deadline = time.monotonic() + 60
-        while not live_processes(marker=marker):  # the MLflow server is up (its command line names the store)
+        while not live_processes(marker=marker):  # the MLflow server (its command line names the store)
             assert time.monotonic() < deadline and proc.poll() is None
             time.sleep(0.2)
-        time.sleep(1.0)  # let it spawn its workers
+        group = os.getpgid(live_processes(marker=marker)[0])  # its own process group: workers included
+        assert group != os.getpgid(proc.pid)
+        if serving:
+            deadline = time.monotonic() + 240
+            while True:
+                try:
+                    check_tracking_uri(f"http://127.0.0.1:{port}", timeout=5)
+                    break
+                except TrackingUnreachable:
+                    assert time.monotonic() < deadline and proc.poll() is None, "the UI did not come up"
+                    time.sleep(0.5)
         proc.send_signal(sig)
-        rc = proc.wait(timeout=60)
-        assert rc == 128 + sig
+        assert proc.wait(timeout=60) == 128 + sig
         deadline = time.monotonic() + 10
-        while live_processes(marker=marker) and time.monotonic() < deadline:
+        while live_processes(pgid=group, marker=marker) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert live_processes(marker=marker) == []
+        assert live_processes(pgid=group, marker=marker) == []
     finally:
         if proc.poll() is None:
             proc.kill()
-        kill_leftovers(marker=marker)
+        kill_leftovers(pgid=group, marker=marker)
