@@ -159,11 +159,11 @@ def cmd_submit(args) -> int:
 
 
 def cmd_ui(args) -> int:
-    from .orchestration.tracking_store import UIError, open_ui
+    from .orchestration.tracking_store import open_ui
 
     try:
         return open_ui(_root(args), _tracking(args), host=args.host, port=args.port)
-    except (UIError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:  # UIError, a bad port or URI: found before anything starts
         raise UsageError(str(e)) from None
 
 
@@ -183,6 +183,7 @@ def parser() -> argparse.ArgumentParser:
     """Returns the argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="subnet-ray", description="Ray sweeps of language-specialised subnetworks and TracIn influence.")
     p.add_argument("--version", action="version", version=f"subnet-ray {version()}")
+    p.add_argument("--debug", action="store_true", dest="debug_first", help="show the traceback of an error")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
@@ -229,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except ANTICIPATED as e:
-        if args.debug:
+        if args.debug or args.debug_first:
             traceback.print_exc()
         for line in str(e).splitlines() or [type(e).__name__]:
             print(f"error: {line}", file=sys.stderr)

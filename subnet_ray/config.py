@@ -271,6 +271,8 @@ def load_sweep(path: str | Path) -> SweepSpec:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read sweep file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected a YAML sweep file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:

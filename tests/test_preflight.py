@@ -94,7 +94,7 @@ def closed_port() -> int:
     return free_port()
 
 
-# Each case: a function of the test folder returning (sweep: dict | str | None, argv after the sweep,
+# Each case: a function of the test folder returning (sweep: dict | str | bytes | None, argv after the sweep,
 # words the one error line must contain). The sweep file is <tmp>/sweep.yaml; the root <tmp>/root.
 # `RUN` cases are also run as `run --executor local`; `DATA` cases also load through data.py.
 RUN, DATA = "run", "data"
@@ -114,6 +114,7 @@ CASES = {
     "unknown language": _c(lambda t: (sweep_dict(None, "pawsx", ("en", "ru")), [], ["sweep.yaml", "no language(s) ['ru']"])),
     "wrong type": _c(lambda t: (babel_dict(training={"epochs": "many"}), [], ["sweep.yaml", "training.epochs"])),
     "not yaml": _c(lambda t: ("name: [unclosed\n", [], ["sweep.yaml", "not valid YAML at line"])),
+    "sweep file not UTF-8": _c(lambda t: (b"name: \xff\xfe\n", [], ["sweep.yaml", "not a text file"]), RUN),
     "not a mapping": _c(lambda t: ("- 1\n- 2\n", [], ["sweep.yaml", "expected a mapping"])),
     "missing sweep file": _c(lambda t: (None, [], ["sweep.yaml", "cannot read"]), RUN),
     "sft without full": _c(lambda t: (babel_dict(methods=["sft"]), [], ["sweep.yaml", "need 'full'"])),
@@ -188,6 +189,8 @@ OTHER = {
     "submit a sweep outside the project": (["submit", "{sweep}", "--address", "http://127.0.0.1:{port}"], ["{sweep}", "must be inside the project"]),
     "report on a root that does not exist": (["report", "{sweep}", "--root", "{root}"], ["{root}", "--root"]),
     "ui without a tracking database": (["ui", "--root", "{root}", "--port", "{port}"], ["mlflow.db", "no MLflow store"]),
+    "ui on a port out of range": (["ui", "--root", "{db_root}", "--port", "70000"], ["port 70000", "1-65535"]),
+    "ui on a host that is not this machine": (["ui", "--root", "{db_root}", "--host", "192.0.2.1", "--port", "{port}"], ["192.0.2.1", "--host"]),
     "ui on a busy port": (["ui", "--root", "{db_root}", "--port", "{busy}"], ["port {busy}", "in use", "--port"]),
 }
 
@@ -301,7 +304,9 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, offline_hub, capsy
     made = CASES[case](t)
     sweep, extra, words = made
     path = t / "sweep.yaml"
-    if sweep is not None:
+    if isinstance(sweep, bytes):
+        path.write_bytes(sweep)
+    elif sweep is not None:
         path.write_text(sweep if isinstance(sweep, str) else yaml.safe_dump(sweep))
     root = t / "root"
     root.mkdir()
@@ -347,6 +352,24 @@ def test_other_commands_fail_in_one_line_and_write_nothing(case, offline_hub, ca
         listener.close()
 
 
+def test_a_missing_text_fails_the_run_in_one_line_before_anything_is_written(offline_hub, capsys):
+    """Text values are not read by preflight (headers and counts only): an empty text in a sampled
+    row is found when the run loads its data, which it does before creating the root or starting Ray."""
+    t = offline_hub
+    src = folder_data(t / "d", fmt="jsonl", n=20)
+    bad = rows("local", 20, "fr")
+    bad[3]["text"] = None
+    write(src / "fr" / "train.jsonl", bad)
+    path = _write(t / "s.yaml", sweep_dict(src))
+    root = t / "root"
+    assert main(["validate", str(path), "--root", str(root)]) == 0
+    capsys.readouterr()
+    before = snapshot(t)
+    assert main(["run", str(path), "--root", str(root), "--executor", "local", "--quiet"]) == 2
+    assert_one_error_line(capsys.readouterr().err, [str(src / "fr" / "train.jsonl"), "column 'text' is empty at row 3"])
+    assert snapshot(t) == before and not root.exists()
+
+
 def test_status_on_a_missing_root_creates_nothing(tmp_path, capsys):
     path = tmp_path / "s.yaml"
     path.write_text(yaml.safe_dump(babel_dict()))
@@ -379,9 +402,10 @@ def test_no_traceback_from_a_real_process(case, offline_hub):
 def test_debug_shows_the_traceback_and_unexpected_errors_keep_theirs(offline_hub, capsys, monkeypatch):
     t = offline_hub
     (t / "s.yaml").write_text(yaml.safe_dump(babel_dict(training={"device": "gpu"})))
-    assert main(["validate", str(t / "s.yaml"), "--root", str(t / "r"), "--debug"]) == 2
-    err = capsys.readouterr().err
-    assert "Traceback" in err and "PreflightError" in err and "error: device 'gpu'" in err
+    for argv in (["validate", str(t / "s.yaml"), "--root", str(t / "r"), "--debug"], ["--debug", "validate", str(t / "s.yaml")]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "Traceback" in err and "PreflightError" in err and "error: device 'gpu'" in err
     import subnet_ray.cli as cli
 
     def boom(*a, **k):

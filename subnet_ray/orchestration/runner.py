@@ -119,13 +119,16 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     for values, b in branches(spec):  # missing data or columns fail here, before Ray, MLflow or the root
         for task in b.tasks:
             task_data(b, task.id)
-    if "://" not in root_s:
-        Path(root_s).mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
-    if executor == "ray":
+    from .tracking_store import check_tracking_uri, default_tracking_uri
+
+    check_tracking_uri(tracking_uri or default_tracking_uri(root))  # writes nothing: fail before Ray starts
+    if executor == "ray":  # before the root and MLflow: a cluster that will not take us leaves nothing behind
         from .tune import init_ray
 
         init_ray(address, num_cpus)
+    if "://" not in root_s:
+        Path(root_s).mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(spec.name, root, tracking_uri)
     store = store_for(root)
     run = SweepRun()
     before = {e["key"] for e in ledger(store)}

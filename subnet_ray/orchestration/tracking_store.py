@@ -7,6 +7,7 @@ Logging runs into the store is tracking.py's job. This module does not import ml
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -220,7 +221,9 @@ def check_port(host: str, port: int) -> None:
         try:
             sock.bind((host, int(port)))
         except OSError as e:
-            raise UIError(f"port {port} on {host} is in use ({e.strerror or e}), --port; expected a free port") from None
+            if e.errno == errno.EADDRINUSE:
+                raise UIError(f"port {port} on {host} is in use ({e.strerror}), --port; expected a free port") from None
+            raise UIError(f"cannot listen on {host}:{port} ({e.strerror or e}), --host / --port; expected an address of this machine") from None
 
 
 class _Stop(Exception):
