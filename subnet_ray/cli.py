@@ -46,7 +46,8 @@ def _preflight(args, spec: SweepSpec, *, local_run: bool = True, service_checks:
     """Returns the preflight of `spec` for this command line after printing its warnings; raises PreflightError on any error."""
     address = _address(args) if service_checks else None
     pf = check(spec, root=_root(args) if service_checks else None, tracking_uri=_tracking(args) if service_checks else None,
-               address=address, dashboard=dashboard, local_run=local_run and not address)
+               address=address, dashboard=dashboard, local_run=local_run and not address,
+               local_ray=local_run and not address and getattr(args, "executor", "ray") == "ray")
     for w in pf.warnings:
         print(f"warning: {w}", file=sys.stderr)
     pf.raise_errors()

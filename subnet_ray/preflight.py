@@ -206,27 +206,47 @@ def _check_model_online(name: str, timeout: float = 10.0) -> tuple[list[str], li
     return errors, []
 
 
-def check_device(device: str, where: str, local_run: bool, gpus: float = 0.0) -> list[str]:
-    """Returns the problems of a torch device name (and of asking Ray for GPUs) on this machine."""
+def _cuda_devices() -> int:
+    import torch  # only here: a CPU sweep's preflight stays free of torch's import time
+
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def check_device(device: str, where: str, local_run: bool) -> list[str]:
+    """Returns the problems of a torch device name, and (local_run) of using it on this machine."""
     m = re.fullmatch(r"(cpu|cuda|mps)(?::(\d+))?", device)
     if m is None or (m.group(1) != "cuda" and m.group(2)):
         close = difflib.get_close_matches(device, ["cpu", "cuda", "mps"], n=1, cutoff=0.3)
         hint = f"; did you mean {('cuda' if device.startswith('gpu') else close[0])!r}?" if close or device.startswith("gpu") else ""
         return [f"device {device!r} is not a torch device, {where}; expected one of {', '.join(DEVICES)}{hint}"]
-    errors = []
-    if local_run and (m.group(1) != "cpu" or gpus > 0):
-        import torch  # only here: a CPU sweep's preflight stays free of torch's import time
+    if not local_run or m.group(1) == "cpu":
+        return []
+    if m.group(1) == "mps":
+        import torch
 
-        if m.group(1) == "mps" and not torch.backends.mps.is_available():
-            errors.append(f"device 'mps' is not available on this machine, {where}; expected cpu (or run where MPS exists)")
-        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if m.group(1) == "cuda" and int(m.group(2) or 0) >= n:
-            have = f"{n} CUDA device(s)" if n else "no CUDA"
-            errors.append(f"device {device!r} does not exist: this machine has {have}, {where}; expected cpu"
-                          + (f" or cuda:0..{n - 1}" if n else " (or validate with --remote for a sweep that runs on a cluster)"))
-        if gpus > n:
-            errors.append(f"resources.gpus={gpus:g} per trial is more than this machine's {n} CUDA device(s), resources.gpus; "
-                          f"expected at most {n} for a local Ray (the trials would wait forever)")
+        ok = torch.backends.mps.is_available()
+        return [] if ok else [f"device 'mps' is not available on this machine, {where}; expected cpu (or run where MPS exists)"]
+    n = _cuda_devices()
+    if int(m.group(2) or 0) < n:
+        return []
+    have = f"{n} CUDA device(s)" if n else "no CUDA"
+    return [f"device {device!r} does not exist: this machine has {have}, {where}; expected cpu"
+            + (f" or cuda:0..{n - 1}" if n else " (or validate with --remote for a sweep that runs on a cluster)")]
+
+
+def check_local_ray(spec: SweepSpec) -> list[str]:
+    """Returns the resources a sweep asks of a local Ray that this machine lacks (its trials would wait forever)."""
+    errors = []
+    cpus = os.cpu_count() or 1
+    if spec.resources.cpus > cpus:
+        errors.append(f"resources.cpus={spec.resources.cpus:g} per trial is more than this machine's {cpus} CPUs, resources.cpus; "
+                      f"expected at most {cpus} for a local Ray (the trials would wait forever)")
+    asks = [(f, v) for f, v in (("resources.gpus", spec.resources.gpus),
+                                ("influence.gpus_per_actor", spec.influence.gpus_per_actor if spec.influence.actors > 1 else 0.0)) if v > 0]
+    if asks:
+        n = _cuda_devices()
+        errors += [f"{f}={v:g} is more than this machine's {n} CUDA device(s), {f}; expected at most {n} for a local Ray "
+                   "(the work would wait forever)" for f, v in asks if v > n]
     return errors
 
 
@@ -293,12 +313,13 @@ def check_root(root: str) -> list[str]:
 
 
 def check(spec: SweepSpec, *, root: str | None = None, tracking_uri: str | None = None, address: str | None = None,
-          dashboard: str | None = None, local_run: bool = True, timeout: float = 3.0) -> Preflight:
+          dashboard: str | None = None, local_run: bool = True, local_ray: bool = False, timeout: float = 3.0) -> Preflight:
     """Returns what preflight found for `spec`; nothing is written.
 
     root / tracking_uri / address / dashboard: checked when given (tracking_uri None with a root:
     the root's SQLite store). local_run: the sweep computes on this machine (devices and hub
-    access are then this machine's; with a cluster they are only checked for form).
+    access are then this machine's; with a cluster they are only checked for form). local_ray: the
+    sweep runs on a Ray started here, whose CPUs and GPUs are this machine's.
     """
     t0 = time.perf_counter()
     pf = Preflight()
@@ -344,7 +365,9 @@ def check(spec: SweepSpec, *, root: str | None = None, tracking_uri: str | None 
         pf.checked.append(how)
 
     for device in dict.fromkeys(b.training.device for _, b in branches(spec)):
-        pf.errors += check_device(device, "training.device", local_run and address is None, spec.resources.gpus)
+        pf.errors += check_device(device, "training.device", local_run and address is None)
+    if local_ray and not address:
+        pf.errors += check_local_ray(spec)
     pf.checked.append("device")
     pf.errors += check_fits(spec)
     pf.checked.append("influence sizes")

@@ -165,7 +165,9 @@ CASES = {
     "device gpu": _c(lambda t: (babel_dict(training={"device": "gpu"}), [], ["'gpu'", "training.device", "did you mean 'cuda'?"]), RUN),
     "device cuda:99": _c(lambda t: (babel_dict(training={"device": "cuda:99"}), [], ["'cuda:99'", "does not exist", "training.device"]), RUN),
     "gridded bad device": _c(lambda t: (babel_dict(grid={"training.device": ["cpu", "tpu"]}), [], ["'tpu'", "training.device"])),
-    "more GPUs than the machine has": _c(lambda t: (babel_dict(resources={"gpus": 64}), [], ["resources.gpus=64"]), RUN),
+    "more GPUs than the machine has": _c(lambda t: (babel_dict(resources={"gpus": 64}), [], ["resources.gpus=64", "local Ray"])),
+    "more CPUs than the machine has": _c(lambda t: (babel_dict(resources={"cpus": 4096}), [], ["resources.cpus=4096", "local Ray"])),
+    "more GPUs per sketching actor than the machine has": _c(lambda t: (babel_dict(influence={"actors": 2, "gpus_per_actor": 64}), [], ["influence.gpus_per_actor=64"])),
     # ---- babel, sizes
     "babel family names an undeclared language": _c(lambda t: (with_task(babel_dict(), babel={"families": [["xa", "zz"], ["xb"]]}), [], ["['zz']", "tasks[0].babel.families[0]"]), RUN),
     "babel language in two families": _c(lambda t: (with_task(babel_dict(), babel={"families": [["xa", "xb"], ["xb"]]}), [], ["'xb' is in two families", "tasks[0].babel.families"])),
@@ -431,6 +433,16 @@ def test_paper_sweeps_need_the_hub_or_a_cache_here_and_pass_for_a_cluster(name, 
     assert main(["validate", path, "--root", root, "--remote"]) == 0
     out, err = capsys.readouterr()
     assert "model (offline: local HF cache)" in out and "xlm-roberta-base" not in err
+
+
+def test_what_a_run_does_not_use_is_not_refused(tmp_path):
+    """A cluster's GPUs, or GPUs asked of a Ray the run does not start, are not this machine's business."""
+    spec = load_sweep(_write(tmp_path / "s.yaml", babel_dict(resources={"gpus": 64, "cpus": 4096}, training={"device": "cuda:7"})))
+    assert check(spec, local_run=False).errors == []  # validate --remote, submit
+    errors = check(spec, local_run=True, local_ray=False).errors  # run --executor local: no Ray, so no Ray resources
+    assert len(errors) == 1 and "device 'cuda:7' does not exist" in errors[0], errors  # (on a machine with < 8 GPUs)
+    cpu = spec.model_copy(update={"training": spec.training.model_copy(update={"device": "cpu"})})
+    assert check(cpu, local_run=True, local_ray=False).errors == []
 
 
 def test_version(capsys):
