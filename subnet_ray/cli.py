@@ -8,7 +8,7 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-from .config import ConfigError, SweepSpec, load_sweep, plan
+from .config import ConfigError, SweepSpec, load_sweep
 from .data import DataError
 from .preflight import Preflight, PreflightError, check
 
@@ -56,7 +56,7 @@ def _preflight(args, spec: SweepSpec, *, local_run: bool = True, service_checks:
 
 def _load(path: str) -> tuple[SweepSpec, list]:
     """Returns the sweep and its stage graph; any problem is a ConfigError naming the file."""
-    from .stages import graph
+    from .graph import graph
 
     spec = load_sweep(path)
     try:
@@ -68,11 +68,11 @@ def _load(path: str) -> tuple[SweepSpec, list]:
 def cmd_validate(args) -> int:
     spec, nodes = _load(args.sweep)
     pf = _preflight(args, spec, local_run=not args.remote)
-    trials = plan(spec)
+    trials = list(dict.fromkeys(n.trial for n in nodes if n.stage != "influence"))  # training trials, in graph order
     print(f"{args.sweep}: sweep {spec.name!r} is valid: {len(trials)} trials, {len(nodes)} stage outputs")
     for t in trials:
-        print(f"  {t.name}")
-    counts = Counter(n.stage for n in nodes)
+        print(f"  {t}")
+    counts = Counter(str(n.stage) for n in nodes)
     print("  stages: " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
     print(pf.summary())
     return 0
@@ -106,7 +106,7 @@ def cmd_rerun_random(args) -> int:
 
 def _existing_store(root: str):
     """Returns the store under `root`, or None when a local root holds none (never creating one)."""
-    from .orchestration.runner import store_for
+    from .store import store_for
 
     if "://" not in root or root.startswith("file://"):
         if not (Path(root.removeprefix("file://")) / "store").is_dir():
@@ -117,14 +117,14 @@ def _existing_store(root: str):
 def cmd_status(args) -> int:
     spec, nodes = _load(args.sweep)
     store = _existing_store(_root(args))
-    done = [n for n in nodes if store is not None and store.done(n.key)]
+    done = {n.key for n in nodes if store is not None and store.done(n.key)}
     where = store.uri if store is not None else f"{_root(args)} (no store there yet)"
     print(f"sweep {spec.name}: {len(done)}/{len(nodes)} stage outputs in {where}")
     for n in nodes:
-        label = n.params.get("variant") or n.params.get("method") or ""
+        label = getattr(n.params, "variant", None) or getattr(n.params, "method", "")
         if n.stage == "random_masks":
-            label = f"seed {n.params['random_seed']}"
-        print(f"  [{'done' if n in done else 'missing'}] {n.stage:<12} {n.trial:<32} {label:<22} {n.key}")
+            label = f"seed {n.params.random_seed}"
+        print(f"  [{'done' if n.key in done else 'missing'}] {n.stage:<12} {n.trial:<32} {label:<22} {n.key}")
     return 0
 
 
