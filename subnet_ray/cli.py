@@ -20,6 +20,7 @@ class UsageError(ValueError):
 # Errors a user can fix: one line each, exit status 2, no traceback (unless --debug).
 ANTICIPATED = (ConfigError, DataError, PreflightError, UsageError, ConnectionError, TimeoutError)
 
+
 def _demo_sweep() -> str:
     """Returns the demo sweep file: the checkout's (editable install) or ./sweeps/demo.yaml."""
     for path in (Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml", Path("sweeps") / "demo.yaml"):

@@ -65,6 +65,14 @@ def header(path: Path) -> list[str]:
         raise DataError(f"{path}: cannot read {path.suffix[1:]} file header: {e}") from None
 
 
+def _json_type(path: Path, name: str) -> pa.DataType:
+    """Returns the arrow type of `name` in the first row of a jsonl file (arrow needs it to skip the other columns)."""
+    with path.open("rb") as f:
+        first = next((json.loads(line) for line in f if line.strip()), {})
+    v = first.get(name)
+    return pa.string() if isinstance(v, str) else pa.bool_() if isinstance(v, bool) else pa.float64() if isinstance(v, float) else pa.int64()
+
+
 def read_column(path: Path, name: str, strings: tuple[str, ...]) -> pa.ChunkedArray:
     """Returns one column of a data file (the others, text included, are never converted)."""
     import pyarrow.csv as pcsv
@@ -75,7 +83,7 @@ def read_column(path: Path, name: str, strings: tuple[str, ...]) -> pa.ChunkedAr
         if path.suffix == ".parquet":
             return pq.ParquetFile(path).read(columns=[name]).column(name)
         if path.suffix == ".jsonl":
-            typ = pa.string() if name in strings else pa.int64()
+            typ = pa.string() if name in strings else _json_type(path, name)
             parse = pjson.ParseOptions(explicit_schema=pa.schema({name: typ}), unexpected_field_behavior="ignore")
             return pjson.read_json(path, parse_options=parse).column(name)
         convert = pcsv.ConvertOptions(include_columns=[name], column_types={name: pa.string()} if name in strings else {})
