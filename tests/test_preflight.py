@@ -475,6 +475,24 @@ def test_what_a_run_does_not_use_is_not_refused(tmp_path):
     assert check(cpu, local_run=True, local_ray=False).errors == []
 
 
+def test_devices_on_a_one_gpu_machine(tmp_path, monkeypatch):
+    """With one CUDA device (simulated: this machine may have none), cuda and cuda:0 pass, cuda:1 and 2 GPUs per trial do not."""
+    import subnet_ray.preflight as pre
+
+    monkeypatch.setattr(pre, "_cuda_devices", lambda: 1)
+    spec = load_sweep(_write(tmp_path / "s.yaml", babel_dict(resources={"gpus": 1})))
+
+    def errors(device: str, gpus: float = 1) -> list[str]:
+        s = spec.model_copy(update={"training": spec.training.model_copy(update={"device": device}),
+                                    "resources": spec.resources.model_copy(update={"gpus": gpus})})
+        return check(s, local_run=True, local_ray=True).errors
+
+    assert errors("cuda") == [] and errors("cuda:0") == [] and errors("cuda", 0.5) == []
+    assert errors("cuda:1") == ["device 'cuda:1' does not exist: this machine has 1 CUDA device(s), training.device; expected cpu or cuda:0..0"]
+    assert errors("cuda", 2) == ["resources.gpus=2 is more than this machine's 1 CUDA device(s), resources.gpus; expected at most 1 "
+                                 "for a local Ray (the work would wait forever)"]
+
+
 def test_version(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--version"])
