@@ -23,7 +23,7 @@ import yaml
 from procs import free_port, kill_leftovers, live_processes
 from subnet_ray import data
 from subnet_ray.cli import main
-from subnet_ray.config import TaskSpec, load_sweep
+from subnet_ray.config import load_sweep
 from subnet_ray.preflight import check
 from test_data import write
 
