@@ -508,7 +508,7 @@ def test_version(capsys):
 LAYOUTS = {
     "folders": lambda t, fmt: folder_data(t / "d", fmt=fmt),
     "a file per split": lambda t, fmt: _split_files_lang(t / "d", fmt),
-    "one file": lambda t, fmt: _single(t / f"all.{fmt}", ("en", "fr"), 40) if fmt != "tsv" else None,
+    "one file": lambda t, fmt: _single(t / f"all.{fmt}", ("en", "fr"), 40),
 }
 
 
@@ -522,8 +522,6 @@ def _split_files_lang(src: Path, fmt: str) -> Path:
 @pytest.mark.parametrize("layout", list(LAYOUTS))
 def test_good_local_data_passes_and_loads(layout, fmt, tmp_path):
     src = LAYOUTS[layout](tmp_path, fmt)
-    if src is None:
-        pytest.skip("one file holding every split is read through its language column; tsv works the same")
     spec = load_sweep(_write(tmp_path / "s.yaml", sweep_dict(src)))
     pf = check(spec, root=str(tmp_path / "root"))
     assert pf.errors == [] and pf.warnings == []
