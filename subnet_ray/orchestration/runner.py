@@ -89,6 +89,7 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     Fails fast, before any compute, on an unreachable tracking server or cluster.
     """
     from .tracking import Tracker, flat_params
+    from .tracking_store import check_tracking_uri, default_tracking_uri
 
     if executor not in ("ray", "local"):
         raise ValueError(f"executor must be 'ray' or 'local', got {executor!r}")
@@ -100,8 +101,6 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     for values, b in branches(spec):  # missing data or columns fail here, before Ray, MLflow or the root
         for task in b.tasks:
             task_data(b, task.id)
-    from .tracking_store import check_tracking_uri, default_tracking_uri
-
     check_tracking_uri(tracking_uri or default_tracking_uri(root))  # writes nothing: fail before Ray starts
     if executor == "ray":  # before the root and MLflow: a cluster that will not take us leaves nothing behind
         from .tune import init_ray
