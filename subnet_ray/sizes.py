@@ -7,7 +7,10 @@ same names the model has. `estimate` checks these against real models (tests).
 """
 from __future__ import annotations
 
-from .config import SweepSpec, TaskSpec
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # annotations only: sketch.py imports `matches` where pydantic is not installed (GPU machines)
+    from .config import SweepSpec, TaskSpec
 
 # Shapes of hub encoders, for sizes and estimates where the hub is not reachable:
 # (layers, heads, hidden, intermediate, positions, vocab, token types).
