@@ -33,7 +33,9 @@ import torch
 from torch.nn import functional as F
 
 from common import THREADS, interleaved, model_of, padded_batch
-from subnet_ray.influence import Projector, Sketches, select_linears, sketch_batch, top_influences
+from subnet_ray.influence.projection import Projector
+from subnet_ray.influence.sketch import Sketches, select_linears, sketch_batch
+from subnet_ray.influence.tracin import top_influences
 from subnet_ray.influence.sketch import layer_dims
 from subnet_ray.models import save_checkpoint
 from subnet_ray.train import train_step

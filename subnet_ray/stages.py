@@ -21,7 +21,7 @@ import torch
 from .config import SweepSpec, TaskSpec
 from .data import load_examples, num_labels, tokenizer_for
 from .graph import Node, Stage, branch_of, influence_precision
-from .influence import influence as influence_local
+from .influence.pipeline import influence as influence_local
 from .models import build_model, load_checkpoint
 from .store import Store
 from .subnetworks import intersection, load_mask, random_mask, save_mask, union

@@ -5,7 +5,9 @@ import torch
 from scipy.stats import spearmanr
 
 from subnet_ray.config import InfluenceSpec, SweepSpec
-from subnet_ray.influence import Projector, Sketches, dense_scores, select_linears, sketch_batch
+from subnet_ray.influence.projection import Projector
+from subnet_ray.influence.sketch import Sketches, select_linears, sketch_batch
+from subnet_ray.influence.tracin import dense_scores
 from subnet_ray.influence.pipeline import sketch_examples
 from subnet_ray.influence.sketch import layer_dims
 from subnet_ray.precision import autocast, grad_scaler
