@@ -7,6 +7,7 @@ lists (e.g. `training.lr: [2e-5, 3e-5]`); each combination is one branch of the 
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 from pathlib import Path
 from typing import Any, Literal
@@ -132,6 +133,10 @@ class TrainSpec(Strict):
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
     seeds: list[int] = Field([1], min_length=1, description="Training seeds; each is its own trial.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps.")
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Numeric precision of fine-tuning, head importance, evaluation (and sketching unless influence.precision says otherwise): fp32; tf32 (fp32 with TensorFloat-32 matmuls on GPUs that have them); bf16 or fp16 autocast (fp16 with loss scaling). Weights stay float32.",
+    )
     sft_mode: Literal["paper", "strict"] = Field(
         "paper",
         description="paper: masked gradients go to AdamW (momentum and weight decay still move disabled heads); strict: disabled heads' parameters stay bit-identical.",
@@ -157,6 +162,9 @@ class InfluenceSpec(Strict):
     test_per_language: int = Field(500, ge=1, description="Test examples per language scored against all training examples.")
     batch_size: int = Field(32, ge=1, description="Examples per sketching batch.")
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Storage dtype of sketches.")
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] | None = Field(
+        None, description="Numeric precision of sketching and of the test predictions (fp32, tf32, bf16, fp16); default: training.precision."
+    )
     lr_weighting: bool = Field(False, description="Weight each checkpoint's scores by its learning rate.")
     projection_seed: int = Field(0, description="Seed of the projection matrices (every worker derives the same ones).")
     actors: int = Field(1, ge=1, description="Ray Data actors sketching in parallel.")
@@ -237,13 +245,50 @@ class ConfigError(ValueError):
     """A sweep file that cannot be used; the message names the file and the field."""
 
 
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """Returns the pydantic model that holds the field at `loc` (list indices skipped), or None."""
+    model: type[BaseModel] = SweepSpec
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        inner = [a for a in _flatten_types(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return model
+
+
+def _flatten_types(tp: Any) -> list:
+    args = getattr(tp, "__args__", None)
+    return [tp] if not args else [t for a in args for t in _flatten_types(a)]
+
+
+def _hint(err: dict) -> str:
+    """Returns "; did you mean `training.lr`?" for a misspelt field, else ""."""
+    loc = err["loc"]
+    if err.get("type") != "extra_forbidden" or not loc:
+        return ""
+    model = _model_at(loc)
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6) if model else []
+    if not close:
+        return f"; expected one of {', '.join(model.model_fields)}" if model else ""
+    return f"; did you mean `{'.'.join(str(p) for p in (*loc[:-1], close[0]))}`?"
+
+
 def _format_error(path: str, err: ValidationError) -> str:
-    lines = [f"{path}: invalid sweep file"]
+    """Returns one line per problem: `<file>: <field>: <what is wrong> (got X)[; did you mean ...?]`."""
+    lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
         got = e.get("input")
-        got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-        lines.append(f"  {loc}: {e['msg']}{got_s}")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown setting"
+        got_s = "" if isinstance(got, (dict, list)) or msg.endswith(f"got {got}") else f" (got {got!r})"
+        lines.append(f"{path}: {loc}: {msg}{got_s}{_hint(e)}")
     return "\n".join(lines)
 
 
@@ -254,10 +299,15 @@ def load_sweep(path: str | Path) -> SweepSpec:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read sweep file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected a YAML sweep file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        why = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"{path}: not valid YAML{at}: {why}; expected a YAML mapping of settings") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
     for task in raw.get("tasks") or []:
@@ -300,35 +350,3 @@ def branches(spec: SweepSpec) -> list[tuple[dict[str, Any], SweepSpec]]:
             _set_dotted(d, k, v)
         out.append((dict(zip(keys, combo)), SweepSpec.model_validate(d)))
     return out
-
-
-class Trial(BaseModel):
-    """One unit of work for Ray Tune: a task x method x training seed (x random-mask seed) on one branch."""
-
-    model_config = ConfigDict(frozen=True)
-    task: str
-    method: Method
-    seed: int
-    random_seed: int | None = None
-    branch: dict[str, Any] = {}
-
-    @property
-    def name(self) -> str:
-        parts = [self.task, self.method, f"seed{self.seed}"]
-        if self.random_seed is not None:
-            parts.append(f"rand{self.random_seed}")
-        parts += [f"{k.split('.')[-1]}={v}" for k, v in self.branch.items()]
-        return "/".join(parts)
-
-
-def plan(spec: SweepSpec) -> list[Trial]:
-    """Returns the expanded trials: branches x tasks x methods x seeds (x random seeds)."""
-    trials = []
-    for grid_values, b in branches(spec):
-        for task in b.tasks:
-            for method in b.methods:
-                for seed in b.training.seeds:
-                    rseeds = b.random_seeds if method == "random-sft" else [None]
-                    for rs in rseeds:
-                        trials.append(Trial(task=task.id, method=method, seed=seed, random_seed=rs, branch=grid_values))
-    return trials

@@ -10,7 +10,10 @@ from torch.nn import functional as F
 
 from subnet_ray.config import InfluenceSpec
 from subnet_ray.data import Example
-from subnet_ray.influence import Projector, Sketches, dense_scores, influence, select_linears, sketch_batch, top_influences
+from subnet_ray.influence.pipeline import influence
+from subnet_ray.influence.projection import Projector
+from subnet_ray.influence.sketch import Sketches, select_linears, sketch_batch
+from subnet_ray.influence.tracin import dense_scores, top_influences
 from subnet_ray.influence.pipeline import checkpoint_metas, mask_groups
 from subnet_ray.influence.sketch import layer_dims
 from subnet_ray.models import HeadMask, build_model, save_checkpoint
@@ -265,7 +268,7 @@ def test_low_precision_storage_round_trips_and_scores_close_to_float32(dtype):
 
 
 def test_sketch_actor_rejects_an_empty_shard():
-    from subnet_ray.influence.distributed import SketchActor
+    from subnet_ray.orchestration.influence_ray import SketchActor
 
     actor = object.__new__(SketchActor)  # the check comes before any use of the model
     with pytest.raises(ValueError, match="empty shard"):
@@ -273,7 +276,7 @@ def test_sketch_actor_rejects_an_empty_shard():
 
 
 def test_ray_rows_cover_train_once_per_mask_and_test_once_sorted_by_length():
-    from subnet_ray.influence.distributed import _rows
+    from subnet_ray.orchestration.influence_ray import _rows
 
     model, tok = tiny_model(), word_tokenizer()
     train, test = examples(6, "train", 0), examples(4, "test", 1)
@@ -348,7 +351,7 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
 def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written under the home folder
-    from subnet_ray.influence.distributed import influence_ray
+    from subnet_ray.orchestration.influence_ray import influence_ray
 
     dirs = _checkpoints(tmp_path)
     tok = word_tokenizer()

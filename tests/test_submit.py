@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from subnet_ray.config import load_sweep
-from subnet_ray.orchestration.runner import ledger, store_for
-from subnet_ray.stages import graph
+from subnet_ray.orchestration.runner import ledger
+from subnet_ray.store import store_for
+from subnet_ray.graph import graph
 from procs import free_ports, kill_leftovers, live_processes
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -61,7 +62,7 @@ def test_submit_runs_the_sweep_as_a_ray_job_on_the_cluster(head, tmp_path):
     cmd = [sys.executable, "-m", "subnet_ray.cli", "submit", str(SMOKE), "--address", address, "--root", str(root), "--wait"]
     # a wrong token: refused in seconds, by name, and nothing submitted or written
     wrong = subprocess.run(cmd, env={**env, "RAY_AUTH_TOKEN": "0" * 64}, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert wrong.returncode == 3 and f"Ray dashboard at {address} refused the job client" in wrong.stderr, wrong.stderr[-3000:]
+    assert wrong.returncode == 2 and f"Ray dashboard at {address} refused the job client" in wrong.stderr, wrong.stderr[-3000:]
     assert not root.exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]

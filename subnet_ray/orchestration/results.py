@@ -7,7 +7,8 @@ import pandas as pd
 
 from ..analysis.results import InfluenceResult, TaskResults
 from ..config import SweepSpec
-from ..stages import HISTORY, PREDICTIONS, TOPK, Node, load_masks
+from ..graph import Node, Stage
+from ..stages import HISTORY, PREDICTIONS, TOPK, load_masks
 from ..store import Store
 
 

@@ -23,26 +23,11 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import SweepSpec, branches
-from ..stages import HISTORY, Node, branch_of, compute, graph, task_data
-from ..store import Store
-
-def store_for(root: str | os.PathLike) -> Store:
-    """Returns the artifact store under a sweep root (shared by every sweep under that root)."""
-    root = str(root)
-    return Store(f"{root.rstrip('/')}/store" if "://" in root else Path(root) / "store")
-
-
-def execute(node: Node, spec: SweepSpec, store: Store, **kwargs) -> bool:
-    """Returns True after computing `node` into the store, False if it was already there."""
-    if store.done(node.key):
-        return False
-    with store.writing(node.key) as out:
-        compute(node, branch_of(spec, node.params["branch"]), store, out, **kwargs)
-    entry = {"key": node.key, "stage": node.stage, "trial": node.trial, "variant": node.params.get("variant"),
-             "time": time.time(), "pid": os.getpid()}
-    store.record(entry)
-    return True
-
+from ..graph import Node, Stage, graph
+from ..stages import HISTORY, execute, task_data
+from ..store import Store, store_for
+from .tracking import epoch_metrics
+from .workers import use_cpus
 
 def ledger(store: Store) -> list[dict]:
     """Returns every node computation recorded in the store, oldest first."""
@@ -92,7 +77,7 @@ def _plan(nodes: list[Node], store: Store, wave: int) -> dict[str, list[Node]]:
     plan: dict[str, list[Node]] = defaultdict(list)
     for n in nodes:
         if n.wave == wave and not store.done(n.key):
-            plan[f"{n.trial}/{n.params['variant']}" if n.stage == "influence" else n.trial].append(n)
+            plan[f"{n.trial}/{n.params.variant}" if n.stage == Stage.INFLUENCE else n.trial].append(n)
     return dict(plan)
 
 
@@ -104,28 +89,26 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     Fails fast, before any compute, on an unreachable tracking server or cluster.
     """
     from .tracking import Tracker, flat_params
+    from .tracking_store import check_tracking_uri, default_tracking_uri
 
     if executor not in ("ray", "local"):
         raise ValueError(f"executor must be 'ray' or 'local', got {executor!r}")
     if random_seeds is not None:
         spec = spec.model_copy(update={"random_seeds": sorted(set(spec.random_seeds) | set(random_seeds))})
     nodes = graph(spec)
-    # float sums depend on the thread count: every process computing nodes uses the trial's CPUs,
-    # so the local executor, Tune trials and Ray Data actors give the same numbers
-    import torch
-
-    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    use_cpus(spec.resources.cpus)  # as every trial and actor does: the same numbers on every executor
     root_s = str(root)
-    if "://" not in root_s:
-        Path(root_s).mkdir(parents=True, exist_ok=True)
-    for values, b in branches(spec):  # missing data or columns fail here, before Ray or MLflow start
+    for values, b in branches(spec):  # missing data or columns fail here, before Ray, MLflow or the root
         for task in b.tasks:
             task_data(b, task.id)
-    tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
-    if executor == "ray":
+    check_tracking_uri(tracking_uri or default_tracking_uri(root))  # writes nothing: fail before Ray starts
+    if executor == "ray":  # before the root and MLflow: a cluster that will not take us leaves nothing behind
         from .tune import init_ray
 
         init_ray(address, num_cpus)
+    if "://" not in root_s:
+        Path(root_s).mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(spec.name, root, tracking_uri)
     store = store_for(root)
     run = SweepRun()
     before = {e["key"] for e in ledger(store)}
@@ -141,7 +124,7 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
             if executor == "ray" and wave == 3 and spec.influence.actors > 1:
                 # big influence jobs: the driver runs each variant on a Ray Data actor pool of
                 # `influence.actors` (Ray Data inside a Tune trial would sit in its placement group)
-                from ..influence.distributed import influence_ray
+                from .influence_ray import influence_ray
 
                 for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not progress):
                     for n in trial_nodes:
@@ -166,13 +149,6 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
         tracker.parent.log_metrics({f"seconds/{k}": v for k, v in run.seconds.items()})
     run.computed = [e["key"] for e in ledger(store) if e["key"] not in before]
     return run
-
-
-def epoch_metrics(record: dict) -> dict[str, float]:
-    """Returns the MLflow metrics of one fine-tuning epoch record (a history.json row): train_loss,
-    dev_accuracy_mean and dev_accuracy/<lang>."""
-    return {"train_loss": record["train_loss"], "dev_accuracy_mean": record["dev_accuracy_mean"],
-            **{f"dev_accuracy/{k}": v for k, v in record["dev_accuracy"].items()}}
 
 
 def _trial_run_fields(trial_nodes: list[Node]) -> tuple[dict, dict]:

@@ -28,12 +28,11 @@ from torch import nn
 
 from ..config import InfluenceSpec
 from ..models import WEIGHTS
-from .pipeline import as_model, check_examples, checkpoint_metas, mask_groups, token_lengths
-from .projection import Projector
-from .sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, sketch_batch, to_numpy
-from .tracin import top_influences
-
-WORKER_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}}
+from ..influence.pipeline import as_model, as_sketches, check_examples, checkpoint_metas, mask_groups, sketch_encoded, token_lengths
+from ..influence.projection import Projector
+from ..influence.sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, to_numpy
+from ..influence.tracin import top_influences
+from .workers import WORKER_ENV, use_cpus
 
 
 class SketchActor:
@@ -42,7 +41,7 @@ class SketchActor:
     def __init__(self, model, weights: list, examples: list, spec: dict, masks: list, tokenizer, max_length: int, device: str, cpus: float):
         import ray
 
-        torch.set_num_threads(max(1, int(cpus)))  # two processes on all cores ruin each other
+        use_cpus(cpus)
         self.spec = InfluenceSpec.model_validate(spec)
         self.model = as_model(model).to(device).eval()
         self.weights = weights  # one object ref per checkpoint: only the checkpoint in use is fetched
@@ -84,7 +83,6 @@ class SketchActor:
     def _sketch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (ids, mask groups, sketches) of example rows `rows` under the loaded checkpoint."""
         from ..data import Example
-        from ..tokenization import encode
 
         cols = self.examples.take(rows).to_pydict()
         pairs = cols.get("text_pair", [None] * len(rows))
@@ -98,8 +96,8 @@ class SketchActor:
         else:  # an all-ones mask is exactly the full model
             ones = torch.ones_like(next(m for m in groups if m is not None))
             head_mask = torch.stack([ones if m is None else m for m in groups]).to(self.device)
-        enc = {k: v.to(self.device) for k, v in encode(examples, self.tokenizer, self.max_length).items()}
-        values = sketch_batch(self.model, enc, self.linears, self.projector, head_mask).to("cpu", DTYPES[self.spec.dtype])
+        values = sketch_encoded(self.model, examples, self.tokenizer, self.max_length, self.linears, self.projector,
+                                head_mask, self.spec, self.device)
         return np.array(cols["id"], dtype=object), np.array(cols["group"], dtype=np.int64), to_numpy(values)
 
 
@@ -112,13 +110,13 @@ def task_env() -> dict | None:
     import ray
 
     job = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
-    missing = {k: v for k, v in WORKER_ENV["env_vars"].items() if job.get(k) != v}
+    missing = {k: v for k, v in WORKER_ENV.items() if job.get(k) != v}
     return {"env_vars": missing} if missing else None
 
 
 def _score_shard(test: list[Sketches], train: list[Sketches], top_k: int, lr_weighting: bool, cpus: float) -> pd.DataFrame:
     """Returns the top-k table of one test shard (runs as a Ray task)."""
-    torch.set_num_threads(max(1, int(cpus)))
+    use_cpus(cpus)
     return top_influences(test, train, top_k, lr_weighting)
 
 
@@ -218,11 +216,8 @@ def influence_ray(
                 if not seen[c, pos].all():
                     lost = [rows[i]["id"] for i in idx[pos[~seen[c, pos]]][:3]]
                     raise RuntimeError(f"checkpoint {meta['epoch']}: the sketching pass lost {what} examples, e.g. {lost}")
-                sink.append(Sketches(
-                    ids=[rows[i]["id"] for i in idx[pos]], languages=[rows[i]["language"] for i in idx[pos]],
-                    values=values[torch.from_numpy(pos)], layout=layout, proj_dim=spec.proj_dim, seed=spec.projection_seed,
-                    checkpoint=meta["epoch"], lr=meta["lr"], mask=group.key,
-                ))
+                sink.append(as_sketches([rows[i]["id"] for i in idx[pos]], [rows[i]["language"] for i in idx[pos]],
+                                        values[torch.from_numpy(pos)], layout, spec, meta, group.key))
         n_test = len(sk_test[0].ids)
         if n_test <= shard_size:  # one shard: a task would only add a worker start (seconds: imports)
             frames.append(top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
