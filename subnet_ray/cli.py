@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 from .config import ConfigError, SweepSpec, load_sweep, plan
+from .manifest import DamagedOutput
 
 def _demo_sweep() -> str:
     """Returns the demo sweep file: the checkout's (editable install) or ./sweeps/demo.yaml."""
@@ -75,16 +76,36 @@ def cmd_rerun_random(args) -> int:
 def cmd_status(args) -> int:
     from .orchestration.runner import store_for
 
+    from .lease import held
+
     spec, nodes = _load(args.sweep)
     store = store_for(_root(args))
-    done = [n for n in nodes if store.done(n.key)]
-    print(f"sweep {spec.name}: {len(done)}/{len(nodes)} stage outputs in {store.uri}")
+    states, notes = {}, {}
+    for n in nodes:
+        if not store.done(n.key):
+            holder = held(store, n.key)
+            states[n.key] = "running" if holder else "missing"
+            notes[n.key] = [f"being computed by {holder}"] if holder else []
+            continue
+        problems = store.check(n.key, "all" if args.verify else "small")
+        states[n.key] = "legacy" if problems is None else "damaged" if problems else "done"
+        notes[n.key] = problems or []
+    ok = sum(s in ("done", "legacy") for s in states.values())
+    how = "sizes and every SHA-256" if args.verify else "sizes, and SHA-256 of files up to 4 MiB"
+    print(f"sweep {spec.name}: {ok}/{len(nodes)} stage outputs in {store.uri} (checked: {how})")
     for n in nodes:
         label = n.params.get("variant") or n.params.get("method") or ""
         if n.stage == "random_masks":
             label = f"seed {n.params['random_seed']}"
-        print(f"  [{'done' if store.done(n.key) else 'missing'}] {n.stage:<12} {n.trial:<32} {label:<22} {n.key}")
-    return 0
+        print(f"  [{states[n.key]}] {n.stage:<12} {n.trial:<32} {label:<22} {n.key}")
+        for note in notes[n.key]:
+            print(f"      {n.key}: {note}")
+    damaged = [k for k, s in states.items() if s == "damaged"]
+    if any(s == "legacy" for s in states.values()):
+        print("  legacy: published before manifests, not checked")
+    if damaged:
+        print(f"{len(damaged)} damaged stage output(s): `subnet-ray run` moves them aside and recomputes them")
+    return 1 if damaged else 0
 
 
 def cmd_report(args) -> int:
@@ -143,6 +164,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--address", help="Ray cluster address (default: a local Ray)")
             s.add_argument("--executor", choices=["ray", "local"], default="ray", help="local: run everything in this process, no Ray")
             s.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "status":
+            s.add_argument("--verify", action="store_true", help="also check the SHA-256 of every file (reads the whole store)")
         if name == "rerun-random":
             s.add_argument("--seeds", type=int, nargs="+", required=True, help="random-mask seeds to add")
         if name == "submit":
@@ -161,12 +184,17 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except DamagedOutput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
     except (ConnectionError, TimeoutError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print("interrupted: finished stage outputs are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:
+        from .orchestration.interrupts import MESSAGE, Interrupted
+
+        print(MESSAGE, file=sys.stderr)
+        return e.exit_code if isinstance(e, Interrupted) else 130
 
 
 if __name__ == "__main__":

@@ -173,8 +173,16 @@ def model_factory(spec: SweepSpec, task: TaskSpec, tokenizer, seed: int) -> Call
 
 def load_masks(store: Store, key: str, languages: list[str], shape: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Returns {language: bool mask} stored under a subnetworks or random_masks key."""
-    folder = store.path(key)
-    return {l: load_mask(folder / l, shape)[0] for l in languages}
+    folder = store.path(key, hashes="all")  # checked against its manifest before a value is read
+    return {l: load_mask(_child(folder, l), shape)[0] for l in languages}
+
+
+def _child(folder: Path, name: str) -> Path:
+    """Returns folder/name, refusing a name that would leave `folder` (a language code is a path component)."""
+    p = (folder / name).resolve()
+    if p.parent != folder.resolve():
+        raise ValueError(f"{name!r} is not a safe folder name inside {folder}")
+    return p
 
 
 def resolve_mask(store: Store, ref: dict | None, shape) -> torch.Tensor | None:
@@ -208,21 +216,21 @@ def compute(node: Node, spec: SweepSpec, store: Store, out: Path, *, influence_f
         (out / HISTORY).write_text(json.dumps(history, indent=2))
     elif node.stage == "subnetworks":
         model = make()
-        last = checkpoints(store.path(node.inputs[0]))[-1]
+        last = checkpoints(store.path(node.inputs[0], hashes="all"))[-1]
         load_checkpoint(model, last)
         subs = find_subnetworks(model, by_language(data["dev"]), tok, spec.subnetworks, spec.training.max_length, device)
         for lang, s in subs.items():
-            save_mask(out / lang, s.mask, {
+            save_mask(_child(out, lang), s.mask, {
                 "task": task.id, "language": lang, "seed": seed, "checkpoint": node.inputs[0], "full_accuracy": s.full_accuracy,
                 "masked_accuracy": s.accuracy, "threshold": spec.subnetworks.threshold, "step_fraction": spec.subnetworks.step_fraction,
             })
         curve_frame(subs).to_csv(out / "pruning_curves.csv", index=False)
     elif node.stage == "random_masks":
         rs = node.params["random_seed"]
-        src = store.path(node.inputs[0])
+        src = store.path(node.inputs[0], hashes="all")
         for lang in task.languages:
-            mask, meta = load_mask(src / lang)
-            save_mask(out / lang, random_mask(mask, rs), meta.model_dump() | {"kind": "random", "random_seed": rs, "source": node.inputs[0]})
+            mask, meta = load_mask(_child(src, lang))
+            save_mask(_child(out, lang), random_mask(mask, rs), meta.model_dump() | {"kind": "random", "random_seed": rs, "source": node.inputs[0]})
     elif node.stage == "influence":
         _compute_influence(node, spec, store, out, task, data, tok, make, influence_fn)
     else:
@@ -236,7 +244,7 @@ def _compute_influence(node, spec, store, out, task, data, tok, make, influence_
     masks = {lang: resolve_mask(store, ref, shape) for lang, ref in refs.items()}
     k = spec.influence.test_per_language
     test = [e for lang in refs for e in [x for x in data["test"] if x.language == lang][:k]]
-    ckpts = checkpoints(store.path(node.params["model"]))
+    ckpts = checkpoints(store.path(node.params["model"], hashes="all"))
     masks_f = {l: (m.float() if m is not None else None) for l, m in masks.items()}
     topk = influence_fn(make, ckpts, data["train"], test, tok, spec.influence, masks_f, spec.training.max_length, spec.training.device)
     topk.to_parquet(out / TOPK, index=False)

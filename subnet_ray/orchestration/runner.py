@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -23,6 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import SweepSpec, branches
+from ..lease import held, lease
 from ..stages import HISTORY, Node, branch_of, compute, graph, task_data
 from ..store import Store
 
@@ -32,12 +34,24 @@ def store_for(root: str | os.PathLike) -> Store:
     return Store(f"{root.rstrip('/')}/store" if "://" in root else Path(root) / "store")
 
 
-def execute(node: Node, spec: SweepSpec, store: Store, **kwargs) -> bool:
-    """Returns True after computing `node` into the store, False if it was already there."""
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def execute(node: Node, spec: SweepSpec, store: Store, on_wait=_say, **kwargs) -> bool:
+    """Returns True after computing `node` into the store, False if it was already there.
+
+    The node's lease is taken first: if another process (another invocation) is computing it,
+    this one says so through `on_wait`, waits, and uses what the other published.
+    """
     if store.done(node.key):
         return False
-    with store.writing(node.key) as out:
-        compute(node, branch_of(spec, node.params["branch"]), store, out, **kwargs)
+    with lease(store, node.key, on_wait=on_wait):
+        if store.done(node.key):
+            on_wait(f"stage output {node.key} was computed by another invocation meanwhile: using it")
+            return False
+        with store.writing(node.key) as out:
+            compute(node, branch_of(spec, node.params["branch"]), store, out, **kwargs)
     entry = {"key": node.key, "stage": node.stage, "trial": node.trial, "variant": node.params.get("variant"),
              "time": time.time(), "pid": os.getpid()}
     store.record(entry)
@@ -54,8 +68,20 @@ def report_dir(root: str | os.PathLike, spec: SweepSpec, branch: dict, seed: int
     base = Path(str(root)) / "reports" / spec.name
     if len(branches(spec)) == 1 and len(spec.training.seeds) == 1:
         return base
-    label = "-".join(f"{k.split('.')[-1]}{v}" for k, v in branch.items()) or "base"
+    label = "-".join(f"{k.split('.')[-1]}{_label(v)}" for k, v in branch.items()) or "base"
     return base / f"{label}-seed{seed}"
+
+
+def _label(value) -> str:
+    """Returns a grid value as a path component: itself if safe (config.SAFE_NAME), else a short hash."""
+    import hashlib
+
+    from ..config import safe_name
+
+    try:
+        return safe_name(str(value), "grid value")
+    except ValueError:
+        return "h" + hashlib.sha256(str(value).encode()).hexdigest()[:8]
 
 
 @dataclass
@@ -74,6 +100,7 @@ def write_reports(spec: SweepSpec, root, store: Store) -> list[Path]:
     from .results import collect
 
     out = []
+    verify_store(store, graph(spec), inputs=False)  # a damaged output is moved aside: missing, never read
     for values, b in branches(spec):
         nodes = graph(b)  # this branch's own nodes, including those it shares with other branches
         for seed in b.training.seeds:
@@ -84,6 +111,48 @@ def write_reports(spec: SweepSpec, root, store: Store) -> list[Path]:
             build_report(results, folder, spec.name)
             out.append(folder)
     return out
+
+
+def verify_store(store: Store, nodes: list[Node], inputs: bool = True, say=_say) -> list[str]:
+    """Returns the keys of damaged outputs found and moved aside (so they count as missing and are recomputed).
+
+    Every finished node is checked against its manifest: sizes, and hashes of small files (masks, JSON,
+    tables); with `inputs`, every hash of the finished inputs of nodes still to compute (the
+    checkpoints and masks this invocation will load). Outputs without a manifest (legacy) are
+    used unchecked, and said so once.
+    """
+    damaged, level, legacy = [], {}, []
+    while True:
+        missing = {n.key for n in nodes if not store.done(n.key)}
+        wanted = {i for n in nodes if n.key in missing for i in n.inputs} if inputs else set()
+        found = False
+        for n in nodes:
+            need = "all" if n.key in wanted else "small"
+            if n.key in missing or level.get(n.key) in (need, "all"):
+                continue
+            problems = store.check(n.key, need)
+            level[n.key] = need
+            if problems is None:
+                legacy.append(n.key)
+            elif problems:
+                where = store.set_aside(n.key, problems)
+                say(f"damaged stage output {n.key} ({n.stage}, {n.trial}): {'; '.join(problems)}; moved aside to {where}, recomputing it")
+                damaged.append(n.key)
+                found = True
+        if not found:
+            break
+    if legacy:
+        say(f"{len(set(legacy))} stage output(s) predate manifests (legacy): used without size or hash checks")
+    return damaged
+
+
+def _announce_held(store: Store, plan: dict[str, list[Node]]) -> None:
+    """Says which of the wave's outputs another live invocation is computing (this one will wait for them)."""
+    for trial_nodes in plan.values():
+        for n in trial_nodes:
+            holder = held(store, n.key)
+            if holder is not None:
+                _say(f"stage output {n.key} ({n.stage}, {n.trial}) is being computed by {holder}: this invocation waits for it")
 
 
 def _plan(nodes: list[Node], store: Store, wave: int) -> dict[str, list[Node]]:
@@ -101,8 +170,19 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
               num_cpus: int | None = None) -> SweepRun:
     """Returns what was computed and where the reports are, after running the whole sweep.
 
-    Fails fast, before any compute, on an unreachable tracking server or cluster.
+    Fails fast, before any compute, on an unreachable tracking server or cluster. SIGINT and SIGTERM
+    stop it where it is (no later stage or wave starts, running trials are stopped, finished outputs
+    kept, this invocation's MLflow runs end KILLED) and raise interrupts.Interrupted.
     """
+    from .interrupts import handling
+
+    with handling():
+        return _run_sweep(spec, root, address=address, tracking_uri=tracking_uri, executor=executor,
+                          random_seeds=random_seeds, progress=progress, num_cpus=num_cpus)
+
+
+def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, progress, num_cpus) -> SweepRun:
+    from .interrupts import raise_if_interrupted
     from .tracking import Tracker, flat_params
 
     if executor not in ("ray", "local"):
@@ -122,12 +202,15 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
         for task in b.tasks:
             task_data(b, task.id)
     tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
+    for run_id in tracker.close_dead():
+        _say(f"MLflow run {run_id} was left RUNNING by an invocation that is gone: ended KILLED")
     if executor == "ray":
         from .tune import init_ray
 
         init_ray(address, num_cpus)
     store = store_for(root)
     run = SweepRun()
+    verify_store(store, nodes)
     before = {e["key"] for e in ledger(store)}
     with tracker:
         run.parent_run_id = tracker.start(
@@ -136,8 +219,10 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
         )
         trials = TrialLog(tracker, nodes)
         for wave, label in ((1, "train"), (2, "sft"), (3, "influence")):
+            raise_if_interrupted()
             t0 = time.perf_counter()
             plan = _plan(nodes, store, wave)
+            _announce_held(store, plan)
             if executor == "ray" and wave == 3 and spec.influence.actors > 1:
                 # big influence jobs: the driver runs each variant on a Ray Data actor pool of
                 # `influence.actors` (Ray Data inside a Tune trial would sit in its placement group)
