@@ -62,14 +62,22 @@ def handling() -> Iterator[None]:
         yield
         return
     old = {s: signal.getsignal(s) for s in EXIT}
-    _state.update(signum=None, stop=None, asked=False)
+    _state.update(signum=None, stop=None, asked=False, active=True)
     for s in EXIT:
         signal.signal(s, _handler)
     try:
         yield
     finally:
+        _state["active"] = False
         for s, h in old.items():
             signal.signal(s, h)
+
+
+def reinstall() -> None:
+    """Puts our handlers back after something replaced them (ray.init installs a SIGTERM handler that aborts)."""
+    if threading.current_thread() is threading.main_thread() and _state.get("active"):
+        for s in EXIT:
+            signal.signal(s, _handler)
 
 
 @contextmanager

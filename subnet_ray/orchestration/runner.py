@@ -182,7 +182,7 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
 
 
 def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, progress, num_cpus) -> SweepRun:
-    from .interrupts import raise_if_interrupted
+    from .interrupts import raise_if_interrupted, reinstall
     from .tracking import Tracker, flat_params
 
     if executor not in ("ray", "local"):
@@ -208,6 +208,7 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
         from .tune import init_ray
 
         init_ray(address, num_cpus)
+        reinstall()  # ray.init replaced the SIGTERM handler with one that aborts the driver
     store = store_for(root)
     run = SweepRun()
     verify_store(store, nodes)
