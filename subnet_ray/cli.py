@@ -109,10 +109,12 @@ def cmd_status(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .orchestration.runner import store_for, write_reports
+    from .orchestration.runner import report_lease, store_for, write_reports
 
     spec, _ = _load(args.sweep)
-    reports = write_reports(spec, _root(args), store_for(_root(args)))
+    store = store_for(_root(args))
+    with report_lease(store, spec):
+        reports = write_reports(spec, _root(args), store)
     if not reports:
         print(f"sweep {spec.name}: nothing in the store under {_root(args)} yet; run it first", file=sys.stderr)
         return 1

@@ -155,6 +155,11 @@ def _announce_held(store: Store, plan: dict[str, list[Node]]) -> None:
                 _say(f"stage output {n.key} ({n.stage}, {n.trial}) is being computed by {holder}: this invocation waits for it")
 
 
+def report_lease(store: Store, spec: SweepSpec):
+    """Returns the lease (a context manager) on the sweep's report folders: one invocation writes and logs them at a time."""
+    return lease(store, Store.key("report", {"sweep": spec.name}), on_wait=_say)
+
+
 def _plan(nodes: list[Node], store: Store, wave: int) -> dict[str, list[Node]]:
     """Returns the wave's missing nodes by Tune trial: a training trial's stages run in order in one
     trial; each influence node is a trial of its own, so variants score in parallel."""
@@ -201,7 +206,10 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
     for values, b in branches(spec):  # missing data or columns fail here, before Ray or MLflow start
         for task in b.tasks:
             task_data(b, task.id)
-    tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
+    store = store_for(root)
+    # MLflow creates (migrates) a new SQLite database without a lock: two invocations starting together would break it
+    with lease(store, Store.key("tracking", {"root": str(root)})):
+        tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
     for run_id in tracker.close_dead():
         _say(f"MLflow run {run_id} was left RUNNING by an invocation that is gone: ended KILLED")
     if executor == "ray":
@@ -209,7 +217,6 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
 
         init_ray(address, num_cpus)
         reinstall()  # ray.init replaced the SIGTERM handler with one that aborts the driver
-    store = store_for(root)
     run = SweepRun()
     verify_store(store, nodes)
     before = {e["key"] for e in ledger(store)}
@@ -244,10 +251,11 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
                                 on_epoch=lambda r, key=n.key: trials.live(key, r["epoch"], epoch_metrics(r)))
             run.seconds[label] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        run.reports = write_reports(spec, root, store)
         trials.finish(store)
-        for folder in run.reports:
-            tracker.parent.log_artifacts(folder, f"report/{folder.name}" if folder.name != spec.name else "report")
+        with report_lease(store, spec):  # another invocation may be rewriting these report folders
+            run.reports = write_reports(spec, root, store)
+            for folder in run.reports:
+                tracker.parent.log_artifacts(folder, f"report/{folder.name}" if folder.name != spec.name else "report")
         run.seconds["report"] = time.perf_counter() - t0
         tracker.parent.log_metrics({f"seconds/{k}": v for k, v in run.seconds.items()})
     run.computed = [e["key"] for e in ledger(store) if e["key"] not in before]
