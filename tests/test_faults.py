@@ -218,3 +218,18 @@ def _alive(pid: int, start: str) -> bool:
 
     st = _stat(pid)
     return st is not None and st[1] == start
+
+
+def test_rerun_logs_no_artifact_again(clean):
+    sweep, spec, root = clean
+    files = lambda: sorted(p for p in (root / "mlartifacts").rglob("*") if p.is_file())  # noqa: E731
+    before = files()
+    assert len(before) > 20
+    again = run_sweep(spec, root, executor="local", progress=False)
+    assert again.computed == [] and files() == before  # nothing changed: not one more artifact byte
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    mine = [r for r in runs(root, "faults") if again.parent_run_id in (r.info.run_id, r.data.tags.get("mlflow.parentRunId"))]
+    assert len(mine) == 4 and all(not client.list_artifacts(r.info.run_id) for r in mine)
+    held_by = {v for r in mine for k, v in r.data.tags.items() if k.startswith("subnet_ray.logged.")}
+    assert held_by and again.parent_run_id not in held_by  # they point at the runs that hold the artifacts
+    assert {r.info.status for r in mine} == {"FINISHED"}

@@ -155,6 +155,26 @@ def _announce_held(store: Store, plan: dict[str, list[Node]]) -> None:
                 _say(f"stage output {n.key} ({n.stage}, {n.trial}) is being computed by {holder}: this invocation waits for it")
 
 
+def _log_reports(tracker, spec: SweepSpec, folders: list[Path]) -> None:
+    """Logs the report folders to the parent run, unless an earlier finished run logged the same bytes."""
+    import hashlib
+
+    from .tracking import LOGGED_TAG
+
+    earlier = tracker.logged_artifacts()
+    for folder in folders:
+        h = hashlib.sha256()
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(folder)).encode() + b"\0" + p.read_bytes())
+        tag = f"{LOGGED_TAG}report.{h.hexdigest()[:20]}"
+        if tag in earlier:
+            tracker.parent.set_tags({tag: earlier[tag]})
+            continue
+        tracker.parent.log_artifacts(folder, f"report/{folder.name}" if folder.name != spec.name else "report")
+        tracker.parent.set_tags({tag: tracker.parent.run_id})
+
+
 def report_lease(store: Store, spec: SweepSpec):
     """Returns the lease (a context manager) on the sweep's report folders: one invocation writes and logs them at a time."""
     return lease(store, Store.key("report", {"sweep": spec.name}), on_wait=_say)
@@ -254,8 +274,7 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
         trials.finish(store)
         with report_lease(store, spec):  # another invocation may be rewriting these report folders
             run.reports = write_reports(spec, root, store)
-            for folder in run.reports:
-                tracker.parent.log_artifacts(folder, f"report/{folder.name}" if folder.name != spec.name else "report")
+            _log_reports(tracker, spec, run.reports)
         run.seconds["report"] = time.perf_counter() - t0
         tracker.parent.log_metrics({f"seconds/{k}": v for k, v in run.seconds.items()})
     run.computed = [e["key"] for e in ledger(store) if e["key"] not in before]
@@ -325,7 +344,14 @@ class TrialLog:
             self.live(result["node"], result["epoch"], metrics)
 
     def finish(self, store: Store) -> None:
-        """Logs each trial's epochs not logged live (from history.json), masks and influence tables; ends its run."""
+        """Logs each trial's epochs not logged live (from history.json), masks and influence tables; ends its run.
+
+        A stage output's artifacts are logged once per experiment: when an earlier finished run holds
+        them, this run gets a tag naming that run instead of another copy.
+        """
+        from .tracking import LOGGED_TAG
+
+        earlier = self.tracker.logged_artifacts()
         for trial, tn in self.by_trial.items():
             child = self.run(trial)
             for n in tn:
@@ -335,11 +361,17 @@ class TrialLog:
                 if n.stage == "finetune":
                     for r in json.loads((folder / HISTORY).read_text()):
                         self.epoch(n.key, r["epoch"], epoch_metrics(r))
-                elif n.stage == "subnetworks":
+                    continue
+                tag = LOGGED_TAG + n.key.replace("/", ".")
+                if tag in earlier:
+                    child.set_tags({tag: earlier[tag]})
+                    continue
+                if n.stage == "subnetworks":
                     child.log_artifacts(folder, "masks")
                 elif n.stage == "random_masks":
                     child.log_artifacts(folder, f"random_masks/seed{n.params['random_seed']}")
                 elif n.stage == "influence":
                     variant = n.params["variant"]
                     child.log_artifacts(folder, f"influence/{variant.replace(':', '_')}")
+                child.set_tags({tag: child.run_id})
             child.end("FINISHED")

@@ -237,6 +237,16 @@ class Tracker:
             closed.append(r.info.run_id)
         return closed
 
+    def logged_artifacts(self) -> dict[str, str]:
+        """Returns {artifact tag: id of the run that holds those artifacts} over the experiment's finished
+        runs: what an earlier invocation already logged (tags `subnet_ray.logged.<what>`)."""
+        out = {}
+        for r in self.client.search_runs([self.experiment_id], "attributes.status = 'FINISHED'", max_results=5000):
+            for k, v in r.data.tags.items():
+                if k.startswith(LOGGED_TAG):
+                    out.setdefault(k, v)
+        return out
+
     def start(self, run_name: str, params: dict, tags: dict) -> str:
         """Returns the id of this invocation's parent run, created with `params` (flattened) and `tags`."""
         if self.parent is not None:
@@ -310,6 +320,7 @@ class Tracker:
         return False
 
 
+LOGGED_TAG = "subnet_ray.logged."  # + what was logged (a stage key, a report's hash): value = the run holding it
 HOST_TAG, PID_TAG, START_TAG = "subnet_ray.host", "subnet_ray.pid", "subnet_ray.pid_start"
 
 
