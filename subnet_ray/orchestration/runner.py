@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 from ..config import SweepSpec, branches
 from ..lease import held, lease
 from ..stages import HISTORY, Node, branch_of, compute, graph, task_data
-from ..store import Store
+from ..store import DamagedOutput, Store
 
 def store_for(root: str | os.PathLike) -> Store:
     """Returns the artifact store under a sweep root (shared by every sweep under that root)."""
@@ -50,8 +50,13 @@ def execute(node: Node, spec: SweepSpec, store: Store, on_wait=_say, **kwargs) -
         if store.done(node.key):
             on_wait(f"stage output {node.key} was computed by another invocation meanwhile: using it")
             return False
-        with store.writing(node.key) as out:
-            compute(node, branch_of(spec, node.params["branch"]), store, out, **kwargs)
+        try:
+            with store.writing(node.key) as out:
+                compute(node, branch_of(spec, node.params["branch"]), store, out, **kwargs)
+        except DamagedOutput as e:  # an input damaged since the run began: missing for the next run, not read again
+            if store.done(e.key):
+                _say(f"{e}; moved aside to {store.set_aside(e.key, e.problems)}")
+            raise
     entry = {"key": node.key, "stage": node.stage, "trial": node.trial, "variant": node.params.get("variant"),
              "time": time.time(), "pid": os.getpid()}
     store.record(entry)
