@@ -178,3 +178,18 @@ def test_remote_lease_is_taken_once_and_broken_when_stale(tmp_path, monkeypatch)
     assert second.read_holder() == second.holder
     second.release()
     assert not store.fs.exists(first.path)
+
+
+def test_remote_store_outputs_are_checked_and_set_aside(tmp_path):
+    uri = f"memory://{tmp_path.name}/root"
+    store = Store(uri, cache=tmp_path / "node-a")
+    key = Store.key("influence", {"n": 1})
+    _publish(store, key, {"topk.parquet": b"t" * 100, "predictions.parquet": b"p" * 10})
+    assert store.check(key) == [] and store.fs.exists(f"{store.root}/{key}/{SUCCESS}") and store.fs.exists(f"{store.root}/{key}/{MANIFEST}")
+    store.fs.pipe_file(f"{store.root}/{key}/topk.parquet", b"t" * 99)  # damaged in the bucket
+    assert store.check(key) == ["topk.parquet: 99 bytes, the manifest says 100"]
+    other = Store(uri, cache=tmp_path / "node-b")  # a node that downloads it checks what it got
+    with pytest.raises(DamagedOutput, match="topk.parquet: 99 bytes"):
+        other.path(key)
+    store.set_aside(key, store.check(key))
+    assert not store.done(key) and not other.done(key) and store.keys() == []
