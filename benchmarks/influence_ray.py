@@ -66,7 +66,7 @@ from subnet_ray.config import BabelSpec, InfluenceSpec, ModelSpec, TaskSpec, Tin
 from subnet_ray.data import load_examples
 from subnet_ray.influence import influence
 from subnet_ray.models import build_model, save_checkpoint
-from subnet_ray.tokenization import build_tokenizer
+from subnet_ray.data import tokenizer_for
 
 torch.set_num_threads(1)  # as each actor does (cpus_per_actor=1): one local process = one actor's work
 
@@ -87,7 +87,7 @@ def workload(cfg: dict, folder: Path, train_per_language: int, test_per_language
     """Returns the inputs of one influence call: a model factory, checkpoint dirs, examples, tokenizer, spec and masks."""
     task = TaskSpec(id="babel", languages=LANGUAGES, train_size=train_per_language, dev_size=1, test_size=test_per_language,
                     babel=BabelSpec(families=[["xa", "xb"], ["ya", "yb"]]))
-    tok = build_tokenizer(task)
+    tok = tokenizer_for(task)
     model_spec = ModelSpec(name="tiny", tiny=cfg["tiny"], dropout=0.0)
     # A partial of an installed function: Ray workers can import it (a lambda or a local def they could not).
     factory = functools.partial(build_model, model_spec, num_labels=2, vocab_size=len(tok), seed=0)
@@ -180,7 +180,7 @@ def measure(inputs: dict, repeats: int, warmup: int, what: str) -> dict:
     Before each variant the cluster is let go idle (untimed), so no call waits for CPUs still
     held by the previous call's actors; that wait is recorded separately.
     """
-    from subnet_ray.influence.distributed import influence_ray
+    from subnet_ray.orchestration.influence_ray import influence_ray
 
     ref = influence(**inputs, max_length=MAX_LENGTH)
     local_peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -284,7 +284,7 @@ def main() -> None:
         small = workload(cfg, folder / "small", max(1, BATCH // len(LANGUAGES) - 2), 2)
         t = time.perf_counter()
         # as a sweep's driver starts Ray (orchestration.tune.init_ray): the job's runtime env holds WORKER_ENV
-        from subnet_ray.orchestration.tune import WORKER_ENV
+        from subnet_ray.orchestration.workers import WORKER_ENV
 
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False,
                  runtime_env={"env_vars": dict(WORKER_ENV)})

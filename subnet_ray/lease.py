@@ -204,3 +204,15 @@ def held(store, key: str) -> str | None:
         return None
     finally:
         os.close(fd)
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Yields while this process holds an exclusive flock on the local file `path` (waits for it)."""
+    impl = _LocalLease(Path(path))
+    while not impl.try_take():
+        time.sleep(POLL)
+    try:
+        yield
+    finally:
+        impl.release()

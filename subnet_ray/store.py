@@ -271,3 +271,9 @@ def _checked_key(key: str) -> str:
     if not _KEY.match(key):
         raise ValueError(f"stage output key {key!r} is not <stage>/<20 hex digits>")
     return key
+
+
+def store_for(root: str | os.PathLike) -> Store:
+    """Returns the artifact store under a sweep root (shared by every sweep under that root)."""
+    root = str(root)
+    return Store(f"{root.rstrip('/')}/store" if "://" in root else Path(root) / "store")

@@ -22,7 +22,8 @@ from subnet_ray.config import load_sweep
 from subnet_ray.orchestration.interrupts import MESSAGE
 from subnet_ray.orchestration.runner import ledger, run_sweep, store_for
 from subnet_ray.orchestration.watchdog import descendants
-from subnet_ray.stages import TOPK, graph
+from subnet_ray.graph import graph
+from subnet_ray.stages import TOPK
 from tiny import smoke_sweep
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -174,7 +174,8 @@ def _checkpoints(tmp_path, n=2):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
-        save_checkpoint(model, tmp_path / f"epoch_{e}", {"epoch": e, "lr": 1e-3 / e})
+        # the weight is the epoch's mean rate (lr_mean); lr (the last step's) must not be used
+        save_checkpoint(model, tmp_path / f"epoch_{e}", {"epoch": e, "lr": 0.0, "lr_mean": 1e-3 / e})
         dirs.append(tmp_path / f"epoch_{e}")
     return dirs
 
@@ -196,7 +197,7 @@ def test_rankings_agree_with_captum_tracincp(tmp_path):
         for what, b in (("train", train_b), ("test", test_b)):
             v = sketch_batch(model, b, linears, None)
             sk[what].append(Sketches(ids=[f"{what}{i}" for i in range(len(v))], languages=["aa"] * len(v), values=v,
-                                     layout=layer_dims(linears, 0), proj_dim=0, seed=0, checkpoint=e, lr=meta["lr"]))
+                                     layout=layer_dims(linears, 0), proj_dim=0, seed=0, checkpoint=e, lr=meta["lr_mean"]))
     ours = dense_scores(sk["test"], sk["train"], lr_weighting=True, normalize=False)[-1]
 
     def tensors(b):
@@ -204,7 +205,7 @@ def test_rankings_agree_with_captum_tracincp(tmp_path):
 
     tracin = TracInCP(
         tiny_model(), DataLoader(TensorDataset(*tensors(train_b)), batch_size=4), [str(d) for d in dirs],
-        checkpoints_load_func=lambda m, path: load_checkpoint(m, path)["lr"],
+        checkpoints_load_func=lambda m, path: load_checkpoint(m, path)["lr_mean"],
         layers=names, loss_fn=torch.nn.CrossEntropyLoss(reduction="none"), batch_size=4,
     )
     theirs = tracin.influence(tensors(test_b))
@@ -264,7 +265,7 @@ def test_low_precision_storage_round_trips_and_scores_close_to_float32(dtype):
 
 
 def test_sketch_actor_rejects_an_empty_shard():
-    from subnet_ray.influence.distributed import SketchActor
+    from subnet_ray.orchestration.influence_ray import SketchActor
 
     actor = object.__new__(SketchActor)  # the check comes before any use of the model
     with pytest.raises(ValueError, match="empty shard"):
@@ -272,7 +273,7 @@ def test_sketch_actor_rejects_an_empty_shard():
 
 
 def test_ray_rows_cover_train_once_per_mask_and_test_once_sorted_by_length():
-    from subnet_ray.influence.distributed import _rows
+    from subnet_ray.orchestration.influence_ray import _rows
 
     model, tok = tiny_model(), word_tokenizer()
     train, test = examples(6, "train", 0), examples(4, "test", 1)
@@ -332,7 +333,7 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
         m = mask if t.language == "bb" else None
         total = torch.zeros(len(train))
         for d in dirs:
-            lr = load_checkpoint(model, d)["lr"]
+            lr = load_checkpoint(model, d)["lr_mean"]
             g_train = brute_grads(model, encode(train, tok, 16), linears, m)
             g_test = brute_grads(model, encode([t], tok, 16), linears, m)
             total += lr * F.cosine_similarity(g_test, g_train, dim=1)
@@ -347,7 +348,7 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
 def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written under the home folder
-    from subnet_ray.influence.distributed import influence_ray
+    from subnet_ray.orchestration.influence_ray import influence_ray
 
     dirs = _checkpoints(tmp_path)
     tok = word_tokenizer()

@@ -12,6 +12,7 @@ fine-tuning epochs as they end (Tune reports them here), the rest after the wave
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -24,43 +25,16 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import SweepSpec, branches
-from ..lease import held, lease
-from ..stages import HISTORY, Node, branch_of, compute, graph, task_data
-from ..store import DamagedOutput, Store
-
-def store_for(root: str | os.PathLike) -> Store:
-    """Returns the artifact store under a sweep root (shared by every sweep under that root)."""
-    root = str(root)
-    return Store(f"{root.rstrip('/')}/store" if "://" in root else Path(root) / "store")
+from ..graph import Node, Stage, graph
+from ..lease import file_lock, held, lease
+from ..stages import HISTORY, execute, task_data
+from ..store import Store, store_for
+from .tracking import epoch_metrics
+from .workers import use_cpus
 
 
 def _say(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def execute(node: Node, spec: SweepSpec, store: Store, on_wait=_say, **kwargs) -> bool:
-    """Returns True after computing `node` into the store, False if it was already there.
-
-    The node's lease is taken first: if another process (another invocation) is computing it,
-    this one says so through `on_wait`, waits, and uses what the other published.
-    """
-    if store.done(node.key):
-        return False
-    with lease(store, node.key, on_wait=on_wait):
-        if store.done(node.key):
-            on_wait(f"stage output {node.key} was computed by another invocation meanwhile: using it")
-            return False
-        try:
-            with store.writing(node.key) as out:
-                compute(node, branch_of(spec, node.params["branch"]), store, out, **kwargs)
-        except DamagedOutput as e:  # an input damaged since the run began: missing for the next run, not read again
-            if store.done(e.key):
-                _say(f"{e}; moved aside to {store.set_aside(e.key, e.problems)}")
-            raise
-    entry = {"key": node.key, "stage": node.stage, "trial": node.trial, "variant": node.params.get("variant"),
-             "time": time.time(), "pid": os.getpid()}
-    store.record(entry)
-    return True
 
 
 def ledger(store: Store) -> list[dict]:
@@ -191,7 +165,7 @@ def _plan(nodes: list[Node], store: Store, wave: int) -> dict[str, list[Node]]:
     plan: dict[str, list[Node]] = defaultdict(list)
     for n in nodes:
         if n.wave == wave and not store.done(n.key):
-            plan[f"{n.trial}/{n.params['variant']}" if n.stage == "influence" else n.trial].append(n)
+            plan[f"{n.trial}/{n.params.variant}" if n.stage == Stage.INFLUENCE else n.trial].append(n)
     return dict(plan)
 
 
@@ -220,20 +194,15 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
     if random_seeds is not None:
         spec = spec.model_copy(update={"random_seeds": sorted(set(spec.random_seeds) | set(random_seeds))})
     nodes = graph(spec)
-    # float sums depend on the thread count: every process computing nodes uses the trial's CPUs,
-    # so the local executor, Tune trials and Ray Data actors give the same numbers
-    import torch
-
-    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    use_cpus(spec.resources.cpus)  # as every trial and actor does: the same numbers on every executor
     root_s = str(root)
     if "://" not in root_s:
         Path(root_s).mkdir(parents=True, exist_ok=True)
     for values, b in branches(spec):  # missing data or columns fail here, before Ray or MLflow start
         for task in b.tasks:
             task_data(b, task.id)
-    store = store_for(root)
     # MLflow creates (migrates) a new SQLite database without a lock: two invocations starting together would break it
-    with lease(store, Store.key("tracking", {"root": str(root)})):
+    with file_lock(Path(root_s) / ".mlflow.lock") if "://" not in root_s else contextlib.nullcontext():
         tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
     for run_id in tracker.close_dead():
         _say(f"MLflow run {run_id} was left RUNNING by an invocation that is gone: ended KILLED")
@@ -242,6 +211,7 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
 
         init_ray(address, num_cpus)
         reinstall()  # ray.init replaced the SIGTERM handler with one that aborts the driver
+    store = store_for(root)
     run = SweepRun()
     verify_store(store, nodes)
     before = {e["key"] for e in ledger(store)}
@@ -259,7 +229,7 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
             if executor == "ray" and wave == 3 and spec.influence.actors > 1:
                 # big influence jobs: the driver runs each variant on a Ray Data actor pool of
                 # `influence.actors` (Ray Data inside a Tune trial would sit in its placement group)
-                from ..influence.distributed import influence_ray
+                from .influence_ray import influence_ray
 
                 for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not progress):
                     for n in trial_nodes:
@@ -284,13 +254,6 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
         tracker.parent.log_metrics({f"seconds/{k}": v for k, v in run.seconds.items()})
     run.computed = [e["key"] for e in ledger(store) if e["key"] not in before]
     return run
-
-
-def epoch_metrics(record: dict) -> dict[str, float]:
-    """Returns the MLflow metrics of one fine-tuning epoch record (a history.json row): train_loss,
-    dev_accuracy_mean and dev_accuracy/<lang>."""
-    return {"train_loss": record["train_loss"], "dev_accuracy_mean": record["dev_accuracy_mean"],
-            **{f"dev_accuracy/{k}": v for k, v in record["dev_accuracy"].items()}}
 
 
 def _trial_run_fields(trial_nodes: list[Node]) -> tuple[dict, dict]:

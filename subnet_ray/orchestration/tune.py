@@ -10,17 +10,19 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import tempfile
+import threading
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
 from ..config import SweepSpec
-from ..stages import Node
+from ..graph import Node
 
-WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-              "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trials keep the launch folder as their working dir
+from .interrupts import graceful, raise_if_interrupted
+from .workers import WORKER_ENV, use_cpus
 
 
 _WATCHDOG = None  # the watchdog of the local Ray instance this process started
@@ -77,14 +79,13 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 
 def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None:
-    import torch
     from ray import tune
 
     from ..store import Store
-    from .runner import epoch_metrics, execute
+    from ..stages import execute
+    from .tracking import epoch_metrics
 
-    cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))  # >= 1 thread
-    torch.set_num_threads(cpus)
+    use_cpus(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
     spec = SweepSpec.model_validate_json(spec_json)
     store = Store(store_uri)
     ran = []
@@ -135,8 +136,6 @@ def _progress(total: int, desc: str, enabled: bool, on_result: Callable[[dict], 
 def _stop_tune() -> bool:
     """Returns True after asking the running Tune loop to stop its trials (Tune's own SIGUSR1 handler), False
     if Tune has not installed it yet (then the caller raises at once)."""
-    import signal
-
     tune_handler = signal.getsignal(signal.SIGUSR1)
     if not callable(tune_handler):
         return False
@@ -175,11 +174,6 @@ def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], stora
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    from .interrupts import graceful, raise_if_interrupted
-
-    import signal
-    import threading
-
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # our handler asks Tune to stop (below), and remembers the signal
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # not the last wave's handler: Tune installs this wave's in fit()
