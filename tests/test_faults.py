@@ -21,7 +21,7 @@ from subnet_ray.cli import main
 from subnet_ray.config import load_sweep
 from subnet_ray.orchestration.interrupts import MESSAGE
 from subnet_ray.orchestration.runner import ledger, run_sweep, store_for
-from subnet_ray.orchestration.watchdog import descendants
+from subnet_ray.orchestration.watchdog import MARKER, descendants, marked
 from subnet_ray.graph import graph
 from subnet_ray.stages import TOPK
 from tiny import smoke_sweep
@@ -197,12 +197,16 @@ def test_sigkilled_ray_driver_leaves_no_ray_process(tmp_path):
             time.sleep(0.2)
         time.sleep(1)
         tree = descendants(proc.pid)
+        agent = next(p for p in tree if "/raylet/raylet" in _cmd(p))  # not retitled: its environ is intact
+        env = dict(v.split(b"=", 1) for v in Path(f"/proc/{agent}/environ").read_bytes().split(b"\0") if b"=" in v)
+        instance = env[MARKER.encode()].decode()  # the driver's own /proc environ is its start-up one
+        assert len(marked(instance)) > len(tree) // 2  # the mark reaches the Ray instance's processes
         proc.send_signal(signal.SIGKILL)
         proc.wait(10)
         deadline = time.monotonic() + 15
-        while (alive := [p for p in tree if _alive(p, tree[p])]) and time.monotonic() < deadline:
+        while (alive := [p for p in tree if _alive(p, tree[p])] + list(marked(instance))) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert not alive, [(p, _cmd(p)) for p in alive]
+        assert not alive, [(p, _cmd(p)) for p in alive]  # not one process of the tree, nor any started since
     finally:
         kill_leftovers(pgid=proc.pid)
 

@@ -3,12 +3,18 @@
 Ray's own fate sharing ends the GCS and the raylet with the driver, but not the raylet's
 DashboardAgent and RuntimeEnvAgent (~210 MB, they ignore SIGTERM and outlive a SIGKILLed
 driver, re-parented to init). This watchdog is a separate process in its own session (a
-Ctrl-C to the terminal does not reach it), started before `ray.init()`: every POLL s it
-records the driver's Ray descendants (pid and start time, from /proc); once the driver is
-gone it SIGKILLs every recorded process that still runs with the same start time (so a
-reused pid is never hit), and whatever those have started since, then exits.
+Ctrl-C to the terminal does not reach it), started before `ray.init()`. The driver first
+sets MARKER=<random id> in its environment, which every process of its Ray instance inherits
+(GCS, raylet, agents, workers, whatever they start). Every POLL s the watchdog also records
+the driver's Ray descendants (pid and start time, from /proc). Once the driver is gone it
+SIGKILLs every process of this user whose environment carries the id, and every recorded
+process still running with the same start time (a reused pid is never hit), then exits.
+The environment catches what the tree misses: a worker started in the last POLL s whose
+raylet died with the driver is re-parented to init and is no one's descendant any more. The
+tree catches what the environment may miss: a process that renames itself (`ray::IDLE`,
+setproctitle) can overwrite the start-up environment /proc shows.
 
-Run as `python -m subnet_ray.orchestration.watchdog <driver pid>`; `start(pid)` does that.
+Run as `python -m subnet_ray.orchestration.watchdog <driver pid> <id>`; `start()` does that.
 """
 from __future__ import annotations
 
@@ -17,9 +23,11 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from pathlib import Path
 
 POLL = 0.5
+MARKER = "SUBNET_RAY_INSTANCE"
 
 
 def _stat(pid: int) -> tuple[int, str] | None:
@@ -39,6 +47,22 @@ def _is_ray(pid: int) -> bool:
     return cmd.startswith("ray::") or "/ray/" in cmd
 
 
+def marked(instance: str) -> dict[int, str]:
+    """Returns {pid: start time} of this user's live processes whose environment has MARKER=instance."""
+    want = f"{MARKER}={instance}".encode()
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            env = Path(f"/proc/{d}/environ").read_bytes()
+        except OSError:
+            continue
+        if want in env.split(b"\0") and (st := _stat(int(d))) is not None:
+            out[int(d)] = st[1]
+    return out
+
+
 def descendants(root: int) -> dict[int, str]:
     """Returns {pid: start time} of every live process below `root` in the process tree."""
     parents: dict[int, list[int]] = {}
@@ -55,7 +79,7 @@ def descendants(root: int) -> dict[int, str]:
     return out
 
 
-def watch(driver: int) -> list[int]:
+def watch(driver: int, instance: str | None = None) -> list[int]:
     """Returns the pids it killed, after waiting for `driver` to end (see the module docstring)."""
     me = os.getpid()
     first = _stat(driver)
@@ -65,9 +89,9 @@ def watch(driver: int) -> list[int]:
     while (st := _stat(driver)) is not None and st[1] == first[1]:
         known.update({p: s for p, s in descendants(driver).items() if p != me and _is_ray(p)})
         time.sleep(POLL)
-    targets = dict(known)
-    for pid in known:
-        if (st := _stat(pid)) is not None and st[1] == known[pid]:
+    targets = dict(known) | (marked(instance) if instance else {})
+    for pid in list(targets):
+        if (st := _stat(pid)) is not None and st[1] == targets[pid]:
             targets.update(descendants(pid))
     killed = []
     for pid, start in targets.items():
@@ -81,14 +105,16 @@ def watch(driver: int) -> list[int]:
     return killed
 
 
-def start(driver: int | None = None) -> subprocess.Popen:
-    """Returns the started watchdog process of `driver` (default: this process), in its own session."""
-    driver = driver or os.getpid()
-    return subprocess.Popen([sys.executable, "-m", "subnet_ray.orchestration.watchdog", str(driver)],
+def start() -> subprocess.Popen:
+    """Returns the started watchdog of this process, in its own session; marks this process's environment
+    (MARKER) so every process it starts from now on, Ray's included, carries the mark."""
+    instance = uuid.uuid4().hex
+    os.environ[MARKER] = instance
+    return subprocess.Popen([sys.executable, "-m", "subnet_ray.orchestration.watchdog", str(os.getpid()), instance],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, close_fds=True)
 
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    watch(int(sys.argv[1]))
+    watch(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else None)
