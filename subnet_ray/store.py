@@ -185,6 +185,11 @@ class Store:
                 os.fsync(f.fileno())
         dst = self.inside(key)
         dst.parent.mkdir(parents=True, exist_ok=True)
+        if dst.exists() and not (dst / SUCCESS).exists():  # a folder that lost its marker: not a published output
+            if self.remote:
+                shutil.rmtree(dst)  # only a local copy
+            else:
+                self.set_aside(key, [f"{SUCCESS}: missing (the folder was not a published output)"])
         try:
             os.rename(src, dst)
         except OSError:

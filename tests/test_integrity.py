@@ -193,3 +193,14 @@ def test_remote_store_outputs_are_checked_and_set_aside(tmp_path):
         other.path(key)
     store.set_aside(key, store.check(key))
     assert not store.done(key) and not other.done(key) and store.keys() == []
+
+
+def test_a_folder_that_lost_its_marker_is_recomputed_and_published(tmp_path):
+    store = Store(tmp_path / "store")
+    key = Store.key("random_masks", {"n": 1})
+    folder = _publish(store, key, {"a.txt": b"old"})
+    (folder / SUCCESS).unlink()  # a deleted marker: the output is missing, its folder is still there
+    assert not store.done(key)
+    _publish(store, key, {"a.txt": b"new"})
+    assert store.done(key) and (store.path(key, hashes="all") / "a.txt").read_bytes() == b"new"
+    assert [p.name for p in (store.local / "_damaged" / "random_masks").iterdir()][0].startswith(key.split("/")[1])
