@@ -238,3 +238,18 @@ def test_rerun_logs_no_artifact_again(clean):
     held_by = {v for r in mine for k, v in r.data.tags.items() if k.startswith("subnet_ray.logged.")}
     assert held_by and again.parent_run_id not in held_by  # they point at the runs that hold the artifacts
     assert {r.info.status for r in mine} == {"FINISHED"}
+
+
+def test_sigterm_with_the_local_executor_stops_and_kills_the_runs(clean, tmp_path):
+    sweep, spec, _ = clean
+    root = tmp_path / "root"
+    proc = cli("run", sweep, "--root", root, "--executor", "local", "--quiet")
+    wait_for_ledger(root, 1, proc)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == MESSAGE, err[-3000:]
+    done = len(ledger(store_for(root)))
+    assert 1 <= done < len(graph(spec))
+    statuses = [r.info.status for r in runs(root, "faults")]
+    assert "RUNNING" not in statuses and "KILLED" in statuses
+    assert not list((root / "store" / "_partial").rglob("_SUCCESS"))  # nothing half-published
