@@ -1,4 +1,4 @@
-"""SIGINT and SIGTERM for a sweep driver: stop where it is, keep what is finished, say how to resume.
+"""SIGINT, SIGTERM (and SIGHUP) for a sweep driver: stop where it is, keep what is finished, say how to resume.
 
 `handling()` makes both signals raise `Interrupted` (a KeyboardInterrupt that remembers its
 signal) in the driver, so the local executor stops mid-stage (its partial folder is kept for
@@ -14,7 +14,7 @@ import threading
 from contextlib import contextmanager
 from typing import Callable, Iterator
 
-EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143, signal.SIGHUP: 129}  # SIGHUP: the terminal went away
 MESSAGE = "interrupted: finished stage outputs are kept; rerun the same command to resume"
 
 
