@@ -188,6 +188,7 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
 def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, progress, num_cpus) -> SweepRun:
     from .interrupts import raise_if_interrupted, reinstall
     from .tracking import Tracker, flat_params
+    from .tracking_store import check_tracking_uri, default_tracking_uri
 
     if executor not in ("ray", "local"):
         raise ValueError(f"executor must be 'ray' or 'local', got {executor!r}")
@@ -196,21 +197,22 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
     nodes = graph(spec)
     use_cpus(spec.resources.cpus)  # as every trial and actor does: the same numbers on every executor
     root_s = str(root)
-    if "://" not in root_s:
-        Path(root_s).mkdir(parents=True, exist_ok=True)
-    for values, b in branches(spec):  # missing data or columns fail here, before Ray or MLflow start
+    for values, b in branches(spec):  # missing data or columns fail here, before Ray, MLflow or the root
         for task in b.tasks:
             task_data(b, task.id)
-    # MLflow creates (migrates) a new SQLite database without a lock: two invocations starting together would break it
-    with file_lock(Path(root_s) / ".mlflow.lock") if "://" not in root_s else contextlib.nullcontext():
-        tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
-    for run_id in tracker.close_dead():
-        _say(f"MLflow run {run_id} was left RUNNING by an invocation that is gone: ended KILLED")
-    if executor == "ray":
+    check_tracking_uri(tracking_uri or default_tracking_uri(root))  # writes nothing: fail before Ray starts
+    if executor == "ray":  # before the root and MLflow: a cluster that will not take us leaves nothing behind
         from .tune import init_ray
 
         init_ray(address, num_cpus)
         reinstall()  # ray.init replaced the SIGTERM handler with one that aborts the driver
+    if "://" not in root_s:
+        Path(root_s).mkdir(parents=True, exist_ok=True)
+    # MLflow creates (migrates) a new SQLite database without a lock: two invocations starting together would break it
+    with file_lock(Path(root_s) / ".mlflow.lock") if "://" not in root_s else contextlib.nullcontext():
+        tracker = Tracker(spec.name, root, tracking_uri)
+    for run_id in tracker.close_dead():
+        _say(f"MLflow run {run_id} was left RUNNING by an invocation that is gone: ended KILLED")
     store = store_for(root)
     run = SweepRun()
     verify_store(store, nodes)
