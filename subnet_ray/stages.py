@@ -21,8 +21,8 @@ import torch
 
 from .config import SweepSpec, TaskSpec
 from .data import load_examples, num_labels, tokenizer_for
-from .graph import Node, Stage, branch_of
-from .influence import influence as influence_local
+from .graph import Node, Stage, branch_of, influence_precision
+from .influence.pipeline import influence as influence_local
 from .lease import lease
 from .models import build_model, load_checkpoint
 from .store import DamagedOutput, Store
@@ -155,7 +155,7 @@ def _subnetworks(job: _Job, **_) -> None:
     spec, model = job.spec, job.make()
     load_checkpoint(model, checkpoints(job.store.path(job.node.inputs[0], hashes="all"))[-1])
     subs = find_subnetworks(model, by_language(job.data["dev"]), job.tok, spec.subnetworks, spec.training.max_length,
-                            spec.training.device)
+                            spec.training.device, spec.training.precision)
     for lang, s in subs.items():
         save_mask(_child(job.out, lang), s.mask, {
             "task": job.task.id, "language": lang, "seed": job.node.params.seed, "checkpoint": job.node.inputs[0],
@@ -183,14 +183,17 @@ def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, **_) -> N
     test = [e for lang in refs for e in [x for x in data["test"] if x.language == lang][:k]]
     ckpts = checkpoints(store.path(node.params.model, hashes="all"))
     masks_f = {l: (m.float() if m is not None else None) for l, m in masks.items()}
-    topk = influence_fn(make, ckpts, data["train"], test, tok, spec.influence, masks_f, spec.training.max_length, spec.training.device)
+    precision = influence_precision(spec)
+    inf_spec = spec.influence.model_copy(update={"precision": precision})
+    topk = influence_fn(make, ckpts, data["train"], test, tok, inf_spec, masks_f, spec.training.max_length, spec.training.device)
     topk.to_parquet(out / TOPK, index=False)
     rows = []
     for ckpt in ckpts:
         epoch = load_checkpoint(model, ckpt).get("epoch", int(ckpt.name.split("_")[1]))
         for lang in refs:
             exs = [e for e in test if e.language == lang]
-            preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, masks_f[lang], spec.training.device)["preds"]
+            preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, masks_f[lang], spec.training.device,
+                             precision)["preds"]
             rows += [{"test_id": e.id, "test_language": lang, "checkpoint": epoch, "label": e.label, "pred": p} for e, p in zip(exs, preds)]
     pd.DataFrame(rows).to_parquet(out / PREDICTIONS, index=False)
 

@@ -26,6 +26,7 @@ from ..models import META, WEIGHTS, check_mask, load_checkpoint
 from .projection import Projector
 from .sketch import DTYPES, Sketches, layer_dims, select_linears, sketch_batch
 from .tracin import top_influences
+from ..tokenization import length_order, token_lengths  # noqa: F401 (token_lengths: distributed imports it from here)
 
 
 @dataclass(frozen=True)
@@ -112,16 +113,9 @@ def check_examples(examples: list, what: str) -> None:
         raise ValueError(f"influence: {len(dup)} duplicate {what} example ids, e.g. {dup[:3]}")
 
 
-def token_lengths(examples: list, tokenizer, max_length: int) -> list[int]:
-    """Returns each example's token count after truncation to `max_length`."""
-    pairs = [ex.text_pair for ex in examples] if all(ex.text_pair is not None for ex in examples) else None
-    return [len(ids) for ids in tokenizer([ex.text for ex in examples], pairs, truncation=True, max_length=max_length)["input_ids"]]
-
-
 def by_length(examples: list, tokenizer, max_length: int) -> list:
     """Returns the examples sorted by token count (stable), so batches pad little."""
-    lengths = token_lengths(examples, tokenizer, max_length)
-    return [examples[i] for i in sorted(range(len(examples)), key=lambda i: lengths[i])]
+    return [examples[i] for i in length_order(examples, tokenizer, max_length)]
 
 
 def sketch_examples(
@@ -133,21 +127,47 @@ def sketch_examples(
     head_mask: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     projector: Projector | None = None,
+    bucket: bool = True,
 ) -> tuple[list, torch.Tensor]:
-    """Returns (examples in sketch order, sketches [n, dim] in spec.dtype) of the model as loaded, under `head_mask`."""
-    from ..tokenization import encode
+    """Returns (examples in sketch order, sketches [n, dim] in spec.dtype) of the model as loaded, under `head_mask`.
 
+    bucket: batch examples of similar token length (sketch order = by length); False keeps
+    the given order (for comparison: the sketch of each example is the same either way).
+    """
     linears = select_linears(model, spec.layers)
     if projector is None and spec.proj_dim:
         projector = Projector(spec.proj_dim, spec.projection_seed)
-    ordered = by_length(examples, tokenizer, max_length)
+    ordered = by_length(examples, tokenizer, max_length) if bucket else list(examples)
     mask = head_mask.to(device) if head_mask is not None else None
     out = []
     # a bar on a terminal only (disable=None): Tune trials and Ray actors print no bar noise
     for i in tqdm(range(0, len(ordered), spec.batch_size), desc=f"sketching {len(ordered)} examples", leave=False, disable=None):
-        batch = {k: v.to(device) for k, v in encode(ordered[i : i + spec.batch_size], tokenizer, max_length).items()}
-        out.append(sketch_batch(model, batch, linears, projector, mask).to("cpu", DTYPES[spec.dtype]))
+        out.append(sketch_encoded(model, ordered[i : i + spec.batch_size], tokenizer, max_length, linears, projector, mask, spec, device))
     return ordered, torch.cat(out)
+
+
+def sketch_encoded(model: nn.Module, examples: list, tokenizer, max_length: int, linears, projector: Projector | None,
+                   head_mask: torch.Tensor | None, spec: InfluenceSpec, device: str | torch.device) -> torch.Tensor:
+    """Returns the sketches [len(examples), dim] of one batch, on the CPU in spec.dtype, at the spec's precision.
+
+    The one batch step of both executors: this module's loop and the Ray Data actors.
+    """
+    from ..tokenization import encode
+
+    batch = {k: v.to(device) for k, v in encode(examples, tokenizer, max_length).items()}
+    return sketch_batch(model, batch, linears, projector, head_mask, precision_of(spec)).to("cpu", DTYPES[spec.dtype])
+
+
+def as_sketches(ids: list[str], languages: list[str], values: torch.Tensor, layout, spec: InfluenceSpec, meta: dict,
+                mask_key: str) -> Sketches:
+    """Returns the Sketches of one checkpoint (meta from checkpoint_metas) and mask group, as both executors assemble them."""
+    return Sketches(ids=list(ids), languages=list(languages), values=values, layout=layout, proj_dim=spec.proj_dim,
+                    seed=spec.projection_seed, checkpoint=meta["epoch"], lr=meta["lr"], mask=mask_key)
+
+
+def precision_of(spec: InfluenceSpec) -> str:
+    """Returns the sketching precision: spec.precision, fp32 when unset (the sweep sets it from training.precision)."""
+    return spec.precision or "fp32"
 
 
 def as_model(model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
@@ -193,9 +213,6 @@ def influence(
             load_checkpoint(model, meta["dir"])
             for examples, sink in ((train, sk_train), (group_test, sk_test)):
                 ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, group.mask, device, projector)
-                sink.append(Sketches(
-                    ids=[ex.id for ex in ordered], languages=[ex.language for ex in ordered], values=values, layout=layout,
-                    proj_dim=spec.proj_dim, seed=spec.projection_seed, checkpoint=meta["epoch"], lr=meta["lr"], mask=group.key,
-                ))
+                sink.append(as_sketches([ex.id for ex in ordered], [ex.language for ex in ordered], values, layout, spec, meta, group.key))
         frames.append(top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
     return pd.concat(frames, ignore_index=True)
