@@ -43,6 +43,7 @@ from .tracking_store import (  # noqa: E402, F401 - the UI functions are re-expo
 STATUSES = ("FINISHED", "FAILED", "KILLED")
 SKIPPED_FILES = ("_SUCCESS",)  # store markers: bookkeeping, not results
 ARTIFACTS_SCHEME = "mlflow-artifacts:"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 IDENTITY_TAG = "subnet_ray.identity"  # what a run stands for (sweep, branch, trial, stage keys): found again by it
 TRUNCATED = "...[truncated]"
 LIST_ITEMS = 8  # lists longer than this (masks, example ids) are summarised, never spelled out
@@ -259,7 +260,9 @@ class Tracker:
     def _experiment(self, artifact_location: str | None) -> str:
         exp = self.client.get_experiment_by_name(self.sweep_name)
         if exp is None:
-            return self.client.create_experiment(self.sweep_name, artifact_location=artifact_location, tags={"subnet_ray.sweep": self.sweep_name})
+            # experimentKind: MLflow 3's UI then opens on the runs table (model training), not on GenAI traces
+            return self.client.create_experiment(self.sweep_name, artifact_location=artifact_location,
+                                                 tags={"subnet_ray.sweep": self.sweep_name, **EXPERIMENT_KIND})
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
         if artifact_location is not None and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
