@@ -193,7 +193,8 @@ InfluenceFn = Callable[..., pd.DataFrame]
 
 
 def compute(node: Node, spec: SweepSpec, store: Store, out: Path, *, influence_fn: InfluenceFn = influence_local,
-            on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> None:
+            on_epoch: Callable[[dict], None] | None = None, progress: bool = True,
+            on_step: Callable[[int, int, int, int], None] | None = None) -> None:
     """Computes `node` of the sweep branch `spec` into the folder `out`; inputs must be in `store`."""
     task, data, tok = task_data(spec, node.params["task"])
     seed = node.params["seed"]
@@ -204,7 +205,8 @@ def compute(node: Node, spec: SweepSpec, store: Store, out: Path, *, influence_f
         masks = None
         if "masks" in node.params:
             masks = {l: m.float() for l, m in load_masks(store, node.params["masks"], task.languages, (model.num_layers, model.num_heads)).items()}
-        history = finetune(model, data["train"], data["dev"], tok, spec.training, out, seed, masks=masks, on_epoch=on_epoch, progress=progress)
+        history = finetune(model, data["train"], data["dev"], tok, spec.training, out, seed, masks=masks, on_epoch=on_epoch, progress=progress,
+                           on_step=on_step)
         (out / HISTORY).write_text(json.dumps(history, indent=2))
     elif node.stage == "subnetworks":
         model = make()

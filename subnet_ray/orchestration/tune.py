@@ -17,6 +17,7 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from ..config import SweepSpec
+from ..progress import StepProgress
 from ..stages import Node
 
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
@@ -92,7 +93,9 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
             ckpt = tune.Checkpoint.from_directory(str(store.partial(node.key))) if store.remote else None
             tune.report(metrics, checkpoint=ckpt)
 
-        if execute(node, spec, store, on_epoch=on_epoch, progress=False):
+        # step progress and an ETA for the driver's display: a fine-tuning epoch can take many minutes
+        steps = StepProgress(f"{node.trial} {node.stage}", lambda text: tune.report({"progress": text}), interval=10.0)
+        if execute(node, spec, store, on_epoch=on_epoch, progress=False, on_step=steps if node.stage == "finetune" else None):
             ran.append(node.key)
     tune.report({"done": 1, "computed": len(ran)})
 
@@ -109,6 +112,8 @@ def _progress(total: int, desc: str, enabled: bool, on_result: Callable[[dict], 
             self.bar = tqdm(total=total, desc=desc, disable=not enabled)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "progress" in result:  # a trial's step progress line, e.g. 'epoch 2/4, step 120/626 (19%), ETA 3m05s'
+                self.bar.set_postfix_str(result["progress"], refresh=True)
             if on_result is not None:
                 on_result(result)
 
