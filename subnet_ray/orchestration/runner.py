@@ -242,10 +242,11 @@ def _trial_run_fields(spec: SweepSpec, trial_nodes: list[Node]) -> tuple[dict, d
     branch = branch_of(spec, p["branch"]).model_dump(mode="json", exclude={"random_seeds", "grid", "name"})
     branch["training"].pop("seeds", None)  # this run's seed is `seed`
     branch["tasks"] = [t for t in branch["tasks"] if t["id"] == p["task"]]
-    tags = {"task": p["task"], "seed": p["seed"], "method": p.get("method", ""), "random_seed": p.get("random_seed"),
+    method = p.get("method", "full")  # no fine-tuning node of its own: it shares the full model of another branch
+    tags = {"task": p["task"], "seed": p["seed"], "method": method, "random_seed": p.get("random_seed") if method == "random-sft" else None,
             "branch": ",".join(f"{k}={v}" for k, v in p["branch"].items()) or None, "trial": first.trial,
             **{f"keys.{stage}": " ".join(ks) for stage, ks in keys.items()}}
-    params = {"sweep": spec.name, "method": p.get("method", ""), "seed": p["seed"], **branch,
+    params = {"sweep": spec.name, "method": method, "seed": p["seed"], **branch,
               **({"random_seed": p["random_seed"]} if p.get("method") == "random-sft" else {}),
               **{f"grid.{k}": v for k, v in p["branch"].items()}}
     return tags, params, _identity(spec.name, first.trial, first.key)
@@ -326,7 +327,8 @@ class TrialLog:
         t = next((r for r in results if r.task == p["task"]), None)
         if t is None:
             return {}
-        model = p["method"] if p["method"] != "random-sft" else f"random-sft:{p['random_seed']}"
+        method = p.get("method", "full")  # a trial without its own fine-tuning (shared with another branch) is a full one
+        model = method if method != "random-sft" else f"random-sft:{p['random_seed']}"
         return model_metrics(t, model)
 
     def _artifacts(self, child, path: str, folder: Path, masks: bool = False) -> None:
