@@ -66,7 +66,7 @@ from subnet_ray.config import BabelSpec, InfluenceSpec, ModelSpec, TaskSpec, Tin
 from subnet_ray.data import load_examples
 from subnet_ray.influence import influence
 from subnet_ray.models import build_model, save_checkpoint
-from subnet_ray.tokenization import build_tokenizer
+from subnet_ray.data import tokenizer_for
 
 torch.set_num_threads(1)  # as each actor does (cpus_per_actor=1): one local process = one actor's work
 
@@ -87,7 +87,7 @@ def workload(cfg: dict, folder: Path, train_per_language: int, test_per_language
     """Returns the inputs of one influence call: a model factory, checkpoint dirs, examples, tokenizer, spec and masks."""
     task = TaskSpec(id="babel", languages=LANGUAGES, train_size=train_per_language, dev_size=1, test_size=test_per_language,
                     babel=BabelSpec(families=[["xa", "xb"], ["ya", "yb"]]))
-    tok = build_tokenizer(task)
+    tok = tokenizer_for(task)
     model_spec = ModelSpec(name="tiny", tiny=cfg["tiny"], dropout=0.0)
     # A partial of an installed function: Ray workers can import it (a lambda or a local def they could not).
     factory = functools.partial(build_model, model_spec, num_labels=2, vocab_size=len(tok), seed=0)

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from subnet_ray.config import ModelSpec, TinySpec
 from subnet_ray.models import build_model
-from subnet_ray.subnetworks import importance_pass
+from subnet_ray.subnetworks.importance import importance_pass
 
 THREADS = 2
 SIZES = {

@@ -7,7 +7,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from .config import ConfigError, SweepSpec, load_sweep, plan
+from .config import ConfigError, SweepSpec, load_sweep
 
 def _demo_sweep() -> str:
     """Returns the demo sweep file: the checkout's (editable install) or ./sweeps/demo.yaml."""
@@ -27,7 +27,7 @@ def _tracking(args) -> str | None:
 
 def _load(path: str) -> tuple[SweepSpec, list]:
     """Returns the sweep and its stage graph; any problem is a ConfigError naming the file."""
-    from .stages import graph
+    from .graph import graph
 
     spec = load_sweep(path)
     try:
@@ -38,11 +38,11 @@ def _load(path: str) -> tuple[SweepSpec, list]:
 
 def cmd_validate(args) -> int:
     spec, nodes = _load(args.sweep)
-    trials = plan(spec)
+    trials = list(dict.fromkeys(n.trial for n in nodes if n.stage != "influence"))  # training trials, in graph order
     print(f"{args.sweep}: sweep {spec.name!r} is valid: {len(trials)} trials, {len(nodes)} stage outputs")
     for t in trials:
-        print(f"  {t.name}")
-    counts = Counter(n.stage for n in nodes)
+        print(f"  {t}")
+    counts = Counter(str(n.stage) for n in nodes)
     print("  stages: " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
     return 0
 
@@ -73,22 +73,23 @@ def cmd_rerun_random(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from .orchestration.runner import store_for
+    from .store import store_for
 
     spec, nodes = _load(args.sweep)
     store = store_for(_root(args))
     done = [n for n in nodes if store.done(n.key)]
     print(f"sweep {spec.name}: {len(done)}/{len(nodes)} stage outputs in {store.uri}")
     for n in nodes:
-        label = n.params.get("variant") or n.params.get("method") or ""
+        label = getattr(n.params, "variant", None) or getattr(n.params, "method", "")
         if n.stage == "random_masks":
-            label = f"seed {n.params['random_seed']}"
+            label = f"seed {n.params.random_seed}"
         print(f"  [{'done' if store.done(n.key) else 'missing'}] {n.stage:<12} {n.trial:<32} {label:<22} {n.key}")
     return 0
 
 
 def cmd_report(args) -> int:
-    from .orchestration.runner import store_for, write_reports
+    from .orchestration.runner import write_reports
+    from .store import store_for
 
     spec, _ = _load(args.sweep)
     reports = write_reports(spec, _root(args), store_for(_root(args)))

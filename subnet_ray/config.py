@@ -14,8 +14,9 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from .tasks import TASKS
+
 Method = Literal["full", "sft", "random-sft"]
-KNOWN_TASKS = ("xnli", "pawsx", "marc", "local", "babel")
 
 
 class Strict(BaseModel):
@@ -58,14 +59,18 @@ class TaskSpec(Strict):
     text_pair_column: str | None = Field(None, description="local task: column of the second text, if the task is a pair task.")
     label_column: str = Field("label", description="local task: column of the integer label.")
     language_column: str = Field("language", description="local task: column of the language code.")
+    group_column: str | None = Field(
+        None,
+        description="local task: column naming the parallel item (rows of different languages with one value are translations of one item); when set, every language samples the same items, as XNLI and PAWS-X do.",
+    )
     num_labels: int = Field(2, ge=2, description="local task: number of classes.")
     babel: BabelSpec = Field(default_factory=BabelSpec, description="babel task: the generator's settings.")
 
     @field_validator("id")
     @classmethod
     def _known_task(cls, v: str) -> str:
-        if v not in KNOWN_TASKS:
-            raise ValueError(f"unknown task {v!r}; expected one of {', '.join(KNOWN_TASKS)}")
+        if v not in TASKS:
+            raise ValueError(f"unknown task {v!r}; expected one of {', '.join(TASKS)}")
         return v
 
     @field_validator("languages")
@@ -77,9 +82,7 @@ class TaskSpec(Strict):
 
     @model_validator(mode="after")
     def _known_languages(self) -> "TaskSpec":
-        from .data import LANGUAGES  # here: data imports this module
-
-        offered = LANGUAGES.get(self.id)
+        offered = TASKS[self.id].languages
         unknown = [l for l in self.languages if offered is not None and l not in offered]
         if unknown:
             raise ValueError(f"task {self.id} has no language(s) {unknown}; it offers {', '.join(offered)}")
@@ -141,7 +144,7 @@ class InfluenceSpec(Strict):
     """TracIn with random-projection sketches."""
 
     proj_dim: int = Field(256, ge=0, description="Sketch dimension d per layer (a perfect square); 0 = exact gradients.")
-    layers: list[str] = Field(["encoder", "classifier"], min_length=1, description="Name prefixes of the Linear layers to sketch ('encoder', 'classifier', 'embeddings', or module names).")
+    layers: list[str] = Field(["encoder", "classifier"], min_length=1, description="Name prefixes of the Linear layers to sketch ('encoder', 'classifier', or module names such as 'encoder.encoder.layer.11'); embedding layers are not sketched.")
     top_k: int = Field(100, ge=1, description="Most positive and most negative training examples kept per test example.")
     test_per_language: int = Field(500, ge=1, description="Test examples per language scored against all training examples.")
     batch_size: int = Field(32, ge=1, description="Examples per sketching batch.")
@@ -150,6 +153,16 @@ class InfluenceSpec(Strict):
     projection_seed: int = Field(0, description="Seed of the projection matrices (every worker derives the same ones).")
     actors: int = Field(1, ge=1, description="Ray Data actors sketching in parallel.")
     gpus_per_actor: float = Field(0.0, ge=0.0, description="GPUs per sketching actor.")
+
+    @field_validator("layers")
+    @classmethod
+    def _no_embeddings(cls, v: list[str]) -> list[str]:
+        # Sketches cover nn.Linear layers (G1 delta x^T G2^T); an embedding's gradient is a
+        # scatter of rows, which the sketcher does not project: refuse it here, not mid-run.
+        bad = [p for p in v if "embeddings" in p.split(".")]
+        if bad:
+            raise ValueError(f"{bad}: embedding layers are not sketched; name Linear layers ('encoder', 'classifier' or module names)")
+        return v
 
     @field_validator("proj_dim")
     @classmethod
@@ -279,35 +292,3 @@ def branches(spec: SweepSpec) -> list[tuple[dict[str, Any], SweepSpec]]:
             _set_dotted(d, k, v)
         out.append((dict(zip(keys, combo)), SweepSpec.model_validate(d)))
     return out
-
-
-class Trial(BaseModel):
-    """One unit of work for Ray Tune: a task x method x training seed (x random-mask seed) on one branch."""
-
-    model_config = ConfigDict(frozen=True)
-    task: str
-    method: Method
-    seed: int
-    random_seed: int | None = None
-    branch: dict[str, Any] = {}
-
-    @property
-    def name(self) -> str:
-        parts = [self.task, self.method, f"seed{self.seed}"]
-        if self.random_seed is not None:
-            parts.append(f"rand{self.random_seed}")
-        parts += [f"{k.split('.')[-1]}={v}" for k, v in self.branch.items()]
-        return "/".join(parts)
-
-
-def plan(spec: SweepSpec) -> list[Trial]:
-    """Returns the expanded trials: branches x tasks x methods x seeds (x random seeds)."""
-    trials = []
-    for grid_values, b in branches(spec):
-        for task in b.tasks:
-            for method in b.methods:
-                for seed in b.training.seeds:
-                    rseeds = b.random_seeds if method == "random-sft" else [None]
-                    for rs in rseeds:
-                        trials.append(Trial(task=task.id, method=method, seed=seed, random_seed=rs, branch=grid_values))
-    return trials

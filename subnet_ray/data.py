@@ -1,18 +1,8 @@
-"""Task registry, per-language deterministic sampling of labelled examples.
+"""Loading and deterministic sampling of labelled examples, per language and split.
 
-Tasks (labels are binary except `local`):
-- xnli: premise / hypothesis / label (0 entailment, 1 neutral, 2 contradiction). Binary as in
-  the paper: label 1 = entailment, 0 = not entailment (neutral or contradiction).
-- pawsx: sentence1 / sentence2 / label (1 paraphrase, 0 not), unchanged.
-- marc: the original MARC columns stars / review_title / review_body; stars 1-2 -> 0
-  (negative), 4-5 -> 1 (positive), 3 dropped; text = review_title, text_pair = review_body.
-  The default hub source, SetFit's per-language port of the retired `amazon_reviews_multi`,
-  keeps only text (= review_body) and label (= stars - 1; an early revision of some
-  languages kept label = stars, recognised by a 5 in the split); it is read as stars with
-  text = the body and no text_pair.
-- local: any files with the columns named in the TaskSpec (text, optional text pair, integer
-  label in [0, num_labels), language).
-- babel: generated (see babel.py).
+What each task is (languages, hub id, text columns, label mapping, parallelism) lives in the
+task registry (tasks.py); this module reads rows, applies the record's label mapping, samples.
+babel is generated (babel.py).
 
 Where the rows come from (`TaskSpec.source`):
 - a hub dataset id, loaded with `datasets.load_dataset`: the language is the config name,
@@ -23,11 +13,18 @@ Where the rows come from (`TaskSpec.source`):
   holding all languages and splits, from which train, dev and test are carved as disjoint
   consecutive pieces of one seeded permutation per language.
 
-Sampling: per language, the first `<split>_size` usable rows of a permutation seeded by
-(data_seed, language, split); an example's id is `<task>/<language>/<split>/<source_row>`.
+Sampling. Parallel tasks (XNLI, PAWS-X, and `local` with a `group_column`; babel is generated
+parallel) draw the same source items for every language, as the paper needs ("giving each
+language an equal opportunity to be retrieved amongst the most influential samples", 4.3):
+items are aligned by the dataset's own id where every language has one (PAWS-X `id`), by the
+group column (`local`), else by row position (the XNLI releases are row-aligned), and the first
+`<split>_size` items of one permutation seeded by (data_seed, split) are taken in every
+language; sources that do not align (other ids, other row counts) are refused, naming the
+languages. MARC is not parallel: per language, the first `<split>_size` usable rows of a
+permutation seeded by (data_seed, language, split). An example's id is
+`<task>/<language>/<split>/<source_row>`.
 
-Tokenizers and batch encoding live in tokenization.py; SPECIAL_TOKENS, build_tokenizer and
-encode are re-exported here.
+`tokenizer_for(task)` builds the tiny model's tokenizer from the task's words or training texts.
 """
 from __future__ import annotations
 
@@ -39,7 +36,7 @@ import pyarrow as pa
 
 from . import babel as babel_mod
 from .config import TaskSpec
-from .tokenization import SPECIAL_TOKENS, build_tokenizer, encode  # noqa: F401 - re-exported: callers import them from here
+from .tasks import TASKS, task_record
 
 
 class DataError(ValueError):
@@ -58,24 +55,13 @@ class Example:
 
 
 SPLITS = ("train", "dev", "test")
-XNLI_LANGUAGES = ("ar", "bg", "de", "el", "en", "es", "fr", "hi", "ru", "sw", "th", "tr", "ur", "vi", "zh")
-LANGUAGES: dict[str, tuple[str, ...]] = {
-    "xnli": XNLI_LANGUAGES,
-    "pawsx": ("de", "en", "es", "fr", "ja", "ko", "zh"),
-    "marc": ("de", "en", "es", "fr", "ja", "zh"),
-}
-HUB_SOURCES = {
-    "xnli": "facebook/xnli",
-    "pawsx": "google-research-datasets/paws-x",
-    "marc": "SetFit/amazon_reviews_multi_{lang}",
-}
 FORMATS = ("jsonl", "csv", "tsv", "parquet")
 HUB_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
 
 
 def num_labels(task: TaskSpec) -> int:
-    """Returns the number of classes of `task`: 2, or `task.num_labels` for the local task."""
-    return task.num_labels if task.id == "local" else 2
+    """Returns the number of classes of `task`: its record's, or `task.num_labels` where the sweep sets it (local)."""
+    return task_record(task.id).num_labels or task.num_labels
 
 
 # ---------------------------------------------------------------------------------------------
@@ -94,17 +80,10 @@ class _Rows:
     row: np.ndarray  # index of each row of `table` in its source file / split
 
 
-TEXT_COLUMNS = {
-    "xnli": ("premise", "hypothesis"),
-    "pawsx": ("sentence1", "sentence2"),
-    "marc": ("review_title", "review_body", "text"),
-}
-
-
 def _string_columns(task: TaskSpec) -> tuple[str, ...]:
     if task.id == "local":
-        return tuple(c for c in (task.text_column, task.text_pair_column, task.language_column) if c)
-    return TEXT_COLUMNS.get(task.id, ())
+        return tuple(c for c in (task.text_column, task.text_pair_column, task.language_column, task.group_column) if c)
+    return task_record(task.id).text_columns
 
 
 def _read_file(path: Path, strings: tuple[str, ...] = ()) -> pa.Table:
@@ -172,35 +151,37 @@ def _labels(table: pa.Table, name: str, allowed: range, task: TaskSpec, lang: st
     return np.asarray(values, dtype=np.int64)
 
 
+@dataclass
+class _SourceView:
+    """The rows of one language and split as a task's converter sees them (tasks.Source)."""
+
+    task: TaskSpec
+    table: pa.Table
+    lang: str
+    split: str
+    where: str
+    rows: np.ndarray
+
+    @property
+    def columns(self) -> set[str]:
+        return set(self.table.column_names)
+
+    def require(self, *names: str) -> None:
+        _require(self.table, list(names), self.task, self.lang, self.split, self.where)
+
+    def labels(self, name: str, allowed: range) -> np.ndarray:
+        return _labels(self.table, name, allowed, self.task, self.lang, self.split, self.where, self.rows)
+
+    def error(self, message: str) -> DataError:
+        return DataError(f"{_where(self.task, self.lang, self.split, self.where)} {message}")
+
+
 def _convert(task: TaskSpec, table: pa.Table, lang: str, split: str, where: str, rows: np.ndarray) -> _Rows:
     """Returns the rows of `table` with labels mapped to the task's classes; checks columns and labels."""
     if table.num_rows == 0:
         raise DataError(f"{_where(task, lang, split, where)} has no rows (empty language)")
-    cols = set(table.column_names)
-
-    def labels(name: str, allowed: range) -> np.ndarray:
-        return _labels(table, name, allowed, task, lang, split, where, rows)
-
-    if task.id == "xnli":
-        _require(table, ["premise", "hypothesis", "label"], task, lang, split, where)
-        return _Rows(where, table, "premise", "hypothesis", (labels("label", range(3)) == 0).astype(np.int64), rows)
-    if task.id == "pawsx":
-        _require(table, ["sentence1", "sentence2", "label"], task, lang, split, where)
-        return _Rows(where, table, "sentence1", "sentence2", labels("label", range(2)), rows)
-    if task.id == "marc":
-        if "stars" in cols or not {"text", "label"} <= cols:
-            _require(table, ["stars", "review_title", "review_body"], task, lang, split, where)
-            stars, text, pair = labels("stars", range(1, 6)), "review_title", "review_body"
-        else:  # SetFit port: label = stars - 1 (= stars in early revisions of some languages, which have 5s)
-            stars, text, pair = labels("label", range(0, 6)), "text", None
-            if (stars == 5).any() and (stars == 0).any():
-                raise DataError(f"{_where(task, lang, split, where)} column 'label' holds both 0 and 5; cannot tell stars - 1 from stars")
-            if not (stars == 5).any():
-                stars = stars + 1
-        return _Rows(where, table, text, pair, np.where(stars <= 2, 0, np.where(stars >= 4, 1, -1)), rows)
-    names = [task.text_column, task.label_column] + ([task.text_pair_column] if task.text_pair_column else [])
-    _require(table, names, task, lang, split, where)
-    return _Rows(where, table, task.text_column, task.text_pair_column, labels(task.label_column, range(task.num_labels)), rows)
+    text, pair, labels = task_record(task.id).convert(_SourceView(task, table, lang, split, where, rows), task)
+    return _Rows(where, table, text, pair, labels, rows)
 
 
 def _texts(rows: _Rows, column: str, take: np.ndarray, task: TaskSpec, lang: str, split: str) -> list[str]:
@@ -269,7 +250,7 @@ def _filter_language(task: TaskSpec, lang: str, split: str, path: Path) -> _Rows
 
 
 def _source_rows(task: TaskSpec, lang: str, split: str) -> tuple[_Rows, bool]:
-    source = task.source or HUB_SOURCES.get(task.id)
+    source = task.source or task_record(task.id).hub
     if source is None:
         raise DataError(f"task {task.id!r}: no source given; the local task needs `source`, a file or folder")
     if Path(source).expanduser().exists():
@@ -284,7 +265,7 @@ def _source_rows(task: TaskSpec, lang: str, split: str) -> tuple[_Rows, bool]:
 
 
 def _check_language(task: TaskSpec, lang: str) -> None:
-    known = LANGUAGES.get(task.id)
+    known = task_record(task.id).languages
     if known is not None and lang not in known:
         raise DataError(f"task {task.id!r}: unknown language {lang!r}; {task.id} offers {', '.join(known)}")
 
@@ -324,6 +305,90 @@ def _sample_language(task: TaskSpec, lang: str, split: str) -> list[Example]:
     ]
 
 
+def parallel_by(task: TaskSpec) -> str | None:
+    """Returns how `task`'s languages align: a column naming the item, "" for row position, None if not parallel."""
+    if task.id == "local":
+        return task.group_column
+    return task_record(task.id).parallel_by
+
+
+def _item_keys(task: TaskSpec, split: str, by: str, rows: dict[str, _Rows]) -> dict[str, np.ndarray]:
+    """Returns, per language, the item key of each row: the `by` column's values, else the row position."""
+    have = {lang: by in r.table.column_names for lang, r in rows.items()} if by else {}
+    if by and not all(have.values()):
+        missing = [lang for lang, h in have.items() if not h]
+        if task.id == "local" or any(have.values()):
+            raise DataError(
+                f"task {task.id!r}, split {split!r}: language(s) {', '.join(missing)} have no column {by!r} "
+                f"({rows[missing[0]].where}); parallel items are aligned by it"
+            )
+        by = ""  # no language has the dataset's id column: its files are aligned by position
+    if not by:
+        counts = {lang: r.table.num_rows for lang, r in rows.items()}
+        if len(set(counts.values())) > 1:
+            (a, na), (b, nb) = sorted(counts.items(), key=lambda kv: kv[1])[0], sorted(counts.items(), key=lambda kv: kv[1])[-1]
+            raise DataError(
+                f"task {task.id!r}, split {split!r}: languages {a!r} ({na} rows, {rows[a].where}) and {b!r} ({nb} rows, "
+                f"{rows[b].where}) are not row-aligned; a parallel task needs the same items in every language"
+            )
+        return {lang: r.row.astype(str) for lang, r in rows.items()}
+    keys = {}
+    for lang, r in rows.items():
+        col = r.table.column(by).to_pylist()
+        if any(v is None for v in col):
+            raise DataError(f"{_where(task, lang, split, r.where)} column {by!r} is empty at row {r.row[col.index(None)]}")
+        k = np.asarray([str(v) for v in col], dtype=object)
+        uniq, counts = np.unique(k, return_counts=True)
+        if (counts > 1).any():
+            raise DataError(f"{_where(task, lang, split, r.where)} column {by!r} repeats item {uniq[counts > 1][0]!r}; items must be unique")
+        keys[lang] = k
+    return keys
+
+
+def _sample_parallel(task: TaskSpec, split: str, by: str) -> list[Example]:
+    """Returns the sampled examples of `split`: the same source items in every language."""
+    found = {lang: _source_rows(task, lang, split) for lang in task.languages}
+    rows = {lang: r for lang, (r, _) in found.items()}
+    all_splits = any(a for _, a in found.values())
+    keys = _item_keys(task, split, by, rows)
+    first = task.languages[0]
+    # items usable in every language, in the first language's source order
+    usable = {lang: set(k[r.label >= 0].tolist()) for (lang, k), r in zip(keys.items(), rows.values())}
+    for lang in task.languages[1:]:
+        if set(keys[lang].tolist()) != set(keys[first].tolist()):
+            only = sorted(set(keys[first].tolist()) ^ set(keys[lang].tolist()))
+            raise DataError(
+                f"task {task.id!r}, split {split!r}: languages {first!r} and {lang!r} do not hold the same items "
+                f"({len(only)} differ, e.g. {only[0]!r}; aligned by {('column ' + repr(by)) if by else 'row position'}); "
+                "a parallel task needs the same items in every language"
+            )
+    common = [k for k in keys[first].tolist() if all(k in u for u in usable.values())]
+    sizes = _sizes(task)
+    n = sizes[split]
+    if all_splits:  # one file for every split: disjoint pieces of one permutation, train then dev then test
+        order = babel_mod.rng(task.data_seed, "parallel", "all-splits").permutation(len(common))
+        start = sum(sizes[s] for s in SPLITS[: SPLITS.index(split)])
+    else:
+        order = babel_mod.rng(task.data_seed, "parallel", split).permutation(len(common))
+        start = 0
+    if len(common) < start + n:
+        carve = f" (train + dev + test up to {split} = {start + n}, carved from one file)" if all_splits else ""
+        raise DataError(
+            f"task {task.id!r}, split {split!r}: {rows[first].where} has only {len(common)} rows usable in every language "
+            f"({', '.join(task.languages)}), fewer than the {start + n} asked{carve}"
+        )
+    chosen = [common[i] for i in order[start : start + n]]
+    out = []
+    for lang in task.languages:
+        r = rows[lang]
+        where = {k: i for i, k in enumerate(keys[lang].tolist())}
+        take = np.asarray([where[k] for k in chosen], dtype=np.int64)
+        texts = _texts(r, r.text_column, take, task, lang, split)
+        pairs = _texts(r, r.pair_column, take, task, lang, split) if r.pair_column else [None] * len(take)
+        out += [Example(f"{task.id}/{lang}/{split}/{r.row[i]}", lang, t, p, int(r.label[i])) for i, t, p in zip(take, texts, pairs)]
+    return out
+
+
 def babel_languages(task: TaskSpec) -> babel_mod.Babel:
     """Returns the generated languages of a babel task (lexicons, word orders, concept roles)."""
     try:
@@ -344,13 +409,26 @@ def load_examples(task: TaskSpec, split: str) -> list[Example]:
     split or language, a missing file or column, a label out of range, an empty language or
     fewer examples than asked.
     """
-    if task.id not in (*LANGUAGES, "local", "babel"):
-        raise DataError(f"unknown task {task.id!r}; expected one of {', '.join((*LANGUAGES, 'local', 'babel'))}")
+    if task.id not in TASKS:
+        raise DataError(f"unknown task {task.id!r}; expected one of {', '.join(TASKS)}")
     if split not in SPLITS:
         raise DataError(f"task {task.id!r}: unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     for lang in task.languages:  # before any loading, so a typo fails fast
         _check_language(task, lang)
-    if task.id == "babel":
+    if task_record(task.id).convert is None:  # generated: babel
         world = babel_languages(task)
         return [ex for lang in task.languages for ex in _babel_language(task, world, lang, split)]
+    by = parallel_by(task)
+    if by is not None:
+        return _sample_parallel(task, split, by)
     return [ex for lang in task.languages for ex in _sample_language(task, lang, split)]
+
+
+def tokenizer_for(task: TaskSpec, vocab_size: int = 8000):
+    """Returns the tiny model's tokenizer for `task`: WordLevel over babel's words, else WordPiece over its training texts."""
+    from .tokenization import wordlevel_tokenizer, wordpiece_tokenizer
+
+    if task_record(task.id).convert is None:
+        return wordlevel_tokenizer(babel_languages(task).vocabulary())
+    texts = (t for ex in load_examples(task, "train") for t in (ex.text, ex.text_pair) if t is not None)
+    return wordpiece_tokenizer(texts, vocab_size)

@@ -1,147 +1,35 @@
-"""The sweep's stage graph: which stage outputs a sweep needs, their keys, and how each is computed.
+"""Computing one stage output of the sweep's graph (graph.py), and the worker's whole job.
 
-A `Node` is one stage output in the artifact store. Its key is a hash of the stage's own
-config and its inputs' keys (never of anything it does not depend on), so two sweeps that
-agree on a branch share it, and adding random-mask seeds adds nodes without changing any
-existing key. `graph(spec)` lists the nodes in dependency order without computing anything
-(so `status` can say what is missing); `compute(node, ...)` builds one. No Ray, no MLflow:
+`execute(node, ...)` is what every executor runs for a node (in this process, in a Tune trial
+or on a Ray Data driver): check the store, compute into a partial folder, publish, record
+the ledger. `compute` dispatches on the node's stage through one table. No Ray, no MLflow:
 the orchestration decides where each node runs.
-
-Stages: finetune (full | sft | random-sft) -> subnetworks -> random_masks -> influence.
 """
 from __future__ import annotations
 
 import functools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+import os
+import time
 from pathlib import Path
 from typing import Any, Callable
 
 import pandas as pd
 import torch
 
-from .config import SweepSpec, TaskSpec, branches
-from .data import load_examples, num_labels
+from .config import SweepSpec, TaskSpec
+from .data import load_examples, num_labels, tokenizer_for
+from .graph import Node, Stage, branch_of
 from .influence import influence as influence_local
 from .models import build_model, load_checkpoint
 from .store import Store
-from .subnetworks import curve_frame, find_subnetworks, intersection, load_mask, random_mask, save_mask, union
-from .tokenization import build_tokenizer
+from .subnetworks import intersection, load_mask, random_mask, save_mask, union
+from .subnetworks.pruning import curve_frame, find_subnetworks
 from .train import by_language, checkpoints, evaluate, finetune
 
 HISTORY = "history.json"
 TOPK, PREDICTIONS = "topk.parquet", "predictions.parquet"
-
-
-@dataclass(frozen=True)
-class Node:
-    """One stage output: its key, what computes it, and the Tune trial that owns it."""
-
-    key: str
-    stage: str  # finetune | subnetworks | random_masks | influence
-    trial: str  # readable trial name, e.g. "babel/sft/seed1"
-    wave: int  # 1: full fine-tuning and masks, 2: SFT, 3: influence
-    inputs: tuple[str, ...]
-    params: dict = field(default_factory=dict, hash=False, compare=False)
-
-
-def _task_config(task: TaskSpec) -> dict:
-    return task.model_dump(mode="json")
-
-
-def _training_config(spec: SweepSpec) -> dict:
-    # seeds are per node; device is where it runs, not what it computes
-    return spec.training.model_dump(mode="json", exclude={"seeds", "device"})
-
-
-def _influence_config(spec: SweepSpec) -> dict:
-    # actors and GPUs say how it runs; batch size does not change the sketches
-    return spec.influence.model_dump(mode="json", exclude={"actors", "gpus_per_actor", "batch_size"})
-
-
-def _branch_label(values: dict) -> str:
-    return "".join(f"/{k.split('.')[-1]}={v}" for k, v in values.items())
-
-
-def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
-    """Returns every node the sweep needs, inputs before the nodes that use them.
-
-    random_seeds overrides spec.random_seeds (what `rerun-random` adds).
-    """
-    nodes: dict[str, Node] = {}
-
-    def add(n: Node) -> Node:
-        nodes.setdefault(n.key, n)
-        return nodes[n.key]
-
-    for values, b in branches(spec):
-        bl = _branch_label(values)
-        rseeds = b.random_seeds if random_seeds is None else random_seeds
-        for task in b.tasks:
-            langs = task.languages
-            model_cfg, train_cfg = b.model.model_dump(mode="json"), _training_config(b)
-            for seed in b.training.seeds:
-                common = {"task": task.id, "branch": values, "seed": seed}
-                full_trial = f"{task.id}/full/seed{seed}{bl}"
-                ft_cfg = {"task": _task_config(task), "model": model_cfg, "training": train_cfg, "seed": seed, "method": "full"}
-                full = add(Node(Store.key("finetune", ft_cfg), "finetune", full_trial, 1, (), {**common, "method": "full", "config": ft_cfg}))
-                models = {"full": full}
-                sub_cfg = {**b.subnetworks.model_dump(mode="json", exclude={"batch_size"}), "max_length": b.training.max_length}
-                sub = add(Node(Store.key("subnetworks", sub_cfg, [full.key]), "subnetworks", full_trial, 1, (full.key,), {**common, "config": sub_cfg}))
-                rnd = {}
-                for rs in rseeds:
-                    rnd[rs] = add(Node(Store.key("random_masks", {"random_seed": rs}, [sub.key]), "random_masks", full_trial, 1, (sub.key,), {**common, "random_seed": rs}))
-                if "sft" in b.methods:
-                    cfg = {**ft_cfg, "method": "sft"}
-                    models["sft"] = add(Node(Store.key("finetune", cfg, [sub.key]), "finetune", f"{task.id}/sft/seed{seed}{bl}", 2, (sub.key,), {**common, "method": "sft", "config": cfg, "masks": sub.key}))
-                if "random-sft" in b.methods:
-                    for rs in rseeds:
-                        cfg = {**ft_cfg, "method": "random-sft"}
-                        trial = f"{task.id}/random-sft/seed{seed}/rand{rs}{bl}"
-                        models[f"random-sft:{rs}"] = add(Node(Store.key("finetune", cfg, [rnd[rs].key]), "finetune", trial, 2, (rnd[rs].key,), {**common, "method": "random-sft", "random_seed": rs, "config": cfg, "masks": rnd[rs].key}))
-                for variant, model_key, masks in _variants(b, task, langs, models, sub, rnd):
-                    owner = nodes[model_key].trial
-                    inf_cfg = {"influence": _influence_config(b), "max_length": b.training.max_length, "masks": masks}
-                    mask_keys = sorted({r["key"] for r in masks.values() if r})
-                    add(Node(Store.key("influence", inf_cfg, [model_key, *mask_keys]), "influence", owner, 3, (model_key, *mask_keys),
-                             {**common, "variant": variant, "model": model_key, "masks": masks, "config": inf_cfg}))
-    return list(nodes.values())
-
-
-def branch_of(spec: SweepSpec, values: dict) -> SweepSpec:
-    """Returns the branch of `spec` whose grid values are `values`."""
-    for v, b in branches(spec):
-        if v == values:
-            return b
-    raise KeyError(f"sweep {spec.name} has no branch {values}")
-
-
-def _ref(key: str, *languages: str, op: str | None = None) -> dict:
-    return {"key": key, "languages": list(languages), "op": op}
-
-
-def _variants(b: SweepSpec, task: TaskSpec, langs: list[str], models: dict, sub: Node, rnd: dict) -> list[tuple[str, str, dict]]:
-    """Returns (variant name, model key, {test language: mask ref or None}) for every influence run."""
-    out = [("full", models["full"].key, {l: None for l in langs}), ("full+subnet", models["full"].key, {l: _ref(sub.key, l) for l in langs})]
-    focus = b.analysis.random_test_language or langs[0]
-    if focus not in langs:
-        raise ValueError(f"analysis.random_test_language {focus!r} is not one of the task's languages {langs}")
-    for rs, node in rnd.items():
-        out.append((f"full+random:{rs}", models["full"].key, {focus: _ref(node.key, focus)}))
-    for donor in langs:
-        if donor != focus:
-            out.append((f"full+subopt:{donor}", models["full"].key, {focus: _ref(sub.key, donor)}))
-    if "sft" in models:
-        out.append(("sft+subnet", models["sft"].key, {l: _ref(sub.key, l) for l in langs}))
-        for a, c in b.analysis.compose:
-            if a not in langs or c not in langs:
-                raise ValueError(f"analysis.compose pair {[a, c]} names a language outside {langs}")
-            for op in ("union", "intersect"):
-                out.append((f"sft+{op}:{a}-{c}", models["sft"].key, {l: _ref(sub.key, a, c, op=op) for l in (a, c)}))
-    for rs in rnd:
-        if f"random-sft:{rs}" in models:
-            out.append((f"random-sft:{rs}", models[f"random-sft:{rs}"].key, {l: _ref(rnd[rs].key, l) for l in langs}))
-    return out
 
 
 # ---- computing one node ---------------------------------------------------------------------
@@ -151,7 +39,7 @@ def _variants(b: SweepSpec, task: TaskSpec, langs: list[str], models: dict, sub:
 def _data(task_json: str, model_name: str):
     task = TaskSpec.model_validate_json(task_json)
     if model_name == "tiny":
-        tokenizer = build_tokenizer(task)
+        tokenizer = tokenizer_for(task)
     else:
         from transformers import AutoTokenizer
 
@@ -196,49 +84,77 @@ def compute(node: Node, spec: SweepSpec, store: Store, out: Path, *, influence_f
             on_epoch: Callable[[dict], None] | None = None, progress: bool = True,
             on_step: Callable[[int, int, int, int], None] | None = None) -> None:
     """Computes `node` of the sweep branch `spec` into the folder `out`; inputs must be in `store`."""
-    task, data, tok = task_data(spec, node.params["task"])
-    seed = node.params["seed"]
-    make = model_factory(spec, task, tok, seed)
-    device = spec.training.device
-    if node.stage == "finetune":
-        model = make()
-        masks = None
-        if "masks" in node.params:
-            masks = {l: m.float() for l, m in load_masks(store, node.params["masks"], task.languages, (model.num_layers, model.num_heads)).items()}
-        history = finetune(model, data["train"], data["dev"], tok, spec.training, out, seed, masks=masks, on_epoch=on_epoch, progress=progress,
-                           on_step=on_step)
-        (out / HISTORY).write_text(json.dumps(history, indent=2))
-    elif node.stage == "subnetworks":
-        model = make()
-        last = checkpoints(store.path(node.inputs[0]))[-1]
-        load_checkpoint(model, last)
-        subs = find_subnetworks(model, by_language(data["dev"]), tok, spec.subnetworks, spec.training.max_length, device)
-        for lang, s in subs.items():
-            save_mask(out / lang, s.mask, {
-                "task": task.id, "language": lang, "seed": seed, "checkpoint": node.inputs[0], "full_accuracy": s.full_accuracy,
-                "masked_accuracy": s.accuracy, "threshold": spec.subnetworks.threshold, "step_fraction": spec.subnetworks.step_fraction,
-            })
-        curve_frame(subs).to_csv(out / "pruning_curves.csv", index=False)
-    elif node.stage == "random_masks":
-        rs = node.params["random_seed"]
-        src = store.path(node.inputs[0])
-        for lang in task.languages:
-            mask, meta = load_mask(src / lang)
-            save_mask(out / lang, random_mask(mask, rs), meta.model_dump() | {"kind": "random", "random_seed": rs, "source": node.inputs[0]})
-    elif node.stage == "influence":
-        _compute_influence(node, spec, store, out, task, data, tok, make, influence_fn)
-    else:
-        raise ValueError(f"unknown stage {node.stage!r}")
+    task, data, tok = task_data(spec, node.params.task)
+    job = _Job(node, spec, store, out, task, data, tok, model_factory(spec, task, tok, node.params.seed))
+    COMPUTE[node.stage](job, influence_fn=influence_fn, on_epoch=on_epoch, progress=progress, on_step=on_step)
 
 
-def _compute_influence(node, spec, store, out, task, data, tok, make, influence_fn) -> None:
+def execute(node: Node, spec: SweepSpec, store: Store, **kwargs) -> bool:
+    """Returns True after computing `node` into the store and recording it in the ledger, False if it was there."""
+    if store.done(node.key):
+        return False
+    with store.writing(node.key) as out:
+        compute(node, branch_of(spec, node.params.branch), store, out, **kwargs)
+    store.record({"key": node.key, "stage": str(node.stage), "trial": node.trial, "variant": getattr(node.params, "variant", None),
+                  "time": time.time(), "pid": os.getpid()})
+    return True
+
+
+@dataclass
+class _Job:
+    """One node's computation: the node, its branch, the store, the output folder and the task's data."""
+
+    node: Node
+    spec: SweepSpec
+    store: Store
+    out: Path
+    task: TaskSpec
+    data: dict
+    tok: Any
+    make: Callable[[], torch.nn.Module]
+
+
+def _finetune(job: _Job, on_epoch=None, progress: bool = True, on_step=None, **_) -> None:
+    p, model, masks = job.node.params, job.make(), None
+    if p.masks is not None:
+        shape = (model.num_layers, model.num_heads)
+        masks = {l: m.float() for l, m in load_masks(job.store, p.masks, job.task.languages, shape).items()}
+    history = finetune(model, job.data["train"], job.data["dev"], job.tok, job.spec.training, job.out, p.seed,
+                       masks=masks, on_epoch=on_epoch, progress=progress, on_step=on_step)
+    (job.out / HISTORY).write_text(json.dumps(history, indent=2))
+
+
+def _subnetworks(job: _Job, **_) -> None:
+    spec, model = job.spec, job.make()
+    load_checkpoint(model, checkpoints(job.store.path(job.node.inputs[0]))[-1])
+    subs = find_subnetworks(model, by_language(job.data["dev"]), job.tok, spec.subnetworks, spec.training.max_length,
+                            spec.training.device)
+    for lang, s in subs.items():
+        save_mask(job.out / lang, s.mask, {
+            "task": job.task.id, "language": lang, "seed": job.node.params.seed, "checkpoint": job.node.inputs[0],
+            "full_accuracy": s.full_accuracy, "masked_accuracy": s.accuracy, "threshold": spec.subnetworks.threshold,
+            "step_fraction": spec.subnetworks.step_fraction,
+        })
+    curve_frame(subs).to_csv(job.out / "pruning_curves.csv", index=False)
+
+
+def _random_masks(job: _Job, **_) -> None:
+    rs, src = job.node.params.random_seed, job.store.path(job.node.inputs[0])
+    for lang in job.task.languages:
+        mask, meta = load_mask(src / lang)
+        save_mask(job.out / lang, random_mask(mask, rs, job.task.id, lang),
+                  meta.model_dump() | {"kind": "random", "random_seed": rs, "source": job.node.inputs[0]})
+
+
+def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, **_) -> None:
+    node, spec, store, out, task, data, tok, make = job.node, job.spec, job.store, job.out, job.task, job.data, job.tok, job.make
     model = make()
     shape = (model.num_layers, model.num_heads)
-    refs = node.params["masks"]
+    refs = node.params.masks
     masks = {lang: resolve_mask(store, ref, shape) for lang, ref in refs.items()}
     k = spec.influence.test_per_language
     test = [e for lang in refs for e in [x for x in data["test"] if x.language == lang][:k]]
-    ckpts = checkpoints(store.path(node.params["model"]))
+    ckpts = checkpoints(store.path(node.params.model))
     masks_f = {l: (m.float() if m is not None else None) for l, m in masks.items()}
     topk = influence_fn(make, ckpts, data["train"], test, tok, spec.influence, masks_f, spec.training.max_length, spec.training.device)
     topk.to_parquet(out / TOPK, index=False)
@@ -250,3 +166,8 @@ def _compute_influence(node, spec, store, out, task, data, tok, make, influence_
             preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, masks_f[lang], spec.training.device)["preds"]
             rows += [{"test_id": e.id, "test_language": lang, "checkpoint": epoch, "label": e.label, "pred": p} for e, p in zip(exs, preds)]
     pd.DataFrame(rows).to_parquet(out / PREDICTIONS, index=False)
+
+
+COMPUTE: dict[Stage, Callable[..., None]] = {
+    Stage.FINETUNE: _finetune, Stage.SUBNETWORKS: _subnetworks, Stage.RANDOM_MASKS: _random_masks, Stage.INFLUENCE: _influence,
+}

@@ -153,3 +153,9 @@ class Store:
         base = self.local
         found = base.glob(f"{stage or '*'}/*/{SUCCESS}")
         return sorted(str(p.parent.relative_to(base)) for p in found if not str(p).startswith(str(base / "_partial")))
+
+
+def store_for(root: str | os.PathLike) -> Store:
+    """Returns the artifact store under a sweep root (shared by every sweep under that root)."""
+    root = str(root)
+    return Store(f"{root.rstrip('/')}/store" if "://" in root else Path(root) / "store")

@@ -1,15 +1,15 @@
 """Tokenizers built locally for the tiny models, and batch encoding of examples to tensors.
 
-`build_tokenizer` makes a WordLevel tokenizer over a babel task's words, else a WordPiece one
-over the task's training texts; `encode` turns a batch of `Example`s into padded tensors.
-No hub download: the vocabulary is a function of the task's texts alone.
+`wordlevel_tokenizer` makes a WordLevel tokenizer over given words (babel's vocabulary),
+`wordpiece_tokenizer` a WordPiece one over given texts (a task's training texts; see
+data.tokenizer_for); `encode` turns a batch of `Example`s into padded tensors. No hub
+download: the vocabulary is a function of the words or texts alone.
 """
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
-
-from .config import TaskSpec
 
 if TYPE_CHECKING:
     from .data import Example
@@ -51,35 +51,38 @@ def _wordpiece_vocab(words: Counter, vocab_size: int) -> dict[str, int]:
     return vocab
 
 
-def build_tokenizer(task: TaskSpec, vocab_size: int = 8000) -> "PreTrainedTokenizerFast":  # noqa: F821
-    """Returns a locally built tokenizer for the tiny model: WordLevel over babel's words, else WordPiece.
+def wordlevel_tokenizer(words: Iterable[str]) -> "PreTrainedTokenizerFast":  # noqa: F821
+    """Returns a WordLevel tokenizer over `words` (in their order, after the specials), split on whitespace.
 
     Special tokens [PAD]=0 [UNK]=1 [CLS]=2 [SEP]=3 [MASK]=4; pairs are encoded as
-    [CLS] a [SEP] b [SEP] with token_type_ids 0 / 1. Deterministic; no hub.
-    The WordPiece vocabulary holds every character of the task's training texts and pairs plus
-    their most frequent words, up to `vocab_size` entries (more only if the characters alone
-    exceed it); a rarer word is spelt in characters. `tokenizers`' WordPiece trainer is not
-    used: it breaks ties in hash-map order, and gave 3-4 different vocabularies in 6 runs.
+    [CLS] a [SEP] b [SEP] with token_type_ids 0 / 1.
+    """
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
+    for w in words:
+        vocab.setdefault(w, len(vocab))
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return _wrap(tok)
+
+
+def wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000) -> "PreTrainedTokenizerFast":  # noqa: F821
+    """Returns a WordPiece tokenizer over `texts`; deterministic, no hub. Specials as `wordlevel_tokenizer`.
+
+    The vocabulary holds every character of the texts plus their most frequent words, up to
+    `vocab_size` entries (more only if the characters alone exceed it); a rarer word is spelt
+    in characters. `tokenizers`' WordPiece trainer is not used: it breaks ties in hash-map
+    order, and gave 3-4 different vocabularies in 6 runs.
     """
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 
-    from .data import babel_languages, load_examples  # here: data imports this module
-
-    if task.id == "babel":
-        vocab = {t: i for i, t in enumerate(SPECIAL_TOKENS)}
-        for w in babel_languages(task).vocabulary():
-            vocab[w] = len(vocab)
-        tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-        return _wrap(tok)
     # Multilingual: keep accents, split CJK ideographs apart (no spaces in zh / ja).
     normalizer = normalizers.BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=False, lowercase=True)
     pre = pre_tokenizers.BertPreTokenizer()
     words: Counter = Counter()
-    for ex in load_examples(task, "train"):
-        for text in (ex.text, ex.text_pair):
-            if text is not None:
-                words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
+    for text in texts:
+        words.update(w for w, _ in pre.pre_tokenize_str(normalizer.normalize_str(text)))
     tok = Tokenizer(models.WordPiece(_wordpiece_vocab(words, vocab_size), unk_token="[UNK]"))
     tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre, decoders.WordPiece()
     return _wrap(tok)

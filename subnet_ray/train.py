@@ -213,13 +213,14 @@ def finetune(
         for epoch in range(start + 1, cfg.epochs + 1):
             torch.manual_seed(seed * 10_000 + epoch)  # dropout: same seed, same epoch, same masks
             plan = epoch_plan(train, cfg.batch_size, seed, epoch, sparse)
-            total = 0.0
+            total, lr_sum = 0.0, 0.0
             bar = tqdm(plan, desc=f"{'sft' if sparse else 'full'} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
             for chunk in bar:
                 lang = chunk[0].language
                 hm.set(masks[lang].to(device) if sparse else None)
                 for g in optimizer.param_groups:
                     g["lr"] = cfg.lr * schedule(step)
+                lr_sum += cfg.lr * schedule(step)
                 b = _to(encode(chunk, tokenizer, cfg.max_length), device)
                 loss = train_step(model, b, optimizer, param_masks.get(lang), strict=cfg.sft_mode == "strict")
                 if not torch.isfinite(loss):
@@ -234,7 +235,9 @@ def finetune(
             hm.set(None)
             dev_acc = accuracy_by_language(model, dev, tokenizer, cfg.max_length, cfg.batch_size, masks, cfg.device)
             record = {
-                "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "train_loss": total / len(plan),
+                # lr: the rate at the epoch's last step; lr_mean: the mean over its steps, TracInCP's weight
+                # for this checkpoint (it stands for the steps taken since the previous one)
+                "epoch": epoch, "lr": optimizer.param_groups[0]["lr"], "lr_mean": lr_sum / len(plan), "train_loss": total / len(plan),
                 "dev_accuracy": dev_acc, "dev_accuracy_mean": sum(dev_acc.values()) / len(dev_acc), "seed": seed,
                 "method": "sft" if sparse else "full",
             }

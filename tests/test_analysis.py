@@ -260,6 +260,12 @@ def test_report_numbers_agree_with_the_shares_api(report):
     pos6 = fig06[fig06["sign"] == "most positive"].set_index(["test_language", "train_language"])["delta_pct"]
     seeds = [compare_shares(t.influence, f"random-sft:{s}", "full", t.languages).delta for s in (0, 1)]
     assert pos6[("en", "ko")] == pytest.approx((seeds[0].at["en", "ko"] + seeds[1].at["en", "ko"]) / 2)
+    # Fig 3's random baseline: the mean over random-mask seeds, with its interval over examples and seeds
+    rand = summary["comparisons"]["toy"]["full+random (mean of 2 seeds) vs full"]
+    each = [compare_shares(t.influence, f"full+random:{s}", "full", t.languages).delta.at["de", "de"] for s in (0, 1)]
+    assert rand["in_language_pos_change"]["de"] == pytest.approx(np.mean(each), abs=1e-6)
+    lo, hi = rand["in_language_pos_change_ci"]["de"]
+    assert lo <= np.mean(each) <= hi
 
 
 def test_report_mask_maps_equal_hand_counts(report):
@@ -369,3 +375,102 @@ def test_analysis_imports_without_transformers():
     code = "import sys, subnet_ray.analysis; print('transformers' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
+
+
+# ----------------------------------------------------------------------------- uncertainty
+
+
+def test_bootstrap_interval_of_a_mean_matches_the_normal_theory_width():
+    from subnet_ray.analysis.bootstrap import bootstrap_means, percentile_interval
+
+    x = np.random.default_rng(3).normal(5.0, 2.0, size=(400, 1))
+    lo, hi = percentile_interval(bootstrap_means([x]))
+    half = 1.96 * x.std(ddof=1) / np.sqrt(len(x))
+    assert lo[0] < x.mean() < hi[0]
+    assert (hi[0] - lo[0]) == pytest.approx(2 * half, rel=0.15)
+    # same seed, same replicates: a regenerated report has the same intervals
+    np.testing.assert_array_equal(bootstrap_means([x]), bootstrap_means([x]))
+
+
+def test_bootstrap_over_runs_carries_the_spread_between_runs():
+    from subnet_ray.analysis.bootstrap import bootstrap_means, percentile_interval
+
+    # Two seeds without spread inside each: resampling examples alone would give [5, 5];
+    # resampling the seeds gives means 0, 5 or 10.
+    runs = [np.zeros((50, 1)), np.full((30, 1), 10.0)]
+    reps = bootstrap_means(runs)
+    assert set(np.unique(reps)) == {0.0, 5.0, 10.0}
+    lo, hi = percentile_interval(reps)
+    assert (lo[0], hi[0]) == (0.0, 10.0)
+
+
+def scripted(in_share_by_example, lang="a", other="b", k=10):
+    """Returns topk rows where test example i of `lang` has in_share_by_example[i] % in-language positives."""
+    rows = []
+    for i, share in enumerate(in_share_by_example):
+        n_in = int(round(share * k / 100))
+        rows += ranking(f"t{i}", lang, "pos", lang * n_in + other * (k - n_in), np.linspace(1, 0.1, k))
+        rows += ranking(f"t{i}", lang, "neg", other * k, -np.linspace(1, 0.1, k))
+    return pd.DataFrame(rows)
+
+
+def test_change_interval_holds_a_known_difference_and_marks_it(tmp_path):
+    from subnet_ray.analysis.influence_figures import fig02
+
+    g = np.random.default_rng(0)
+    n = 120
+    full = g.choice([20, 30, 40], size=n).astype(float)
+    sub = full + g.choice([0, 10, 20], size=n, p=[0.2, 0.5, 0.3])  # known mean change: +11 points
+    correct = preds([(f"t{i}", "a", 1, 1) for i in range(n)])
+    t = TaskResults("toy", ["a", "b"], {}, {}, None, None,
+                    {"full": InfluenceResult(scripted(full), correct), "full+subnet": InfluenceResult(scripted(sub), correct)})
+    w = FigureWriter(tmp_path)
+    fig02(w, t)
+    d = pd.read_csv(tmp_path / "fig02_toy_subnet_vs_full.csv")
+    cell = d[(d["sign"] == "most positive") & (d["test_language"] == "a") & (d["train_language"] == "a")].iloc[0]
+    assert cell["delta_pct"] == pytest.approx((sub - full).mean())
+    assert cell["ci_low"] < (sub - full).mean() < cell["ci_high"]
+    assert cell["ci_low"] > 0 and bool(cell["significant"])
+    assert cell["ci_high"] - cell["ci_low"] < 4  # n = 120 paired examples: sd ~7.5 -> half-width ~1.4
+    rec = w.comparisons["toy"]["full+subnet vs full"]
+    assert rec["in_language_pos_change_ci"]["a"] == [pytest.approx(cell["ci_low"]), pytest.approx(cell["ci_high"])]
+    labels = w.records[0].labels["most positive"]  # cells row by row: (a, a) first
+    assert labels[0].endswith("*") and labels[0] == f"{cell['delta_pct']:.1f}*"
+
+
+def test_identical_variants_give_an_interval_around_zero_and_no_mark(tmp_path):
+    from subnet_ray.analysis.influence_figures import fig02
+
+    full = np.random.default_rng(1).choice([20, 30, 40, 50], size=80).astype(float)
+    correct = preds([(f"t{i}", "a", 1, 1) for i in range(80)])
+    t = TaskResults("toy", ["a", "b"], {}, {}, None, None,
+                    {"full": InfluenceResult(scripted(full), correct), "full+subnet": InfluenceResult(scripted(full), correct)})
+    w = FigureWriter(tmp_path)
+    fig02(w, t)
+    d = pd.read_csv(tmp_path / "fig02_toy_subnet_vs_full.csv")
+    assert (d["ci_low"] <= 0).all() and (d["ci_high"] >= 0).all()
+    assert not d["significant"].any()
+    assert w.records and not any("*" in text for texts in w.records[0].labels.values() for text in texts)
+
+
+def test_correlation_intervals_are_fisher_z():
+    c = correlate(np.arange(28.0), np.arange(28.0) + np.random.default_rng(0).normal(0, 8, 28))
+    se = 1 / np.sqrt(28 - 3)
+    z = np.arctanh(c.pearson_r)
+    assert c.pearson_ci == pytest.approx((np.tanh(z - 1.959964 * se), np.tanh(z + 1.959964 * se)), abs=1e-6)
+    zs = np.arctanh(c.spearman_r)
+    assert c.spearman_ci == pytest.approx((np.tanh(zs - 1.959964 * np.sqrt(1.06) * se), np.tanh(zs + 1.959964 * np.sqrt(1.06) * se)), abs=1e-6)
+    assert c.as_dict()["pearson_ci"] == list(c.pearson_ci)
+    assert all(np.isnan(v) for v in correlate([1, 2, 3], [2, 1, 3]).pearson_ci)  # n < 4: undefined
+
+
+def test_pruning_figure_states_the_sweeps_threshold_not_the_papers(tmp_path):
+    from subnet_ray.analysis.mask_figures import pruning_curves
+
+    t = make_synthetic_results(variants=["full"])
+    t.threshold, t.step_fraction = 0.9, 0.25
+    w = FigureWriter(tmp_path)
+    pruning_curves(w, t)
+    caption = w.records[0].caption
+    assert "25% of all heads at a time" in caption and "at or above 90% of the full model" in caption
+    assert "95%" not in caption.split("(Section 3.1")[0]

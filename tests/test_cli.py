@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from subnet_ray.cli import main
-from subnet_ray.config import ConfigError, load_sweep, plan
-from subnet_ray.stages import graph
+from subnet_ray.config import ConfigError, load_sweep
+from subnet_ray.graph import graph
 
 SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
 
@@ -17,7 +17,8 @@ SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
 def test_shipped_sweeps_validate(path, capsys):
     assert main(["validate", str(path)]) == 0
     out = capsys.readouterr().out
-    assert f"{len(plan(load_sweep(path)))} trials" in out
+    nodes = graph(load_sweep(path))
+    assert f"{len({n.trial for n in nodes if n.stage != 'influence'})} trials, {len(nodes)} stage outputs" in out
 
 
 def test_paper_settings_in_shipped_sweeps():
@@ -44,6 +45,7 @@ BAD = {
         "name: x\ntasks: [{id: babel, languages: [a, b], babel: {length: 20, families: [[a], [b]]}}]\ntraining: {max_length: 32}\n",
         "sentences have up to 40 tokens plus [CLS] and [SEP], more than training.max_length=32",
     ),
+    "embedding layers": ("name: x\ntasks: [{id: babel, languages: [a]}]\ninfluence: {layers: [encoder, embeddings]}\n", "embedding layers are not sketched"),
     "non-square proj": ("name: x\ntasks: [{id: babel, languages: [a]}]\ninfluence: {proj_dim: 10}\n", "perfect square"),
 }
 

@@ -11,16 +11,9 @@ import torch
 
 from subnet_ray import babel as babel_mod
 from subnet_ray.config import BabelSpec, TaskSpec
-from subnet_ray.data import (
-    LANGUAGES,
-    SPECIAL_TOKENS,
-    DataError,
-    Example,
-    build_tokenizer,
-    encode,
-    load_examples,
-    num_labels,
-)
+from subnet_ray.data import DataError, Example, load_examples, num_labels, tokenizer_for
+from subnet_ray.tasks import TASKS
+from subnet_ray.tokenization import SPECIAL_TOKENS, encode
 
 # Texts that a careless reader would change: type inference, null markers, quotes, commas, CJK.
 TRICKY = ["true", "12", "NA", "", 'say "hi", then go', "猫が座った", "null", "3.5"]
@@ -272,11 +265,11 @@ def test_babel_generation_is_fast():
 
 def test_babel_tokenizer_is_word_level_over_the_vocabulary():
     t = TaskSpec(id="babel", languages=["a", "b", "c"], train_size=50, babel=FAMILIES)
-    tok = build_tokenizer(t)
+    tok = tokenizer_for(t)
     vocab = tok.get_vocab()
     assert [vocab[s] for s in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
     assert len(vocab) == 5 + len(babel_mod.make_babel(FAMILIES, ["a", "b", "c"], 0).vocabulary())
-    assert vocab == build_tokenizer(t).get_vocab()
+    assert vocab == tokenizer_for(t).get_vocab()
     for ex in load_examples(t, "train")[::10]:
         ids = tok(ex.text)["input_ids"]
         words = 10 * (2 if ex.language == "c" else 1)  # c writes stem + suffix
@@ -289,9 +282,9 @@ def test_wordpiece_tokenizer_round_trips_pairs_with_token_type_ids(tmp_path):
     for lang in ("en", "fr"):
         write(tmp_path / lang / "train.jsonl", rows)
     t = task("pawsx", tmp_path, languages=["en", "fr"], sizes=(40, 1, 1))
-    tok = build_tokenizer(t, vocab_size=300)
+    tok = tokenizer_for(t, vocab_size=300)
     assert [tok.convert_tokens_to_ids(s) for s in SPECIAL_TOKENS] == [0, 1, 2, 3, 4]
-    assert tok.get_vocab() == build_tokenizer(t, vocab_size=300).get_vocab()  # deterministic
+    assert tok.get_vocab() == tokenizer_for(t, vocab_size=300).get_vocab()  # deterministic
     exs = load_examples(t, "train")[:4]
     batch = encode(exs, tok, max_length=64)
     assert set(batch) == {"input_ids", "attention_mask", "token_type_ids", "labels"}
@@ -304,8 +297,8 @@ def test_wordpiece_tokenizer_round_trips_pairs_with_token_type_ids(tmp_path):
         assert tok.decode(ids[1 : seps[0]]) == ex.text and tok.decode(ids[seps[0] + 1 : seps[1]]) == ex.text_pair
     assert batch["labels"].dtype == torch.long and batch["labels"].tolist() == [ex.label for ex in exs]
     # A word outside the vocabulary is spelt in characters, not lost to [UNK].
-    chars_only = len(build_tokenizer(t, vocab_size=1))  # specials + every character in both forms
-    small = build_tokenizer(t, vocab_size=chars_only + 11)  # + the 11 most frequent words: the, le, cat, ..., tapis
+    chars_only = len(tokenizer_for(t, vocab_size=1))  # specials + every character in both forms
+    small = tokenizer_for(t, vocab_size=chars_only + 11)  # + the 11 most frequent words: the, le, cat, ..., tapis
     assert len(small) == chars_only + 11 and "tapis" in small.get_vocab() and "tapisserie" not in small.get_vocab()
     assert "number" in small.get_vocab() and "39" not in small.get_vocab()
     assert small.tokenize("tapisserie") == ["tapis", "##s", "##e", "##r", "##i", "##e"]  # longest match first
@@ -314,7 +307,7 @@ def test_wordpiece_tokenizer_round_trips_pairs_with_token_type_ids(tmp_path):
 
 def test_encode_pads_to_longest_and_truncates():
     t = TaskSpec(id="babel", languages=["a"], train_size=4, babel=BabelSpec(vocab_size=50, length=6))
-    tok = build_tokenizer(t)
+    tok = tokenizer_for(t)
     exs = load_examples(t, "train")
     short = Example("x/a/train/9", "a", " ".join(exs[0].text.split()[:2]), None, 1)
     batch = encode([short, exs[1]], tok, max_length=64)
@@ -353,7 +346,7 @@ def bad_cases(tmp: Path):
         (task("xnli", tmp / "nocol"), "train", f"{tmp}/nocol/en/train.csv has no column 'hypothesis' \\(columns: premise, hypo, label\\)"),
         (task("xnli", tmp / "badlabel"), "train", f"{tmp}/badlabel/en/train.jsonl column 'label' has label 3 at row 4; expected an integer in \\[0, 2\\]"),
         (task("xnli", tmp / "empty"), "train", f"language 'en', split 'train': {tmp}/empty/en/train.jsonl has no rows \\(empty language\\)"),
-        (task("xnli", tmp / "ok", sizes=(6, 1, 1)), "train", f"language 'en', split 'train': {tmp}/ok/en/train.jsonl has only 5 rows, fewer than the 6 asked"),
+        (task("xnli", tmp / "ok", sizes=(6, 1, 1)), "train", f"split 'train': {tmp}/ok/en/train.jsonl has only 5 rows usable in every language \\(en\\), fewer than the 6 asked"),
         (task("local", tmp / "local.csv", languages=["fr"]), "train", "column 'language' has no rows of language 'fr' \\(languages present: en\\)"),
         (task("local", tmp / "local.csv", sizes=(1, 1, 1)), "dev", "has only 1 rows, fewer than the 2 asked \\(train \\+ dev \\+ test up to dev"),
         (task("local", tmp / "local.csv", label_column="y"), "train", "local.csv has no column 'y'"),
@@ -367,4 +360,127 @@ def test_bad_input_errors_name_what_is_wrong(tmp_path):
         with pytest.raises(DataError, match=message):
             load_examples(spec, split)
     assert issubclass(DataError, ValueError)
-    assert LANGUAGES["pawsx"] == ("de", "en", "es", "fr", "ja", "ko", "zh") and len(LANGUAGES["xnli"]) == 15
+    assert TASKS["pawsx"].languages == ("de", "en", "es", "fr", "ja", "ko", "zh") and len(TASKS["xnli"].languages) == 15
+
+
+# --------------------------------------------------------------------------------------------
+# Parallel sampling (paper 4.3: every language gets the same items)
+
+
+def pawsx_rows(ids, lang):
+    return [{"id": i, "sentence1": f"{lang} s1 of {i}", "sentence2": f"{lang} s2 of {i}", "label": i % 2} for i in ids]
+
+
+def _items(exs, lang, source_item):
+    return [source_item(ex) for ex in exs if ex.language == lang]
+
+
+def test_pawsx_languages_sample_the_same_items_aligned_by_id(tmp_path):
+    # Each language's files list the items in its own order, as translated releases may:
+    # alignment must follow the `id` column, not the row position.
+    ids = list(range(100, 140))
+    for split, ext in (("train", "tsv"), ("dev", "jsonl"), ("test", "parquet")):
+        for k, lang in enumerate(("de", "en", "fr")):
+            order = np.random.default_rng(k).permutation(ids).tolist()
+            write(tmp_path / lang / f"{split}.{ext}", pawsx_rows(order, lang))
+    spec = task("pawsx", tmp_path, languages=["de", "en", "fr"], sizes=(12, 8, 6))
+    for split, n in (("train", 12), ("dev", 8), ("test", 6)):
+        exs = load_examples(spec, split)
+        assert len(exs) == 3 * n
+        items = {lang: _items(exs, lang, lambda ex: ex.text.split(" of ")[1]) for lang in ("de", "en", "fr")}
+        assert items["de"] == items["en"] == items["fr"]  # the same items, in the same order
+        assert len(set(items["de"])) == n
+        assert all(ex.label == int(ex.text.split(" of ")[1]) % 2 for ex in exs)
+        assert len({ex.id for ex in exs}) == 3 * n  # ids stay unique ...
+    assert [ex.id for ex in load_examples(spec, "train")] == [ex.id for ex in load_examples(spec, "train")]  # ... and stable
+    other = load_examples(spec.model_copy(update={"data_seed": 1}), "train")
+    assert _items(other, "de", lambda ex: ex.text) != _items(load_examples(spec, "train"), "de", lambda ex: ex.text)
+
+
+def test_xnli_languages_sample_the_same_rows(tmp_path):
+    for lang in ("ar", "en", "sw"):
+        write(tmp_path / lang / "test.jsonl", xnli_rows(30, lang))
+    exs = load_examples(task("xnli", tmp_path, languages=["ar", "en", "sw"], sizes=(1, 1, 10)), "test")
+    rows = {lang: [int(ex.id.split("/")[-1]) for ex in exs if ex.language == lang] for lang in ("ar", "en", "sw")}
+    assert rows["ar"] == rows["en"] == rows["sw"] and len(set(rows["en"])) == 10
+    assert all(ex.text == f"{ex.language} premise {ex.id.split('/')[-1]}" for ex in exs)
+
+
+def test_local_group_column_makes_sampling_parallel(tmp_path):
+    rows = [{"text": f"{lang} item {g}", "label": g % 2, "language": lang, "item": f"g{g}"} for lang in ("aa", "bb") for g in range(20)]
+    np.random.default_rng(0).shuffle(rows)
+    write(tmp_path / "all.csv", rows)
+    spec = task("local", tmp_path / "all.csv", languages=["aa", "bb"], sizes=(6, 4, 4), group_column="item")
+    seen = set()
+    for split in ("train", "dev", "test"):
+        exs = load_examples(spec, split)
+        items = {lang: _items(exs, lang, lambda ex: ex.text.split(" item ")[1]) for lang in ("aa", "bb")}
+        assert items["aa"] == items["bb"]
+        assert not seen & set(items["aa"])  # train, dev and test carved disjointly from one permutation
+        seen |= set(items["aa"])
+    # without the group column the same file is sampled per language: items differ
+    plain = load_examples(spec.model_copy(update={"group_column": None}), "train")
+    assert _items(plain, "aa", lambda ex: ex.text.split(" item ")[1]) != _items(plain, "bb", lambda ex: ex.text.split(" item ")[1])
+
+
+@pytest.mark.parametrize("case", ["other ids", "other row counts", "repeated id", "id column missing in one language"])
+def test_misaligned_parallel_sources_are_refused_naming_languages(tmp_path, case):
+    if case == "other row counts":
+        write(tmp_path / "de" / "train.jsonl", xnli_rows(8, "de"))
+        write(tmp_path / "fr" / "train.jsonl", xnli_rows(9, "fr"))
+        spec, match = task("xnli", tmp_path, languages=["de", "fr"]), "languages 'de' \\(8 rows.*and 'fr' \\(9 rows.*not row-aligned"
+    else:
+        write(tmp_path / "de" / "train.jsonl", pawsx_rows(range(10), "de"))
+        fr = {"other ids": pawsx_rows(range(1, 11), "fr"), "repeated id": pawsx_rows([0, 1, 2, 3, 4, 5, 6, 7, 8, 8], "fr"),
+              "id column missing in one language": [{k: v for k, v in r.items() if k != "id"} for r in pawsx_rows(range(10), "fr")]}[case]
+        write(tmp_path / "fr" / "train.jsonl", fr)
+        match = {"other ids": "languages 'de' and 'fr' do not hold the same items \\(2 differ",
+                 "repeated id": "language 'fr', split 'train'.*column 'id' repeats item '8'",
+                 "id column missing in one language": "language\\(s\\) fr have no column 'id'"}[case]
+        spec = task("pawsx", tmp_path, languages=["de", "fr"])
+    with pytest.raises(DataError, match=match):
+        load_examples(spec, "train")
+
+
+def test_marc_is_sampled_per_language_as_before(tmp_path):
+    # MARC is not parallel: each language keeps its own permutation seeded by (data_seed, language, split).
+    for lang in ("de", "fr"):
+        write(tmp_path / lang / "train.jsonl",
+              [{"stars": 1 + (i % 5), "review_title": f"{lang} t{i}", "review_body": f"b{i}"} for i in range(40)])
+    exs = load_examples(task("marc", tmp_path, languages=["de", "fr"], sizes=(10, 1, 1)), "train")
+    for lang in ("de", "fr"):
+        usable = np.asarray([i for i in range(40) if 1 + (i % 5) != 3])
+        expected = babel_mod.rng(0, lang, "train").permutation(usable)[:10].tolist()
+        assert [int(ex.id.split("/")[-1]) for ex in exs if ex.language == lang] == expected
+    assert [ex.id.split("/")[-1] for ex in exs if ex.language == "de"] != [ex.id.split("/")[-1] for ex in exs if ex.language == "fr"]
+
+
+def test_a_new_data_set_is_one_registry_record_plus_its_files(tmp_path):
+    from subnet_ray.config import SweepSpec
+    from subnet_ray.tasks import TaskRecord, register
+
+    def convert(rows, task):  # stars 1-3 -> 0, 4-5 -> 1
+        rows.require("sentence", "stars", "item")
+        return "sentence", None, (rows.labels("stars", range(1, 6)) >= 4).astype(np.int64)
+
+    register(TaskRecord("toyset", convert, languages=("aa", "bb"), text_columns=("sentence",), parallel_by="item"))
+    try:
+        for lang in ("aa", "bb"):
+            for split in ("train", "dev", "test"):
+                write(tmp_path / lang / f"{split}.jsonl",
+                      [{"item": f"i{j}", "sentence": f"{lang} {split} {j}", "stars": 1 + j % 5} for j in range(12)])
+        # validates as a sweep task; an unknown language is refused by the record's list
+        spec = SweepSpec.model_validate({"name": "t", "tasks": [{"id": "toyset", "languages": ["aa", "bb"], "source": str(tmp_path),
+                                                                   "train_size": 5, "dev_size": 2, "test_size": 2}]})
+        with pytest.raises(ValueError, match="no language\\(s\\) \\['cc'\\]"):
+            SweepSpec.model_validate({"name": "t", "tasks": [{"id": "toyset", "languages": ["aa", "cc"]}]})
+        exs = load_examples(spec.tasks[0], "train")
+        assert len(exs) == 10 and num_labels(spec.tasks[0]) == 2
+        items = {lang: [ex.text.split()[-1] for ex in exs if ex.language == lang] for lang in ("aa", "bb")}
+        assert items["aa"] == items["bb"]  # parallel by its item column
+        assert all(ex.label == int(1 + int(ex.text.split()[-1]) % 5 >= 4) for ex in exs)
+        assert tokenizer_for(spec.tasks[0]).tokenize("bb train") == ["bb", "train"]  # its words, from its files
+    finally:
+        TASKS.pop("toyset")
+    with pytest.raises(ValueError, match="unknown task 'toyset'"):
+        SweepSpec.model_validate({"name": "t", "tasks": [{"id": "toyset", "languages": ["aa"]}]})

@@ -174,7 +174,8 @@ def _checkpoints(tmp_path, n=2):
         with torch.no_grad():
             for p in model.parameters():
                 p.add_(0.05 * torch.randn(p.shape, generator=g))
-        save_checkpoint(model, tmp_path / f"epoch_{e}", {"epoch": e, "lr": 1e-3 / e})
+        # the weight is the epoch's mean rate (lr_mean); lr (the last step's) must not be used
+        save_checkpoint(model, tmp_path / f"epoch_{e}", {"epoch": e, "lr": 0.0, "lr_mean": 1e-3 / e})
         dirs.append(tmp_path / f"epoch_{e}")
     return dirs
 
@@ -196,7 +197,7 @@ def test_rankings_agree_with_captum_tracincp(tmp_path):
         for what, b in (("train", train_b), ("test", test_b)):
             v = sketch_batch(model, b, linears, None)
             sk[what].append(Sketches(ids=[f"{what}{i}" for i in range(len(v))], languages=["aa"] * len(v), values=v,
-                                     layout=layer_dims(linears, 0), proj_dim=0, seed=0, checkpoint=e, lr=meta["lr"]))
+                                     layout=layer_dims(linears, 0), proj_dim=0, seed=0, checkpoint=e, lr=meta["lr_mean"]))
     ours = dense_scores(sk["test"], sk["train"], lr_weighting=True, normalize=False)[-1]
 
     def tensors(b):
@@ -204,7 +205,7 @@ def test_rankings_agree_with_captum_tracincp(tmp_path):
 
     tracin = TracInCP(
         tiny_model(), DataLoader(TensorDataset(*tensors(train_b)), batch_size=4), [str(d) for d in dirs],
-        checkpoints_load_func=lambda m, path: load_checkpoint(m, path)["lr"],
+        checkpoints_load_func=lambda m, path: load_checkpoint(m, path)["lr_mean"],
         layers=names, loss_fn=torch.nn.CrossEntropyLoss(reduction="none"), batch_size=4,
     )
     theirs = tracin.influence(tensors(test_b))
@@ -332,7 +333,7 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
         m = mask if t.language == "bb" else None
         total = torch.zeros(len(train))
         for d in dirs:
-            lr = load_checkpoint(model, d)["lr"]
+            lr = load_checkpoint(model, d)["lr_mean"]
             g_train = brute_grads(model, encode(train, tok, 16), linears, m)
             g_test = brute_grads(model, encode([t], tok, 16), linears, m)
             total += lr * F.cosine_similarity(g_test, g_train, dim=1)

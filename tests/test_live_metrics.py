@@ -6,9 +6,12 @@ import pytest
 from mlflow import MlflowClient
 
 from subnet_ray.config import load_sweep
-from subnet_ray.orchestration.runner import TrialLog, epoch_metrics, run_name, run_sweep, store_for
+from subnet_ray.orchestration.runner import TrialLog, run_name, run_sweep
+from subnet_ray.orchestration.tracking import epoch_metrics
+from subnet_ray.store import store_for
 from subnet_ray.orchestration.tracking import Tracker, TrialRun, default_tracking_uri
-from subnet_ray.stages import HISTORY, graph
+from subnet_ray.graph import graph
+from subnet_ray.stages import HISTORY
 from tiny import smoke_sweep
 
 # the smoke sweep with fewer influence variants (no random-sft, no composition)

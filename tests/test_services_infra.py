@@ -142,9 +142,11 @@ def test_compose_keeps_secrets_in_the_env_file():
 
 @pytest.fixture(scope="module")
 def k8s():
-    """Returns the manifests by kind."""
+    """Returns the Ray manifests by kind (mlflow.yaml's are checked in test_infra_schemas.py)."""
     docs = {}
     for path in sorted(K8S.glob("*.yaml")):
+        if path.name == "mlflow.yaml":
+            continue
         for doc in yaml.safe_load_all(path.read_text()):
             docs[doc["kind"]] = doc
     assert set(docs) == {"RayCluster", "RayJob", "PersistentVolumeClaim", "ConfigMap"}
@@ -196,7 +198,7 @@ def test_raycluster_images_versions_and_ports(k8s):
     spec = k8s["RayCluster"]["spec"]
     assert spec["rayVersion"] == RAY_VERSION
     images = {c["image"] for _, pod, _ in pod_templates(spec) for c in pod["containers"]}
-    assert images == {"subnet-ray:0.1.0"}
+    assert images == {"REPLACE_WITH_REGISTRY/subnet-ray:0.1.0"}  # fails with InvalidImageName until replaced
     head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
     ports = {p["name"]: p["containerPort"] for p in head["ports"]}
     assert ports["gcs-server"] == 6379 and ports["dashboard"] == 8265
@@ -277,10 +279,10 @@ def test_dockerfile_base_install_workdir_env():
     installs = [shlex.split(a) for i, a in steps if i == "RUN" and "pip install" in a]
     project = [cmd for cmd in installs if "." in cmd[cmd.index("install"):]]
     assert len(project) == 1
-    # torch is only installed when a CUDA index is chosen; otherwise `pip install .` picks it.
-    for cmd in installs:
-        if "torch" in cmd:
-            assert "TORCH_INDEX_URL" in " ".join(cmd) and cmd[0] == "if"
+    # torch is pinned to the version this environment runs, and installed before the project
+    torch_steps = [i for i, cmd in enumerate(installs) if "torch==${TORCH_VERSION}" in cmd]
+    assert torch_steps == [0] and project == installs[1:]
+    assert args["TORCH_VERSION"] == importlib.metadata.version("torch").split("+")[0]
     sources = set()
     for i, a in steps:
         if i == "COPY":
@@ -321,14 +323,16 @@ def test_ray_up_nodes_image_and_commands():
     assert gpu[0]["node_config"]["InstanceType"] == "g5.2xlarge"
     assert gpu[0]["resources"] == {"CPU": 8, "GPU": 1}
     assert sum(t.get("min_workers", 0) for t in types.values()) <= config["max_workers"]
-    assert config["file_mounts"] == {"~/subnet-ray": "."}
+    # the project, and the Ray token every node needs (RAY_AUTH_MODE=token)
+    assert config["file_mounts"] == {"~/subnet-ray": ".", "~/.ray/auth_token": "~/.ray/auth_token"}
+    assert "RAY_AUTH_MODE=token" in " ".join(config["setup_commands"])
     setup = " ".join(config["setup_commands"])
     assert "pip install --no-cache-dir ~/subnet-ray" in setup
     assert "SUBNET_RAY_ROOT=s3://" in setup and "OMP_WAIT_POLICY=PASSIVE" in setup
     head = " ".join(config["head_start_ray_commands"])
     worker = " ".join(config["worker_start_ray_commands"])
-    assert "--dashboard-host=127.0.0.1" in head and "services/mlflow.sh start" in head
-    assert "MLFLOW_TRACKING_URI=http://$RAY_HEAD_IP:5000" in worker
+    assert "--dashboard-host=127.0.0.1" in head and "services/mlflow.sh start --host 127.0.0.1" in head
+    assert "MLFLOW_TRACKING_URI=http://127.0.0.1:5000" in setup  # only the driver, on the head, writes
     assert "ray start --address=$RAY_HEAD_IP:6379" in worker
 
 

@@ -10,29 +10,21 @@ from torch.nn import functional as F
 from subnet_ray.config import SubnetworkSpec
 from subnet_ray.models import HeadMask
 from subnet_ray.subnetworks import (
-    Subnetwork,
     cosine_similarity,
-    curve_frame,
     disabled_heads_table,
-    find_subnetwork,
-    find_subnetworks,
-    head_importance,
     heads_shared_by,
-    importance_pass,
     intersection,
     layer_similarity,
     load_mask,
-    make_batches,
-    normalize_importance,
     overlap,
-    prune,
     random_mask,
     save_mask,
     similarity_matrix,
-    step_size,
     suboptimal_mask,
     union,
 )
+from subnet_ray.subnetworks.importance import head_importance, importance_pass, normalize_importance
+from subnet_ray.subnetworks.pruning import Subnetwork, curve_frame, find_subnetwork, find_subnetworks, make_batches, prune, step_size
 from tiny import tiny_batch, tiny_model
 
 # ---- importance ------------------------------------------------------------------------------
@@ -276,12 +268,32 @@ def test_random_masks_keep_count_are_reproducible_and_differ_across_seeds():
     g = torch.Generator().manual_seed(0)
     mask = torch.rand(12, 12, generator=g) < 0.7
     count = int(mask.sum())
-    rand = {s: random_mask(mask, s) for s in (1, 2, 3)}
+    rand = {s: random_mask(mask, s, "t", "de") for s in (1, 2, 3)}
     assert all(int(r.sum()) == count and r.shape == mask.shape and r.dtype == torch.bool for r in rand.values())
-    assert torch.equal(random_mask(mask, 2), rand[2])
+    assert torch.equal(random_mask(mask, 2, "t", "de"), rand[2])
     assert not torch.equal(rand[1], rand[2]) and not torch.equal(rand[2], rand[3]) and not torch.equal(rand[1], rand[3])
     assert not torch.equal(rand[1], mask)
-    assert torch.equal(random_mask(mask.numpy(), 2), rand[2])  # numpy input, same result
+    assert torch.equal(random_mask(mask.numpy(), 2, "t", "de"), rand[2])  # numpy input, same result
+
+
+def test_random_masks_of_languages_are_drawn_independently():
+    # Two languages with the same identified mask: a permutation shared by both languages would
+    # give them identical random masks (overlap = count) for every seed.
+    g = torch.Generator().manual_seed(1)
+    a = torch.rand(12, 12, generator=g) < 0.55
+    b = torch.rand(12, 12, generator=g) < 0.55
+    ra, rb = random_mask(a, 5, "t", "de"), random_mask(a, 5, "t", "en")
+    assert int(ra.sum()) == int(rb.sum()) == int(a.sum())
+    assert not torch.equal(ra, rb)
+    assert torch.equal(random_mask(a, 5, "t", "en"), rb)  # the same stream twice: the same mask
+    # Over seeds, the mean overlap of two languages' random masks is that of independent
+    # shuffles, E|A n B| = |A| |B| / N (hypergeometric), whatever the identified masks share
+    # (here: everything, a with itself). 300 seeds put the standard error near 0.2 heads.
+    n = a.numel()
+    for x, y in ((a, a), (a, b)):
+        overlaps = [int((random_mask(x, s, "t", "de") & random_mask(y, s, "t", "en")).sum()) for s in range(300)]
+        expected = int(x.sum()) * int(y.sum()) / n
+        assert abs(np.mean(overlaps) - expected) < 1.0, (np.mean(overlaps), expected)
 
 
 def test_union_intersection_and_suboptimal_match_hand_values():
@@ -384,13 +396,13 @@ def babel_task(train_size=300, dev_size=100):
 
 
 def test_find_subnetworks_accuracies_agree_with_train_evaluate():
-    from subnet_ray.data import build_tokenizer, load_examples
+    from subnet_ray.data import load_examples, tokenizer_for
     from subnet_ray.models import build_model
     from subnet_ray.train import by_language, evaluate
     from tiny import TINY
 
     task = babel_task(train_size=20, dev_size=40)
-    dev, tok = by_language(load_examples(task, "dev")), build_tokenizer(task)
+    dev, tok = by_language(load_examples(task, "dev")), tokenizer_for(task)
     model = build_model(TINY, num_labels=2, vocab_size=len(tok), seed=0).eval()
     subs = find_subnetworks(model, dev, tok, SubnetworkSpec(threshold=0.8, batch_size=16), max_length=32)
     assert list(subs) == BABEL_LANGS
@@ -410,14 +422,14 @@ def family_mask_similarity(morphology: str, seeds: list[int]) -> list[tuple[floa
     from pathlib import Path
 
     from subnet_ray.config import load_sweep
-    from subnet_ray.data import build_tokenizer, load_examples
+    from subnet_ray.data import load_examples, tokenizer_for
     from subnet_ray.models import build_model
     from subnet_ray.train import by_language, finetune
 
     demo = load_sweep(Path(__file__).parent.parent / "sweeps" / "demo.yaml")
     task = demo.tasks[0].model_copy(update={"babel": demo.tasks[0].babel.model_copy(update={"morphology": morphology})})
     (x1, x2), (y1, y2) = task.babel.families
-    train, dev, tok = load_examples(task, "train"), load_examples(task, "dev"), build_tokenizer(task)
+    train, dev, tok = load_examples(task, "train"), load_examples(task, "dev"), tokenizer_for(task)
     out = []
     for seed in seeds:
         model = build_model(demo.model, num_labels=2, vocab_size=len(tok), seed=seed)

@@ -14,8 +14,10 @@ from mlflow import MlflowClient
 
 from subnet_ray.cli import main
 from subnet_ray.config import load_sweep
-from subnet_ray.orchestration.runner import ledger, run_sweep, store_for
-from subnet_ray.stages import TOPK, graph
+from subnet_ray.orchestration.runner import ledger, run_sweep
+from subnet_ray.store import store_for
+from subnet_ray.graph import graph
+from subnet_ray.stages import TOPK
 from tiny import smoke_sweep
 
 TINY_SWEEP = smoke_sweep("tiny")  # every stage in about a minute

@@ -116,3 +116,31 @@ def test_evaluate_accuracy_is_fraction_of_correct_predictions(data):
     r = evaluate(model, dev, tok, 16, batch_size=5)
     assert r["accuracy"] == sum(p == e.label for p, e in zip(r["preds"], dev)) / len(dev)
     assert len(r["preds"]) == len(dev)
+
+
+def test_checkpoint_lr_weight_is_the_mean_step_size_of_its_epoch(data, tmp_path, monkeypatch):
+    # TracInCP weights a checkpoint by the step sizes taken since the previous one: the mean
+    # rate over its epoch's steps, not the rate at its last step (~0 for the last epoch).
+    import subnet_ray.train as train_mod
+
+    _, train, dev, _, tok = data
+    used = []
+    real_step = train_mod.train_step
+
+    def spy(model, batch, optimizer, *a, **kw):
+        used.append(optimizer.param_groups[0]["lr"])
+        return real_step(model, batch, optimizer, *a, **kw)
+
+    monkeypatch.setattr(train_mod, "train_step", spy)
+    cfg = CFG.model_copy(update={"epochs": 3, "warmup": 0.2})
+    history = finetune(tiny_babel_model(tok), train, dev, tok, cfg, tmp_path / "w", seed=1, progress=False)
+    S = len(epoch_plan(train, cfg.batch_size, 1, 1, False))
+    assert len(used) == 3 * S
+    # the schedule by hand: linear warm-up over the first int(0.2 T) steps, then linear decay to 0
+    T, warm = 3 * S, int(0.2 * 3 * S)
+    by_hand = [cfg.lr * ((s + 1) / warm if s < warm else (T - s) / (T - warm)) for s in range(T)]
+    assert used == pytest.approx(by_hand, rel=1e-12)
+    for e, rec in enumerate(history):
+        assert rec["lr_mean"] == pytest.approx(sum(by_hand[e * S:(e + 1) * S]) / S, rel=1e-12)
+    assert history[-1]["lr"] == pytest.approx(cfg.lr / (T - warm))  # the last step's rate: tiny
+    assert history[-1]["lr_mean"] > 3 * history[-1]["lr"]  # (S + 1) / 2 times it

@@ -47,10 +47,10 @@ def tiny_task(languages=("xa", "xb", "ya"), train=24, dev=12, test=12):
 def tiny_data(task=None):
     """Returns (task, train, dev, test, tokenizer) for the tiny babel task."""
     from subnet_ray.data import load_examples
-    from subnet_ray.tokenization import build_tokenizer
+    from subnet_ray.data import tokenizer_for
 
     task = task or tiny_task()
-    return task, load_examples(task, "train"), load_examples(task, "dev"), load_examples(task, "test"), build_tokenizer(task)
+    return task, load_examples(task, "train"), load_examples(task, "dev"), load_examples(task, "test"), tokenizer_for(task)
 
 
 def tiny_babel_model(tokenizer, seed=0):

@@ -42,6 +42,8 @@ class FigureRecord:
     """Panel (or 'panel/hue') -> numbers read back from the drawn artists."""
     spec: dict = field(default_factory=dict)
     """How the CSV's columns were drawn: kind ('heatmap' | 'scatter' | 'lines' | 'bars') and column roles."""
+    labels: dict[str, list[str]] = field(repr=False, default_factory=dict)
+    """Heatmaps: panel -> the text written in each cell, row by row."""
 
     @property
     def pdf(self) -> Path:
@@ -97,6 +99,8 @@ class FigureWriter:
         self.skipped: list[dict] = []
         self.correlations: list[dict] = []  # one dict per correlation: figure, task, what, r, p, n
         self.comparisons: dict[str, dict[str, dict]] = {}  # task -> "a vs b" -> changes per language
+        self.shares: dict[str, dict[str, dict]] = {}  # task -> variant -> in-language shares and intervals
+        self.intervals: dict[tuple[str, str], dict] = {}  # (task, "a vs b") -> sign -> (low, high) tables of the change
 
     def skip(self, figure: int | str, task: str, reason: str) -> None:
         """Records that a figure was not made for a task, and why."""
@@ -142,11 +146,13 @@ class FigureWriter:
     def heatmap(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, row: str, col: str, value: str,
                 caption: str, panel: str | None = None, diverging: bool = False, fmt: str = "{:.1f}",
                 title: str | None = None, xlabel: str | None = None, ylabel: str | None = None,
-                shared_scale: bool = True, colorbar_label: str | None = None) -> FigureRecord:
+                shared_scale: bool = True, mark: str | None = None, colorbar_label: str | None = None) -> FigureRecord:
         """Returns the record of a heatmap per panel, cells annotated; diverging maps centred at 0.
 
         Panels share one colour scale unless `shared_scale` is False (panels in different units).
-        Counts (whole numbers, fmt '{:.0f}') get one colour per number and whole-number colorbar ticks.
+        `mark` names a bool column: its true cells get a '*' after their value (e.g. a change
+        whose 95% interval excludes 0). Counts (whole numbers, fmt '{:.0f}') get one colour per
+        number and whole-number colorbar ticks; the colorbar says what its colour means.
         """
         def scale(values: np.ndarray) -> tuple[float, float]:
             finite = values[np.isfinite(values)]
@@ -169,11 +175,16 @@ class FigureWriter:
         size = (len(panels) * (cell * ncols + 1.9) + 0.4, cell * nrows + 1.5 + (0.3 if title else 0))
         fontsize = style.FONT["tick"] if ncols <= 8 else style.FONT["tick"] - 2
 
+        labels: dict[str, list[str]] = {}
+
         def draw(fig: Figure, data: pd.DataFrame) -> dict[str, np.ndarray]:
             out = {}
             for ax, (name, d) in zip(_axes(fig, len(panels)), _panels(data, panel)):
                 rows, cols = _order(d[row]), _order(d[col])
+                labels[name] = []
                 grid = d.pivot(index=row, columns=col, values=value).reindex(index=rows, columns=cols).to_numpy(float)
+                marks = (d.pivot(index=row, columns=col, values=mark).reindex(index=rows, columns=cols).fillna(False)
+                         .to_numpy(bool) if mark else np.zeros(grid.shape, bool))
                 vmin, vmax = shared if shared_scale else scale(grid.ravel())
                 if count:
                     cm, norm = style.count_scale(cmap, vmin, vmax)
@@ -190,16 +201,19 @@ class FigureWriter:
                     if np.isfinite(v):
                         level = float(im.norm(v)) / (max(im.norm.N - 1, 1) if count else 1)
                         dark = abs(level - (0.5 if diverging else 0.0)) > (0.3 if diverging else 0.6)
+                        labels[name].append(_label(fmt, v) + ("*" if marks[i, j] else ""))
                         # Cell labels sit inside the axes: keeping them out of the layout saves most of its cost.
-                        ax.text(j, i, _label(fmt, v), ha="center", va="center",
+                        ax.text(j, i, labels[name][-1], ha="center", va="center",
                                 fontsize=style.FONT["cell"] if ncols <= 8 else style.FONT["cell"] - 2,
                                 color="white" if dark else "black", in_layout=False)
                 style.colorbar(fig, im, ax, value, count, colorbar_label)
                 out[name] = np.ma.filled(np.ma.asarray(im.get_array(), dtype=float), np.nan)
             return out
 
-        spec = {"kind": "heatmap", "row": row, "col": col, "value": value, "panel": panel}
-        return self._save(figure, task, slug, data, caption, size, draw, title, spec)
+        spec = {"kind": "heatmap", "row": row, "col": col, "value": value, "panel": panel, "mark": mark}
+        record = self._save(figure, task, slug, data, caption, size, draw, title, spec)
+        record.labels = labels
+        return record
 
     def scatter(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, x: str, y: str, caption: str,
                 hue: str | None = None, label: str | None = None, panel: str | None = None,
@@ -242,8 +256,12 @@ class FigureWriter:
 
     def lines(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, x: str, y: str, hue: str, caption: str,
               panel: str | None = None, title: str | None = None, ylabel: str | None = None,
-              hlines: dict[str, float] | None = None, xlabel: str | None = None) -> FigureRecord:
-        """Returns the record of one line per hue per panel (shared y axis); `hlines` adds labelled reference lines."""
+              hlines: dict[str, float] | None = None, xlabel: str | None = None,
+              band: tuple[str, str] | None = None) -> FigureRecord:
+        """Returns the record of one line per hue per panel (shared y axis); `hlines` adds labelled reference lines.
+
+        `band` names (low, high) columns drawn as a shaded interval around each line.
+        """
         panels = _panels(data, panel)
         colour = {h: PALETTE[i % len(PALETTE)] for i, h in enumerate(_order(data[hue]))}
         cols, rows = _grid(len(panels), 3)
@@ -260,6 +278,9 @@ class FigureWriter:
                     (line,) = ax.plot(dh[x].to_numpy(float), dh[y].to_numpy(float), marker="o", ms=3,
                                       color=colour[h], label=str(h))
                     out[f"{name}/{h}"] = np.asarray(line.get_xydata(), dtype=float)
+                    if band:
+                        ax.fill_between(dh[x].to_numpy(float), dh[band[0]].to_numpy(float), dh[band[1]].to_numpy(float),
+                                        color=colour[h], alpha=0.15, lw=0)
                 for text, level in (hlines or {}).items():
                     ax.axhline(level, color="0.5", lw=0.8, ls=":")
                     ax.annotate(text, (ax.get_xlim()[0], level), fontsize=6, color="0.4", va="bottom")

@@ -3,6 +3,8 @@
 Each `figNN(writer, task)` makes the figure from the variants the task has, or records
 why it could not. Shares are over the top-k most positive / negative training examples of
 the summed TracIn ranking (checkpoint -1), except Figs 7, 10, 18, which use each epoch's.
+Every share and change carries its 95% bootstrap interval (ci_low, ci_high) in the CSV and
+summary.json; heatmaps of changes mark with * the cells whose interval excludes 0.
 """
 from __future__ import annotations
 
@@ -15,11 +17,15 @@ from subnet_ray.analysis.shares import (
     ShareComparison,
     compare_shares,
     correct_under_all,
+    delta_interval,
     language_shares,
     mean_delta,
+    share_interval,
     specialization,
     specialization_by_checkpoint,
+    specialization_interval,
 )
+from subnet_ray.analysis.bootstrap import excludes_zero
 from subnet_ray.analysis.stats import correlate
 
 SIGNS = {"pos": "most positive", "neg": "most negative"}
@@ -50,6 +56,21 @@ def cells(table: pd.DataFrame, value: str, **const) -> pd.DataFrame:
     return pd.DataFrame([{**const, r: i, c: j, value: float(table.at[i, j])} for i in table.index for j in table.columns])
 
 
+CI_NOTE = ("Intervals: 95% bootstrap over test examples{seeds}, in the CSV (ci_low, ci_high); * marks changes whose "
+           "interval excludes 0.")
+
+
+def cells_ci(table: pd.DataFrame, lo: pd.DataFrame, hi: pd.DataFrame, value: str, **const) -> pd.DataFrame:
+    """Returns `cells(table)` with the interval of each cell (ci_low, ci_high) and whether it excludes 0 (significant)."""
+    out = cells(table, value, **const)
+    sig = excludes_zero(lo, hi)
+    r, c = table.index.name or "row", table.columns.name or "column"
+    out["ci_low"] = [float(lo.at[i, j]) for i, j in zip(out[r], out[c])]
+    out["ci_high"] = [float(hi.at[i, j]) for i, j in zip(out[r], out[c])]
+    out["significant"] = [bool(sig.at[i, j]) for i, j in zip(out[r], out[c])]
+    return out
+
+
 def _diag_text(delta: pd.Series) -> str:
     """Returns 'rises for i/L test languages (de +2.1, en -0.3)' for per-language changes."""
     parts = ", ".join(f"{lang} {v:+.1f}" for lang, v in delta.items())
@@ -59,15 +80,24 @@ def _diag_text(delta: pd.Series) -> str:
 def _record(w: FigureWriter, t: TaskResults, name: str, comps: dict[str, list[ShareComparison]]) -> dict[str, pd.DataFrame]:
     """Returns the (mean) delta per sign and records the in-language changes in the summary."""
     deltas = {sign: mean_delta(cs) for sign, cs in comps.items()}
+    intervals = {sign: delta_interval(cs) for sign, cs in comps.items()}
     weighted = [compare_shares(t.influence, c.a, c.b, t.languages, sign="pos", weighted=True) for c in comps["pos"]]
+
+    def diag_ci(sign: str) -> dict:
+        lo, hi = intervals[sign]
+        return {lang: [round(float(lo.at[lang, lang]), 6), round(float(hi.at[lang, lang]), 6)] for lang in specialization(deltas[sign]).index}
+
     w.comparisons.setdefault(t.task, {})[name] = {
         "variants": [[c.a, c.b] for c in comps["pos"]],
         "in_language_pos_change": specialization(deltas["pos"]).round(6).to_dict(),
+        "in_language_pos_change_ci": diag_ci("pos"),
         "in_language_neg_change": specialization(deltas["neg"]).round(6).to_dict(),
+        "in_language_neg_change_ci": diag_ci("neg"),
         "in_language_pos_change_score_weighted": specialization(mean_delta(weighted)).round(6).to_dict(),
         # Each pair keeps its own jointly-correct examples, so n is per pair (keyed by variant a).
         "n_test_examples": {c.a: {lang: int(n) for lang, n in c.n.items()} for c in comps["pos"]},
     }
+    w.intervals[(t.task, name)] = intervals
     return deltas
 
 
@@ -79,7 +109,8 @@ def _delta_figure(w: FigureWriter, t: TaskResults, number: int, slug: str, pairs
         return w.skip(number, t.task, why)
     comps = {sign: [compare_shares(t.influence, a, b, t.languages, sign=sign) for a, b in pairs] for sign in SIGNS}
     deltas = _record(w, t, name, comps)
-    data = pd.concat([cells(deltas[s], "delta_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
+    ci = w.intervals[(t.task, name)]
+    data = pd.concat([cells_ci(deltas[s], *ci[s], "delta_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
     k = top_k(t.influence[pairs[0][0]])
     n = pd.concat([c.n for c in comps["pos"]], axis=1).sum(axis=1).astype(int)
     caption = (
@@ -87,10 +118,11 @@ def _delta_figure(w: FigureWriter, t: TaskResults, number: int, slug: str, pairs
         f"negative (right) training examples, {what}; rows are test languages, columns training languages; only test "
         f"examples both models classify correctly (n per language{', summed over pairs' if len(pairs) > 1 else ''}: "
         f"{', '.join(f'{lang} {v}' for lang, v in n.items())}). "
-        f"Here the in-language positive share {_diag_text(specialization(deltas['pos']))}.{extra} Paper: {paper}"
+        f"Here the in-language positive share {_diag_text(specialization(deltas['pos']))}.{extra} "
+        f"{CI_NOTE.format(seeds=' and runs' if len(pairs) > 1 else '')} Paper: {paper}"
     )
     w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="delta_pct",
-              panel="sign", diverging=True, caption=caption, title=f"{t.task}: {name}",
+              panel="sign", diverging=True, caption=caption, mark="significant", title=f"{t.task}: {name}",
               xlabel="training language", ylabel="test language")
 
 
@@ -155,23 +187,37 @@ def fig03(w: FigureWriter, t: TaskResults) -> None:
     for label, name in rows:
         if name != "full+subnet":  # recorded by Fig 2
             _record(w, t, f"{name} vs full", {sign: [comps[name, sign]] for sign in SIGNS})
+    random_names = [name for label, name in rows if name.startswith("full+random:")]
+    if random_names:  # the baseline the paper compares with the identified subnetwork: the mean over seeds
+        _record(w, t, f"full+random (mean of {len(random_names)} seeds) vs full",
+                {sign: [comps[name, sign] for name in random_names] for sign in SIGNS})
     for lang in [lang for lang in t.languages if lang in tested]:
+        ci = {(name, sign): delta_interval([comps[name, sign]]) for _, name in rows for sign in SIGNS}
         data = pd.DataFrame([
-            {"sign": SIGNS[sign], "mask": label, "train_language": j, "delta_pct": float(comps[name, sign].delta.at[lang, j])}
+            {"sign": SIGNS[sign], "mask": label, "train_language": j, "delta_pct": float(comps[name, sign].delta.at[lang, j]),
+             "ci_low": float(ci[name, sign][0].at[lang, j]), "ci_high": float(ci[name, sign][1].at[lang, j])}
             for sign in SIGNS for label, name in rows if lang in comps[name, sign].delta.index for j in t.languages
         ])
+        data["significant"] = (data["ci_low"] > 0) | (data["ci_high"] < 0)
+        rand = [comps[name, "pos"] for label, name in rows if label.startswith("R") and lang in comps[name, "pos"].delta.index]
+        rand_text = ""
+        if rand:
+            lo, hi = delta_interval(rand)
+            rand_text = (f" Mean of the {len(rand)} random mask(s): {float(mean_delta(rand).at[lang, lang]):+.1f} "
+                         f"[{float(lo.at[lang, lang]):+.1f}, {float(hi.at[lang, lang]):+.1f}] (95% interval over examples and seeds).")
         own = {label: float(comps[name, "pos"].delta.at[lang, lang]) for label, name in rows if lang in comps[name, "pos"].delta.index}
         caption = (
             f"Test language {lang}, full fine-tuned model: change (percentage points) in each training language's share "
             f"of the top-{top_k(t.influence['full'])} most positive (left) and most negative (right) training examples "
             f"when applying random masks (R = {lang}'s mask shuffled with that seed), other languages' masks (suboptimal) "
             f"or {lang}'s own mask, compared with no mask. In-language ({lang}) positive change: "
-            f"{', '.join(f'{k} {v:+.1f}' for k, v in own.items())}. Paper (PAWS-X, German): random masks change little "
+            f"{', '.join(f'{k} {v:+.1f}' for k, v in own.items())}.{rand_text} {CI_NOTE.format(seeds='')} "
+            "Paper (PAWS-X, German): random masks change little "
             "and never raise German's share, while suboptimal masks behave unlike random ones (e.g. much more negative "
             "influence from Korean) (Fig 3)."
         )
         w.heatmap(3, t.task, f"baselines_{lang}", data, row="mask", col="train_language", value="delta_pct",
-                  panel="sign", diverging=True, caption=caption, title=f"{t.task}: baselines on test language {lang}",
+                  panel="sign", diverging=True, caption=caption, mark="significant", title=f"{t.task}: baselines on test language {lang}",
                   xlabel="training language", ylabel="mask at test time")
 
 
@@ -182,14 +228,24 @@ def _absolute(w: FigureWriter, t: TaskResults, number: int, slug: str, name: str
     res = t.influence[name]
     keep = correct_under_all([res])
     tables = {s: language_shares(res, t.languages, sign=s, keep=keep) for s in SIGNS}
-    data = pd.concat([cells(tables[s], "share_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
+    ci = {s: share_interval(res, t.languages, sign=s, keep=keep) for s in SIGNS}
+    data = pd.concat([cells_ci(tables[s], *ci[s], "share_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
+    data = data.drop(columns="significant")  # shares are not tested against 0
     spec = specialization(tables["pos"])
+    lo, hi = ci["pos"]
+    w.shares.setdefault(t.task, {})[name] = {
+        f"in_language_{s}{suffix}": values for s in SIGNS for suffix, values in (
+            ("", specialization(tables[s]).round(6).to_dict()),
+            ("_ci", {l: [round(float(ci[s][0].at[l, l]), 6), round(float(ci[s][1].at[l, l]), 6)] for l in specialization(tables[s]).index}),
+        )
+    }
     top = (tables["pos"].idxmax(axis=1) == tables["pos"].index).sum()
     caption = (
         f"Share (%) of each training language among the top-{top_k(res)} most positive (left) and most negative "
         f"(right) training examples, {what}, averaged over correctly classified test examples; rows are test "
         f"languages, columns training languages. In-language positive shares: "
-        f"{', '.join(f'{l} {v:.1f}' for l, v in spec.items())} (chance {100 / len(t.languages):.0f}); the test "
+        f"{', '.join(f'{l} {v:.1f} [{lo.at[l, l]:.1f}, {hi.at[l, l]:.1f}]' for l, v in spec.items())} "
+        f"(95% bootstrap intervals over test examples; chance {100 / len(t.languages):.0f}); the test "
         f"language is its own largest contributor for {top}/{len(spec)} languages. Paper: {paper}"
     )
     w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="share_pct",
@@ -225,19 +281,20 @@ def fig19(w: FigureWriter, t: TaskResults) -> None:
         for op, name in ops:
             comps = {sign: [compare_shares(t.influence, name, "full", t.languages, sign=sign)] for sign in SIGNS}
             delta = _record(w, t, f"{name} vs full", comps)["pos"]
+            lo, hi = w.intervals[(t.task, f"{name} vs full")]["pos"]
             delta = delta.loc[[lang for lang in pair if lang in delta.index]]
-            frames.append(cells(delta, "delta_pct", mask=op))
+            frames.append(cells_ci(delta, lo, hi, "delta_pct", mask=op))
             cross.append(f"{op}: " + ", ".join(f"{b} on {a} {delta.at[a, b]:+.1f}" for a, b in (pair, pair[::-1]) if a in delta.index))
         caption = (
             f"Change (percentage points) in each training language's share of the top-{top_k(t.influence['full'])} most "
             f"positive training examples for test languages {pair[0]} and {pair[1]} when the SFT model is tested with "
             f"the union or the intersection of their two masks, compared with the full fine-tuned model. Cross-pair "
             f"changes: {'; '.join(cross)}. Paper: intersecting the masks of pairs that already shared (PAWS-X es-fr, "
-            "MARC de-en) strengthens their sharing; the union does so less (Fig 19)."
+            f"MARC de-en) strengthens their sharing; the union does so less (Fig 19). {CI_NOTE.format(seeds='')}"
         )
         w.heatmap(19, t.task, f"composition_{pair[0]}-{pair[1]}", pd.concat(frames, ignore_index=True),
                   row="test_language", col="train_language", value="delta_pct", panel="mask", diverging=True,
-                  caption=caption, title=f"{t.task}: composed masks {pair[0]}+{pair[1]} (SFT) vs full",
+                  caption=caption, mark="significant", title=f"{t.task}: composed masks {pair[0]}+{pair[1]} (SFT) vs full",
                   xlabel="training language", ylabel="test language")
 
 
@@ -269,14 +326,16 @@ def fig07(w: FigureWriter, t: TaskResults) -> None:
         corr = correlate(d["specialization_pct"], d["accuracy_pct"])
         w.correlation(7, t.task, "language specialisation vs accuracy over languages x checkpoints",
                       "specialization_pct", "accuracy_pct", corr, variant=name, split=acc["split"].iloc[0])
-        titles[name] = f"{name}: Pearson r={corr.pearson_r:.2f} (p={corr.pearson_p:.2g}), n={corr.n}"
+        lo, hi = corr.pearson_ci
+        titles[name] = (f"{name}: Pearson r={corr.pearson_r:.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else "")
+                        + f" (p={corr.pearson_p:.2g}), n={corr.n}")
         frames.append(d)
     if not frames:
         return w.skip(7, t.task, "; ".join(reasons))
     caption = (
         "Language specialisation (in-language share of the top positive training examples, from each epoch's "
         "checkpoint ranking) against accuracy at that epoch, one point per test language and epoch, one panel per "
-        f"variant; dashed line = least squares. {'; '.join(titles.values())}. Paper: stronger specialisation is "
+        f"variant; dashed line = least squares. {'; '.join(titles.values())} (95% Fisher-z intervals). Paper: stronger specialisation is "
         "negatively correlated with accuracy on PAWS-X and MARC (Fig 7)."
     )
     w.scatter(7, t.task, "specialization_vs_accuracy", pd.concat(frames, ignore_index=True), x="specialization_pct",
@@ -287,15 +346,19 @@ def fig07(w: FigureWriter, t: TaskResults) -> None:
 
 def _per_epoch(t: TaskResults, names: list[str]) -> pd.DataFrame:
     """Returns test_language, epoch, specialization_pct averaged over the named variants."""
-    frames = []
+    frames, runs = [], []
     for name in names:
         res = t.influence[name]
-        frames.append(specialization_by_checkpoint(res, t.languages, keep=correct_under_all([res])))
+        keep = correct_under_all([res])
+        runs.append((res, keep))
+        frames.append(specialization_by_checkpoint(res, t.languages, keep=keep))
     d = pd.concat(frames).groupby(["test_language", "checkpoint"], sort=False)["specialization"].mean().reset_index()
+    ci = pd.concat([specialization_interval(runs, t.languages, int(c)).assign(checkpoint=int(c)) for c in d["checkpoint"].unique()])
+    d = d.merge(ci, on=["test_language", "checkpoint"], how="left")
     d["test_language"] = pd.Categorical(d["test_language"], categories=t.languages, ordered=True)
     d = d.sort_values(["test_language", "checkpoint"])
     return pd.DataFrame({"test_language": d["test_language"].astype(str), "epoch": d["checkpoint"].astype(int),
-                         "specialization_pct": d["specialization"]})
+                         "specialization_pct": d["specialization"], "ci_low": d["low"], "ci_high": d["high"]})
 
 
 def _spread(d: pd.DataFrame) -> str:
@@ -313,7 +376,7 @@ def fig10(w: FigureWriter, t: TaskResults) -> None:
         panels.append(("SFT, own mask", "sft+subnet"))
     if not panels:
         return w.skip(10, t.task, "needs per-checkpoint rankings of full+subnet (or full) or sft+subnet")
-    frames = [_per_epoch(t, [name]).assign(model=label)[["model", "test_language", "epoch", "specialization_pct"]]
+    frames = [_per_epoch(t, [name]).assign(model=label)[["model", "test_language", "epoch", "specialization_pct", "ci_low", "ci_high"]]
               for label, name in panels]
     data = pd.concat(frames, ignore_index=True)
     finals = "; ".join(f"{label}: {_spread(d)}" for (label, _), d in zip(panels, frames))
@@ -321,11 +384,12 @@ def fig10(w: FigureWriter, t: TaskResults) -> None:
         "Language specialisation (in-language share of the top positive training examples, from each epoch "
         f"checkpoint's own ranking) per test language over training epochs. Last epoch: {finals}. Paper (PAWS-X): both "
         "converge to about 25% in-language reliance, SFT lets all languages share more while full fine-tuning leaves "
-        "Korean and English behind; for MARC (Fig 17) full fine-tuning is similar and Chinese is left behind (Fig 10, 17)."
+        "Korean and English behind; for MARC (Fig 17) full fine-tuning is similar and Chinese is left behind (Fig 10, 17). "
+        "Shaded: 95% bootstrap interval over test examples."
     )
     w.lines(10, t.task, "specialization_epochs", data, x="epoch", y="specialization_pct", hue="test_language",
             panel="model", caption=caption, title=f"{t.task}: specialisation over epochs",
-            hlines={"chance": 100 / len(t.languages)}, ylabel="in-language share of top positive (%)")
+            hlines={"chance": 100 / len(t.languages)}, ylabel="in-language share of top positive (%)", band=("ci_low", "ci_high"))
 
 
 def fig18(w: FigureWriter, t: TaskResults) -> None:
@@ -338,11 +402,12 @@ def fig18(w: FigureWriter, t: TaskResults) -> None:
     caption = (
         f"Language specialisation per test language over epochs for SFT with random masks, mean of {len(names)} "
         f"seed(s), from each epoch checkpoint's ranking. Last epoch: {_spread(data)}. Paper (PAWS-X): random-mask SFT "
-        "behaves like full fine-tuning, leaving some languages behind (Fig 18)."
+        "behaves like full fine-tuning, leaving some languages behind (Fig 18). Shaded: 95% bootstrap interval over "
+        "test examples and seeds."
     )
     w.lines(18, t.task, "random_sft_specialization_epochs", data, x="epoch", y="specialization_pct",
             hue="test_language", caption=caption, title=f"{t.task}: random-mask SFT over epochs",
-            hlines={"chance": 100 / len(t.languages)}, ylabel="in-language share of top positive (%)")
+            hlines={"chance": 100 / len(t.languages)}, ylabel="in-language share of top positive (%)", band=("ci_low", "ci_high"))
 
 
 def influence_figures(w: FigureWriter, t: TaskResults) -> None:

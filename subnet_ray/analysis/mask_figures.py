@@ -60,8 +60,11 @@ def pair_table(x: pd.DataFrame, shares: pd.DataFrame, x_name: str, y_name: str) 
 
 
 def _corr_text(c: Correlation) -> str:
-    return (f"Pearson r={c.pearson_r:.2f} (p={c.pearson_p:.2g}), "
-            f"Spearman r={c.spearman_r:.2f} (p={c.spearman_p:.2g}), n={c.n}")
+    def ci(lo_hi: tuple[float, float]) -> str:
+        return f" [{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if np.isfinite(lo_hi[0]) else ""
+
+    return (f"Pearson r={c.pearson_r:.2f}{ci(c.pearson_ci)} (p={c.pearson_p:.2g}), "
+            f"Spearman r={c.spearman_r:.2f}{ci(c.spearman_ci)} (p={c.spearman_p:.2g}), n={c.n}; 95% Fisher-z intervals")
 
 
 def _extremes(table: pd.DataFrame) -> str:
@@ -130,8 +133,8 @@ def fig09(w: FigureWriter, t: TaskResults) -> None:
                       "layer_cosine_similarity", "positive_share_pct", corr, variant=name, layer=layer)
         if np.isnan(corr.pearson_r):
             undefined.append(str(layer))
-        rows += [{"layer": layer, "method": "Pearson", "r": corr.pearson_r},
-                 {"layer": layer, "method": "Spearman", "r": corr.spearman_r}]
+        rows += [{"layer": layer, "method": "Pearson", "r": corr.pearson_r, "ci_low": corr.pearson_ci[0], "ci_high": corr.pearson_ci[1]},
+                 {"layer": layer, "method": "Spearman", "r": corr.spearman_r, "ci_low": corr.spearman_ci[0], "ci_high": corr.spearman_ci[1]}]
     data = pd.DataFrame(rows)
     pearson = data[data["method"] == "Pearson"].set_index("layer")["r"]
     best = f"strongest Pearson r at layer {pearson.abs().idxmax()} ({pearson[pearson.abs().idxmax()]:+.2f})" if pearson.notna().any() else "no layer has a defined correlation"
@@ -139,8 +142,8 @@ def fig09(w: FigureWriter, t: TaskResults) -> None:
     w.bars(9, t.task, "layer_similarity_correlation", data, x="layer", y="r", hue="method", ylabel="correlation r",
            title=f"{t.task} ({name}): per-layer similarity vs positive influence",
            caption=(f"Correlation, over ordered language pairs, between the cosine similarity of two languages' masks "
-                    f"restricted to one layer and positive cross-language influence (variant {name}); p-values are in "
-                    f"summary.json. Here the {best}.{note} Paper: similarity in some layers is much more indicative of "
+                    f"restricted to one layer and positive cross-language influence (variant {name}); 95% Fisher-z "
+                    f"intervals are in the CSV, p-values and intervals in summary.json. Here the {best}.{note} Paper: similarity in some layers is much more indicative of "
                     "cross-language influence, with the same pattern on PAWS-X and MARC (Fig 9)."))
 
 
@@ -199,12 +202,18 @@ def pruning_curves(w: FigureWriter, t: TaskResults) -> None:
     d = curves.assign(language=pd.Categorical(curves["language"], t.languages, ordered=True)).sort_values(["language", "step"])
     data = pd.DataFrame({"language": d["language"].astype(str), "heads_disabled": d["heads_disabled"].astype(int),
                          "relative_accuracy_pct": 100 * d["accuracy"] / d["full_accuracy"]})
+    hlines = {}
+    if t.threshold is not None:
+        paper = " (the paper's)" if t.threshold == 0.95 else " (paper: 95%)"
+        hlines[f"threshold {100 * t.threshold:g}%{paper}"] = 100 * t.threshold
+    step = f"{100 * t.step_fraction:g}% of all heads" if t.step_fraction is not None else "a fixed fraction of all heads"
+    threshold = f"{100 * t.threshold:g}% of the full model's dev accuracy" if t.threshold is not None else "the threshold"
     w.lines("pruning", t.task, "curves", data, x="heads_disabled", y="relative_accuracy_pct", hue="language",
-            ylabel="dev accuracy, % of full model", hlines={"95% (paper's stopping threshold)": 95.0},
+            ylabel="dev accuracy, % of full model", hlines=hlines, xlabel="heads disabled",
             title=f"{t.task}: head pruning", caption=(
-                "Not a paper figure. Dev accuracy of each language (% of the unpruned model's) as heads are pruned "
-                "10% at a time by Michel et al. importance; the kept subnetwork is the last step at or above the "
-                "threshold (Section 3.1)."))
+                f"Not a paper figure. Dev accuracy of each language (% of the unpruned model's) as heads are pruned "
+                f"{step} at a time by Michel et al. importance; the kept subnetwork is the last step at or above "
+                f"{threshold} (Section 3.1; paper: 10% steps, 95%)."))
 
 
 def mask_figures(w: FigureWriter, t: TaskResults) -> None:

@@ -135,6 +135,7 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
         "accuracy_split": {task: splits for task, (_, splits) in accuracy.items()},
         "heads_disabled": {t.task: {lang: int(disabled.at[t.task, lang]) for lang in t.masks} for t in results},
         "total_heads": {t.task: (next(iter(t.masks.values())).size if t.masks else None) for t in results},
+        "shares": w.shares,
         "comparisons": w.comparisons,
         "correlations": w.correlations,
         "figures": [{"figure": r.name.split("_")[0], "task": r.task, "png": r.png.name, "pdf": r.pdf.name,

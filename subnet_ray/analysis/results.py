@@ -142,6 +142,10 @@ class TaskResults:
     """variant (same names as `influence`), language, epoch, split ('dev'|'test'), accuracy in [0, 1]."""
     influence: dict[str, InfluenceResult] = field(default_factory=dict)
     """Variant name -> its top-k rankings and predictions; any subset of the variants."""
+    threshold: float | None = None
+    """The pruning threshold the masks were found with (fraction of the full model's dev accuracy)."""
+    step_fraction: float | None = None
+    """Fraction of all heads disabled per pruning step."""
 
     def validate(self) -> None:
         """Returns None; raises ValueError naming the task, the field and what is wrong."""

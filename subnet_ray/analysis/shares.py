@@ -6,7 +6,8 @@ score-weighted share weights each example by |influence score| instead of 1. A t
 language's shares are the mean over its test examples. Language specialisation is the
 in-language share (the diagonal). Comparisons between two variants use only the test
 examples both classify correctly (paper Section 4.3) and report share(a) - share(b) in
-percentage points.
+percentage points. Every mean share and change has a 95% bootstrap interval over test
+examples (and runs, where several are averaged): see bootstrap.py.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
+from subnet_ray.analysis.bootstrap import interval_table
 from subnet_ray.analysis.results import SUM_CHECKPOINT, InfluenceResult
 
 KEY = ["test_language", "test_id"]
@@ -146,6 +148,7 @@ class ShareComparison:
     shares_b: pd.DataFrame
     delta: pd.DataFrame  # shares_a - shares_b, percentage points
     n: pd.Series  # test examples per test language behind both
+    per_example: pd.DataFrame  # share_a - share_b of each test example (index test_language, test_id): delta's mean
 
 
 def compare_shares(
@@ -174,7 +177,46 @@ def compare_shares(
         )
     sa, sb = sa.loc[rows], sb.loc[rows]
     n = example_counts(results[a], languages, sign=sign, checkpoint=checkpoint, keep=keep).reindex(rows)
-    return ShareComparison(a, b, sign, sa, sb, sa - sb, n)
+    pa = _per_example(results[a], languages, sign, checkpoint, keep, weighted)
+    pb = _per_example(results[b], languages, sign, checkpoint, keep, weighted)
+    both = pa.index.intersection(pb.index)
+    return ShareComparison(a, b, sign, sa, sb, sa - sb, n, pa.loc[both] - pb.loc[both])
+
+
+def delta_interval(comparisons: Sequence[ShareComparison]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Returns (low, high) of the 95% bootstrap interval of `mean_delta(comparisons)`, cell by cell.
+
+    Test examples are resampled (paired: an example's two shares move together), and the
+    comparisons too when there are several (e.g. random-mask seeds).
+    """
+    rows = mean_delta(comparisons).index
+    return interval_table([c.per_example for c in comparisons], rows)
+
+
+def share_interval(
+    source: pd.DataFrame | InfluenceResult,
+    languages: Sequence[str],
+    *,
+    sign: str = "pos",
+    checkpoint: int = SUM_CHECKPOINT,
+    keep: pd.MultiIndex | None = None,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Returns (low, high) of the 95% bootstrap interval over test examples of `language_shares`, cell by cell."""
+    per_ex = _per_example(source, languages, sign, checkpoint, keep, False)
+    rows = [lang for lang in languages if lang in per_ex.index.get_level_values("test_language")]
+    return interval_table([per_ex], rows)
+
+
+def specialization_interval(runs: Sequence[tuple[InfluenceResult, pd.MultiIndex | None]], languages: Sequence[str],
+                            checkpoint: int) -> pd.DataFrame:
+    """Returns test_language, low, high: the interval of the in-language positive share at `checkpoint`.
+
+    `runs` are (result, examples to keep) averaged together (several: resampled as runs too).
+    """
+    frames = [_per_example(r, languages, "pos", checkpoint, keep, False) for r, keep in runs]
+    rows = [lang for lang in languages if any(lang in f.index.get_level_values("test_language") for f in frames)]
+    lo, hi = interval_table(frames, rows)
+    return pd.DataFrame({"test_language": rows, "low": [lo.at[l, l] for l in rows], "high": [hi.at[l, l] for l in rows]})
 
 
 def mean_delta(comparisons: Sequence[ShareComparison]) -> pd.DataFrame:

@@ -1,4 +1,8 @@
-"""Correlations with p-values: Pearson and Spearman, as the paper reports them."""
+"""Correlations with p-values and 95% intervals: Pearson and Spearman, as the paper reports them.
+
+Intervals are Fisher-z intervals, tanh(atanh(r) +- 1.96 se): se = 1 / sqrt(n - 3) for Pearson,
+sqrt(1.06 / (n - 3)) for Spearman (Fieller, Hartley and Pearson 1957). They need n >= 4.
+"""
 from __future__ import annotations
 
 import math
@@ -17,10 +21,26 @@ class Correlation:
     spearman_r: float
     spearman_p: float
     n: int
+    pearson_ci: tuple[float, float] = (math.nan, math.nan)
+    spearman_ci: tuple[float, float] = (math.nan, math.nan)
 
     def as_dict(self) -> dict:
         """Returns the fields as a JSON-ready dict (NaN becomes None)."""
-        return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in asdict(self).items()}
+        def clean(v):
+            if isinstance(v, tuple):
+                return [clean(x) for x in v]
+            return None if isinstance(v, float) and math.isnan(v) else v
+
+        return {k: clean(v) for k, v in asdict(self).items()}
+
+
+def fisher_interval(r: float, n: int, variance: float = 1.0, level: float = 0.95) -> tuple[float, float]:
+    """Returns the Fisher-z interval of a correlation r from n pairs (se = sqrt(variance / (n - 3))); NaN if n < 4."""
+    if n < 4 or not math.isfinite(r):
+        return (math.nan, math.nan)
+    z = math.atanh(min(max(r, -1 + 1e-12), 1 - 1e-12))
+    half = float(stats.norm.ppf(0.5 + level / 2)) * math.sqrt(variance / (n - 3))
+    return (math.tanh(z - half), math.tanh(z + half))
 
 
 def correlate(x, y) -> Correlation:
@@ -41,4 +61,5 @@ def correlate(x, y) -> Correlation:
         return Correlation(nan, nan, nan, nan, n)
     pr = stats.pearsonr(x, y)
     sr = stats.spearmanr(x, y)
-    return Correlation(float(pr.statistic), float(pr.pvalue), float(sr.statistic), float(sr.pvalue), n)
+    r, rho = float(pr.statistic), float(sr.statistic)
+    return Correlation(r, float(pr.pvalue), rho, float(sr.pvalue), n, fisher_interval(r, n), fisher_interval(rho, n, 1.06))

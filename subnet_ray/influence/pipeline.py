@@ -86,13 +86,17 @@ def checkpoint_meta(model: nn.Module, directory: str | Path) -> dict:
 
 
 def checkpoint_metas(model: nn.Module, checkpoints: list) -> list[dict]:
-    """Returns each checkpoint's meta with 'epoch' (from meta, else its position) and 'lr' (None if absent); checks them all first."""
+    """Returns each checkpoint's meta with 'epoch' (from meta, else its position) and 'lr'; checks them all first.
+
+    'lr' is the checkpoint's TracInCP weight: the mean learning rate over the steps of its epoch
+    (meta 'lr_mean', written by `finetune`), None if the checkpoint does not record it.
+    """
     if not checkpoints:
         raise ValueError("influence needs at least one checkpoint")
     metas = []
     for i, c in enumerate(checkpoints):
         meta = checkpoint_meta(model, c)
-        metas.append({"epoch": int(meta.get("epoch", i)), "lr": meta.get("lr"), "dir": str(c)})
+        metas.append({"epoch": int(meta.get("epoch", i)), "lr": meta.get("lr_mean"), "dir": str(c)})
     epochs = [m["epoch"] for m in metas]
     if len(set(epochs)) != len(epochs):
         raise ValueError(f"checkpoints repeat an epoch: {epochs} ({[m['dir'] for m in metas]})")

@@ -48,12 +48,19 @@ def align(test: list[Sketches], train: list[Sketches]) -> tuple[list[Sketches], 
 
 
 def checkpoint_weights(train: list[Sketches], lr_weighting: bool) -> list[float]:
-    """Returns w_e per checkpoint: its learning rate if `lr_weighting`, else 1."""
+    """Returns w_e per checkpoint: its mean learning rate if `lr_weighting`, else 1.
+
+    TracInCP (Pruthi et al. 2020, eq. 3): I(z, z') = sum_e eta_e grad L(w_e, z) . grad L(w_e, z'),
+    where eta_e stands for the step sizes taken between checkpoints e-1 and e. With one
+    checkpoint per epoch, eta_e = (1 / S) sum_{s in epoch e} lr_s, the mean rate over the
+    epoch's S steps (equal-length epochs make this the sum up to a constant factor). The rate
+    at the epoch's last step would give the last checkpoint ~0 under linear decay.
+    """
     if not lr_weighting:
         return [1.0] * len(train)
     missing = [s.checkpoint for s in train if s.lr is None]
     if missing:
-        raise ValueError(f"lr weighting needs each checkpoint's learning rate; checkpoints {missing} have none (meta 'lr')")
+        raise ValueError(f"lr weighting needs each checkpoint's learning rate; checkpoints {missing} have none (meta 'lr_mean', the mean learning rate of its epoch)")
     return [float(s.lr) for s in train]
 
 

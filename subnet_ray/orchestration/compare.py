@@ -18,9 +18,10 @@ from ..analysis.headline import heads_disabled, variant_metrics
 from ..analysis.report import table2
 from ..analysis.tables import to_latex, to_markdown
 from ..config import ConfigError, SweepSpec, branches, load_sweep
-from ..stages import _branch_label, graph
+from ..graph import graph
+from ..store import store_for
 from .results import collect
-from .runner import store_for
+from .runner import _branch_label
 
 FORMATS = ("csv", "md", "tex")
 CAPTIONS = {

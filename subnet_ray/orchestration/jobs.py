@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import shlex
+import sys
 import time
 import urllib.error
 import urllib.request
@@ -43,6 +44,14 @@ def entrypoint(sweep: str, root: str | None, tracking_uri: str | None) -> str:
     return shlex.join(cmd)
 
 
+def version_mismatch(client_version: str, cluster_version: str | None, address: str) -> str | None:
+    """Returns one line saying that this machine's Ray differs from the cluster's, or None when they agree or the cluster's is unknown."""
+    if not cluster_version or cluster_version == client_version:
+        return None
+    return (f"warning: Ray {client_version} here but {cluster_version} on the cluster at {address}: "
+            f"install ray=={cluster_version} here (pyproject.toml pins the version infra/ deploys)")
+
+
 def submit(sweep: str, address: str, root: str | None = None, tracking_uri: str | None = None, wait: bool = False) -> str:
     """Returns the Ray job id of the submitted sweep; with `wait`, returns once the job has ended (raising if it failed)."""
     check_dashboard(address)
@@ -52,6 +61,11 @@ def submit(sweep: str, address: str, root: str | None = None, tracking_uri: str 
         client = JobSubmissionClient(address)
     except Exception as e:  # noqa: BLE001 - Ray raises plain RuntimeError / ConnectionError for refused tokens
         raise ClusterUnreachable(f"Ray dashboard at {address} refused the job client: {e}") from None
+    import ray
+
+    # the client read the cluster's version from /api/version when it connected
+    if line := version_mismatch(ray.__version__, getattr(client, "_server_ray_version", None), address):
+        print(line, file=sys.stderr)
     job = client.submit_job(
         entrypoint=entrypoint(sweep, root, tracking_uri),
         runtime_env={"working_dir": str(PROJECT), "excludes": EXCLUDES, "env_vars": dict(WORKER_ENV)},

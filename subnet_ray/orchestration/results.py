@@ -7,7 +7,8 @@ import pandas as pd
 
 from ..analysis.results import InfluenceResult, TaskResults
 from ..config import SweepSpec
-from ..stages import HISTORY, PREDICTIONS, TOPK, Node, load_masks
+from ..graph import Node, Stage
+from ..stages import HISTORY, PREDICTIONS, TOPK, load_masks
 from ..store import Store
 
 
@@ -58,6 +59,7 @@ def collect(store: Store, spec: SweepSpec, nodes: list[Node], seed: int) -> list
         out.append(TaskResults(
             task=task.id, languages=list(langs), masks=masks, random_masks=random_masks, pruning_curves=curves,
             accuracy=pd.DataFrame(acc_rows, columns=["variant", "language", "epoch", "split", "accuracy"]), influence=influence,
+            threshold=spec.subnetworks.threshold, step_fraction=spec.subnetworks.step_fraction,
         ))
     return out
 

@@ -23,25 +23,15 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import SweepSpec, branches
-from ..stages import HISTORY, Node, _branch_label, branch_of, compute, graph, task_data
-from ..store import Store
-
-def store_for(root: str | os.PathLike) -> Store:
-    """Returns the artifact store under a sweep root (shared by every sweep under that root)."""
-    root = str(root)
-    return Store(f"{root.rstrip('/')}/store" if "://" in root else Path(root) / "store")
+from ..graph import Node, Stage, branch_of, graph
+from ..stages import HISTORY, execute, task_data
+from ..store import Store, store_for
+from .tracking import epoch_metrics
 
 
-def execute(node: Node, spec: SweepSpec, store: Store, **kwargs) -> bool:
-    """Returns True after computing `node` into the store, False if it was already there."""
-    if store.done(node.key):
-        return False
-    with store.writing(node.key) as out:
-        compute(node, branch_of(spec, node.params["branch"]), store, out, **kwargs)
-    entry = {"key": node.key, "stage": node.stage, "trial": node.trial, "variant": node.params.get("variant"),
-             "time": time.time(), "pid": os.getpid()}
-    store.record(entry)
-    return True
+def _branch_label(values: dict) -> str:
+    """Returns a branch's grid values as '/lr=0.001' (empty without a grid), the key of collected results."""
+    return "".join(f"/{k.split('.')[-1]}={v}" for k, v in values.items())
 
 
 def ledger(store: Store) -> list[dict]:
@@ -113,7 +103,7 @@ def _plan(nodes: list[Node], store: Store, wave: int) -> dict[str, list[Node]]:
     plan: dict[str, list[Node]] = defaultdict(list)
     for n in nodes:
         if n.wave == wave and not store.done(n.key):
-            plan[f"{n.trial}/{n.params['variant']}" if n.stage == "influence" else n.trial].append(n)
+            plan[f"{n.trial}/{n.params.variant}" if n.stage == Stage.INFLUENCE else n.trial].append(n)
     return dict(plan)
 
 
@@ -195,13 +185,6 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
         tracker.parent.log_metrics({f"seconds/{k}": v for k, v in run.seconds.items()})
     run.computed = [e["key"] for e in ledger(store) if e["key"] not in before]
     return run
-
-
-def epoch_metrics(record: dict) -> dict[str, float]:
-    """Returns the MLflow metrics of one fine-tuning epoch record (a history.json row): train_loss,
-    dev_accuracy_mean and dev_accuracy/<lang>."""
-    return {"train_loss": record["train_loss"], "dev_accuracy_mean": record["dev_accuracy_mean"],
-            **{f"dev_accuracy/{k}": v for k, v in record["dev_accuracy"].items()}}
 
 
 def _identity(*parts: str) -> str:

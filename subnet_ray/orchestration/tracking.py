@@ -73,6 +73,13 @@ def _summary(v: Any) -> str | None:
     return None
 
 
+def epoch_metrics(record: dict) -> dict[str, float]:
+    """Returns the MLflow metrics of one fine-tuning epoch record (a history.json row): train_loss,
+    dev_accuracy_mean and dev_accuracy/<lang>."""
+    return {"train_loss": record["train_loss"], "dev_accuracy_mean": record["dev_accuracy_mean"],
+            **{f"dev_accuracy/{k}": v for k, v in record["dev_accuracy"].items()}}
+
+
 def flat_params(d: dict, prefix: str = "") -> dict[str, str]:
     """Returns `d` flattened to MLflow params: dotted keys, string values within MLflow's limits.
 

@@ -17,8 +17,8 @@ from typing import Callable
 from urllib.parse import urlsplit
 
 from ..config import SweepSpec
+from ..graph import Node
 from ..progress import StepProgress
-from ..stages import Node
 
 WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
               "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trials keep the launch folder as their working dir
@@ -74,7 +74,8 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
     from ray import tune
 
     from ..store import Store
-    from .runner import epoch_metrics, execute
+    from ..stages import execute
+    from .tracking import epoch_metrics
 
     cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))  # >= 1 thread
     torch.set_num_threads(cpus)

@@ -22,6 +22,8 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ..seeding import rng
+
 MASK_FILE = "mask.npy"
 META_FILE = "mask.json"
 
@@ -51,10 +53,16 @@ def _masks(masks: dict[str, Any]) -> dict[str, torch.Tensor]:
 # ---- baselines ------------------------------------------------------------------------------
 
 
-def random_mask(mask: Any, seed: int) -> torch.Tensor:
-    """Returns `mask` with its entries shuffled by `seed`: same shape, same number of enabled heads."""
+def random_mask(mask: Any, seed: int, *stream: object) -> torch.Tensor:
+    """Returns `mask` with its entries shuffled by the stream (`seed`, *stream): same shape, same number of enabled heads.
+
+    Name the stream by what the mask belongs to (e.g. task and language): each language's
+    random mask must be drawn independently. One permutation shared by every language would
+    keep every pairwise overlap of the identified masks, the structure the random baseline
+    exists to remove (paper Sec. 5.2 / 6.1).
+    """
     m = as_mask(mask)
-    perm = np.random.default_rng(seed).permutation(m.numel())
+    perm = rng(seed, "random_mask", *stream).permutation(m.numel())
     return m.flatten()[torch.from_numpy(perm)].view(m.shape).clone()
 
 
