@@ -1,4 +1,4 @@
-"""Step progress of a long stage (fine-tuning) as one short line with an ETA, throttled for a remote display.
+"""Step progress of a long stage (fine-tuning steps, pruning languages) as one short line with an ETA, throttled for a remote display.
 
 A Tune trial runs in a worker; its driver shows only what the trial reports. `StepProgress` turns
 (done, total) step counts into 'epoch 2/4, step 120/626 (19%), ETA 3m05s' at most every `interval`
@@ -22,8 +22,9 @@ class StepProgress:
     """Callable with (done, total, epoch, epochs): sends a progress line to `sink` at most every `interval` s,
     and always at the last step."""
 
-    def __init__(self, label: str, sink: Callable[[str], None], interval: float = 5.0, clock=time.monotonic):
-        self.label, self.sink, self.interval, self.clock = label, sink, interval, clock
+    def __init__(self, label: str, sink: Callable[[str], None], interval: float = 5.0, clock=time.monotonic,
+                 unit: str = "step"):
+        self.label, self.sink, self.interval, self.clock, self.unit = label, sink, interval, clock, unit
         self.t0: float | None = None
         self.first = 0
         self.last_sent = float("-inf")
@@ -36,7 +37,7 @@ class StepProgress:
         rate = (done - self.first) / (now - self.t0) if now > self.t0 and done > self.first else None
         eta = f", ETA {eta_text((total - done) / rate)}" if rate else ""
         where = f"epoch {epoch}/{epochs}, " if epoch is not None else ""
-        return f"{self.label}: {where}step {done}/{total} ({100 * done // max(total, 1)}%){eta}"
+        return f"{self.label}: {where}{self.unit} {done}/{total} ({100 * done // max(total, 1)}%){eta}"
 
     def __call__(self, done: int, total: int, epoch: int | None = None, epochs: int | None = None) -> None:
         text = self.line(done, total, epoch, epochs)

@@ -124,11 +124,11 @@ def _finetune(job: _Job, on_epoch=None, progress: bool = True, on_step=None, **_
     (job.out / HISTORY).write_text(json.dumps(history, indent=2))
 
 
-def _subnetworks(job: _Job, **_) -> None:
+def _subnetworks(job: _Job, on_step=None, **_) -> None:
     spec, model = job.spec, job.make()
     load_checkpoint(model, checkpoints(job.store.path(job.node.inputs[0]))[-1])
     subs = find_subnetworks(model, by_language(job.data["dev"]), job.tok, spec.subnetworks, spec.training.max_length,
-                            spec.training.device)
+                            spec.training.device, on_step=on_step)
     for lang, s in subs.items():
         save_mask(job.out / lang, s.mask, {
             "task": job.task.id, "language": lang, "seed": job.node.params.seed, "checkpoint": job.node.inputs[0],

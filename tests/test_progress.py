@@ -29,3 +29,18 @@ def test_progress_line_is_throttled_and_has_an_eta():
     assert sent[0] == "babel/full/seed1 finetune: epoch 1/2, step 1/100 (1%)"
     assert sent[1] == "babel/full/seed1 finetune: epoch 1/2, step 21/100 (21%), ETA 40s"
     assert eta_text(3725) == "1h02m" and eta_text(185) == "3m05s" and eta_text(42) == "42s"
+
+
+def test_pruning_reports_each_language_it_has_searched():
+    from subnet_ray.config import SubnetworkSpec
+    from subnet_ray.subnetworks.pruning import find_subnetworks
+    from subnet_ray.train import by_language
+
+    _, _, dev, _, tok = tiny_data()
+    calls = []
+    subs = find_subnetworks(tiny_babel_model(tok), by_language(dev), tok, SubnetworkSpec(threshold=0.8, step_fraction=0.25),
+                            max_length=16, on_step=lambda *a: calls.append(a))
+    assert calls == [(1, 3), (2, 3), (3, 3)] and len(subs) == 3
+    lines = []
+    StepProgress("babel/full/seed1 subnetworks", lines.append, interval=0, unit="language")(2, 3)
+    assert lines == ["babel/full/seed1 subnetworks: language 2/3 (66%)"]

@@ -95,8 +95,9 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
             tune.report(metrics, checkpoint=ckpt)
 
         # step progress and an ETA for the driver's display: a fine-tuning epoch can take many minutes
-        steps = StepProgress(f"{node.trial} {node.stage}", lambda text: tune.report({"progress": text}), interval=10.0)
-        if execute(node, spec, store, on_epoch=on_epoch, progress=False, on_step=steps if node.stage == "finetune" else None):
+        steps = StepProgress(f"{node.trial} {node.stage}", lambda text: tune.report({"progress": text}), interval=10.0,
+                             unit="language" if node.stage == "subnetworks" else "step")
+        if execute(node, spec, store, on_epoch=on_epoch, progress=False, on_step=steps):
             ran.append(node.key)
     tune.report({"done": 1, "computed": len(ran)})
 
