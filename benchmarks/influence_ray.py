@@ -180,7 +180,7 @@ def measure(inputs: dict, repeats: int, warmup: int, what: str) -> dict:
     Before each variant the cluster is let go idle (untimed), so no call waits for CPUs still
     held by the previous call's actors; that wait is recorded separately.
     """
-    from subnet_ray.influence.distributed import influence_ray
+    from subnet_ray.orchestration.influence_ray import influence_ray
 
     ref = influence(**inputs, max_length=MAX_LENGTH)
     local_peak_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
@@ -284,7 +284,7 @@ def main() -> None:
         small = workload(cfg, folder / "small", max(1, BATCH // len(LANGUAGES) - 2), 2)
         t = time.perf_counter()
         # as a sweep's driver starts Ray (orchestration.tune.init_ray): the job's runtime env holds WORKER_ENV
-        from subnet_ray.orchestration.tune import WORKER_ENV
+        from subnet_ray.orchestration.workers import WORKER_ENV
 
         ray.init(num_cpus=2, include_dashboard=False, _temp_dir=ray_tmp, log_to_driver=False,
                  runtime_env={"env_vars": dict(WORKER_ENV)})

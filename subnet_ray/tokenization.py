@@ -2,17 +2,13 @@
 
 `wordlevel_tokenizer` makes a WordLevel tokenizer over given words (babel's vocabulary),
 `wordpiece_tokenizer` a WordPiece one over given texts (a task's training texts; see
-data.tokenizer_for); `encode` turns a batch of `Example`s into padded tensors. No hub
+data.tokenizer_for); `encode` turns a batch of data.Example (anything with text, text_pair, label) into padded tensors. No hub
 download: the vocabulary is a function of the words or texts alone.
 """
 from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .data import Example
 
 SPECIAL_TOKENS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")  # ids 0..4 in every built tokenizer
 
@@ -88,7 +84,7 @@ def wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000) -> "PreTra
     return _wrap(tok)
 
 
-def encode(examples: list[Example], tokenizer, max_length: int) -> dict:
+def encode(examples: list, tokenizer, max_length: int) -> dict:
     """Returns input_ids, attention_mask, token_type_ids (if the tokenizer makes them) and labels as tensors.
 
     Padded to the longest example of the batch, truncated to `max_length` tokens (longest

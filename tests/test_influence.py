@@ -265,7 +265,7 @@ def test_low_precision_storage_round_trips_and_scores_close_to_float32(dtype):
 
 
 def test_sketch_actor_rejects_an_empty_shard():
-    from subnet_ray.influence.distributed import SketchActor
+    from subnet_ray.orchestration.influence_ray import SketchActor
 
     actor = object.__new__(SketchActor)  # the check comes before any use of the model
     with pytest.raises(ValueError, match="empty shard"):
@@ -273,7 +273,7 @@ def test_sketch_actor_rejects_an_empty_shard():
 
 
 def test_ray_rows_cover_train_once_per_mask_and_test_once_sorted_by_length():
-    from subnet_ray.influence.distributed import _rows
+    from subnet_ray.orchestration.influence_ray import _rows
 
     model, tok = tiny_model(), word_tokenizer()
     train, test = examples(6, "train", 0), examples(4, "test", 1)
@@ -348,7 +348,7 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
 def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written under the home folder
-    from subnet_ray.influence.distributed import influence_ray
+    from subnet_ray.orchestration.influence_ray import influence_ray
 
     dirs = _checkpoints(tmp_path)
     tok = word_tokenizer()

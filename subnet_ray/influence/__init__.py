@@ -3,7 +3,7 @@
 Modules, in data-flow order: projection (G1, G2 per layer from a seed), sketch (per-example
 sketches from one batched forward and backward), tracin (cosine TracIn over checkpoints, top-k
 per test example), pipeline (the single-process `influence` over checkpoints and masks),
-distributed (`influence_ray`, the same on Ray Data; the only module that imports ray).
+and orchestration/influence_ray.py runs the same on Ray Data (Ray stays out of this package).
 """
 from .pipeline import influence, sketch_examples
 from .projection import Projector

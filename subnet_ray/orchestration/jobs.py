@@ -8,7 +8,8 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from .tune import WORKER_ENV, ClusterUnreachable
+from .tune import ClusterUnreachable
+from .workers import WORKER_ENV
 
 PROJECT = Path(__file__).resolve().parents[2]
 EXCLUDES = [".venv", ".git", "runs", "*.egg-info", "__pycache__", ".subnet-ray"]

@@ -27,6 +27,7 @@ from ..graph import Node, Stage, branch_of, graph
 from ..stages import HISTORY, execute, task_data
 from ..store import Store, store_for
 from .tracking import epoch_metrics
+from .workers import use_cpus
 
 
 def _branch_label(values: dict) -> str:
@@ -121,11 +122,7 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     if random_seeds is not None:
         spec = spec.model_copy(update={"random_seeds": sorted(set(spec.random_seeds) | set(random_seeds))})
     nodes = graph(spec)
-    # float sums depend on the thread count: every process computing nodes uses the trial's CPUs,
-    # so the local executor, Tune trials and Ray Data actors give the same numbers
-    import torch
-
-    torch.set_num_threads(max(1, int(spec.resources.cpus)))
+    use_cpus(spec.resources.cpus)  # as every trial and actor does: the same numbers on every executor
     root_s = str(root)
     if "://" not in root_s:
         Path(root_s).mkdir(parents=True, exist_ok=True)
@@ -158,7 +155,7 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
             if executor == "ray" and wave == 3 and spec.influence.actors > 1:
                 # big influence jobs: the driver runs each variant on a Ray Data actor pool of
                 # `influence.actors` (Ray Data inside a Tune trial would sit in its placement group)
-                from ..influence.distributed import influence_ray
+                from .influence_ray import influence_ray
 
                 for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not progress):
                     for n in trial_nodes:

@@ -20,8 +20,7 @@ from ..config import SweepSpec
 from ..graph import Node
 from ..progress import StepProgress
 
-WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false", "MLFLOW_DISABLE_TELEMETRY": "true",
-              "RAY_CHDIR_TO_TRIAL_DIR": "0"}  # trials keep the launch folder as their working dir
+from .workers import WORKER_ENV, use_cpus
 
 
 class ClusterUnreachable(ConnectionError):
@@ -70,15 +69,13 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 
 
 def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None:
-    import torch
     from ray import tune
 
     from ..store import Store
     from ..stages import execute
     from .tracking import epoch_metrics
 
-    cpus = max(1, int(tune.get_context().get_trial_resources().required_resources.get("CPU", 1)))  # >= 1 thread
-    torch.set_num_threads(cpus)
+    use_cpus(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
     spec = SweepSpec.model_validate_json(spec_json)
     store = Store(store_uri)
     ran = []

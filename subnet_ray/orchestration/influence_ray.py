@@ -28,12 +28,11 @@ from torch import nn
 
 from ..config import InfluenceSpec
 from ..models import WEIGHTS
-from .pipeline import as_model, check_examples, checkpoint_metas, mask_groups, token_lengths
-from .projection import Projector
-from .sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, sketch_batch, to_numpy
-from .tracin import top_influences
-
-WORKER_ENV = {"env_vars": {"OMP_WAIT_POLICY": "PASSIVE", "TOKENIZERS_PARALLELISM": "false"}}
+from ..influence.pipeline import as_model, check_examples, checkpoint_metas, mask_groups, token_lengths
+from ..influence.projection import Projector
+from ..influence.sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, sketch_batch, to_numpy
+from ..influence.tracin import top_influences
+from .workers import WORKER_ENV, use_cpus
 
 
 class SketchActor:
@@ -42,7 +41,7 @@ class SketchActor:
     def __init__(self, model, weights: list, examples: list, spec: dict, masks: list, tokenizer, max_length: int, device: str, cpus: float):
         import ray
 
-        torch.set_num_threads(max(1, int(cpus)))  # two processes on all cores ruin each other
+        use_cpus(cpus)
         self.spec = InfluenceSpec.model_validate(spec)
         self.model = as_model(model).to(device).eval()
         self.weights = weights  # one object ref per checkpoint: only the checkpoint in use is fetched
@@ -112,13 +111,13 @@ def task_env() -> dict | None:
     import ray
 
     job = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
-    missing = {k: v for k, v in WORKER_ENV["env_vars"].items() if job.get(k) != v}
+    missing = {k: v for k, v in WORKER_ENV.items() if job.get(k) != v}
     return {"env_vars": missing} if missing else None
 
 
 def _score_shard(test: list[Sketches], train: list[Sketches], top_k: int, lr_weighting: bool, cpus: float) -> pd.DataFrame:
     """Returns the top-k table of one test shard (runs as a Ray task)."""
-    torch.set_num_threads(max(1, int(cpus)))
+    use_cpus(cpus)
     return top_influences(test, train, top_k, lr_weighting)
 
 
