@@ -21,7 +21,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from subnet_ray.analysis import style
+import subnet_ray.analysis.style as style
 
 DIVERGING = "RdBu_r"  # red = more influence / higher, blue = less; white at 0
 SEQUENTIAL = "Blues"

@@ -234,7 +234,7 @@ def write_mask_views(folder) -> list:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from subnet_ray.analysis import style
+    import subnet_ray.analysis.style as style
 
     written = []
     for npy in sorted(Path(folder).rglob("mask.npy")):

@@ -17,7 +17,7 @@ import pandas as pd
 from subnet_ray.analysis.figures import FigureRecord, FigureWriter
 from subnet_ray.analysis.influence_figures import influence_figures
 from subnet_ray.analysis.mask_figures import mask_figures
-from subnet_ray.analysis import style
+import subnet_ray.analysis.style as style
 from subnet_ray.analysis.results import TaskResults, parse_variant
 from subnet_ray.subnetworks.masks import disabled_heads_table
 
