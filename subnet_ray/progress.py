@@ -1,4 +1,4 @@
-"""Step progress of a long stage (fine-tuning steps, pruning languages) as one short line with an ETA, throttled for a remote display.
+"""Step progress of a long stage (fine-tuning steps, pruning languages, examples sketched) as one short line with an ETA, throttled for a remote display.
 
 A Tune trial runs in a worker; its driver shows only what the trial reports. `StepProgress` turns
 (done, total) step counts into 'epoch 2/4, step 120/626 (19%), ETA 3m05s' at most every `interval`

@@ -146,7 +146,7 @@ def _random_masks(job: _Job, **_) -> None:
                   meta.model_dump() | {"kind": "random", "random_seed": rs, "source": job.node.inputs[0]})
 
 
-def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, **_) -> None:
+def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=None, **_) -> None:
     node, spec, store, out, task, data, tok, make = job.node, job.spec, job.store, job.out, job.task, job.data, job.tok, job.make
     model = make()
     shape = (model.num_layers, model.num_heads)
@@ -156,7 +156,10 @@ def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, **_) -> N
     test = [e for lang in refs for e in [x for x in data["test"] if x.language == lang][:k]]
     ckpts = checkpoints(store.path(node.params.model))
     masks_f = {l: (m.float() if m is not None else None) for l, m in masks.items()}
-    topk = influence_fn(make, ckpts, data["train"], test, tok, spec.influence, masks_f, spec.training.max_length, spec.training.device)
+    # sketching progress from the in-process scorer; a distributed one reports through its own pool
+    progress = {"on_step": on_step} if on_step is not None and influence_fn is influence_local else {}
+    topk = influence_fn(make, ckpts, data["train"], test, tok, spec.influence, masks_f, spec.training.max_length,
+                        spec.training.device, **progress)
     topk.to_parquet(out / TOPK, index=False)
     rows = []
     for ckpt in ckpts:

@@ -44,3 +44,25 @@ def test_pruning_reports_each_language_it_has_searched():
     lines = []
     StepProgress("babel/full/seed1 subnetworks", lines.append, interval=0, unit="language")(2, 3)
     assert lines == ["babel/full/seed1 subnetworks: language 2/3 (66%)"]
+
+
+def test_sketching_reports_examples_sketched_over_groups_and_checkpoints(tmp_path):
+    import torch
+
+    from subnet_ray.config import InfluenceSpec
+    from subnet_ray.influence import influence
+    from test_influence import _checkpoints, examples, word_tokenizer
+    from tiny import tiny_model
+
+    dirs = _checkpoints(tmp_path)
+    train, test = examples(10, "train", 0), examples(4, "test", 1)
+    mask = torch.ones(2, 4)
+    mask[1, :2] = 0
+    calls = []
+    influence(tiny_model, dirs, train, test, word_tokenizer(), InfluenceSpec(proj_dim=16, top_k=3, batch_size=4),
+              masks={"aa": None, "bb": mask}, max_length=16, on_step=lambda *a: calls.append(a))
+    # two mask groups (aa unmasked, bb masked), each sketches the 10 training and its 2 test examples per checkpoint
+    total = len(dirs) * 2 * (10 + 2)
+    assert {t for _, t in calls} == {total} and calls[-1] == (total, total)
+    done = [d for d, _ in calls]
+    assert done == sorted(done) and len(done) == len(dirs) * 2 * (3 + 1)  # batches of 4: 3 train + 1 test each

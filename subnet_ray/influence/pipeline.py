@@ -133,8 +133,10 @@ def sketch_examples(
     head_mask: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     projector: Projector | None = None,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list, torch.Tensor]:
-    """Returns (examples in sketch order, sketches [n, dim] in spec.dtype) of the model as loaded, under `head_mask`."""
+    """Returns (examples in sketch order, sketches [n, dim] in spec.dtype) of the model as loaded, under `head_mask`;
+    `on_batch(n)` is called after each batch of n examples."""
     from ..tokenization import encode
 
     linears = select_linears(model, spec.layers)
@@ -147,6 +149,8 @@ def sketch_examples(
     for i in tqdm(range(0, len(ordered), spec.batch_size), desc=f"sketching {len(ordered)} examples", leave=False, disable=None):
         batch = {k: v.to(device) for k, v in encode(ordered[i : i + spec.batch_size], tokenizer, max_length).items()}
         out.append(sketch_batch(model, batch, linears, projector, mask).to("cpu", DTYPES[spec.dtype]))
+        if on_batch:
+            on_batch(len(ordered[i : i + spec.batch_size]))
     return ordered, torch.cat(out)
 
 
@@ -165,9 +169,12 @@ def influence(
     masks: dict[str, torch.Tensor | None] | None = None,
     max_length: int = 128,
     device: str | torch.device = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Returns the top-k influences table (tracin.COLUMNS) of `train` on `test` over `checkpoints`.
 
+    `on_step(done, total)` is called after each sketched batch, counting examples sketched over every
+    mask group and checkpoint.
     model: a SequenceClassifier (its weights are overwritten by each checkpoint) or a factory.
     train, test: data.Example lists; test is used as given (the caller picks the examples
     every compared model classifies correctly). masks: test language -> head mask [layers,
@@ -186,13 +193,21 @@ def influence(
     projector = Projector(spec.proj_dim, spec.projection_seed) if spec.proj_dim else None
     model.to(device).eval()
     frames = []
+    total = sum(len(metas) * (len(train) + sum(ex.language in g.languages for ex in test)) for g in groups)
+    done = [0]
+
+    def count(n: int) -> None:
+        done[0] += n
+        on_step(done[0], total)
+
     for group in groups:
         group_test = [ex for ex in test if ex.language in group.languages]
         sk_train, sk_test = [], []
         for meta in metas:
             load_checkpoint(model, meta["dir"])
             for examples, sink in ((train, sk_train), (group_test, sk_test)):
-                ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, group.mask, device, projector)
+                ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, group.mask, device, projector,
+                                                  on_batch=count if on_step else None)
                 sink.append(Sketches(
                     ids=[ex.id for ex in ordered], languages=[ex.language for ex in ordered], values=values, layout=layout,
                     proj_dim=spec.proj_dim, seed=spec.projection_seed, checkpoint=meta["epoch"], lr=meta["lr"], mask=group.key,
