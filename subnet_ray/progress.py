@@ -1,4 +1,6 @@
-"""Step progress of a long stage (fine-tuning steps, pruning languages, examples sketched) as one short line with an ETA, throttled for a remote display.
+"""Step progress of a long stage as one short line with an ETA, throttled for a remote display.
+
+Stages count steps (fine-tuning), languages searched (pruning) or examples sketched (influence).
 
 A Tune trial runs in a worker; its driver shows only what the trial reports. `StepProgress` turns
 (done, total) step counts into 'epoch 2/4, step 120/626 (19%), ETA 3m05s' at most every `interval`
