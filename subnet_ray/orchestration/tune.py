@@ -92,8 +92,9 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
             tune.report(metrics, checkpoint=ckpt)
 
         # step progress and an ETA for the driver's display: a fine-tuning epoch can take many minutes
-        steps = StepProgress(f"{node.trial} {node.stage}", lambda text: tune.report({"progress": text}), interval=10.0,
-                             unit={"subnetworks": "language", "influence": "example sketched"}.get(node.stage, "step"))
+        what = f"influence {node.params.variant}" if node.stage == "influence" else str(node.stage)
+        steps = StepProgress(f"{node.trial} {what}", lambda text: tune.report({"progress": text}), interval=10.0,
+                             unit={"subnetworks": "language", "influence": "examples sketched"}.get(node.stage, "step"))
         if execute(node, spec, store, on_epoch=on_epoch, progress=False, on_step=steps):
             ran.append(node.key)
     tune.report({"done": 1, "computed": len(ran)})
