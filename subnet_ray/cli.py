@@ -4,10 +4,22 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import traceback
 from collections import Counter
 from pathlib import Path
 
 from .config import ConfigError, SweepSpec, load_sweep
+from .data import DataError
+from .preflight import Preflight, PreflightError, check
+
+
+class UsageError(ValueError):
+    """A command line that cannot be carried out (a busy port, a root with no store); one line."""
+
+
+# Errors a user can fix: one line each, exit status 2, no traceback (unless --debug).
+ANTICIPATED = (ConfigError, DataError, PreflightError, UsageError, ConnectionError, TimeoutError)
+
 
 def _demo_sweep() -> str:
     """Returns the demo sweep file: the checkout's (editable install) or ./sweeps/demo.yaml."""
@@ -25,6 +37,24 @@ def _tracking(args) -> str | None:
     return args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
 
 
+def _address(args) -> str | None:
+    if getattr(args, "executor", "ray") == "local":
+        return None  # no Ray at all
+    return getattr(args, "address", None) or os.environ.get("RAY_ADDRESS")
+
+
+def _preflight(args, spec: SweepSpec, *, local_run: bool = True, service_checks: bool = True, dashboard: str | None = None) -> Preflight:
+    """Returns the preflight of `spec` for this command line after printing its warnings; raises PreflightError on any error."""
+    address = _address(args) if service_checks else None
+    pf = check(spec, root=_root(args) if service_checks else None, tracking_uri=_tracking(args) if service_checks else None,
+               address=address, dashboard=dashboard, local_run=local_run and not address,
+               local_ray=local_run and not address and getattr(args, "executor", "ray") == "ray")
+    for w in pf.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    pf.raise_errors()
+    return pf
+
+
 def _load(path: str) -> tuple[SweepSpec, list]:
     """Returns the sweep and its stage graph; any problem is a ConfigError naming the file."""
     from .graph import graph
@@ -38,12 +68,14 @@ def _load(path: str) -> tuple[SweepSpec, list]:
 
 def cmd_validate(args) -> int:
     spec, nodes = _load(args.sweep)
+    pf = _preflight(args, spec, local_run=not args.remote)
     trials = list(dict.fromkeys(n.trial for n in nodes if n.stage != "influence"))  # training trials, in graph order
     print(f"{args.sweep}: sweep {spec.name!r} is valid: {len(trials)} trials, {len(nodes)} stage outputs")
     for t in trials:
         print(f"  {t}")
     counts = Counter(str(n.stage) for n in nodes)
     print("  stages: " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
+    print(pf.summary())
     return 0
 
 
@@ -51,6 +83,7 @@ def _run(args, sweep: str, random_seeds=None) -> int:
     from .orchestration.runner import run_sweep
 
     spec, _ = _load(sweep)  # a malformed sweep starts no Ray and writes nothing
+    print(_preflight(args, spec).summary(), flush=True)  # nor does one that would fail at run time
     run = run_sweep(spec, _root(args), address=args.address or os.environ.get("RAY_ADDRESS"), tracking_uri=_tracking(args),
                     executor=args.executor, random_seeds=random_seeds, progress=not args.quiet)
     print(f"sweep {spec.name}: computed {len(run.computed)} stage outputs (the rest were in the store)")
@@ -72,27 +105,38 @@ def cmd_rerun_random(args) -> int:
     return _run(args, args.sweep, random_seeds=args.seeds)
 
 
-def cmd_status(args) -> int:
+def _existing_store(root: str):
+    """Returns the store under `root`, or None when a local root holds none (never creating one)."""
     from .store import store_for
 
+    if "://" not in root or root.startswith("file://"):
+        if not (Path(root.removeprefix("file://")) / "store").is_dir():
+            return None
+    return store_for(root)
+
+
+def cmd_status(args) -> int:
     spec, nodes = _load(args.sweep)
-    store = store_for(_root(args))
-    done = [n for n in nodes if store.done(n.key)]
-    print(f"sweep {spec.name}: {len(done)}/{len(nodes)} stage outputs in {store.uri}")
+    store = _existing_store(_root(args))
+    done = {n.key for n in nodes if store is not None and store.done(n.key)}
+    where = store.uri if store is not None else f"{_root(args)} (no store there yet)"
+    print(f"sweep {spec.name}: {len(done)}/{len(nodes)} stage outputs in {where}")
     for n in nodes:
         label = getattr(n.params, "variant", None) or getattr(n.params, "method", "")
         if n.stage == "random_masks":
             label = f"seed {n.params.random_seed}"
-        print(f"  [{'done' if store.done(n.key) else 'missing'}] {n.stage:<12} {n.trial:<32} {label:<22} {n.key}")
+        print(f"  [{'done' if n.key in done else 'missing'}] {n.stage:<12} {n.trial:<32} {label:<22} {n.key}")
     return 0
 
 
 def cmd_report(args) -> int:
     from .orchestration.runner import write_reports
-    from .store import store_for
 
     spec, _ = _load(args.sweep)
-    reports = write_reports(spec, _root(args), store_for(_root(args)))
+    store = _existing_store(_root(args))
+    if store is None:
+        raise UsageError(f"no store under root {_root(args)}, --root; expected the root of a sweep that has run")
+    reports = write_reports(spec, _root(args), store)
     if not reports:
         print(f"sweep {spec.name}: nothing in the store under {_root(args)} yet; run it first", file=sys.stderr)
         return 1
@@ -102,9 +146,15 @@ def cmd_report(args) -> int:
 
 
 def cmd_submit(args) -> int:
-    from .orchestration.jobs import submit
+    from .orchestration.jobs import entrypoint, submit
 
     spec, _ = _load(args.sweep)
+    try:
+        entrypoint(args.sweep, args.root, _tracking(args))
+    except ValueError as e:
+        raise UsageError(f"{e}; expected a sweep file under the project folder") from None
+    # the root, tracking store and devices are the cluster's: only their form can be checked from here
+    print(_preflight(args, spec, local_run=False, service_checks=False, dashboard=args.address).summary(), flush=True)
     job = submit(args.sweep, args.address, root=args.root, tracking_uri=_tracking(args), wait=args.wait)
     print(f"submitted sweep {spec.name} as Ray job {job} to {args.address}")
     return 0
@@ -113,7 +163,10 @@ def cmd_submit(args) -> int:
 def cmd_ui(args) -> int:
     from .orchestration.tracking_store import open_ui
 
-    return open_ui(_root(args), _tracking(args), host=args.host, port=args.port)
+    try:
+        return open_ui(_root(args), _tracking(args), host=args.host, port=args.port)
+    except (ValueError, FileNotFoundError) as e:  # UIError, a bad port or URI: found before anything starts
+        raise UsageError(str(e)) from None
 
 
 def cmd_compare(args) -> int:
@@ -149,9 +202,13 @@ COMMANDS = {
 def parser() -> argparse.ArgumentParser:
     """Returns the argument parser of every subcommand."""
     p = argparse.ArgumentParser(prog="subnet-ray", description="Ray sweeps of language-specialised subnetworks and TracIn influence.")
+    p.add_argument("--version", action="version", version=f"subnet-ray {version()}")
+    p.add_argument("--debug", action="store_true", dest="debug_first", help="show the traceback of an error")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = p.add_subparsers(dest="command", required=True)
     for name, (fn, help_) in COMMANDS.items():
-        s = sub.add_parser(name, help=help_, description=help_)
+        s = sub.add_parser(name, help=help_, description=help_, parents=[common])
         s.set_defaults(fn=fn)
         if name == "compare":
             s.add_argument("root", help="sweep root holding the store and the sweep files (sweeps/<name>.yaml)")
@@ -161,9 +218,12 @@ def parser() -> argparse.ArgumentParser:
             continue
         if name not in ("demo", "ui"):
             s.add_argument("sweep", help="sweep file (YAML)")
-        if name != "validate":
-            s.add_argument("--root", help="sweep root: store, MLflow db, reports (default $SUBNET_RAY_ROOT or ./runs)")
-            s.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db)")
+        if name == "validate":
+            s.add_argument("--address", help="also check this Ray cluster address answers (default $RAY_ADDRESS)")
+            s.add_argument("--remote", action="store_true",
+                           help="the sweep runs on a cluster: its devices and hub access are not this machine's, so they are not checked here")
+        s.add_argument("--root", help="sweep root: store, MLflow db, reports (default $SUBNET_RAY_ROOT or ./runs)")
+        s.add_argument("--tracking-uri", help="MLflow tracking URI (default $MLFLOW_TRACKING_URI or sqlite:///<root>/mlflow.db)")
         if name in ("run", "demo", "rerun-random"):
             s.add_argument("--address", help="Ray cluster address (default: a local Ray)")
             s.add_argument("--executor", choices=["ray", "local"], default="ray", help="local: run everything in this process, no Ray")
@@ -179,16 +239,28 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def version() -> str:
+    """Returns the installed package's version."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as dist_version
+
+    try:
+        return dist_version("subnet-ray")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Returns the exit status: 0 done, 2 an error the user can fix (one line each), 130 interrupted."""
     args = parser().parse_args(argv)
     try:
         return args.fn(args)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except ANTICIPATED as e:
+        if args.debug or args.debug_first:
+            traceback.print_exc()
+        for line in str(e).splitlines() or [type(e).__name__]:
+            print(f"error: {line}", file=sys.stderr)
         return 2
-    except (ConnectionError, TimeoutError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 3
     except KeyboardInterrupt:
         print("interrupted: finished stage outputs are kept; rerun the same command to resume", file=sys.stderr)
         return 130

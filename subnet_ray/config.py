@@ -7,6 +7,7 @@ lists (e.g. `training.lr: [2e-5, 3e-5]`); each combination is one branch of the 
 from __future__ import annotations
 
 import copy
+import difflib
 import itertools
 from pathlib import Path
 from typing import Any, Literal
@@ -229,13 +230,50 @@ class ConfigError(ValueError):
     """A sweep file that cannot be used; the message names the file and the field."""
 
 
+def _model_at(loc: tuple) -> type[BaseModel] | None:
+    """Returns the pydantic model that holds the field at `loc` (list indices skipped), or None."""
+    model: type[BaseModel] = SweepSpec
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        inner = [a for a in _flatten_types(field.annotation) if isinstance(a, type) and issubclass(a, BaseModel)]
+        if not inner:
+            return None
+        model = inner[0]
+    return model
+
+
+def _flatten_types(tp: Any) -> list:
+    args = getattr(tp, "__args__", None)
+    return [tp] if not args else [t for a in args for t in _flatten_types(a)]
+
+
+def _hint(err: dict) -> str:
+    """Returns "; did you mean `training.lr`?" for a misspelt field, else ""."""
+    loc = err["loc"]
+    if err.get("type") != "extra_forbidden" or not loc:
+        return ""
+    model = _model_at(loc)
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6) if model else []
+    if not close:
+        return f"; expected one of {', '.join(model.model_fields)}" if model else ""
+    return f"; did you mean `{'.'.join(str(p) for p in (*loc[:-1], close[0]))}`?"
+
+
 def _format_error(path: str, err: ValidationError) -> str:
-    lines = [f"{path}: invalid sweep file"]
+    """Returns one line per problem: `<file>: <field>: <what is wrong> (got X)[; did you mean ...?]`."""
+    lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "<top level>"
         got = e.get("input")
-        got_s = "" if isinstance(got, (dict, list)) else f" (got {got!r})"
-        lines.append(f"  {loc}: {e['msg']}{got_s}")
+        msg = e["msg"].removeprefix("Value error, ")
+        if e.get("type") == "extra_forbidden":
+            msg = "unknown setting"
+        got_s = "" if isinstance(got, (dict, list)) or msg.endswith(f"got {got}") else f" (got {got!r})"
+        lines.append(f"{path}: {loc}: {msg}{got_s}{_hint(e)}")
     return "\n".join(lines)
 
 
@@ -246,10 +284,15 @@ def load_sweep(path: str | Path) -> SweepSpec:
         text = Path(path).read_text()
     except OSError as e:
         raise ConfigError(f"{path}: cannot read sweep file: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path}: not a text file (byte {e.start} is not UTF-8); expected a YAML sweep file") from None
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        why = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"{path}: not valid YAML{at}: {why}; expected a YAML mapping of settings") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{path}: expected a mapping of settings at the top level, got {type(raw).__name__}")
     for task in raw.get("tasks") or []:

@@ -15,7 +15,8 @@ SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
 
 @pytest.mark.parametrize("path", SWEEPS, ids=lambda p: p.name)
 def test_shipped_sweeps_validate(path, capsys):
-    assert main(["validate", str(path)]) == 0
+    # --remote: the paper sweeps run on a GPU cluster with the hub; this machine has neither
+    assert main(["validate", str(path), "--remote"]) == 0
     out = capsys.readouterr().out
     nodes = graph(load_sweep(path))
     assert f"{len({n.trial for n in nodes if n.stage != 'influence'})} trials, {len(nodes)} stage outputs" in out
@@ -85,7 +86,7 @@ def test_unreachable_tracking_server_fails_fast_naming_it(tmp_path, capsys):
     uri = f"http://127.0.0.1:{closed_port()}"
     t = time.monotonic()
     rc = main(["run", demo_copy(tmp_path), "--root", str(tmp_path / "root"), "--tracking-uri", uri, "--executor", "local"])
-    assert rc == 3 and time.monotonic() - t < 30
+    assert rc == 2 and time.monotonic() - t < 30
     assert uri in capsys.readouterr().err
     assert not (tmp_path / "root" / "store").exists()
 
@@ -94,7 +95,7 @@ def test_unreachable_cluster_fails_fast_naming_it(tmp_path, capsys):
     addr = f"127.0.0.1:{closed_port()}"
     t = time.monotonic()
     rc = main(["run", demo_copy(tmp_path), "--root", str(tmp_path / "root"), "--address", addr])
-    assert rc == 3 and time.monotonic() - t < 30
+    assert rc == 2 and time.monotonic() - t < 30
     assert addr in capsys.readouterr().err
     assert not (tmp_path / "root" / "store").exists()
 
@@ -102,7 +103,7 @@ def test_unreachable_cluster_fails_fast_naming_it(tmp_path, capsys):
 def test_unreachable_dashboard_for_submit(tmp_path, capsys):
     addr = f"http://127.0.0.1:{closed_port()}"
     t = time.monotonic()
-    assert main(["submit", "sweeps/demo.yaml", "--address", addr]) == 3
+    assert main(["submit", "sweeps/demo.yaml", "--address", addr]) == 2
     assert time.monotonic() - t < 30 and addr in capsys.readouterr().err
 
 

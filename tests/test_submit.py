@@ -62,7 +62,7 @@ def test_submit_runs_the_sweep_as_a_ray_job_on_the_cluster(head, tmp_path):
     cmd = [sys.executable, "-m", "subnet_ray.cli", "submit", str(SMOKE), "--address", address, "--root", str(root), "--wait"]
     # a wrong token: refused in seconds, by name, and nothing submitted or written
     wrong = subprocess.run(cmd, env={**env, "RAY_AUTH_TOKEN": "0" * 64}, capture_output=True, text=True, timeout=120, cwd=tmp_path)
-    assert wrong.returncode == 3 and f"Ray dashboard at {address} refused the job client" in wrong.stderr, wrong.stderr[-3000:]
+    assert wrong.returncode == 2 and f"Ray dashboard at {address} refused the job client" in wrong.stderr, wrong.stderr[-3000:]
     assert not root.exists()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900, cwd=tmp_path)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-4000:]

@@ -116,6 +116,7 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     Fails fast, before any compute, on an unreachable tracking server or cluster.
     """
     from .tracking import Tracker, flat_params
+    from .tracking_store import check_tracking_uri, default_tracking_uri
 
     if executor not in ("ray", "local"):
         raise ValueError(f"executor must be 'ray' or 'local', got {executor!r}")
@@ -124,16 +125,17 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     nodes = graph(spec)
     use_cpus(spec.resources.cpus)  # as every trial and actor does: the same numbers on every executor
     root_s = str(root)
-    if "://" not in root_s:
-        Path(root_s).mkdir(parents=True, exist_ok=True)
-    for values, b in branches(spec):  # missing data or columns fail here, before Ray or MLflow start
+    for values, b in branches(spec):  # missing data or columns fail here, before Ray, MLflow or the root
         for task in b.tasks:
             task_data(b, task.id)
-    tracker = Tracker(spec.name, root, tracking_uri)  # checks the tracking store first: fail before Ray starts
-    if executor == "ray":
+    check_tracking_uri(tracking_uri or default_tracking_uri(root))  # writes nothing: fail before Ray starts
+    if executor == "ray":  # before the root and MLflow: a cluster that will not take us leaves nothing behind
         from .tune import init_ray
 
         init_ray(address, num_cpus)
+    if "://" not in root_s:
+        Path(root_s).mkdir(parents=True, exist_ok=True)
+    tracker = Tracker(spec.name, root, tracking_uri)
     store = store_for(root)
     run = SweepRun()
     before = {e["key"] for e in ledger(store)}

@@ -7,6 +7,7 @@ Logging runs into the store is tracking.py's job. This module does not import ml
 """
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import socket
@@ -27,6 +28,10 @@ _SCHEMES = ("sqlite", "file", "http", "https", "databricks", *_DB_PORTS)
 
 class TrackingUnreachable(ConnectionError):
     """A tracking store that cannot be reached or written; the message names the URI."""
+
+
+class UIError(ValueError):
+    """The local UI cannot start: its port is taken or there is no store to serve; the message says which."""
 
 
 def default_tracking_uri(root: str | os.PathLike) -> str:
@@ -167,7 +172,7 @@ def ui_command(root: str | os.PathLike, tracking_uri: str | None = None, host: s
     if _scheme(uri) == "sqlite":
         db = Path(uri.split("://", 1)[1].split("?", 1)[0][1:])
         if not db.is_file():
-            raise FileNotFoundError(f"no MLflow store at {db}: run a sweep with this root first")
+            raise FileNotFoundError(f"no MLflow store at {db}, --root / --tracking-uri; expected the root of a sweep that has run")
     # New experiments created from the UI would otherwise put artifacts in ./mlartifacts of the cwd.
     artifacts = (Path(str(root).removeprefix("file://")).resolve() / "mlartifacts").as_uri()
     return [
@@ -209,10 +214,51 @@ def stop_ui(proc: subprocess.Popen, grace: float = 10) -> int:
     return proc.wait()
 
 
-def open_ui(root: str | os.PathLike, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> int:
-    """Returns the exit code of the MLflow UI, run in the foreground until it stops or Ctrl-C."""
-    proc = start_ui(root, tracking_uri, host, port)
+def check_port(host: str, port: int) -> None:
+    """Raises UIError unless `port` on `host` is free to listen on (mlflow's server exits 0 when it is not)."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: a TIME_WAIT port is free
+        try:
+            sock.bind((host, int(port)))
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UIError(f"port {port} on {host} is in use ({e.strerror}), --port; expected a free port") from None
+            raise UIError(f"cannot listen on {host}:{port} ({e.strerror or e}), --host / --port; expected an address of this machine") from None
+
+
+class _Stop(Exception):
+    """SIGTERM or SIGHUP arrived while the UI ran."""
+
+
+def open_ui(root: str | os.PathLike, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
+            out=None) -> int:
+    """Returns the exit status of the MLflow UI, run in the foreground until it stops, Ctrl-C, SIGTERM or SIGHUP.
+
+    Raises UIError / FileNotFoundError before starting anything when the port is taken or there
+    is no store. A signal stops the server's whole process group (130 for Ctrl-C, 128 + signal
+    otherwise); a server that exits by itself failed, so its status is never 0.
+    """
+    ui_command(root, tracking_uri, host, port)  # no store, bad URI or port: fail before starting anything
+    check_port(host, port)
+    got: list[int] = []
+
+    def stop(signum, frame):
+        if not got:
+            got.append(signum)
+            raise _Stop
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        return stop_ui(proc)
+        proc = start_ui(root, tracking_uri, host, port)
+        print(f"MLflow UI: http://{host}:{port} (store {tracking_uri or default_tracking_uri(root)}); "
+              "Ctrl-C stops it", file=out or sys.stdout, flush=True)
+        rc = proc.wait()
+        return rc or 1  # it stopped unasked (mlflow exits 0 when it cannot bind): that is a failure
+    except (KeyboardInterrupt, _Stop):
+        for sig in old:
+            signal.signal(sig, signal.SIG_IGN)  # a second signal must not cut the clean-up short
+        if "proc" in locals():
+            stop_ui(proc)
+        return 128 + got[0] if got else 130
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

@@ -12,6 +12,7 @@ import logging
 import os
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
@@ -35,11 +36,41 @@ def check_address(address: str, timeout: float = 10.0) -> None:
     host, port = parts.hostname, parts.port or (10001 if parts.scheme == "ray" else 6379)
     if not host:
         raise ClusterUnreachable(f"Ray cluster address {address!r} is not host:port, ray://host:port or http://host:port")
+    t0 = time.monotonic()
     try:
         with socket.create_connection((host, port), timeout=timeout):
             pass
     except OSError as e:
         raise ClusterUnreachable(f"Ray cluster at {address} is unreachable ({host}:{port}: {e.strerror or e})") from None
+    if "://" not in address or address.startswith("ray://"):  # GCS host:port, or the Ray Client server
+        _check_ray_rpc(address, host, port, address.startswith("ray://"), max(timeout - (time.monotonic() - t0), 1.0))
+
+
+# A method every Ray server of that kind has; an empty request is a valid protobuf message.
+_RAY_RPC = {True: "/ray.rpc.RayletDriver/ClusterInfo", False: "/ray.rpc.NodeInfoGcsService/GetClusterId"}
+
+
+def _check_ray_rpc(address: str, host: str, port: int, client: bool, timeout: float) -> None:
+    """Raises ClusterUnreachable unless a Ray server (GCS, or the Ray Client server for ray://) answers gRPC there.
+
+    A proxy or another service on the port accepts the TCP connection too, and ray.init would then
+    retry for ~30 s with a flood of warnings; one gRPC call tells them apart within `timeout`.
+    """
+    import grpc
+
+    with grpc.insecure_channel(f"{host}:{port}") as channel:
+        call = channel.unary_unary(_RAY_RPC[client], request_serializer=lambda b: b, response_deserializer=lambda b: b)
+        try:
+            call(b"", timeout=timeout)
+        except grpc.RpcError as e:
+            code = e.code()
+            # a Ray server that refuses us (token authentication, an odd request) still answered
+            if code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.INVALID_ARGUMENT):
+                return
+            what = "no answer" if code == grpc.StatusCode.DEADLINE_EXCEEDED else f"{code.name}: {e.details()}"
+            server = "Ray Client server" if client else "Ray GCS"
+            raise ClusterUnreachable(f"Ray cluster at {address} is unreachable: {host}:{port} accepts connections but is not a "
+                                     f"{server} ({what})") from None
 
 
 def init_ray(address: str | None, num_cpus: int | None = None) -> None:
