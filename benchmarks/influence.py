@@ -15,18 +15,27 @@ Prints JSON lines:
   DataFrame: score_s, matmul_s (the bare test @ train.T product), score_vs_matmul, and the
   peak resident memory each adds above its inputs (score_peak_mb, matmul_peak_mb), each
   measured in a fresh process.
+- real lengths (the demo's babel task, and a local task file of log-normal lengths), examples
+  in a shuffled order: sketch_examples batched by token length against the given order,
+  bucketed_vs_unbucketed (target 1.3; CPU time, min of 2 interleaved runs), and the padded
+  tokens each computes on;
+- dattri 0.3's TracInAttributor on the 12x12 model (its own projection, d=256, same layers), or
+  the exact reason it cannot run a Hugging Face encoder;
 Every timing is the median of interleaved repeats (common.interleaved).
 """
 import json
 import subprocess
 import sys
 import tempfile
+import time
 
 import torch
 from torch.nn import functional as F
 
 from common import THREADS, interleaved, model_of, padded_batch
-from subnet_ray.influence import Projector, Sketches, select_linears, sketch_batch, top_influences
+from subnet_ray.influence.projection import Projector
+from subnet_ray.influence.sketch import Sketches, select_linears, sketch_batch
+from subnet_ray.influence.tracin import top_influences
 from subnet_ray.influence.sketch import layer_dims
 from subnet_ray.models import save_checkpoint
 from subnet_ray.train import train_step
@@ -113,6 +122,107 @@ def sketch_line(size: str, repeats: int) -> dict:
     }
 
 
+def length_tasks(folder: str) -> dict:
+    """Returns {name: (task, description)}: the demo's babel task, and a local task of log-normal sentence lengths.
+
+    The local file stands in for natural text (no hub here): words per example drawn from a
+    log-normal with median 30 and sigma 0.6, cut to [4, 120] (about XNLI's premise + hypothesis
+    spread in subword tokens), over a vocabulary of 2,000 words, 5 languages.
+    """
+    import numpy as np
+
+    from subnet_ray.config import BabelSpec, TaskSpec
+
+    rng = np.random.default_rng(0)
+    path = f"{folder}/lengths.jsonl"
+    with open(path, "w") as f:
+        for i in range(5 * 120):
+            n = int(np.clip(rng.lognormal(np.log(30), 0.6), 4, 120))
+            words = " ".join(f"w{j}" for j in rng.integers(0, 2000, n))
+            f.write(json.dumps({"text": words, "label": int(rng.integers(0, 2)), "language": f"l{i % 5}"}) + "\n")
+    babel = TaskSpec(id="babel", languages=["xa", "xb", "ya", "yb"], train_size=48, dev_size=8, test_size=8,
+                     babel=BabelSpec(families=[["xa", "xb"], ["ya", "yb"]]))
+    local = TaskSpec(id="local", languages=[f"l{i}" for i in range(5)], source=path, train_size=32, dev_size=8, test_size=8)
+    return {"babel_demo": (babel, "demo's babel languages: 14 or 26 tokens by family"),
+            "local_lognormal": (local, "log-normal lengths, median 30 words, 4-120")}
+
+
+def bucket_line(name: str, task, about: str, repeats: int) -> dict:
+    """Returns sketch throughput of sketch_examples on a task's examples, batched by length against in a shuffled order."""
+    import random
+
+    from subnet_ray.config import InfluenceSpec
+    from subnet_ray.data import load_examples, tokenizer_for
+    from subnet_ray.influence.pipeline import sketch_examples
+    from subnet_ray.tokenization import token_lengths
+
+    tok = tokenizer_for(task)
+    examples = load_examples(task, "train")
+    random.Random(0).shuffle(examples)  # a mixed-language set in no particular order, as a training set is sampled
+    max_length = 128
+    model = model_of("12x12-h384").eval()
+    spec = InfluenceSpec(proj_dim=PROJ_DIM, layers=LAYERS, batch_size=32)
+    projector = Projector(PROJ_DIM, seed=0)
+    t, out = {True: [], False: []}, {}
+    for _ in range(repeats):  # interleaved; CPU time of this process, so other work on a shared machine does not count
+        for b in (True, False):
+            start = time.process_time()
+            out[b] = sketch_examples(model, examples, tok, spec, max_length, projector=projector, bucket=b)
+            t[b].append(time.process_time() - start)
+    (ob, vb), (ou, vu) = out[True], out[False]
+    row = {e.id: i for i, e in enumerate(ob)}
+    torch.testing.assert_close(vb[[row[e.id] for e in ou]], vu, rtol=1e-4, atol=1e-5)  # same sketches either way, by id
+    t = {"bucketed": min(t[True]), "unbucketed": min(t[False])}
+    lengths = token_lengths(examples, tok, max_length)
+    padded = sum(max(lengths[i : i + 32]) * len(lengths[i : i + 32]) for i in range(0, len(lengths), 32))
+    ordered = sorted(lengths)
+    padded_b = sum(max(ordered[i : i + 32]) * len(ordered[i : i + 32]) for i in range(0, len(ordered), 32))
+    n = len(examples)
+    return {
+        "benchmark": "influence_bucketing", "data": name, "lengths": about, "model": "12x12-h384", "examples": n, "batch": 32,
+        "mean_tokens": round(sum(lengths) / n, 1), "max_tokens": max(lengths), "threads": THREADS, "repeats": repeats,
+        "padded_tokens_unbucketed": padded, "padded_tokens_bucketed": padded_b,
+        "bucketed_examples_per_cpu_s": round(n / t["bucketed"], 1), "unbucketed_examples_per_cpu_s": round(n / t["unbucketed"], 1),
+        "bucketed_vs_unbucketed": round(t["unbucketed"] / t["bucketed"], 2), "target": 1.3,
+    }
+
+
+def dattri_line(size: str = "12x12-h384") -> dict:
+    """Returns dattri 0.3's TracInAttributor (its own random projection to d=256, same layers) on one padded batch, or why it cannot run.
+
+    dattri takes per-example gradients with torch.func.vmap over a functional call of the model.
+    """
+    try:
+        from dattri.algorithm.tracin import TracInAttributor
+        from dattri.task import AttributionTask
+    except ImportError as e:
+        return {"benchmark": "influence_dattri", "skipped": f"dattri is not installed ({e})"}
+    from torch.utils.data import DataLoader, TensorDataset
+
+    model = model_of(size).eval()
+    names = [f"{n}.{p}" for n, _ in select_linears(model, LAYERS) for p in ("weight", "bias")]
+
+    def loss(params, data):
+        ids, mask, types, y = data
+        logits = torch.func.functional_call(model, params, (ids.unsqueeze(0), mask.unsqueeze(0), types.unsqueeze(0)))
+        return F.cross_entropy(logits, y.unsqueeze(0))
+
+    batch = padded_batch(batch=32, length=64)
+    data = TensorDataset(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"], batch["labels"])
+    task = AttributionTask(loss_func=loss, model=model, checkpoints=model.state_dict())
+    tracin = TracInAttributor(task=task, weight_list=torch.ones(1), normalized_grad=True, layer_name=names,
+                              projector_kwargs={"proj_dim": PROJ_DIM, "proj_max_batch_size": 32, "proj_seed": 0, "device": "cpu"})
+    line = {"benchmark": "influence_dattri", "model": size, "batch": 32, "length": 64, "layers": len(names) // 2, "proj_dim": PROJ_DIM}
+    try:
+        start = time.perf_counter()
+        tracin.attribute(DataLoader(data, batch_size=32), DataLoader(TensorDataset(*[t[:1] for t in data.tensors]), batch_size=1))
+        return line | {"examples_per_s": round(32 / (time.perf_counter() - start), 1)}
+    except RuntimeError as e:
+        return line | {"error": str(e).splitlines()[0][:300],
+                       "why": "dattri's per-example gradients use torch.func.vmap; transformers' attention-mask builder "
+                              "(masking_utils._ignore_bidirectional_mask_sdpa) calls padding_mask.all(), data-dependent control flow vmap refuses"}
+
+
 def _rss_kb(field: str) -> int:
     for line in open("/proc/self/status"):
         if line.startswith(field + ":"):
@@ -174,6 +284,10 @@ def score_line(repeats: int, n_train: int = 10_000, n_test: int = 2_500, top_k: 
 def main(repeats: int = 5) -> None:
     for size in ("tiny", "12x12-h384"):
         print(json.dumps(sketch_line(size, repeats)), flush=True)
+    with tempfile.TemporaryDirectory() as folder:
+        for name, (task, about) in length_tasks(folder).items():
+            print(json.dumps(bucket_line(name, task, about, 2)), flush=True)
+    print(json.dumps(dattri_line()), flush=True)
     print(json.dumps(score_line(max(3, repeats // 2))), flush=True)
 
 

@@ -64,7 +64,7 @@ import torch
 
 from subnet_ray.config import BabelSpec, InfluenceSpec, ModelSpec, TaskSpec, TinySpec
 from subnet_ray.data import load_examples
-from subnet_ray.influence import influence
+from subnet_ray.influence.pipeline import influence
 from subnet_ray.models import build_model, save_checkpoint
 from subnet_ray.data import tokenizer_for
 

@@ -75,7 +75,24 @@ def cmd_validate(args) -> int:
         print(f"  {t}")
     counts = Counter(str(n.stage) for n in nodes)
     print("  stages: " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
+    from .sizes import headline  # sizes from the config alone: validate imports no torch
+
+    print("  " + headline(spec, nodes))
     print(pf.summary())
+    return 0
+
+
+def cmd_estimate(args) -> int:
+    import json
+
+    from .estimate import estimate, table
+
+    spec, _ = _load(args.sweep)
+    est = estimate(spec, pruned=args.pruned)
+    stages = est.by_stage(spec.resources.cpus, spec.resources.gpus)
+    print(f"sweep {spec.name}: projected cost on {est.device} (calibrated here)")
+    print(table(est, spec.resources.cpus, spec.resources.gpus))
+    print(json.dumps({"sweep": spec.name, "device": est.device, "stages": stages, "assumptions": est.assumptions}))
     return 0
 
 
@@ -191,6 +208,7 @@ COMMANDS = {
     "run": (cmd_run, "run a sweep (local Ray unless --address) and write its report"),
     "demo": (cmd_demo, "run the demo sweep (tiny model, synthetic babel task) and print where the report is"),
     "rerun-random": (cmd_rerun_random, "add random-mask seeds: only the random-mask branch is computed"),
+    "estimate": (cmd_estimate, "calibrate a few batches on this device and project the sweep's hours, memory and bytes per stage"),
     "status": (cmd_status, "list which stage outputs of a sweep are done and which are missing"),
     "report": (cmd_report, "regenerate the report from the store, without training or scoring"),
     "submit": (cmd_submit, "submit a sweep to a Ray cluster as a Ray job"),
@@ -228,6 +246,9 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--address", help="Ray cluster address (default: a local Ray)")
             s.add_argument("--executor", choices=["ray", "local"], default="ray", help="local: run everything in this process, no Ray")
             s.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "estimate":
+            s.add_argument("--pruned", type=float, default=1.0,
+                           help="fraction of heads the subnetwork search is assumed to disable before stopping (default 1.0: an upper bound)")
         if name == "rerun-random":
             s.add_argument("--seeds", type=int, nargs="+", required=True, help="random-mask seeds to add")
         if name == "submit":

@@ -125,6 +125,10 @@ class TrainSpec(Strict):
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
     seeds: list[int] = Field([1], min_length=1, description="Training seeds; each is its own trial.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps.")
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
+        "fp32",
+        description="Numeric precision of fine-tuning, head importance, evaluation (and sketching unless influence.precision says otherwise): fp32; tf32 (fp32 with TensorFloat-32 matmuls on GPUs that have them); bf16 or fp16 autocast (fp16 with loss scaling). Weights stay float32.",
+    )
     sft_mode: Literal["paper", "strict"] = Field(
         "paper",
         description="paper: masked gradients go to AdamW (momentum and weight decay still move disabled heads); strict: disabled heads' parameters stay bit-identical.",
@@ -150,6 +154,9 @@ class InfluenceSpec(Strict):
     test_per_language: int = Field(500, ge=1, description="Test examples per language scored against all training examples.")
     batch_size: int = Field(32, ge=1, description="Examples per sketching batch.")
     dtype: Literal["float32", "float16", "bfloat16"] = Field("float32", description="Storage dtype of sketches.")
+    precision: Literal["fp32", "tf32", "bf16", "fp16"] | None = Field(
+        None, description="Numeric precision of sketching and of the test predictions (fp32, tf32, bf16, fp16); default: training.precision."
+    )
     lr_weighting: bool = Field(False, description="Weight each checkpoint's scores by its learning rate.")
     projection_seed: int = Field(0, description="Seed of the projection matrices (every worker derives the same ones).")
     actors: int = Field(1, ge=1, description="Ray Data actors sketching in parallel.")

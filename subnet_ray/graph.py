@@ -100,14 +100,26 @@ def _task_config(task: TaskSpec) -> dict:
     return task.model_dump(mode="json")
 
 
+def precision_key(precision: str) -> dict:
+    """Returns {} for fp32 (so keys from before precision existed stay valid), else {'precision': p}: it changes results."""
+    return {} if precision == "fp32" else {"precision": precision}
+
+
+def influence_precision(spec: SweepSpec) -> str:
+    """Returns the precision of the sweep's sketching and test predictions: influence.precision, else training.precision."""
+    return spec.influence.precision or spec.training.precision
+
+
 def _training_config(spec: SweepSpec) -> dict:
     # seeds are per node; device is where it runs, not what it computes
-    return spec.training.model_dump(mode="json", exclude={"seeds", "device"})
+    cfg = spec.training.model_dump(mode="json", exclude={"seeds", "device", "precision"})
+    return cfg | precision_key(spec.training.precision)
 
 
 def _influence_config(spec: SweepSpec) -> dict:
     # actors and GPUs say how it runs; batch size does not change the sketches
-    return spec.influence.model_dump(mode="json", exclude={"actors", "gpus_per_actor", "batch_size"})
+    cfg = spec.influence.model_dump(mode="json", exclude={"actors", "gpus_per_actor", "batch_size", "precision"})
+    return cfg | precision_key(influence_precision(spec))
 
 
 def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
@@ -132,7 +144,8 @@ def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
                 full = add(Node(Store.key("finetune", ft_cfg), Stage.FINETUNE, full_trial, 1, (),
                                 FinetuneParams(**common, method="full", config=ft_cfg)))
                 models = {"full": full}
-                sub_cfg = {**b.subnetworks.model_dump(mode="json", exclude={"batch_size"}), "max_length": b.training.max_length}
+                sub_cfg = {**b.subnetworks.model_dump(mode="json", exclude={"batch_size"}), "max_length": b.training.max_length,
+                           **precision_key(b.training.precision)}
                 sub = add(Node(Store.key("subnetworks", sub_cfg, [full.key]), Stage.SUBNETWORKS, full_trial, 1, (full.key,),
                                SubnetworkParams(**common, config=sub_cfg)))
                 rnd = {}

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
-from .config import ModelSpec
+if TYPE_CHECKING:  # only for annotations: the model code runs where pydantic is not installed (GPU machines)
+    from .config import ModelSpec
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"

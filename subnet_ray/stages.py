@@ -20,8 +20,8 @@ import torch
 
 from .config import SweepSpec, TaskSpec
 from .data import load_examples, num_labels, tokenizer_for
-from .graph import Node, Stage, branch_of
-from .influence import influence as influence_local
+from .graph import Node, Stage, branch_of, influence_precision
+from .influence.pipeline import influence as influence_local
 from .models import build_model, load_checkpoint
 from .store import Store
 from .subnetworks import intersection, load_mask, random_mask, save_mask, union
@@ -128,7 +128,7 @@ def _subnetworks(job: _Job, on_step=None, **_) -> None:
     spec, model = job.spec, job.make()
     load_checkpoint(model, checkpoints(job.store.path(job.node.inputs[0]))[-1])
     subs = find_subnetworks(model, by_language(job.data["dev"]), job.tok, spec.subnetworks, spec.training.max_length,
-                            spec.training.device, on_step=on_step)
+                            spec.training.device, spec.training.precision, on_step=on_step)
     for lang, s in subs.items():
         save_mask(job.out / lang, s.mask, {
             "task": job.task.id, "language": lang, "seed": job.node.params.seed, "checkpoint": job.node.inputs[0],
@@ -156,9 +156,11 @@ def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=N
     test = [e for lang in refs for e in [x for x in data["test"] if x.language == lang][:k]]
     ckpts = checkpoints(store.path(node.params.model))
     masks_f = {l: (m.float() if m is not None else None) for l, m in masks.items()}
+    precision = influence_precision(spec)
+    inf_spec = spec.influence.model_copy(update={"precision": precision})
     # sketching progress from the in-process scorer; a distributed one reports through its own pool
     progress = {"on_step": on_step} if on_step is not None and influence_fn is influence_local else {}
-    topk = influence_fn(make, ckpts, data["train"], test, tok, spec.influence, masks_f, spec.training.max_length,
+    topk = influence_fn(make, ckpts, data["train"], test, tok, inf_spec, masks_f, spec.training.max_length,
                         spec.training.device, **progress)
     topk.to_parquet(out / TOPK, index=False)
     rows = []
@@ -166,7 +168,8 @@ def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=N
         epoch = load_checkpoint(model, ckpt).get("epoch", int(ckpt.name.split("_")[1]))
         for lang in refs:
             exs = [e for e in test if e.language == lang]
-            preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, masks_f[lang], spec.training.device)["preds"]
+            preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, masks_f[lang], spec.training.device,
+                             precision)["preds"]
             rows += [{"test_id": e.id, "test_language": lang, "checkpoint": epoch, "label": e.label, "pred": p} for e, p in zip(exs, preds)]
     pd.DataFrame(rows).to_parquet(out / PREDICTIONS, index=False)
 

@@ -84,6 +84,18 @@ def wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000) -> "PreTra
     return _wrap(tok)
 
 
+def token_lengths(examples: list, tokenizer, max_length: int) -> list[int]:
+    """Returns each example's token count after truncation to `max_length`."""
+    pairs = [ex.text_pair for ex in examples] if all(ex.text_pair is not None for ex in examples) else None
+    return [len(ids) for ids in tokenizer([ex.text for ex in examples], pairs, truncation=True, max_length=max_length)["input_ids"]]
+
+
+def length_order(examples: list, tokenizer, max_length: int) -> list[int]:
+    """Returns the positions of `examples` sorted by token count (stable), so batches cut from that order pad little."""
+    lengths = token_lengths(examples, tokenizer, max_length)
+    return sorted(range(len(examples)), key=lambda i: lengths[i])
+
+
 def encode(examples: list, tokenizer, max_length: int) -> dict:
     """Returns input_ids, attention_mask, token_type_ids (if the tokenizer makes them) and labels as tensors.
 

@@ -18,17 +18,20 @@ import random
 import shutil
 from collections import defaultdict
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .config import TrainSpec
-from .data import Example
 from .models import HeadMask, SequenceClassifier, head_parameter_masks, load_checkpoint, mask_gradients, save_checkpoint
-from .tokenization import encode
+from .precision import autocast, grad_scaler
+from .tokenization import encode, length_order
+
+if TYPE_CHECKING:  # only for annotations: train_step and evaluate run where pydantic is not installed (GPU machines)
+    from .config import TrainSpec
+    from .data import Example
 
 RESUME = "resume"
 
@@ -49,20 +52,27 @@ def _to(batch: dict, device) -> dict:
 @torch.no_grad()
 def evaluate(
     model: SequenceClassifier, examples: list[Example], tokenizer, max_length: int,
-    batch_size: int = 32, mask: torch.Tensor | None = None, device: str = "cpu",
+    batch_size: int = 32, mask: torch.Tensor | None = None, device: str = "cpu", precision: str = "fp32", bucket: bool = True,
 ) -> dict:
-    """Returns {accuracy, loss, preds} of `model` on `examples`, with `mask` on the heads if given."""
+    """Returns {accuracy, loss, preds} of `model` on `examples`, with `mask` on the heads if given.
+
+    preds are in the order of `examples`. bucket: batch examples of similar token length (less
+    padding; the results do not depend on it). precision: see precision.autocast.
+    """
     if not examples:
         raise ValueError("evaluate: no examples")
     was_training = model.training
     model.eval()
-    preds, total_loss = [], 0.0
-    with HeadMask(model, mask):
-        for chunk in batches(examples, batch_size):
-            b = _to(encode(chunk, tokenizer, max_length), device)
+    order = length_order(examples, tokenizer, max_length) if bucket else list(range(len(examples)))
+    preds, total_loss = [0] * len(examples), 0.0
+    with HeadMask(model, mask), autocast(device, precision):
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            b = _to(encode([examples[i] for i in idx], tokenizer, max_length), device)
             logits = model(**b)
             total_loss += F.cross_entropy(logits, b["labels"], reduction="sum").item()
-            preds += logits.argmax(-1).tolist()
+            for i, p in zip(idx, logits.argmax(-1).tolist()):
+                preds[i] = p
     model.train(was_training)
     correct = sum(p == e.label for p, e in zip(preds, examples))
     return {"accuracy": correct / len(examples), "loss": total_loss / len(examples), "preds": preds}
@@ -77,11 +87,12 @@ def by_language(examples: list[Example]) -> dict[str, list[Example]]:
 
 
 def accuracy_by_language(
-    model, examples, tokenizer, max_length, batch_size=32, masks: dict[str, torch.Tensor] | None = None, device="cpu"
+    model, examples, tokenizer, max_length, batch_size=32, masks: dict[str, torch.Tensor] | None = None, device="cpu",
+    precision: str = "fp32",
 ) -> dict[str, float]:
     """Returns dev accuracy per language, each language under its own mask when `masks` is given."""
     return {
-        lang: evaluate(model, exs, tokenizer, max_length, batch_size, (masks or {}).get(lang), device)["accuracy"]
+        lang: evaluate(model, exs, tokenizer, max_length, batch_size, (masks or {}).get(lang), device, precision)["accuracy"]
         for lang, exs in by_language(examples).items()
     }
 
@@ -111,22 +122,33 @@ def epoch_plan(train: list[Example], batch_size: int, seed: int, epoch: int, spa
     return plan
 
 
-def train_step(model, batch: dict, optimizer, param_masks=None, strict: bool = False) -> torch.Tensor:
+def train_step(
+    model, batch: dict, optimizer, param_masks=None, strict: bool = False, precision: str = "fp32",
+    scaler: torch.amp.GradScaler | None = None,
+) -> torch.Tensor:
     """Returns the batch loss after one AdamW step; with `param_masks`, an SFT step (head mask set by the caller).
 
-    A non-finite loss is returned before any parameter changes.
+    A non-finite loss is returned before any parameter changes. precision: the forward and
+    backward's (precision.autocast); fp16 wants an enabled `scaler` (it skips a step whose
+    scaled gradients overflow and lowers the scale).
     """
-    loss = F.cross_entropy(model(**batch), batch["labels"])
+    with autocast(batch["input_ids"].device, precision):
+        loss = F.cross_entropy(model(**batch), batch["labels"])  # float32 under autocast
     if not torch.isfinite(loss):
         return loss.detach()
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    scaled = scaler is not None and scaler.is_enabled()
+    (scaler.scale(loss) if scaled else loss).backward()
     frozen = []
     if param_masks is not None:
-        mask_gradients(param_masks)
+        mask_gradients(param_masks)  # a 0/1 factor: the same on scaled gradients
         if strict:
             frozen = [(p, m, p.detach().clone()) for p, m in param_masks]
-    optimizer.step()
+    if scaled:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
     with torch.no_grad():
         for p, m, before in frozen:
             p.copy_(torch.where(m.bool(), p, before))
@@ -144,7 +166,7 @@ def _linear_schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
     return factor
 
 
-def _save_resume(directory: Path, optimizer: torch.optim.Optimizer, names: dict, epoch: int, step: int) -> None:
+def _save_resume(directory: Path, optimizer: torch.optim.Optimizer, names: dict, epoch: int, step: int, scaler=None) -> None:
     tensors = {}
     for p, state in optimizer.state.items():
         for k, v in state.items():
@@ -152,13 +174,16 @@ def _save_resume(directory: Path, optimizer: torch.optim.Optimizer, names: dict,
     tmp = directory / f".{RESUME}.tmp"
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
-    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "step": step}))
+    scale = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
+    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "step": step, "scaler": scale}))
     shutil.rmtree(directory / RESUME, ignore_errors=True)
     tmp.rename(directory / RESUME)
 
 
-def _load_resume(directory: Path, optimizer: torch.optim.Optimizer, named: dict) -> tuple[int, int]:
+def _load_resume(directory: Path, optimizer: torch.optim.Optimizer, named: dict, scaler=None) -> tuple[int, int]:
     state = json.loads((directory / RESUME / "state.json").read_text())
+    if scaler is not None and state.get("scaler"):
+        scaler.load_state_dict(state["scaler"])  # fp16: resume with the loss scale reached, as if never stopped
     tensors = load_file(str(directory / RESUME / "optimizer.safetensors"))
     for key, v in tensors.items():
         name, k = key.split("::")
@@ -203,9 +228,10 @@ def finetune(
     steps_per_epoch = len(epoch_plan(train, cfg.batch_size, seed, 0, sparse))
     schedule = _linear_schedule(steps_per_epoch * cfg.epochs, cfg.warmup)
     param_masks = {lang: head_parameter_masks(model, m.to(device)) for lang, m in (masks or {}).items()}
+    scaler = grad_scaler(device, cfg.precision)
     history, start, step = [], 0, 0
     if (out_dir / RESUME).exists():
-        start, step = _load_resume(out_dir, optimizer, named)
+        start, step = _load_resume(out_dir, optimizer, named, scaler)
         load_checkpoint(model, out_dir / f"epoch_{start}")
         history = [json.loads((out_dir / f"epoch_{e}" / "meta.json").read_text()) for e in range(1, start + 1)]
     hm = HeadMask(model)
@@ -222,7 +248,7 @@ def finetune(
                     g["lr"] = cfg.lr * schedule(step)
                 lr_sum += cfg.lr * schedule(step)
                 b = _to(encode(chunk, tokenizer, cfg.max_length), device)
-                loss = train_step(model, b, optimizer, param_masks.get(lang), strict=cfg.sft_mode == "strict")
+                loss = train_step(model, b, optimizer, param_masks.get(lang), cfg.sft_mode == "strict", cfg.precision, scaler)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"loss is {loss.item()} at epoch {epoch}, step {step} (batch language {lang}); "
@@ -233,7 +259,7 @@ def finetune(
                 if on_step:
                     on_step(step, steps_per_epoch * cfg.epochs, epoch, cfg.epochs)
             hm.set(None)
-            dev_acc = accuracy_by_language(model, dev, tokenizer, cfg.max_length, cfg.batch_size, masks, cfg.device)
+            dev_acc = accuracy_by_language(model, dev, tokenizer, cfg.max_length, cfg.batch_size, masks, cfg.device, cfg.precision)
             record = {
                 # lr: the rate at the epoch's last step; lr_mean: the mean over its steps, TracInCP's weight
                 # for this checkpoint (it stands for the steps taken since the previous one)
@@ -242,7 +268,7 @@ def finetune(
                 "method": "sft" if sparse else "full",
             }
             save_checkpoint(model, out_dir / f"epoch_{epoch}", record)
-            _save_resume(out_dir, optimizer, names, epoch, step)
+            _save_resume(out_dir, optimizer, names, epoch, step, scaler)
             history.append(record)
             if on_epoch:
                 on_epoch(record)

@@ -10,7 +10,10 @@ from torch.nn import functional as F
 
 from subnet_ray.config import InfluenceSpec
 from subnet_ray.data import Example
-from subnet_ray.influence import Projector, Sketches, dense_scores, influence, select_linears, sketch_batch, top_influences
+from subnet_ray.influence.pipeline import influence
+from subnet_ray.influence.projection import Projector
+from subnet_ray.influence.sketch import Sketches, select_linears, sketch_batch
+from subnet_ray.influence.tracin import dense_scores, top_influences
 from subnet_ray.influence.pipeline import checkpoint_metas, mask_groups
 from subnet_ray.influence.sketch import layer_dims
 from subnet_ray.models import HeadMask, build_model, save_checkpoint

@@ -50,7 +50,7 @@ def test_sketching_reports_examples_sketched_over_groups_and_checkpoints(tmp_pat
     import torch
 
     from subnet_ray.config import InfluenceSpec
-    from subnet_ray.influence import influence
+    from subnet_ray.influence.pipeline import influence
     from test_influence import _checkpoints, examples, word_tokenizer
     from tiny import tiny_model
 

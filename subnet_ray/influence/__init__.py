@@ -4,10 +4,8 @@ Modules, in data-flow order: projection (G1, G2 per layer from a seed), sketch (
 sketches from one batched forward and backward), tracin (cosine TracIn over checkpoints, top-k
 per test example), pipeline (the single-process `influence` over checkpoints and masks),
 and orchestration/influence_ray.py runs the same on Ray Data (Ray stays out of this package).
-"""
-from .pipeline import influence, sketch_examples
-from .projection import Projector
-from .sketch import Sketches, select_linears, sketch_batch
-from .tracin import COLUMNS, dense_scores, top_influences
 
-__all__ = ["COLUMNS", "Projector", "Sketches", "dense_scores", "influence", "select_linears", "sketch_batch", "sketch_examples", "top_influences"]
+Import names from their modules (e.g. `from subnet_ray.influence.pipeline import influence`):
+the package imports nothing itself, so `subnet_ray.influence.sketch` loads without the config
+layer (pydantic), as on GPU machines that have only torch and transformers.
+"""

@@ -26,6 +26,7 @@ from ..models import META, WEIGHTS, check_mask, load_checkpoint
 from .projection import Projector
 from .sketch import DTYPES, Sketches, layer_dims, select_linears, sketch_batch
 from .tracin import top_influences
+from ..tokenization import length_order, token_lengths  # noqa: F401 (token_lengths: distributed imports it from here)
 
 
 @dataclass(frozen=True)
@@ -112,16 +113,9 @@ def check_examples(examples: list, what: str) -> None:
         raise ValueError(f"influence: {len(dup)} duplicate {what} example ids, e.g. {dup[:3]}")
 
 
-def token_lengths(examples: list, tokenizer, max_length: int) -> list[int]:
-    """Returns each example's token count after truncation to `max_length`."""
-    pairs = [ex.text_pair for ex in examples] if all(ex.text_pair is not None for ex in examples) else None
-    return [len(ids) for ids in tokenizer([ex.text for ex in examples], pairs, truncation=True, max_length=max_length)["input_ids"]]
-
-
 def by_length(examples: list, tokenizer, max_length: int) -> list:
     """Returns the examples sorted by token count (stable), so batches pad little."""
-    lengths = token_lengths(examples, tokenizer, max_length)
-    return [examples[i] for i in sorted(range(len(examples)), key=lambda i: lengths[i])]
+    return [examples[i] for i in length_order(examples, tokenizer, max_length)]
 
 
 def sketch_examples(
@@ -133,25 +127,35 @@ def sketch_examples(
     head_mask: torch.Tensor | None = None,
     device: str | torch.device = "cpu",
     projector: Projector | None = None,
+    bucket: bool = True,
     on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list, torch.Tensor]:
-    """Returns (examples in sketch order, sketches [n, dim] in spec.dtype) of the model as loaded, under `head_mask`;
-    `on_batch(n)` is called after each batch of n examples."""
+    """Returns (examples in sketch order, sketches [n, dim] in spec.dtype) of the model as loaded, under `head_mask`.
+
+    bucket: batch examples of similar token length (sketch order = by length); False keeps
+    the given order (for comparison: the sketch of each example is the same either way).
+    `on_batch(n)` is called after each batch of n examples.
+    """
     from ..tokenization import encode
 
     linears = select_linears(model, spec.layers)
     if projector is None and spec.proj_dim:
         projector = Projector(spec.proj_dim, spec.projection_seed)
-    ordered = by_length(examples, tokenizer, max_length)
+    ordered = by_length(examples, tokenizer, max_length) if bucket else list(examples)
     mask = head_mask.to(device) if head_mask is not None else None
     out = []
     # a bar on a terminal only (disable=None): Tune trials and Ray actors print no bar noise
     for i in tqdm(range(0, len(ordered), spec.batch_size), desc=f"sketching {len(ordered)} examples", leave=False, disable=None):
         batch = {k: v.to(device) for k, v in encode(ordered[i : i + spec.batch_size], tokenizer, max_length).items()}
-        out.append(sketch_batch(model, batch, linears, projector, mask).to("cpu", DTYPES[spec.dtype]))
+        out.append(sketch_batch(model, batch, linears, projector, mask, precision_of(spec)).to("cpu", DTYPES[spec.dtype]))
         if on_batch:
             on_batch(len(ordered[i : i + spec.batch_size]))
     return ordered, torch.cat(out)
+
+
+def precision_of(spec: InfluenceSpec) -> str:
+    """Returns the sketching precision: spec.precision, fp32 when unset (the sweep sets it from training.precision)."""
+    return spec.precision or "fp32"
 
 
 def as_model(model: nn.Module | Callable[[], nn.Module]) -> nn.Module:

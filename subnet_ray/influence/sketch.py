@@ -29,15 +29,16 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..models import HeadMask
+from ..precision import autocast, loss_scale
+from ..sizes import matches
 from .projection import Projector
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
-def _matches(name: str, prefix: str) -> bool:
-    # A prefix matches a module path from its start or as a run of whole components, so
-    # 'classifier', 'encoder.encoder.layer.0', 'embeddings' and 'attention' all work.
-    return name == prefix or name.startswith(prefix + ".") or f".{prefix}." in f".{name}."
+# A prefix matches a module path from its start or as a run of whole components, so
+# 'classifier', 'encoder.encoder.layer.0', 'embeddings' and 'attention' all work.
+_matches = matches
 
 
 def select_linears(model: nn.Module, prefixes: list[str]) -> list[tuple[str, nn.Linear]]:
@@ -76,11 +77,15 @@ def sketch_batch(
     linears: list[tuple[str, nn.Linear]],
     projector: Projector | None,
     head_mask: torch.Tensor | None = None,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Returns per-example sketches [batch, sum of layer dims] in the model's dtype (exact gradients if projector is None).
 
     batch: input_ids, attention_mask, labels (token_type_ids optional) on the model's device.
     head_mask: [layers, heads], or [batch, layers, heads] for one mask per example; None = all heads.
+    precision: fp32, tf32, bf16 or fp16 (precision.autocast): under bf16 / fp16 the forward, the
+    backward and the projections run in the half dtype (each layer's output dtype), and every
+    layer's sketch is summed in float32.
     The model must be in eval mode (dropout would make the sketch random); it is not changed.
     """
     if model.training:
@@ -96,23 +101,25 @@ def sketch_batch(
         bias = lin.bias is not None
 
         def hook(module, args, out):
-            x = args[0]
+            # the layer's output dtype is its compute dtype: the half dtype under autocast
+            x = args[0].to(out.dtype)
             if projector is None:
                 px = torch.cat([x, x.new_ones(x.shape[:-1] + (1,))], -1) if bias else x
             else:
                 g1, g2, g2_bias = projector.factors(name, lin.out_features, lin.in_features, bias, x.device, x.dtype)
                 px = F.linear(x, g2, g2_bias)  # G2 [x; 1]
             if x.dim() == 3 and x.shape[:2] == (size, length):
-                px = px * token_weight
+                px = px * token_weight.to(px.dtype)
             px = px.reshape(size, -1, px.shape[-1])
             if not out.requires_grad:
                 out = out.detach().requires_grad_()
                 leaves.append(out)
 
             def grad_hook(delta):
-                delta = delta.reshape(size, -1, delta.shape[-1])
+                # backward runs outside autocast (on CUDA in another thread): dtypes are set here
+                delta = delta.reshape(size, -1, delta.shape[-1]).to(px.dtype)
                 pd = delta if projector is None else F.linear(delta, g1)  # G1 delta
-                s = torch.bmm(pd.transpose(1, 2), px).flatten(1)  # sum over tokens of (G1 delta)(G2 x)^T
+                s = torch.bmm(pd.transpose(1, 2), px).flatten(1).to(dtype)  # sum over tokens of (G1 delta)(G2 x)^T
                 parts[name] = parts[name] + s if name in parts else s
 
             out.register_hook(grad_hook)
@@ -121,15 +128,17 @@ def sketch_batch(
         return hook
 
     dtype = linears[0][1].weight.dtype
+    scale = loss_scale(precision)
     token_weight = tokens.unsqueeze(-1).to(dtype)
     handles = [lin.register_forward_hook(forward_hook(n, lin)) for n, lin in linears]
     masker = HeadMask(model, head_mask) if head_mask is not None else None
     try:
-        with frozen_weights(model), torch.enable_grad():
+        with frozen_weights(model), torch.enable_grad(), autocast(tokens.device, precision):
             kwargs = {"token_type_ids": batch["token_type_ids"]} if batch.get("token_type_ids") is not None else {}
             logits = model(input_ids=batch["input_ids"], attention_mask=tokens, **kwargs)
             # Sum, not mean: each example's output gradients are then exactly its own loss's.
-            loss = F.cross_entropy(logits, batch["labels"], reduction="sum")
+            # fp16: a fixed loss scale keeps small output gradients above fp16's underflow.
+            loss = F.cross_entropy(logits, batch["labels"], reduction="sum") * scale  # float32 under autocast
             if leaves:
                 torch.autograd.grad(loss, leaves)  # grads of the leaves are discarded: the hooks did the work
     finally:
@@ -139,7 +148,8 @@ def sketch_batch(
             masker.remove()
     dims = layer_dims(linears, projector.proj_dim if projector else 0)
     # A layer the loss does not reach has a zero gradient.
-    return torch.cat([parts.get(n, torch.zeros(size, d, dtype=dtype, device=tokens.device)) for n, d in dims], 1)
+    out = torch.cat([parts.get(n, torch.zeros(size, d, dtype=dtype, device=tokens.device)) for n, d in dims], 1)
+    return out / scale if scale != 1.0 else out
 
 
 @dataclass

@@ -28,7 +28,7 @@ from torch import nn
 
 from ..config import InfluenceSpec
 from ..models import WEIGHTS
-from ..influence.pipeline import as_model, check_examples, checkpoint_metas, mask_groups, token_lengths
+from ..influence.pipeline import as_model, check_examples, checkpoint_metas, mask_groups, precision_of, token_lengths
 from ..influence.projection import Projector
 from ..influence.sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, sketch_batch, to_numpy
 from ..influence.tracin import top_influences
@@ -98,7 +98,7 @@ class SketchActor:
             ones = torch.ones_like(next(m for m in groups if m is not None))
             head_mask = torch.stack([ones if m is None else m for m in groups]).to(self.device)
         enc = {k: v.to(self.device) for k, v in encode(examples, self.tokenizer, self.max_length).items()}
-        values = sketch_batch(self.model, enc, self.linears, self.projector, head_mask).to("cpu", DTYPES[self.spec.dtype])
+        values = sketch_batch(self.model, enc, self.linears, self.projector, head_mask, precision_of(self.spec)).to("cpu", DTYPES[self.spec.dtype])
         return np.array(cols["id"], dtype=object), np.array(cols["group"], dtype=np.int64), to_numpy(values)
 
 

@@ -26,6 +26,7 @@ import torch
 from torch.nn import functional as F
 
 from ..models import HeadMask, SequenceClassifier, check_mask
+from ..precision import autocast, loss_scale
 
 Per = Literal["example", "batch"]
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -51,12 +52,15 @@ def importance_pass(
     mask: torch.Tensor | None = None,
     per: Per = "example",
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> ImportancePass:
     """Returns raw head importance under `mask` (default all on) and the accuracy of the same forward passes.
 
     batches: encoded dicts with input_ids, attention_mask, (token_type_ids,) labels.
     per: "example" = mean over examples of |dL(x)/dxi| (Eq. 1); "batch" = mean over batches
     of |d mean-loss(batch) / dxi| (Michel et al.'s code).
+    precision: fp32, tf32, bf16 or fp16 forward and backward (precision.autocast); the mask and
+    the accumulated importance stay float32 / float64.
     """
     if per not in ("example", "batch"):
         raise ValueError(f"per must be 'example' or 'batch', got {per!r}")
@@ -68,6 +72,7 @@ def importance_pass(
     # float32 mask (float64 for a float64 model, so tests can check gradients tightly)
     dtype = torch.float64 if next(model.parameters()).dtype == torch.float64 else torch.float32
     base = mask.to(device=device, dtype=dtype)
+    scale = loss_scale(precision)
 
     was_training = model.training
     # Only the mask needs a gradient: freezing the weights for the pass spares autograd from
@@ -87,10 +92,12 @@ def importance_pass(
                     continue
                 xi = (base.expand(n, *shape) if per == "example" else base).clone().requires_grad_(True)
                 hm.set(xi)
-                logits = model(**{k: batch[k].to(device) for k in MODEL_INPUTS if k in batch})
-                losses = F.cross_entropy(logits.to(dtype), labels, reduction="none")
-                loss = losses.sum() if per == "example" else losses.mean()
-                (grad,) = torch.autograd.grad(loss, xi)
+                with autocast(device, precision):
+                    logits = model(**{k: batch[k].to(device) for k in MODEL_INPUTS if k in batch})
+                    losses = F.cross_entropy(logits.to(dtype), labels, reduction="none")
+                    loss = (losses.sum() if per == "example" else losses.mean()) * scale
+                    (grad,) = torch.autograd.grad(loss, xi)
+                grad = grad / scale  # fp16: undo the fixed loss scale (the gradient is linear in the loss)
                 # per example: sum_b |dL(x_b)/dxi| ; per batch: |dL(batch)/dxi|
                 total += grad.abs().double().sum(0) if per == "example" else grad.abs().double()
                 correct += int((logits.argmax(-1) == labels).sum())
@@ -112,9 +119,10 @@ def head_importance(
     mask: torch.Tensor | None = None,
     per: Per = "example",
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Returns raw head importance E_x |dL(x)/dxi| as float64 [layers, heads] (see `importance_pass`)."""
-    return importance_pass(model, batches, mask, per, device).importance
+    return importance_pass(model, batches, mask, per, device, precision).importance
 
 
 def normalize_importance(

@@ -112,15 +112,15 @@ class _OnePassScorer:
     importance under it: one pass answers both, so each step costs one importance pass.
     """
 
-    def __init__(self, model, batches, spec: SubnetworkSpec, device):
-        self.model, self.batches, self.spec, self.device = model, batches, spec, device
+    def __init__(self, model, batches, spec: SubnetworkSpec, device, precision: str = "fp32"):
+        self.model, self.batches, self.spec, self.device, self.precision = model, batches, spec, device, precision
         self._key: bytes | None = None
         self._pass = None
 
     def _run(self, mask: torch.Tensor):
         key = mask.numpy().tobytes()
         if key != self._key:
-            self._pass = importance_pass(self.model, self.batches, mask, "example", self.device)
+            self._pass = importance_pass(self.model, self.batches, mask, "example", self.device, self.precision)
             self._key = key
         return self._pass
 
@@ -133,12 +133,13 @@ class _OnePassScorer:
 
 
 def find_subnetwork(
-    model: SequenceClassifier, batches: list[dict], spec: SubnetworkSpec, language: str = "", device: str | torch.device = "cpu"
+    model: SequenceClassifier, batches: list[dict], spec: SubnetworkSpec, language: str = "", device: str | torch.device = "cpu",
+    precision: str = "fp32",
 ) -> Subnetwork:
     """Returns the pruned subnetwork of `model` for one language's encoded dev batches."""
     if not batches or sum(int(b["labels"].shape[0]) for b in batches) == 0:
         raise ValueError(f"language {language!r}: no dev examples to find a subnetwork on")
-    scorer = _OnePassScorer(model, batches, spec, device)
+    scorer = _OnePassScorer(model, batches, spec, device, precision)
     shape = (model.num_layers, model.num_heads)
     return prune(scorer.importance, scorer.accuracy, shape, spec.step_fraction, spec.threshold, language)
 
@@ -171,6 +172,7 @@ def find_subnetworks(
     spec: SubnetworkSpec,
     max_length: int,
     device: str | torch.device = "cpu",
+    precision: str = "fp32",
     on_step=None,
 ) -> dict[str, Subnetwork]:
     """Returns {language: Subnetwork} found by pruning `model` on each language's dev examples.
@@ -178,7 +180,8 @@ def find_subnetworks(
     dev_by_language: language -> list of data.Example (that language's dev split).
     `on_step(done, total)` is called after each language's search (done languages of total).
     Dev accuracy is computed from the importance passes' own forward passes (argmax of the
-    logits under the mask, eval mode), the same quantity train.evaluate reports.
+    logits under the mask, eval mode), the same quantity train.evaluate reports. precision:
+    of the importance passes (precision.autocast).
     """
     if not dev_by_language:
         raise ValueError("no languages given: dev_by_language is empty")
@@ -192,7 +195,7 @@ def find_subnetworks(
     out = {}
     for lang, examples in dev_by_language.items():
         batches = [{k: v.to(device) for k, v in b.items()} for b in make_batches(encode(list(examples), tokenizer, max_length), spec.batch_size)]
-        out[lang] = find_subnetwork(model, batches, spec, lang, device)
+        out[lang] = find_subnetwork(model, batches, spec, lang, device, precision)
         if on_step:
             on_step(len(out), len(dev_by_language))
     return out
