@@ -136,8 +136,6 @@ def sketch_examples(
     the given order (for comparison: the sketch of each example is the same either way).
     `on_batch(n)` is called after each batch of n examples.
     """
-    from ..tokenization import encode
-
     linears = select_linears(model, spec.layers)
     if projector is None and spec.proj_dim:
         projector = Projector(spec.proj_dim, spec.projection_seed)
@@ -146,11 +144,29 @@ def sketch_examples(
     out = []
     # a bar on a terminal only (disable=None): Tune trials and Ray actors print no bar noise
     for i in tqdm(range(0, len(ordered), spec.batch_size), desc=f"sketching {len(ordered)} examples", leave=False, disable=None):
-        batch = {k: v.to(device) for k, v in encode(ordered[i : i + spec.batch_size], tokenizer, max_length).items()}
-        out.append(sketch_batch(model, batch, linears, projector, mask, precision_of(spec)).to("cpu", DTYPES[spec.dtype]))
+        out.append(sketch_encoded(model, ordered[i : i + spec.batch_size], tokenizer, max_length, linears, projector, mask, spec, device))
         if on_batch:
             on_batch(len(ordered[i : i + spec.batch_size]))
     return ordered, torch.cat(out)
+
+
+def sketch_encoded(model: nn.Module, examples: list, tokenizer, max_length: int, linears, projector: Projector | None,
+                   head_mask: torch.Tensor | None, spec: InfluenceSpec, device: str | torch.device) -> torch.Tensor:
+    """Returns the sketches [len(examples), dim] of one batch, on the CPU in spec.dtype, at the spec's precision.
+
+    The one batch step of both executors: this module's loop and the Ray Data actors.
+    """
+    from ..tokenization import encode
+
+    batch = {k: v.to(device) for k, v in encode(examples, tokenizer, max_length).items()}
+    return sketch_batch(model, batch, linears, projector, head_mask, precision_of(spec)).to("cpu", DTYPES[spec.dtype])
+
+
+def as_sketches(ids: list[str], languages: list[str], values: torch.Tensor, layout, spec: InfluenceSpec, meta: dict,
+                mask_key: str) -> Sketches:
+    """Returns the Sketches of one checkpoint (meta from checkpoint_metas) and mask group, as both executors assemble them."""
+    return Sketches(ids=list(ids), languages=list(languages), values=values, layout=layout, proj_dim=spec.proj_dim,
+                    seed=spec.projection_seed, checkpoint=meta["epoch"], lr=meta["lr"], mask=mask_key)
 
 
 def precision_of(spec: InfluenceSpec) -> str:
@@ -212,9 +228,6 @@ def influence(
             for examples, sink in ((train, sk_train), (group_test, sk_test)):
                 ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, group.mask, device, projector,
                                                   on_batch=count if on_step else None)
-                sink.append(Sketches(
-                    ids=[ex.id for ex in ordered], languages=[ex.language for ex in ordered], values=values, layout=layout,
-                    proj_dim=spec.proj_dim, seed=spec.projection_seed, checkpoint=meta["epoch"], lr=meta["lr"], mask=group.key,
-                ))
+                sink.append(as_sketches([ex.id for ex in ordered], [ex.language for ex in ordered], values, layout, spec, meta, group.key))
         frames.append(top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
     return pd.concat(frames, ignore_index=True)

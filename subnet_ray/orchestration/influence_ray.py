@@ -28,9 +28,9 @@ from torch import nn
 
 from ..config import InfluenceSpec
 from ..models import WEIGHTS
-from ..influence.pipeline import as_model, check_examples, checkpoint_metas, mask_groups, precision_of, token_lengths
+from ..influence.pipeline import as_model, as_sketches, check_examples, checkpoint_metas, mask_groups, sketch_encoded, token_lengths
 from ..influence.projection import Projector
-from ..influence.sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, sketch_batch, to_numpy
+from ..influence.sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, to_numpy
 from ..influence.tracin import top_influences
 from .workers import WORKER_ENV, use_cpus
 
@@ -83,7 +83,6 @@ class SketchActor:
     def _sketch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Returns (ids, mask groups, sketches) of example rows `rows` under the loaded checkpoint."""
         from ..data import Example
-        from ..tokenization import encode
 
         cols = self.examples.take(rows).to_pydict()
         pairs = cols.get("text_pair", [None] * len(rows))
@@ -97,8 +96,8 @@ class SketchActor:
         else:  # an all-ones mask is exactly the full model
             ones = torch.ones_like(next(m for m in groups if m is not None))
             head_mask = torch.stack([ones if m is None else m for m in groups]).to(self.device)
-        enc = {k: v.to(self.device) for k, v in encode(examples, self.tokenizer, self.max_length).items()}
-        values = sketch_batch(self.model, enc, self.linears, self.projector, head_mask, precision_of(self.spec)).to("cpu", DTYPES[self.spec.dtype])
+        values = sketch_encoded(self.model, examples, self.tokenizer, self.max_length, self.linears, self.projector,
+                                head_mask, self.spec, self.device)
         return np.array(cols["id"], dtype=object), np.array(cols["group"], dtype=np.int64), to_numpy(values)
 
 
@@ -217,11 +216,8 @@ def influence_ray(
                 if not seen[c, pos].all():
                     lost = [rows[i]["id"] for i in idx[pos[~seen[c, pos]]][:3]]
                     raise RuntimeError(f"checkpoint {meta['epoch']}: the sketching pass lost {what} examples, e.g. {lost}")
-                sink.append(Sketches(
-                    ids=[rows[i]["id"] for i in idx[pos]], languages=[rows[i]["language"] for i in idx[pos]],
-                    values=values[torch.from_numpy(pos)], layout=layout, proj_dim=spec.proj_dim, seed=spec.projection_seed,
-                    checkpoint=meta["epoch"], lr=meta["lr"], mask=group.key,
-                ))
+                sink.append(as_sketches([rows[i]["id"] for i in idx[pos]], [rows[i]["language"] for i in idx[pos]],
+                                        values[torch.from_numpy(pos)], layout, spec, meta, group.key))
         n_test = len(sk_test[0].ids)
         if n_test <= shard_size:  # one shard: a task would only add a worker start (seconds: imports)
             frames.append(top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
