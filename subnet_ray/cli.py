@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .config import ConfigError, SweepSpec, load_sweep
 from .data import DataError
+from .manifest import DamagedOutput
 from .preflight import Preflight, PreflightError, check
 
 
@@ -133,27 +134,48 @@ def _existing_store(root: str):
 
 
 def cmd_status(args) -> int:
+    from .lease import held
+
     spec, nodes = _load(args.sweep)
     store = _existing_store(_root(args))
-    done = {n.key for n in nodes if store is not None and store.done(n.key)}
+    states, notes = {}, {}
+    for n in nodes:
+        if store is None or not store.done(n.key):
+            holder = held(store, n.key) if store is not None else None
+            states[n.key] = "running" if holder else "missing"
+            notes[n.key] = [f"being computed by {holder}"] if holder else []
+            continue
+        problems = store.check(n.key, "all" if args.verify else "small")
+        states[n.key] = "legacy" if problems is None else "damaged" if problems else "done"
+        notes[n.key] = problems or []
+    ok = sum(s in ("done", "legacy") for s in states.values())
     where = store.uri if store is not None else f"{_root(args)} (no store there yet)"
-    print(f"sweep {spec.name}: {len(done)}/{len(nodes)} stage outputs in {where}")
+    how = "sizes and every SHA-256" if args.verify else "sizes, and SHA-256 of files up to 4 MiB"
+    print(f"sweep {spec.name}: {ok}/{len(nodes)} stage outputs in {where} (checked: {how})")
     for n in nodes:
         label = getattr(n.params, "variant", None) or getattr(n.params, "method", "")
         if n.stage == "random_masks":
             label = f"seed {n.params.random_seed}"
-        print(f"  [{'done' if n.key in done else 'missing'}] {n.stage:<12} {n.trial:<32} {label:<22} {n.key}")
-    return 0
+        print(f"  [{states[n.key]}] {n.stage:<12} {n.trial:<32} {label:<22} {n.key}")
+        for note in notes[n.key]:
+            print(f"      {n.key}: {note}")
+    damaged = [k for k, s in states.items() if s == "damaged"]
+    if any(s == "legacy" for s in states.values()):
+        print("  legacy: published before manifests, not checked")
+    if damaged:
+        print(f"{len(damaged)} damaged stage output(s): `subnet-ray run` moves them aside and recomputes them")
+    return 1 if damaged else 0
 
 
 def cmd_report(args) -> int:
-    from .orchestration.runner import write_reports
+    from .orchestration.runner import report_lease, write_reports
 
     spec, _ = _load(args.sweep)
     store = _existing_store(_root(args))
     if store is None:
         raise UsageError(f"no store under root {_root(args)}, --root; expected the root of a sweep that has run")
-    reports = write_reports(spec, _root(args), store)
+    with report_lease(store, spec):
+        reports = write_reports(spec, _root(args), store)
     if not reports:
         print(f"sweep {spec.name}: nothing in the store under {_root(args)} yet; run it first", file=sys.stderr)
         return 1
@@ -246,6 +268,8 @@ def parser() -> argparse.ArgumentParser:
             s.add_argument("--address", help="Ray cluster address (default: a local Ray)")
             s.add_argument("--executor", choices=["ray", "local"], default="ray", help="local: run everything in this process, no Ray")
             s.add_argument("--quiet", action="store_true", help="no progress bars")
+        if name == "status":
+            s.add_argument("--verify", action="store_true", help="also check the SHA-256 of every file (reads the whole store)")
         if name == "estimate":
             s.add_argument("--pruned", type=float, default=1.0,
                            help="fraction of heads the subnetwork search is assumed to disable before stopping (default 1.0: an upper bound)")
@@ -282,9 +306,14 @@ def main(argv: list[str] | None = None) -> int:
         for line in str(e).splitlines() or [type(e).__name__]:
             print(f"error: {line}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted: finished stage outputs are kept; rerun the same command to resume", file=sys.stderr)
-        return 130
+    except DamagedOutput as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 4
+    except KeyboardInterrupt as e:
+        from .orchestration.interrupts import MESSAGE, Interrupted
+
+        print(MESSAGE, file=sys.stderr)
+        return e.exit_code if isinstance(e, Interrupted) else 130
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 import difflib
 import itertools
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -18,6 +19,18 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from .tasks import TASKS
 
 Method = Literal["full", "sft", "random-sft"]
+# names that become path components (store folders, report folders, MLflow experiments): a letter or
+# digit first, so never '.', '..' or a hidden name; no separators
+SAFE_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+_SAFE = re.compile(SAFE_NAME)
+PATH_GRID_KEYS = ("model.name",)  # a model may be a local folder: its report label is a hash, not the path
+
+
+def safe_name(value: str, what: str) -> str:
+    """Returns `value` if it matches SAFE_NAME; raises ValueError naming `what`, the value and the pattern."""
+    if not isinstance(value, str) or not _SAFE.match(value):
+        raise ValueError(f"{what} {value!r} is not a safe name: expected the pattern {SAFE_NAME} (letters, digits, _ . + -, a letter or digit first)")
+    return value
 
 
 class Strict(BaseModel):
@@ -39,6 +52,13 @@ class BabelSpec(Strict):
         "alternate",
         description="'alternate': the groups of `families` in even places (1st, 3rd, ...) write one token per word, those in odd places write every word as stem + suffix, where a polar word's sign is only in the pair (2 x length tokens per sentence); 'isolating': one token per word everywhere.",
     )
+
+    @field_validator("families")
+    @classmethod
+    def _safe_family_codes(cls, v):
+        for lang in [l for f in v or [] for l in f]:
+            safe_name(lang, "babel.families language code")
+        return v
 
     def tokens_per_sentence(self) -> int:
         """Returns the most tokens a sentence can have, without [CLS] and [SEP]."""
@@ -70,6 +90,7 @@ class TaskSpec(Strict):
     @field_validator("id")
     @classmethod
     def _known_task(cls, v: str) -> str:
+        safe_name(v, "task id")  # it names folders (reports, MLflow trial names)
         if v not in TASKS:
             raise ValueError(f"unknown task {v!r}; expected one of {', '.join(TASKS)}")
         return v
@@ -77,6 +98,8 @@ class TaskSpec(Strict):
     @field_validator("languages")
     @classmethod
     def _unique_languages(cls, v: list[str]) -> list[str]:
+        for lang in v:
+            safe_name(lang, "language code")  # it names the folder of the language's mask
         if len(set(v)) != len(v):
             raise ValueError(f"languages must be unique, got {v}")
         return v
@@ -198,7 +221,7 @@ class AnalysisSpec(Strict):
 class SweepSpec(Strict):
     """A whole sweep: what to run and how."""
 
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$", description="Sweep name; the MLflow experiment and store folder use it.")
+    name: str = Field(description="Sweep name (letters, digits, _ . + -; a letter or digit first); the MLflow experiment and report folder use it.")
     tasks: list[TaskSpec] = Field(min_length=1, description="Tasks to run.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="The encoder.")
     training: TrainSpec = Field(default_factory=TrainSpec, description="Fine-tuning settings.")
@@ -209,6 +232,11 @@ class SweepSpec(Strict):
     random_seeds: list[int] = Field([1, 2, 3], description="Seeds of the random (shuffled) masks.")
     resources: Resources = Field(default_factory=Resources, description="Resources per trial.")
     grid: dict[str, list[Any]] = Field({}, description="Dotted setting paths to lists of values; each combination is a branch.")
+
+    @field_validator("name")
+    @classmethod
+    def _safe_sweep_name(cls, v: str) -> str:
+        return safe_name(v, "sweep name")
 
     @model_validator(mode="after")
     def _consistent(self) -> "SweepSpec":
@@ -230,6 +258,9 @@ class SweepSpec(Strict):
                 raise ValueError(f"grid.{path} must be a non-empty list")
             if path.split(".")[0] not in {"model", "training", "subnetworks", "influence"}:
                 raise ValueError(f"grid.{path}: only model.*, training.*, subnetworks.* and influence.* settings can be gridded")
+            for v in values:  # a grid value names its branch's report folder
+                if path not in PATH_GRID_KEYS and isinstance(v, str):
+                    safe_name(v, f"grid.{path} value")
         return self
 
 

@@ -11,6 +11,7 @@ import functools
 import json
 from dataclasses import dataclass
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,8 +23,9 @@ from .config import SweepSpec, TaskSpec
 from .data import load_examples, num_labels, tokenizer_for
 from .graph import Node, Stage, branch_of, influence_precision
 from .influence.pipeline import influence as influence_local
+from .lease import lease
 from .models import build_model, load_checkpoint
-from .store import Store
+from .store import DamagedOutput, Store
 from .subnetworks import intersection, load_mask, random_mask, save_mask, union
 from .subnetworks.pruning import curve_frame, find_subnetworks
 from .train import by_language, checkpoints, evaluate, finetune
@@ -61,8 +63,16 @@ def model_factory(spec: SweepSpec, task: TaskSpec, tokenizer, seed: int) -> Call
 
 def load_masks(store: Store, key: str, languages: list[str], shape: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """Returns {language: bool mask} stored under a subnetworks or random_masks key."""
-    folder = store.path(key)
-    return {l: load_mask(folder / l, shape)[0] for l in languages}
+    folder = store.path(key, hashes="all")  # checked against its manifest before a value is read
+    return {l: load_mask(_child(folder, l), shape)[0] for l in languages}
+
+
+def _child(folder: Path, name: str) -> Path:
+    """Returns folder/name, refusing a name that would leave `folder` (a language code is a path component)."""
+    p = (folder / name).resolve()
+    if p.parent != folder.resolve():
+        raise ValueError(f"{name!r} is not a safe folder name inside {folder}")
+    return p
 
 
 def resolve_mask(store: Store, ref: dict | None, shape) -> torch.Tensor | None:
@@ -89,12 +99,30 @@ def compute(node: Node, spec: SweepSpec, store: Store, out: Path, *, influence_f
     COMPUTE[node.stage](job, influence_fn=influence_fn, on_epoch=on_epoch, progress=progress, on_step=on_step)
 
 
-def execute(node: Node, spec: SweepSpec, store: Store, **kwargs) -> bool:
-    """Returns True after computing `node` into the store and recording it in the ledger, False if it was there."""
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def execute(node: Node, spec: SweepSpec, store: Store, on_wait: Callable[[str], None] = _say, **kwargs) -> bool:
+    """Returns True after computing `node` into the store and recording it in the ledger, False if it was there.
+
+    The node's lease is taken first: if another process (another invocation) is computing it,
+    this one says so through `on_wait`, waits, and uses what the other published. An input found
+    damaged while it loads is moved aside at once, so the next run recomputes it.
+    """
     if store.done(node.key):
         return False
-    with store.writing(node.key) as out:
-        compute(node, branch_of(spec, node.params.branch), store, out, **kwargs)
+    with lease(store, node.key, on_wait=on_wait):
+        if store.done(node.key):
+            on_wait(f"stage output {node.key} was computed by another invocation meanwhile: using it")
+            return False
+        try:
+            with store.writing(node.key) as out:
+                compute(node, branch_of(spec, node.params.branch), store, out, **kwargs)
+        except DamagedOutput as e:
+            if store.done(e.key):
+                on_wait(f"{e}; moved aside to {store.set_aside(e.key, e.problems)}")
+            raise
     store.record({"key": node.key, "stage": str(node.stage), "trial": node.trial, "variant": getattr(node.params, "variant", None),
                   "time": time.time(), "pid": os.getpid()})
     return True
@@ -126,11 +154,11 @@ def _finetune(job: _Job, on_epoch=None, progress: bool = True, on_step=None, **_
 
 def _subnetworks(job: _Job, on_step=None, **_) -> None:
     spec, model = job.spec, job.make()
-    load_checkpoint(model, checkpoints(job.store.path(job.node.inputs[0]))[-1])
+    load_checkpoint(model, checkpoints(job.store.path(job.node.inputs[0], hashes="all"))[-1])
     subs = find_subnetworks(model, by_language(job.data["dev"]), job.tok, spec.subnetworks, spec.training.max_length,
                             spec.training.device, spec.training.precision, on_step=on_step)
     for lang, s in subs.items():
-        save_mask(job.out / lang, s.mask, {
+        save_mask(_child(job.out, lang), s.mask, {
             "task": job.task.id, "language": lang, "seed": job.node.params.seed, "checkpoint": job.node.inputs[0],
             "full_accuracy": s.full_accuracy, "masked_accuracy": s.accuracy, "threshold": spec.subnetworks.threshold,
             "step_fraction": spec.subnetworks.step_fraction,
@@ -139,10 +167,10 @@ def _subnetworks(job: _Job, on_step=None, **_) -> None:
 
 
 def _random_masks(job: _Job, **_) -> None:
-    rs, src = job.node.params.random_seed, job.store.path(job.node.inputs[0])
+    rs, src = job.node.params.random_seed, job.store.path(job.node.inputs[0], hashes="all")
     for lang in job.task.languages:
-        mask, meta = load_mask(src / lang)
-        save_mask(job.out / lang, random_mask(mask, rs, job.task.id, lang),
+        mask, meta = load_mask(_child(src, lang))
+        save_mask(_child(job.out, lang), random_mask(mask, rs, job.task.id, lang),
                   meta.model_dump() | {"kind": "random", "random_seed": rs, "source": job.node.inputs[0]})
 
 
@@ -154,7 +182,7 @@ def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=N
     masks = {lang: resolve_mask(store, ref, shape) for lang, ref in refs.items()}
     k = spec.influence.test_per_language
     test = [e for lang in refs for e in [x for x in data["test"] if x.language == lang][:k]]
-    ckpts = checkpoints(store.path(node.params.model))
+    ckpts = checkpoints(store.path(node.params.model, hashes="all"))
     masks_f = {l: (m.float() if m is not None else None) for l, m in masks.items()}
     precision = influence_precision(spec)
     inf_spec = spec.influence.model_copy(update={"precision": precision})

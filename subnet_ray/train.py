@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import random
 import shutil
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable
@@ -231,9 +232,17 @@ def finetune(
     scaler = grad_scaler(device, cfg.precision)
     history, start, step = [], 0, 0
     if (out_dir / RESUME).exists():
-        start, step = _load_resume(out_dir, optimizer, named, scaler)
-        load_checkpoint(model, out_dir / f"epoch_{start}")
-        history = [json.loads((out_dir / f"epoch_{e}" / "meta.json").read_text()) for e in range(1, start + 1)]
+        try:
+            start, step = _load_resume(out_dir, optimizer, named, scaler)
+            load_checkpoint(model, out_dir / f"epoch_{start}")  # reads the whole file before touching the model
+            history = [json.loads((out_dir / f"epoch_{e}" / "meta.json").read_text()) for e in range(1, start + 1)]
+        except Exception as e:  # noqa: BLE001 - partial state cut short (killed mid-write, full disk): start over
+            warnings.warn(f"{out_dir}: cannot resume ({e!r}); fine-tuning starts over", stacklevel=2)
+            for stale in [out_dir / RESUME, *out_dir.glob("epoch_*")]:
+                shutil.rmtree(stale, ignore_errors=True)
+            optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            scaler = grad_scaler(device, cfg.precision)
+            history, start, step = [], 0, 0
     hm = HeadMask(model)
     try:
         for epoch in range(start + 1, cfg.epochs + 1):

@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from subnet_ray.store import SUCCESS, Store
+from subnet_ray.store import MANIFEST, SUCCESS, Store
 
 
 def test_key_depends_on_config_and_inputs_only():
@@ -30,7 +30,7 @@ def test_failed_stage_exposes_nothing_and_resumes_from_partial(tmp_path):
     with store.writing(key) as d:
         (d / "rest.txt").write_text("second part")
     assert store.done(key) and store.keys() == [key]
-    assert sorted(p.name for p in store.path(key).iterdir()) == [SUCCESS, "half.txt", "rest.txt"]
+    assert sorted(p.name for p in store.path(key).iterdir()) == [SUCCESS, MANIFEST, "half.txt", "rest.txt"]
 
 
 def test_finished_key_is_never_recomputed(tmp_path):

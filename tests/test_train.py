@@ -4,7 +4,7 @@ from safetensors.torch import load_file
 
 from subnet_ray.config import TrainSpec
 from subnet_ray.models import head_parameter_masks
-from subnet_ray.train import NonFiniteLossError, checkpoints, epoch_plan, evaluate, finetune
+from subnet_ray.train import RESUME, NonFiniteLossError, checkpoints, epoch_plan, evaluate, finetune
 from tiny import tiny_babel_model, tiny_data
 
 CFG = TrainSpec(lr=5e-3, epochs=2, batch_size=8, max_length=16, seeds=[1])
@@ -50,6 +50,23 @@ def test_interrupted_run_resumes_to_the_same_checkpoints(data, tmp_path):
         finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "run", seed=1, on_epoch=crash, progress=False)
     assert [p.name for p in checkpoints(tmp_path / "run")] == ["epoch_1"]
     finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "run", seed=1, progress=False)
+    assert_same_checkpoints(tmp_path / "ref", tmp_path / "run")
+
+
+def test_resume_state_cut_short_starts_the_stage_over(data, tmp_path):
+    _, train, dev, _, tok = data
+    finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "ref", seed=1, progress=False)
+
+    def crash(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "run", seed=1, on_epoch=crash, progress=False)
+    opt = tmp_path / "run" / RESUME / "optimizer.safetensors"
+    opt.write_bytes(opt.read_bytes()[:100])  # killed mid-write, or a full disk
+    with pytest.warns(UserWarning, match="cannot resume .*fine-tuning starts over"):
+        finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "run", seed=1, progress=False)
     assert_same_checkpoints(tmp_path / "ref", tmp_path / "run")
 
 

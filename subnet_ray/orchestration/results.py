@@ -34,11 +34,11 @@ def collect(store: Store, spec: SweepSpec, nodes: list[Node], seed: int) -> list
             n.params["random_seed"]: {l: m.numpy() for l, m in load_masks(store, n.key, langs).items()}
             for n in tn if n.stage == "random_masks" and store.done(n.key)
         }
-        curves = pd.read_csv(store.path(sub.key) / "pruning_curves.csv")
+        curves = pd.read_csv(store.path(sub.key, hashes="small") / "pruning_curves.csv")
         acc_rows = []
         for n in tn:
             if n.stage == "finetune" and store.done(n.key):
-                history = json.loads((store.path(n.key) / HISTORY).read_text())
+                history = json.loads((store.path(n.key, hashes="small") / HISTORY).read_text())
                 method = n.params["method"]
                 variant = {"full": "full", "sft": "sft+subnet"}.get(method) or f"random-sft:{n.params['random_seed']}"
                 acc_rows += _dev_rows(variant, history)
@@ -46,7 +46,7 @@ def collect(store: Store, spec: SweepSpec, nodes: list[Node], seed: int) -> list
         for n in tn:
             if n.stage != "influence" or not store.done(n.key):
                 continue
-            folder = store.path(n.key)
+            folder = store.path(n.key, hashes="small")
             preds = pd.read_parquet(folder / PREDICTIONS)
             last = preds["checkpoint"].max()
             acc = preds.assign(correct=preds["label"] == preds["pred"]).groupby(["test_language", "checkpoint"])["correct"].mean()

@@ -12,8 +12,10 @@ fine-tuning epochs as they end (Tune reports them here), the rest after the wave
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import sys
 import time
 import warnings
 from collections import defaultdict
@@ -24,6 +26,7 @@ from tqdm.auto import tqdm
 
 from ..config import SweepSpec, branches
 from ..graph import Node, Stage, branch_of, graph
+from ..lease import file_lock, held, lease
 from ..stages import HISTORY, execute, task_data
 from ..store import Store, store_for
 from .tracking import epoch_metrics
@@ -33,6 +36,10 @@ from .workers import use_cpus
 def _branch_label(values: dict) -> str:
     """Returns a branch's grid values as '/lr=0.001' (empty without a grid), the key of collected results."""
     return "".join(f"/{k.split('.')[-1]}={v}" for k, v in values.items())
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
 
 
 def ledger(store: Store) -> list[dict]:
@@ -45,8 +52,20 @@ def report_dir(root: str | os.PathLike, spec: SweepSpec, branch: dict, seed: int
     base = Path(str(root)) / "reports" / spec.name
     if len(branches(spec)) == 1 and len(spec.training.seeds) == 1:
         return base
-    label = "-".join(f"{k.split('.')[-1]}{v}" for k, v in branch.items()) or "base"
+    label = "-".join(f"{k.split('.')[-1]}{_label(v)}" for k, v in branch.items()) or "base"
     return base / f"{label}-seed{seed}"
+
+
+def _label(value) -> str:
+    """Returns a grid value as a path component: itself if safe (config.SAFE_NAME), else a short hash."""
+    import hashlib
+
+    from ..config import safe_name
+
+    try:
+        return safe_name(str(value), "grid value")
+    except ValueError:
+        return "h" + hashlib.sha256(str(value).encode()).hexdigest()[:8]
 
 
 @dataclass
@@ -70,6 +89,7 @@ def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = 
     from .results import collect
 
     out = []
+    verify_store(store, graph(spec), inputs=False)  # a damaged output is moved aside: missing, never read
     for values, b in branches(spec):
         nodes = graph(b)  # this branch's own nodes, including those it shares with other branches
         for seed in b.training.seeds:
@@ -98,6 +118,73 @@ def save_sweep(spec: SweepSpec, root) -> Path | None:
     return path
 
 
+def verify_store(store: Store, nodes: list[Node], inputs: bool = True, say=_say) -> list[str]:
+    """Returns the keys of damaged outputs found and moved aside (so they count as missing and are recomputed).
+
+    Every finished node is checked against its manifest: sizes, and hashes of small files (masks, JSON,
+    tables); with `inputs`, every hash of the finished inputs of nodes still to compute (the
+    checkpoints and masks this invocation will load). Outputs without a manifest (legacy) are
+    used unchecked, and said so once.
+    """
+    damaged, level, legacy = [], {}, []
+    while True:
+        missing = {n.key for n in nodes if not store.done(n.key)}
+        wanted = {i for n in nodes if n.key in missing for i in n.inputs} if inputs else set()
+        found = False
+        for n in nodes:
+            need = "all" if n.key in wanted else "small"
+            if n.key in missing or level.get(n.key) in (need, "all"):
+                continue
+            problems = store.check(n.key, need)
+            level[n.key] = need
+            if problems is None:
+                legacy.append(n.key)
+            elif problems:
+                where = store.set_aside(n.key, problems)
+                say(f"damaged stage output {n.key} ({n.stage}, {n.trial}): {'; '.join(problems)}; moved aside to {where}, recomputing it")
+                damaged.append(n.key)
+                found = True
+        if not found:
+            break
+    if legacy:
+        say(f"{len(set(legacy))} stage output(s) predate manifests (legacy): used without size or hash checks")
+    return damaged
+
+
+def _announce_held(store: Store, plan: dict[str, list[Node]]) -> None:
+    """Says which of the wave's outputs another live invocation is computing (this one will wait for them)."""
+    for trial_nodes in plan.values():
+        for n in trial_nodes:
+            holder = held(store, n.key)
+            if holder is not None:
+                _say(f"stage output {n.key} ({n.stage}, {n.trial}) is being computed by {holder}: this invocation waits for it")
+
+
+def _log_reports(tracker, spec: SweepSpec, folders: list[Path]) -> None:
+    """Logs the report folders to the parent run, unless an earlier finished run logged the same bytes."""
+    import hashlib
+
+    from .tracking import LOGGED_TAG
+
+    earlier = tracker.logged_artifacts()
+    for folder in folders:
+        h = hashlib.sha256()
+        for p in sorted(folder.rglob("*")):
+            if p.is_file():
+                h.update(str(p.relative_to(folder)).encode() + b"\0" + p.read_bytes())
+        tag = f"{LOGGED_TAG}report.{h.hexdigest()[:20]}"
+        if tag in earlier:
+            tracker.parent.set_tags({tag: earlier[tag]})
+            continue
+        tracker.parent.log_artifacts(folder, f"report/{folder.name}" if folder.name != spec.name else "report")
+        tracker.parent.set_tags({tag: tracker.parent.run_id})
+
+
+def report_lease(store: Store, spec: SweepSpec):
+    """Returns the lease (a context manager) on the sweep's report folders: one invocation writes and logs them at a time."""
+    return lease(store, Store.key("report", {"sweep": spec.name}), on_wait=_say)
+
+
 def _plan(nodes: list[Node], store: Store, wave: int) -> dict[str, list[Node]]:
     """Returns the wave's missing nodes by Tune trial: a training trial's stages run in order in one
     trial; each influence node is a trial of its own, so variants score in parallel."""
@@ -113,8 +200,19 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
               num_cpus: int | None = None) -> SweepRun:
     """Returns what was computed and where the reports are, after running the whole sweep.
 
-    Fails fast, before any compute, on an unreachable tracking server or cluster.
+    Fails fast, before any compute, on an unreachable tracking server or cluster. SIGINT and SIGTERM
+    stop it where it is (no later stage or wave starts, running trials are stopped, finished outputs
+    kept, this invocation's MLflow runs end KILLED) and raise interrupts.Interrupted.
     """
+    from .interrupts import handling
+
+    with handling():
+        return _run_sweep(spec, root, address=address, tracking_uri=tracking_uri, executor=executor,
+                          random_seeds=random_seeds, progress=progress, num_cpus=num_cpus)
+
+
+def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, progress, num_cpus) -> SweepRun:
+    from .interrupts import raise_if_interrupted, reinstall
     from .tracking import Tracker, flat_params
     from .tracking_store import check_tracking_uri, default_tracking_uri
 
@@ -133,11 +231,17 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
         from .tune import init_ray
 
         init_ray(address, num_cpus)
+        reinstall()  # ray.init replaced the SIGTERM handler with one that aborts the driver
     if "://" not in root_s:
         Path(root_s).mkdir(parents=True, exist_ok=True)
-    tracker = Tracker(spec.name, root, tracking_uri)
+    # MLflow creates (migrates) a new SQLite database without a lock: two invocations starting together would break it
+    with file_lock(Path(root_s) / ".mlflow.lock") if "://" not in root_s else contextlib.nullcontext():
+        tracker = Tracker(spec.name, root, tracking_uri)
+    for run_id in tracker.close_dead():
+        _say(f"MLflow run {run_id} was left RUNNING by an invocation that is gone: ended KILLED")
     store = store_for(root)
     run = SweepRun()
+    verify_store(store, nodes)
     before = {e["key"] for e in ledger(store)}
     sweep_copy = save_sweep(spec, root)
     with tracker:
@@ -152,8 +256,10 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
             tracker.parent.log_artifact(sweep_copy)
         trials = TrialLog(tracker, nodes, spec)
         for wave, label in ((1, "train"), (2, "sft"), (3, "influence")):
+            raise_if_interrupted()
             t0 = time.perf_counter()
             plan = _plan(nodes, store, wave)
+            _announce_held(store, plan)
             if executor == "ray" and wave == 3 and spec.influence.actors > 1:
                 # big influence jobs: the driver runs each variant on a Ray Data actor pool of
                 # `influence.actors` (Ray Data inside a Tune trial would sit in its placement group)
@@ -175,11 +281,12 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
             run.seconds[label] = time.perf_counter() - t0
         t0 = time.perf_counter()
         collected: dict = {}
-        run.reports = write_reports(spec, root, store, collected, trials.run_ids())
-        trials.finish(store, collected)
-        tracker.link_children()
-        for folder in run.reports:
-            tracker.parent.log_artifacts(folder, f"report/{folder.name}" if folder.name != spec.name else "report")
+        run_ids = trials.run_ids()
+        with report_lease(store, spec):  # another invocation may be rewriting these report folders
+            run.reports = write_reports(spec, root, store, collected, run_ids)
+            trials.finish(store, collected)  # the runs' headline metrics come from the reports' results
+            tracker.link_children()
+            _log_reports(tracker, spec, run.reports)
         run.seconds["report"] = time.perf_counter() - t0
         tracker.parent.log_metrics({f"seconds/{k}": v for k, v in run.seconds.items()})
     run.computed = [e["key"] for e in ledger(store) if e["key"] not in before]
@@ -333,7 +440,14 @@ class TrialLog:
 
     def finish(self, store: Store, collected: dict | None = None) -> None:
         """Logs each trial's epochs not logged live (from history.json), its headline metrics, masks and
-        influence tables; ends its run."""
+        influence tables; ends its run.
+
+        A stage output's artifacts are logged once per experiment: when an earlier finished run holds
+        them, this run gets a tag naming that run instead of another copy.
+        """
+        from .tracking import LOGGED_TAG, metric_name
+
+        earlier = self.tracker.logged_artifacts()
         for trial, tn in self.by_trial.items():
             child = self.run(trial)
             for n in tn:
@@ -343,14 +457,18 @@ class TrialLog:
                 if n.stage == "finetune":
                     for r in json.loads((folder / HISTORY).read_text()):
                         self.epoch(n.key, r["epoch"], epoch_metrics(r))
-                elif n.stage == "subnetworks":
+                    continue
+                tag = LOGGED_TAG + n.key.replace("/", ".")
+                if tag in earlier:
+                    child.set_tags({tag: earlier[tag]})
+                    continue
+                if n.stage == "subnetworks":
                     self._artifacts(child, "masks", folder, masks=True)
                 elif n.stage == "random_masks":
                     self._artifacts(child, f"random_masks/seed{n.params['random_seed']}", folder, masks=True)
                 elif n.stage == "influence":
                     self._artifacts(child, f"influence/{n.params['variant'].replace(':', '_')}", folder)
-            from .tracking import metric_name
-
+                child.set_tags({tag: child.run_id})
             metrics = self._results(tn, collected or {})
             if child.reused:  # only what is new or changed: a rerun does not repeat the history
                 have = self.tracker.client.get_run(child.run_id).data.metrics

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import socket
 import time
 import warnings
 from pathlib import Path
@@ -285,6 +286,34 @@ class Tracker:
     def artifact_location(self) -> str:
         return self.client.get_experiment(self.experiment_id).artifact_location
 
+    def close_dead(self) -> list[str]:
+        """Returns the ids of runs left RUNNING by dead invocations on this host, after ending them KILLED.
+
+        A run records the host, pid and process start time of its invocation (tags, set when it is
+        created or reused); the invocation is dead when no process with that pid and start time exists.
+        Runs of other hosts are left alone: from here their process cannot be seen.
+        """
+        closed = []
+        host = socket.gethostname()
+        runs = self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'", max_results=5000)
+        for r in runs:
+            t = r.data.tags
+            if t.get(HOST_TAG) != host or not t.get(PID_TAG) or _alive(int(t[PID_TAG]), t.get(START_TAG)):
+                continue
+            self.client.set_terminated(r.info.run_id, "KILLED")
+            closed.append(r.info.run_id)
+        return closed
+
+    def logged_artifacts(self) -> dict[str, str]:
+        """Returns {artifact tag: id of the run that holds those artifacts} over the experiment's finished
+        runs: what an earlier invocation already logged (tags `subnet_ray.logged.<what>`)."""
+        out = {}
+        for r in self.client.search_runs([self.experiment_id], "attributes.status = 'FINISHED'", max_results=5000):
+            for k, v in r.data.tags.items():
+                if k.startswith(LOGGED_TAG):
+                    out.setdefault(k, v)
+        return out
+
     def _find(self, identity: str) -> Any:
         """Returns the newest live run of this experiment tagged with `identity`, or None."""
         found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{IDENTITY_TAG}` = '{identity}'",
@@ -292,11 +321,14 @@ class Tracker:
         return found[0] if found else None
 
     def _open(self, run_name: str, tags: dict, identity: str | None) -> TrialRun:
-        """Returns a run: the one already tagged `identity` (reopened: RUNNING again), else a new one."""
+        """Returns a run: the one already tagged `identity` (reopened: RUNNING again, owned by this
+        invocation), else a new one."""
         old = self._find(identity) if identity else None
         if old is not None:
             self.client.update_run(old.info.run_id, status="RUNNING", name=run_name)
-            return TrialRun(self.client, old.info.run_id, run_name, self.local_artifacts, reused=True)
+            run = TrialRun(self.client, old.info.run_id, run_name, self.local_artifacts, reused=True)
+            run.set_tags(_owner_tags())  # close_dead must see this invocation, not the one that made the run
+            return run
         tags = {**tags, IDENTITY_TAG: identity} if identity else tags
         run = self.client.create_run(self.experiment_id, run_name=run_name, tags={k: _tag_value(v) for k, v in tags.items()})
         return TrialRun(self.client, run.info.run_id, run_name, self.local_artifacts)
@@ -308,7 +340,7 @@ class Tracker:
         """
         if self.parent is not None:
             raise RuntimeError(f"sweep {self.sweep_name}: the parent run was already started ({self.parent.run_id})")
-        self.parent = self._open(run_name, resolve_tags({"subnet_ray.role": "sweep"}), identity)
+        self.parent = self._open(run_name, resolve_tags({"subnet_ray.role": "sweep", **_owner_tags()}), identity)
         self.parent.set_tags(tags)
         self.parent.log_params(params)
         return self.parent.run_id
@@ -329,7 +361,7 @@ class Tracker:
                 raise RuntimeError(f"trial {name!r} already ended as {child.status} in this invocation")
             child.set_tags(tags)
             return child
-        base = resolve_tags({"mlflow.parentRunId": self.parent.run_id, "subnet_ray.role": "trial"})
+        base = resolve_tags({"mlflow.parentRunId": self.parent.run_id, "subnet_ray.role": "trial", **_owner_tags()})
         child = self._open(name, base, identity)
         self.children[name] = child
         child.set_tags(tags)
@@ -360,6 +392,11 @@ class Tracker:
         try:
             for child in self.children.values():
                 child.end(leftover)
+            if self.parent is not None:  # a child created just before an interrupt, never handed back to us
+                orphans = self.client.search_runs([self.experiment_id], f"tags.`mlflow.parentRunId` = '{self.parent.run_id}' "
+                                                  "and attributes.status = 'RUNNING'")
+                for r in orphans:
+                    self.client.set_terminated(r.info.run_id, leftover)
         finally:
             if self.parent is not None:
                 self.parent.end(status)
@@ -369,5 +406,41 @@ class Tracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        self.finish("FAILED" if exc_type is not None else "FINISHED")
+        # an interrupt (SIGINT, SIGTERM: KeyboardInterrupt) is KILLED; a second one while the runs end is
+        # ignored so they still end
+        status = "FINISHED" if exc_type is None else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        for _ in range(3):
+            try:
+                self.finish(status)
+                break
+            except KeyboardInterrupt:
+                continue
         return False
+
+
+LOGGED_TAG = "subnet_ray.logged."  # + what was logged (a stage key, a report's hash): value = the run holding it
+HOST_TAG, PID_TAG, START_TAG = "subnet_ray.host", "subnet_ray.pid", "subnet_ray.pid_start"
+
+
+def _process_start(pid: int) -> str | None:
+    """Returns the start time of process `pid` (clock ticks since boot, from /proc), None if unknown or gone."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def _owner_tags() -> dict:
+    return {HOST_TAG: socket.gethostname(), PID_TAG: str(os.getpid()), START_TAG: _process_start(os.getpid()) or ""}
+
+
+def _alive(pid: int, start: str | None) -> bool:
+    """Returns whether the process `pid` that started at `start` still runs (a reused pid is not it)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    now = _process_start(pid)
+    return not start or now is None or now == start

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import socket
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Callable
@@ -21,7 +23,11 @@ from ..config import SweepSpec
 from ..graph import Node
 from ..progress import StepProgress
 
+from .interrupts import graceful, raise_if_interrupted
 from .workers import WORKER_ENV, use_cpus
+
+
+_WATCHDOG = None  # the watchdog of the local Ray instance this process started
 
 
 class ClusterUnreachable(ConnectionError):
@@ -91,6 +97,11 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
         in_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ
         ray.init(address=address, runtime_env=None if in_job else env, log_to_driver=False)
     else:
+        global _WATCHDOG
+        if _WATCHDOG is None or _WATCHDOG.poll() is not None:
+            from .watchdog import start
+
+            _WATCHDOG = start()  # ends this Ray instance's processes if this driver dies (even by SIGKILL)
         temp = Path(tempfile.gettempdir()) / f"subnet-ray-{os.getuid()}"  # short: Ray's socket paths are length-limited
         ray.init(num_cpus=num_cpus, include_dashboard=False, _temp_dir=str(temp), runtime_env=env,
                  _node_ip_address="127.0.0.1", log_to_driver=False)
@@ -160,6 +171,17 @@ def _progress(total: int, desc: str, enabled: bool, on_result: Callable[[dict], 
     return Progress()
 
 
+def _stop_tune() -> bool:
+    """Returns True after asking the running Tune loop to stop its trials (Tune's own SIGUSR1 handler), False
+    if Tune has not installed it yet (then the caller raises at once)."""
+    tune_handler = signal.getsignal(signal.SIGUSR1)
+    if not callable(tune_handler):
+        return False
+    logging.getLogger("ray.tune").setLevel(logging.CRITICAL)  # its "stop signal received" lines: we say it in one line
+    tune_handler(signal.SIGUSR1, None)
+    return True
+
+
 def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], storage: str, name: str,
              progress: bool = True, on_result: Callable[[dict], None] | None = None) -> None:
     """Runs one Tune trial per entry of `plan` (trial name -> its nodes); raises if any trial failed for good.
@@ -190,7 +212,12 @@ def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], stora
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
-    results = tuner.fit()
+    os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # our handler asks Tune to stop (below), and remembers the signal
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # not the last wave's handler: Tune installs this wave's in fit()
+    with graceful(_stop_tune):
+        results = tuner.fit()
+    raise_if_interrupted()  # Tune returns normally after a stop: no later wave may start
     failed = [(r.config["trial"], r.error) for r in results if r.error is not None]
     if failed:
         names = ", ".join(t for t, _ in failed)
