@@ -208,6 +208,23 @@ def cmd_ui(args) -> int:
         raise UsageError(str(e)) from None
 
 
+def cmd_compare(args) -> int:
+    from .orchestration.compare import FORMATS, compare, find_sweeps, render, write
+
+    if not Path(args.root).is_dir():
+        raise ConfigError(f"root {args.root}: not a folder")
+    tables = compare(args.root, find_sweeps(args.root, args.sweeps))
+    if args.out:
+        for path in write(tables, args.out, FORMATS if args.format == "all" else (args.format,)):
+            print(f"wrote {path}")
+        return 0
+    for fmt in (FORMATS if args.format == "all" else (args.format,)):
+        for name, df in tables.items():
+            print(f"## {name} ({fmt})\n")
+            print(render(name, df, fmt))
+    return 0
+
+
 COMMANDS = {
     "validate": (cmd_validate, "check a sweep file and print its plan (trials and stage outputs)"),
     "run": (cmd_run, "run a sweep (local Ray unless --address) and write its report"),
@@ -218,6 +235,7 @@ COMMANDS = {
     "report": (cmd_report, "regenerate the report from the store, without training or scoring"),
     "submit": (cmd_submit, "submit a sweep to a Ray cluster as a Ray job"),
     "ui": (cmd_ui, "serve the MLflow UI for the sweep root on 127.0.0.1"),
+    "compare": (cmd_compare, "the sweeps and branches in a root side by side: status, headline results, Tables 1-2"),
 }
 
 
@@ -232,6 +250,12 @@ def parser() -> argparse.ArgumentParser:
     for name, (fn, help_) in COMMANDS.items():
         s = sub.add_parser(name, help=help_, description=help_, parents=[common])
         s.set_defaults(fn=fn)
+        if name == "compare":
+            s.add_argument("root", help="sweep root holding the store and the sweep files (sweeps/<name>.yaml)")
+            s.add_argument("sweeps", nargs="*", help="sweep names or files (default: every sweep copied into the root)")
+            s.add_argument("--format", choices=["md", "csv", "tex", "all"], default="md", help="output format (default md)")
+            s.add_argument("--out", help="write <table>.<format> files into this folder instead of printing")
+            continue
         if name not in ("demo", "ui"):
             s.add_argument("sweep", help="sweep file (YAML)")
         if name == "validate":

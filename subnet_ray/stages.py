@@ -91,11 +91,12 @@ InfluenceFn = Callable[..., pd.DataFrame]
 
 
 def compute(node: Node, spec: SweepSpec, store: Store, out: Path, *, influence_fn: InfluenceFn = influence_local,
-            on_epoch: Callable[[dict], None] | None = None, progress: bool = True) -> None:
+            on_epoch: Callable[[dict], None] | None = None, progress: bool = True,
+            on_step: Callable[[int, int, int, int], None] | None = None) -> None:
     """Computes `node` of the sweep branch `spec` into the folder `out`; inputs must be in `store`."""
     task, data, tok = task_data(spec, node.params.task)
     job = _Job(node, spec, store, out, task, data, tok, model_factory(spec, task, tok, node.params.seed))
-    COMPUTE[node.stage](job, influence_fn=influence_fn, on_epoch=on_epoch, progress=progress)
+    COMPUTE[node.stage](job, influence_fn=influence_fn, on_epoch=on_epoch, progress=progress, on_step=on_step)
 
 
 def _say(message: str) -> None:
@@ -141,21 +142,21 @@ class _Job:
     make: Callable[[], torch.nn.Module]
 
 
-def _finetune(job: _Job, on_epoch=None, progress: bool = True, **_) -> None:
+def _finetune(job: _Job, on_epoch=None, progress: bool = True, on_step=None, **_) -> None:
     p, model, masks = job.node.params, job.make(), None
     if p.masks is not None:
         shape = (model.num_layers, model.num_heads)
         masks = {l: m.float() for l, m in load_masks(job.store, p.masks, job.task.languages, shape).items()}
     history = finetune(model, job.data["train"], job.data["dev"], job.tok, job.spec.training, job.out, p.seed,
-                       masks=masks, on_epoch=on_epoch, progress=progress)
+                       masks=masks, on_epoch=on_epoch, progress=progress, on_step=on_step)
     (job.out / HISTORY).write_text(json.dumps(history, indent=2))
 
 
-def _subnetworks(job: _Job, **_) -> None:
+def _subnetworks(job: _Job, on_step=None, **_) -> None:
     spec, model = job.spec, job.make()
     load_checkpoint(model, checkpoints(job.store.path(job.node.inputs[0], hashes="all"))[-1])
     subs = find_subnetworks(model, by_language(job.data["dev"]), job.tok, spec.subnetworks, spec.training.max_length,
-                            spec.training.device, spec.training.precision)
+                            spec.training.device, spec.training.precision, on_step=on_step)
     for lang, s in subs.items():
         save_mask(_child(job.out, lang), s.mask, {
             "task": job.task.id, "language": lang, "seed": job.node.params.seed, "checkpoint": job.node.inputs[0],
@@ -173,7 +174,7 @@ def _random_masks(job: _Job, **_) -> None:
                   meta.model_dump() | {"kind": "random", "random_seed": rs, "source": job.node.inputs[0]})
 
 
-def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, **_) -> None:
+def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=None, **_) -> None:
     node, spec, store, out, task, data, tok, make = job.node, job.spec, job.store, job.out, job.task, job.data, job.tok, job.make
     model = make()
     shape = (model.num_layers, model.num_heads)
@@ -185,7 +186,10 @@ def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, **_) -> N
     masks_f = {l: (m.float() if m is not None else None) for l, m in masks.items()}
     precision = influence_precision(spec)
     inf_spec = spec.influence.model_copy(update={"precision": precision})
-    topk = influence_fn(make, ckpts, data["train"], test, tok, inf_spec, masks_f, spec.training.max_length, spec.training.device)
+    # sketching progress from the in-process scorer; a distributed one reports through its own pool
+    progress = {"on_step": on_step} if on_step is not None and influence_fn is influence_local else {}
+    topk = influence_fn(make, ckpts, data["train"], test, tok, inf_spec, masks_f, spec.training.max_length,
+                        spec.training.device, **progress)
     topk.to_parquet(out / TOPK, index=False)
     rows = []
     for ckpt in ckpts:

@@ -204,11 +204,13 @@ def finetune(
     masks: dict[str, torch.Tensor] | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     progress: bool = True,
+    on_step: Callable[[int, int, int, int], None] | None = None,
 ) -> list[dict]:
     """Returns the per-epoch history; writes `epoch_<e>/` checkpoints into `out_dir`.
 
     Full fine-tuning when `masks` is None, else SFT with each language's mask. Resumes from
-    the last finished epoch found in `out_dir`. `on_epoch(record)` is called after each epoch.
+    the last finished epoch found in `out_dir`. `on_epoch(record)` is called after each epoch,
+    `on_step(step, total steps, epoch, epochs)` after each optimiser step.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -263,6 +265,8 @@ def finetune(
                     )
                 total += loss.item()
                 step += 1
+                if on_step:
+                    on_step(step, steps_per_epoch * cfg.epochs, epoch, cfg.epochs)
             hm.set(None)
             dev_acc = accuracy_by_language(model, dev, tokenizer, cfg.max_length, cfg.batch_size, masks, cfg.device, cfg.precision)
             record = {

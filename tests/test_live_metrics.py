@@ -6,7 +6,7 @@ import pytest
 from mlflow import MlflowClient
 
 from subnet_ray.config import load_sweep
-from subnet_ray.orchestration.runner import TrialLog, run_sweep
+from subnet_ray.orchestration.runner import TrialLog, run_name, run_sweep
 from subnet_ray.orchestration.tracking import epoch_metrics
 from subnet_ray.store import store_for
 from subnet_ray.orchestration.tracking import Tracker, TrialRun, default_tracking_uri
@@ -37,17 +37,17 @@ class Calls:
 
     def __init__(self, monkeypatch, store, nodes):
         self.rows, self.after_waves = [], False
-        finetune = {n.trial: n.key for n in nodes if n.stage == "finetune"}
+        finetune = {run_name(n, 0, False): n.key for n in nodes if n.stage == "finetune"}  # by run name
         log_epoch, finish = TrialRun.log_epoch, TrialLog.finish
 
         def spy_log_epoch(run, epoch, metrics):
             self.rows.append((run.name, epoch, store.done(finetune[run.name]), not self.after_waves))
             return log_epoch(run, epoch, metrics)
 
-        def spy_finish(log, store_):
+        def spy_finish(log, *args):
             self.after_waves = True
             try:
-                return finish(log, store_)
+                return finish(log, *args)
             finally:
                 self.after_waves = False
 
@@ -56,7 +56,7 @@ class Calls:
 
 
 def children(client: MlflowClient, parent_id: str) -> dict:
-    """Returns {trial name: run} of the child runs of one sweep invocation."""
+    """Returns {run name: run} of the child runs of one sweep invocation."""
     exp = client.get_experiment_by_name("live")
     runs = client.search_runs([exp.experiment_id], f"tags.mlflow.parentRunId = '{parent_id}'")
     return {r.info.run_name: r for r in runs}
@@ -72,8 +72,10 @@ def assert_metrics_are_history(client: MlflowClient, runs: dict, store, nodes) -
         for r in history:
             for k, v in epoch_metrics(r).items():
                 expected.setdefault(k, []).append((r["epoch"], v))
-        run = runs[n.trial]
-        assert set(run.data.metrics) == set(expected), n.trial
+        run = runs[run_name(n, 0, False)]
+        # the epochs' metrics, and besides them only the results logged once after the waves (step 0)
+        per_epoch = {k for k in run.data.metrics if k.startswith(("dev_accuracy", "train_loss"))}
+        assert per_epoch == set(expected), n.trial
         for k, want in expected.items():
             got = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, k))
             assert got == want, (n.trial, k)  # exact floats, one entry per epoch
@@ -85,7 +87,7 @@ def test_local_sweep_logs_each_epoch_while_it_trains_and_a_rerun_logs_history(sp
     store, nodes = store_for(root), graph(spec)
     calls = Calls(monkeypatch, store, nodes)
     first = run_sweep(spec, root, executor="local", progress=False)
-    trials = {n.trial for n in nodes if n.stage == "finetune"}
+    trials = {run_name(n, 0, False) for n in nodes if n.stage == "finetune"}
     assert sorted((t, e) for t, e, _, _ in calls.rows) == sorted((t, e) for t in trials for e in (1, 2))
     # every epoch went to MLflow from inside the fine-tuning, before its stage was published
     assert all(not done and live for _, _, done, live in calls.rows), calls.rows
@@ -95,9 +97,8 @@ def test_local_sweep_logs_each_epoch_while_it_trains_and_a_rerun_logs_history(sp
     calls.rows.clear()
     again = run_sweep(spec, root, executor="local", progress=False)
     assert again.computed == []
-    # nothing trained, so nothing was live: the new invocation's runs get history.json after the waves
-    assert sorted((t, e) for t, e, _, _ in calls.rows) == sorted((t, e) for t in trials for e in (1, 2))
-    assert all(done and not live for _, _, done, live in calls.rows), calls.rows
+    # nothing trained, and the runs of the first invocation are reused: no epoch is logged again
+    assert again.parent_run_id == first.parent_run_id and calls.rows == []
     assert_metrics_are_history(client, children(client, again.parent_run_id), store, nodes)
 
 
@@ -123,7 +124,7 @@ def test_ray_sweep_logs_epochs_from_the_tune_callback(spec, tmp_path, monkeypatc
         ray.shutdown()
     tuned = [n for n in nodes if n.stage == "finetune"]
     assert sorted(seen) == sorted((n.key, e) for n in tuned for e in (1, 2))  # the driver got every epoch from Tune
-    assert sorted((t, e) for t, e, _, _ in calls.rows) == sorted((n.trial, e) for n in tuned for e in (1, 2))
+    assert sorted((t, e) for t, e, _, _ in calls.rows) == sorted((run_name(n, 0, False), e) for n in tuned for e in (1, 2))
     assert all(live for *_, live in calls.rows), calls.rows  # none left for after the waves
     client = MlflowClient(default_tracking_uri(root))
     assert_metrics_are_history(client, children(client, run.parent_run_id), store, nodes)
@@ -136,11 +137,12 @@ def mlflow_root(tmp_path_factory):
 
 
 @pytest.fixture
-def trial_log(spec, mlflow_root):
-    """A TrialLog of the tiny sweep's graph on a started tracker (no stage computed)."""
-    with Tracker("live", mlflow_root) as tracker:
+def trial_log(spec, mlflow_root, request):
+    """A TrialLog of the tiny sweep's graph on a started tracker (no stage computed); an experiment per test,
+    so no test reuses another's runs."""
+    with Tracker(f"live-{request.node.name[:60]}", mlflow_root) as tracker:
         tracker.start("invocation", {}, {})
-        yield TrialLog(tracker, graph(spec)), tracker
+        yield TrialLog(tracker, graph(spec), spec), tracker
 
 
 def _history(client, run_id, key):
@@ -170,7 +172,7 @@ def test_an_epoch_reported_twice_is_logged_once_and_history_fills_only_the_gaps(
         assert _history(client, run.run_id, k) == [(1, v), (2, epoch_metrics(HISTORY_ROWS[1])[k])], k
     assert client.get_run(run.run_id).info.status == "FINISHED"
     tags = client.get_run(run.run_id).data.tags
-    assert tags["method"] == "sft" and tags["key.finetune.0"] == node.key  # the same tags as after the waves
+    assert tags["method"] == "sft" and tags["keys.finetune"] == node.key.split("/")[-1][:8]  # as after the waves
     assert client.get_run(run.run_id).data.params["method"] == "sft"
 
 

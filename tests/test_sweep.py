@@ -88,16 +88,17 @@ def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(sweep_file, tmp_p
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 3 and {r.info.status for r in runs} == {"FINISHED"}
-    first_parent = min(parents, key=lambda r: r.info.start_time)
-    mine = [r for r in children if r.data.tags["mlflow.parentRunId"] == first_parent.info.run_id]
-    assert sorted(r.info.run_name for r in mine) == ["babel/full/seed1", "babel/random-sft/seed1/rand1", "babel/sft/seed1"]
-    full = next(r for r in mine if r.info.run_name == "babel/full/seed1")
-    masks = [f.path for f in client.list_artifacts(full.info.run_id, "masks/xa")]
-    assert "masks/xa/mask.npy" in masks
+    # one run per thing: the reruns reused the parent and the children; rerun-random added its one trial
+    assert len(parents) == 1 and {r.info.status for r in runs} == {"FINISHED"}
+    assert sorted(r.info.run_name for r in children) == ["full s1", "rsft s1 r1", "rsft s1 r2", "sft s1"]
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    full = next(r for r in children if r.info.run_name == "full s1")
+    artifacts = root / "mlartifacts" / "tiny"  # relative to the root: `subnet-ray ui` serves them
+    masks = artifacts / full.info.run_id / "artifacts" / "masks" / "xa"
+    assert {p.name for p in masks.iterdir()} == {"mask.npy", "mask.json", "mask.png", "heads.json"}
+    assert (artifacts / full.info.run_id / "artifacts" / "random_masks" / "seed2").is_dir()  # added by rerun-random
     assert len(client.get_metric_history(full.info.run_id, "dev_accuracy/xa")) == 2  # one per epoch
-    report_files = [f.path for f in client.list_artifacts(first_parent.info.run_id, "report")]
-    assert "report/report.html" in report_files
+    assert (artifacts / parents[0].info.run_id / "artifacts" / "report" / "report.html").is_file()
 
 
 def test_sigint_then_rerun_recomputes_no_finished_stage(sweep_file, tmp_path):
@@ -178,3 +179,11 @@ def test_grid_branches_share_stages_and_each_report_has_them(sweep_file, tmp_pat
     for folder in run.reports:
         summary = json.loads((folder / "summary.json").read_text())
         assert {"full", "full+subnet"} <= set(summary["variants"]["babel"]), folder.name
+    # each branch has its own child run (the second shares the first's fine-tuning), with its results
+    client = MlflowClient(f"sqlite:///{tmp_path / 'root'}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])
+    children = {r.info.run_name: r for r in runs if "mlflow.parentRunId" in r.data.tags}
+    assert sorted(children) == ["threshold=0.8 full s1", "threshold=0.9 full s1"]
+    for name, r in children.items():
+        assert r.data.params["subnetworks.threshold"] == name.split()[0].split("=")[1] and r.data.params["method"] == "full"
+        assert "test_accuracy_mean" in r.data.metrics and "change_in_pos/xa" in r.data.metrics

@@ -85,16 +85,14 @@ def test_parent_with_children_one_failed(root, cwd, tmp_path):
     assert sorted((m.step, m.value) for m in history) == sorted(dev.items())
     assert [m.step for m in c.get_metric_history(child.info.run_id, "test_accuracy/xa")] == [0]
 
-    listed = [a.path for a in c.list_artifacts(child.info.run_id, "masks")]
-    assert listed == ["masks/xa.npy"]
-    got = Path(c.download_artifacts(child.info.run_id, "masks/xa.npy", str(tmp_path / "dl")))
-    assert got.read_bytes() == (tmp_path / "masks" / "xa.npy").read_bytes()
-    assert np.array_equal(np.load(got, allow_pickle=False), mask)
-
+    # the artifacts live under the root and are addressed relative to it (served by `subnet-ray ui`)
     exp = c.get_experiment_by_name("t-nesting")
-    assert exp.artifact_location == (root / "mlartifacts" / "t-nesting").resolve().as_uri()
-    on_disk = root / "mlartifacts" / "t-nesting" / child.info.run_id / "artifacts" / "masks" / "xa.npy"
-    assert on_disk.read_bytes() == (tmp_path / "masks" / "xa.npy").read_bytes()
+    assert exp.artifact_location == "mlflow-artifacts:/t-nesting"
+    assert child.info.artifact_uri == f"mlflow-artifacts:/t-nesting/{child.info.run_id}/artifacts"
+    on_disk = root / "mlartifacts" / "t-nesting" / child.info.run_id / "artifacts"
+    assert sorted(p.relative_to(on_disk).as_posix() for p in on_disk.rglob("*") if p.is_file()) == ["masks/xa.npy", "summary.json"]
+    assert (on_disk / "masks" / "xa.npy").read_bytes() == (tmp_path / "masks" / "xa.npy").read_bytes()
+    assert np.array_equal(np.load(on_disk / "masks" / "xa.npy", allow_pickle=False), mask)
     assert list(cwd.iterdir()) == []
 
 
@@ -132,7 +130,7 @@ def test_finish_is_idempotent_and_a_rerun_adds_a_parent(root, cwd):
         Tracker("t-rerun", root, artifact_location=str(root / "elsewhere"))  # MLflow cannot move it
     tr2 = Tracker("t-rerun", root)
     assert tr2.experiment_id == tr.experiment_id
-    assert tr2.artifact_location == (root / "mlartifacts" / "t-rerun").resolve().as_uri()
+    assert tr2.artifact_location == "mlflow-artifacts:/t-rerun"
     second = tr2.start("inv2", params={"a": 1}, tags={})
     tr2.finish()
 

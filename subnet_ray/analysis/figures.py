@@ -21,6 +21,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+import subnet_ray.analysis.style as style
+
 DIVERGING = "RdBu_r"  # red = more influence / higher, blue = less; white at 0
 SEQUENTIAL = "Blues"
 PALETTE = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -42,6 +44,11 @@ class FigureRecord:
     """How the CSV's columns were drawn: kind ('heatmap' | 'scatter' | 'lines' | 'bars') and column roles."""
     labels: dict[str, list[str]] = field(repr=False, default_factory=dict)
     """Heatmaps: panel -> the text written in each cell, row by row."""
+
+    @property
+    def pdf(self) -> Path:
+        """Returns the vector copy of the PNG (same stem, .pdf)."""
+        return self.png.with_suffix(".pdf")
 
     @property
     def name(self) -> str:
@@ -84,7 +91,7 @@ def _axes(fig: Figure, n: int, per_row: int = 99, **kw) -> list:
 class FigureWriter:
     """Writes figures and keeps the list of what was written and what was skipped, and why."""
 
-    def __init__(self, out_dir: str | Path, dpi: int = 100):
+    def __init__(self, out_dir: str | Path, dpi: int = style.DPI):
         self.out_dir = Path(out_dir)
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.dpi = dpi
@@ -128,8 +135,10 @@ class FigureWriter:
         if title:
             # Wrap to the figure's width so long titles are never cut off.
             wrapped = "\n".join(textwrap.fill(line, max(30, int(size[0] * 14))) for line in title.split("\n"))
-            fig.suptitle(wrapped, fontsize=9)
+            fig.suptitle(wrapped, fontsize=style.FONT["title"])
         fig.savefig(png, dpi=self.dpi)
+        fig.set_layout_engine("none")  # laid out once for the PNG; the PDF keeps that layout
+        fig.savefig(png.with_suffix(".pdf"))
         record = FigureRecord(figure, task, slug, png, csv, caption, plotted, spec)
         self.records.append(record)
         return record
@@ -137,12 +146,13 @@ class FigureWriter:
     def heatmap(self, figure: int | str, task: str, slug: str, data: pd.DataFrame, *, row: str, col: str, value: str,
                 caption: str, panel: str | None = None, diverging: bool = False, fmt: str = "{:.1f}",
                 title: str | None = None, xlabel: str | None = None, ylabel: str | None = None,
-                shared_scale: bool = True, mark: str | None = None) -> FigureRecord:
+                shared_scale: bool = True, mark: str | None = None, colorbar_label: str | None = None) -> FigureRecord:
         """Returns the record of a heatmap per panel, cells annotated; diverging maps centred at 0.
 
         Panels share one colour scale unless `shared_scale` is False (panels in different units).
         `mark` names a bool column: its true cells get a '*' after their value (e.g. a change
-        whose 95% interval excludes 0).
+        whose 95% interval excludes 0). Counts (whole numbers, fmt '{:.0f}') get one colour per
+        number and whole-number colorbar ticks; the colorbar says what its colour means.
         """
         def scale(values: np.ndarray) -> tuple[float, float]:
             finite = values[np.isfinite(values)]
@@ -153,14 +163,17 @@ class FigureWriter:
             hi = float(finite.max()) if finite.size else 1.0
             return lo, (hi if hi > lo else lo + 1.0)
 
-        cmap = DIVERGING if diverging else SEQUENTIAL
+        import matplotlib
+
+        cmap = matplotlib.colormaps[DIVERGING if diverging else SEQUENTIAL]
+        count = style.is_count(data[value].to_numpy(float), fmt)
         shared = scale(data[value].to_numpy(float))
         panels = _panels(data, panel)
         nrows = max(len(_order(d[row])) for _, d in panels)
         ncols = max(len(_order(d[col])) for _, d in panels)
-        cell = 0.42 if ncols <= 8 else 0.32
-        size = (len(panels) * (cell * ncols + 1.5) + 0.4, cell * nrows + 1.3 + (0.3 if title else 0))
-        fontsize = 8 if ncols <= 8 else 6
+        cell = 0.5 if ncols <= 8 else 0.36
+        size = (len(panels) * (cell * ncols + 1.9) + 0.4, cell * nrows + 1.5 + (0.3 if title else 0))
+        fontsize = style.FONT["tick"] if ncols <= 8 else style.FONT["tick"] - 2
 
         labels: dict[str, list[str]] = {}
 
@@ -173,21 +186,27 @@ class FigureWriter:
                 marks = (d.pivot(index=row, columns=col, values=mark).reindex(index=rows, columns=cols).fillna(False)
                          .to_numpy(bool) if mark else np.zeros(grid.shape, bool))
                 vmin, vmax = shared if shared_scale else scale(grid.ravel())
-                im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
+                if count:
+                    cm, norm = style.count_scale(cmap, vmin, vmax)
+                    im = ax.imshow(grid, cmap=cm, norm=norm, aspect="auto")
+                else:
+                    im = ax.imshow(grid, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto")
                 ax.set_xticks(range(len(cols)), [str(c) for c in cols], fontsize=fontsize)
                 ax.set_yticks(range(len(rows)), [str(r) for r in rows], fontsize=fontsize)
-                ax.set_xlabel(xlabel or col, fontsize=8)
-                ax.set_ylabel(ylabel or row, fontsize=8)
+                ax.set_xlabel(xlabel or style.label(col), fontsize=style.FONT["label"])
+                ax.set_ylabel(ylabel or style.label(row), fontsize=style.FONT["label"])
                 if panel is not None:
-                    ax.set_title(name, fontsize=9)
+                    ax.set_title(name, fontsize=style.FONT["title"] - 1)
                 for (i, j), v in np.ndenumerate(grid):
                     if np.isfinite(v):
-                        dark = abs(im.norm(v) - (0.5 if diverging else 0.0)) > (0.3 if diverging else 0.6)
+                        level = float(im.norm(v)) / (max(im.norm.N - 1, 1) if count else 1)
+                        dark = abs(level - (0.5 if diverging else 0.0)) > (0.3 if diverging else 0.6)
                         labels[name].append(_label(fmt, v) + ("*" if marks[i, j] else ""))
                         # Cell labels sit inside the axes: keeping them out of the layout saves most of its cost.
-                        ax.text(j, i, labels[name][-1], ha="center", va="center", fontsize=fontsize - 1,
+                        ax.text(j, i, labels[name][-1], ha="center", va="center",
+                                fontsize=style.FONT["cell"] if ncols <= 8 else style.FONT["cell"] - 2,
                                 color="white" if dark else "black", in_layout=False)
-                fig.colorbar(im, ax=ax, shrink=0.8)
+                style.colorbar(fig, im, ax, value, count, colorbar_label)
                 out[name] = np.ma.filled(np.ma.asarray(im.get_array(), dtype=float), np.nan)
             return out
 
@@ -218,17 +237,16 @@ class FigureWriter:
                     slope, icept = np.polyfit(xs[ok], ys[ok], 1)
                     grid = np.linspace(xs[ok].min(), xs[ok].max(), 2)
                     ax.plot(grid, slope * grid + icept, color="0.4", lw=1, ls="--", zorder=2)
-                if label:
-                    for xi, yi, text in zip(xs, ys, d[label]):
-                        ax.annotate(str(text), (xi, yi), fontsize=6, xytext=(2, 2), textcoords="offset points",
-                                    in_layout=False)
                 if hue:
                     handles = [ax.scatter([], [], c=colour[h], s=22, label=str(h)) for h in _order(d[hue])]
-                    ax.legend(handles=handles, fontsize=7, title=hue, title_fontsize=7)
+                    ax.legend(handles=handles, fontsize=style.FONT["legend"], title=style.label(hue),
+                              title_fontsize=style.FONT["legend"])
                 ax.margins(0.12)  # room for the point labels
-                ax.set_xlabel(xlabel or x, fontsize=8)
-                ax.set_ylabel(ylabel or y, fontsize=8)
-                ax.tick_params(labelsize=7)
+                ax.set_xlabel(xlabel or style.label(x), fontsize=style.FONT["label"])
+                ax.set_ylabel(ylabel or style.label(y), fontsize=style.FONT["label"])
+                ax.tick_params(labelsize=style.FONT["tick"])
+                if label:
+                    style.place_labels(ax, xs, ys, d[label])
                 ax.set_title(textwrap.fill((panel_titles or {}).get(name, name if panel else ""), 48), fontsize=7)
                 out[name] = np.asarray(points.get_offsets(), dtype=float)
             return out
@@ -266,12 +284,12 @@ class FigureWriter:
                 for text, level in (hlines or {}).items():
                     ax.axhline(level, color="0.5", lw=0.8, ls=":")
                     ax.annotate(text, (ax.get_xlim()[0], level), fontsize=6, color="0.4", va="bottom")
-                ax.set_xlabel(xlabel or x, fontsize=8)
-                ax.set_ylabel(ylabel or y, fontsize=8)
-                ax.tick_params(labelsize=7)
+                ax.set_xlabel(xlabel or style.label(x), fontsize=style.FONT["label"])
+                ax.set_ylabel(ylabel or style.label(y), fontsize=style.FONT["label"])
+                ax.tick_params(labelsize=style.FONT["tick"])
                 if panel:
-                    ax.set_title(name, fontsize=8)
-                ax.legend(fontsize=6, title=hue, title_fontsize=6)
+                    ax.set_title(name, fontsize=style.FONT["label"])
+                ax.legend(fontsize=style.FONT["legend"] - 1, title=style.label(hue), title_fontsize=style.FONT["legend"] - 1)
             return out
 
         spec = {"kind": "lines", "x": x, "y": y, "hue": hue, "panel": panel}
@@ -293,9 +311,9 @@ class FigureWriter:
             bars = ax.bar(pos, data[y].to_numpy(float), width=width, color=colours)
             ax.axhline(0, color="0.3", lw=0.8)
             ax.set_xticks(range(len(xs)), [str(v) for v in xs], fontsize=7)
-            ax.set_xlabel(x, fontsize=8)
-            ax.set_ylabel(ylabel or y, fontsize=8)
-            ax.tick_params(labelsize=7)
+            ax.set_xlabel(style.label(x), fontsize=style.FONT["label"])
+            ax.set_ylabel(ylabel or style.label(y), fontsize=style.FONT["label"])
+            ax.tick_params(labelsize=style.FONT["tick"])
             if hue:
                 handles = [ax.bar([0], [0], width=0, color=PALETTE[i % len(PALETTE)], label=str(h)) for i, h in enumerate(hues)]
                 ax.legend(handles=handles, fontsize=7)

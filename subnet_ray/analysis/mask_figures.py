@@ -223,3 +223,36 @@ def mask_figures(w: FigureWriter, t: TaskResults) -> None:
     w.attempt("pruning", t.task, lambda: pruning_curves(w, t))
     for number, task in ((14, "PAWS-X"), (15, "MARC")):
         w.skip(number, t.task, f"the paper's Fig {number} is Fig 13 for {task}; fig13_<task>_mask_overlap covers every task")
+
+
+def write_mask_views(folder) -> list:
+    """Returns the views written beside each mask.npy under `folder`: mask.png (a small heatmap, layers x
+    heads, dark = enabled) and heads.json (the mask as nested 0/1 lists, and the disabled heads as [layer, head])."""
+    import json
+    from pathlib import Path
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    import subnet_ray.analysis.style as style
+
+    written = []
+    for npy in sorted(Path(folder).rglob("mask.npy")):
+        mask = np.load(npy, allow_pickle=False).astype(bool)
+        layers, heads = mask.shape
+        view = {"language": npy.parent.name, "layers": layers, "heads": heads,
+                "heads_enabled": int(mask.sum()), "heads_disabled": int((~mask).sum()),
+                "mask": mask.astype(int).tolist(), "disabled": [[int(i), int(j)] for i, j in zip(*np.nonzero(~mask))]}
+        (npy.parent / "heads.json").write_text(json.dumps(view))
+        fig = Figure(figsize=(max(1.6, 0.25 * heads + 1.0), max(1.2, 0.25 * layers + 0.8)), layout="constrained")
+        FigureCanvasAgg(fig)
+        ax = fig.subplots()
+        ax.imshow(mask, cmap="Greys", vmin=0, vmax=1.6, aspect="auto")  # enabled dark grey, disabled white
+        ax.set_xticks(range(heads), [str(h) for h in range(heads)] if heads <= 16 else [""] * heads, fontsize=6)
+        ax.set_yticks(range(layers), [str(i) for i in range(layers)], fontsize=6)
+        ax.set_xlabel("head", fontsize=7)
+        ax.set_ylabel("layer", fontsize=7)
+        ax.set_title(f"{npy.parent.name}: {int(mask.sum())}/{mask.size} heads on", fontsize=7)
+        fig.savefig(npy.parent / "mask.png", dpi=style.DPI // 2)
+        written += [npy.parent / "heads.json", npy.parent / "mask.png"]
+    return written

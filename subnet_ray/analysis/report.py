@@ -18,11 +18,13 @@ from subnet_ray.analysis.effects import effect_checks, paper_effects
 from subnet_ray.analysis.figures import FigureRecord, FigureWriter
 from subnet_ray.analysis.influence_figures import influence_figures
 from subnet_ray.analysis.mask_figures import mask_figures
-from subnet_ray.analysis.results import TaskResults
+import subnet_ray.analysis.style as style
+from subnet_ray.analysis.results import TaskResults, parse_variant
 from subnet_ray.subnetworks.masks import disabled_heads_table
 
 # Files this module writes; older copies are removed first so the folder matches summary.json.
-_OWN_PATTERNS = ("fig[0-9][0-9]_*.png", "fig[0-9][0-9]_*.csv", "pruning_*.png", "pruning_*.csv",
+_OWN_PATTERNS = ("fig[0-9][0-9]_*.png", "fig[0-9][0-9]_*.pdf", "fig[0-9][0-9]_*.csv", "pruning_*.png", "pruning_*.pdf",
+                 "pruning_*.csv",
                  "table1_*.csv", "table2_*.csv", "summary.json", "report.html")
 TABLE2_COLUMNS = {"full+subnet": "full_ft_subnet_pct", "sft+subnet": "sft_subnet_pct", "full": "full_ft_no_mask_pct"}
 
@@ -93,13 +95,17 @@ def _clean(out: Path) -> None:
             path.unlink()
 
 
-def build_report(results: list[TaskResults], out_dir: str | Path, sweep_name: str, dpi: int = 100) -> dict:
-    """Returns summary.json's content, after writing every figure, table and report.html the results allow."""
-    return write_report(results, out_dir, sweep_name, dpi)[0]
+def build_report(results: list[TaskResults], out_dir: str | Path, sweep_name: str, dpi: int = style.DPI,
+                 provenance: dict | None = None) -> dict:
+    """Returns summary.json's content, after writing every figure, table and report.html the results allow.
+
+    `provenance` (sweep file, model, settings, seeds, versions, date, MLflow runs) heads the report.
+    """
+    return write_report(results, out_dir, sweep_name, dpi, provenance)[0]
 
 
 def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: str,
-                 dpi: int = 100) -> tuple[dict, list[FigureRecord]]:
+                 dpi: int = style.DPI, provenance: dict | None = None) -> tuple[dict, list[FigureRecord]]:
     """Returns (summary, figure records) after writing the report folder; see `build_report`."""
     if not results:
         raise ValueError("build_report needs at least one TaskResults")
@@ -122,6 +128,7 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
     accuracy = {t.task: final_accuracy(t) for t in results}
     summary = _jsonable({
         "sweep": sweep_name,
+        "provenance": provenance or {},
         "tasks": tasks,
         "languages": {t.task: list(t.languages) for t in results},
         "variants": {t.task: sorted(t.influence) for t in results},
@@ -133,8 +140,8 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
         "comparisons": w.comparisons,
         "correlations": w.correlations,
         "effects": {t.task: (e := paper_effects(t)) | {"checks": effect_checks(e)} for t in results},
-        "figures": [{"figure": r.name.split("_")[0], "task": r.task, "png": r.png.name, "csv": r.csv.name,
-                     "caption": r.caption} for r in w.records],
+        "figures": [{"figure": r.name.split("_")[0], "task": r.task, "png": r.png.name, "pdf": r.pdf.name,
+                     "csv": r.csv.name, "caption": r.caption} for r in figure_order(w.records)],
         "tables": list(tables),
         "skipped": w.skipped,
     })
@@ -147,22 +154,82 @@ _CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#22
 figure{margin:1.5em 0;border-top:1px solid #ddd;padding-top:1em}figure img{max-width:100%}
 figcaption{font-size:0.9em;line-height:1.4}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
-.skipped li{font-size:0.85em}"""
+.skipped li,.note{font-size:0.85em}.provenance td,.provenance th{text-align:left}"""
+
+NA = "n/a"  # how an empty cell is shown; each table says why its cells can be empty
+
+
+def figure_order(records: list[FigureRecord]) -> list[FigureRecord]:
+    """Returns the records in the paper's figure order (Fig 2, 3, ...), figures the paper lacks last, stable by task."""
+    return sorted(records, key=lambda r: (0, r.figure, "") if isinstance(r.figure, int) else (1, 0, str(r.figure)))
+
+
+def describe_variant(name: str) -> str:
+    """Returns what a variant name means in words, e.g. 'full+subopt:xb' -> the full model with xb's mask."""
+    v = parse_variant(name)
+    return {
+        "full": "fully fine-tuned model, no mask",
+        "full+subnet": "fully fine-tuned model, each test language's own identified subnetwork at test time",
+        "full+random": f"fully fine-tuned model, the test language's mask shuffled with random seed {v.seed}",
+        "full+subopt": f"fully fine-tuned model, {v.language}'s subnetwork applied to another test language (suboptimal mask)",
+        "sft+subnet": "sparse-fine-tuned (SFT) model, each test language's own subnetwork",
+        "sft+union": f"SFT model, the union of {'/'.join(v.pair or ())}'s masks on those two test languages",
+        "sft+intersect": f"SFT model, the intersection of {'/'.join(v.pair or ())}'s masks on those two test languages",
+        "random-sft": f"model SFT-trained with random masks (seed {v.seed}), each test language's random mask",
+    }[v.kind]
 
 
 def _table_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, na_rep="", float_format=lambda v: f"{v:.3g}", border=0)
+    return df.to_html(index=False, na_rep=NA, float_format=lambda v: f"{v:.3g}", border=0)
+
+
+def _provenance_html(p: dict, esc) -> list[str]:
+    """Returns the report header: where the numbers came from."""
+    if not p:
+        return ["<p class='note'>No provenance recorded (report built outside a sweep run).</p>"]
+    def kv(d: dict) -> str:
+        return ", ".join(f"{k}={v}" for k, v in d.items() if not isinstance(v, (dict, list))) or "-"
+    rows = [("Sweep file", f"<a href='../../{esc(p['sweep_file'])}'>{esc(p['sweep_file'])}</a> (in the sweep root)"),
+            ("Branch (grid values)", esc(kv(p["branch"])) if p["branch"] else "no grid"),
+            ("Model", esc(f"{p['model'].get('name')} " + kv(p["model"].get("tiny") or {}))),
+            ("Tasks", esc("; ".join(f"{t['id']}: {', '.join(t['languages'])} (train {t['train_size']}, dev {t['dev_size']}, "
+                                    f"test {t['test_size']})" for t in p["tasks"])))]
+    rows += [(k.capitalize(), esc(kv(v) if isinstance(v, dict) else ", ".join(map(str, v)))) for k, v in p["settings"].items()]
+    rows += [("Seeds", esc(f"training seed {p['seed']}; random-mask seeds {', '.join(map(str, p['random_seeds']))}")),
+             ("Code version", esc(p["code_version"])), ("Packages", esc(kv(p["packages"]))), ("Date", esc(p["date"]))]
+    runs = p.get("mlflow_runs") or {}
+    if runs:
+        links = ", ".join(f"<a href='http://127.0.0.1:5000/{esc(r['url'])}'>{esc(r['name'])}</a>" for r in runs.values())
+        rows.append(("MLflow runs", f"{links} <span class='note'>(serve them with <code>subnet-ray ui --root ROOT</code>)</span>"))
+    return ["<table class='provenance'>"] + [f"<tr><th>{k}</th><td>{v}</td></tr>" for k, v in rows] + ["</table>"]
 
 
 def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd.DataFrame], out: Path) -> str:
-    """Returns a self-contained report page: every figure embedded (and linked), captions, tables, skips."""
+    """Returns a self-contained report page: provenance, contents, legend, tables, every figure embedded
+    (and linked, with its PDF and CSV) in the paper's order, and what was not made and why."""
     esc = html.escape
+    records = figure_order(records)
+    variants = sorted({v for task in summary["tasks"] for v in [*summary["variants"][task], *summary["accuracy"][task]]})
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>subnet-ray report: {esc(summary['sweep'])}</title>",
              f"<style>{_CSS}</style></head><body><h1>Sweep {esc(summary['sweep'])}</h1>",
-             "<p>Figures follow Choenni et al., <i>Examining Modularity in Multilingual LMs via Language-Specialized "
-             "Subnetworks</i> (arXiv 2311.08273); figNN is the paper's Figure NN. Each figure links the CSV of exactly "
-             "the plotted numbers. Shares are percentages of the top-k most influential training examples; deltas are "
-             "percentage points.</p><h2>Accuracy (last epoch)</h2>"]
+             "<h2 id='provenance'>Provenance</h2>", *_provenance_html(summary.get("provenance") or {}, esc),
+             "<h2 id='contents'>Contents</h2><ol>",
+             "<li><a href='#legend'>Variant names</a></li><li><a href='#accuracy'>Accuracy</a></li>",
+             "<li><a href='#table1'>Table 1: disabled heads</a></li><li><a href='#table2'>Table 2: subnetwork accuracy</a></li>"]
+    parts += [f"<li><a href='#{esc(r.name)}'>{esc(r.name)}</a></li>" for r in records]
+    parts += ["<li><a href='#skipped'>Not made</a></li>" if summary["skipped"] else "", "</ol>",
+              "<p>Figures follow Choenni et al., <i>Examining Modularity in Multilingual LMs via Language-Specialized "
+              "Subnetworks</i> (arXiv 2311.08273); figNN is the paper's Figure NN. Each figure links a PDF and the CSV of "
+              "exactly the plotted numbers. Shares are percentages of the top-k most influential training examples; "
+              "changes are percentage points. An empty cell reads "
+              f"<i>{NA}</i>; each table says why it can be empty. A figure's n per language is the number of test examples "
+              "behind it; n=0 means no test example of that language was classified correctly by both models compared, "
+              "so that language has no row.</p>",
+              "<h2 id='legend'>Variant names</h2><table class='provenance'>"]
+    parts += [f"<tr><th><code>{esc(v)}</code></th><td>{esc(describe_variant(v))}</td></tr>" for v in variants]
+    parts += ["</table>", "<h2 id='accuracy'>Accuracy (last epoch, %)</h2>",
+              f"<p class='note'>{NA}: that variant is not scored on that test language (full+random and full+subopt apply "
+              "a mask only to the analysis' focus test language; sft+union/intersect only to the two composed languages).</p>"]
     for task in summary["tasks"]:
         acc = pd.DataFrame(summary["accuracy"][task]).T
         if not acc.empty:
@@ -178,22 +245,25 @@ def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd
         checks = summary["effects"][task]["checks"]
         parts += [f"<h3>{esc(task)}</h3>", _table_html(pd.DataFrame(
             [{"effect": k, "as in the paper": {True: "yes", False: "no", None: "n/a"}[v]} for k, v in checks.items()]))]
+    notes = {"table1": f"{NA}: the task has no such language.",
+             "table2": f"{NA}: the variant of that column was not run for the language (its method is not in the sweep, "
+                       "or its influence stage has not finished)."}
     for name, table in tables.items():
-        parts += [f"<h2>{'Table 1: disabled heads' if name.startswith('table1') else 'Table 2: subnetwork accuracy (%)'}</h2>",
-                  f"<p><a href='{esc(name)}'>{esc(name)}</a></p>", _table_html(table)]
+        tid = name.split("_")[0]
+        title = "Table 1: disabled heads" if tid == "table1" else "Table 2: subnetwork accuracy (%)"
+        parts += [f"<h2 id='{tid}'>{title}</h2>", f"<p><a href='{esc(name)}'>{esc(name)}</a></p>", _table_html(table),
+                  f"<p class='note'>{notes.get(tid, '')}</p>"]
     if summary["correlations"]:
-        corr = pd.DataFrame(summary["correlations"])
-        parts += ["<h2>Correlations</h2>", _table_html(corr)]
-    for task in summary["tasks"]:
-        parts.append(f"<h2>Figures: {esc(task)}</h2>")
-        for r in (r for r in records if r.task == task):
-            png = base64.b64encode((out / r.png.name).read_bytes()).decode("ascii")
-            parts.append(
-                f"<figure id='{esc(r.name)}'><a href='{esc(r.png.name)}'><img alt='{esc(r.name)}' "
-                f"src='data:image/png;base64,{png}'></a><figcaption><b>{esc(r.name)}</b>. {esc(r.caption)} "
-                f"<a href='{esc(r.csv.name)}'>Data (CSV)</a></figcaption></figure>")
+        parts += ["<h2>Correlations</h2>", _table_html(pd.DataFrame(summary["correlations"]))]
+    parts.append("<h2>Figures</h2>")
+    for r in records:
+        png = base64.b64encode((out / r.png.name).read_bytes()).decode("ascii")
+        parts.append(
+            f"<figure id='{esc(r.name)}'><a href='{esc(r.png.name)}'><img alt='{esc(r.name)}' "
+            f"src='data:image/png;base64,{png}'></a><figcaption><b>{esc(r.name)}</b>. {esc(r.caption)} "
+            f"<a href='{esc(r.pdf.name)}'>PDF</a> <a href='{esc(r.csv.name)}'>Data (CSV)</a></figcaption></figure>")
     if summary["skipped"]:
-        parts.append("<h2>Not made</h2><ul class='skipped'>")
+        parts.append("<h2 id='skipped'>Not made</h2><ul class='skipped'>")
         parts += [f"<li>{esc(s['figure'])} ({esc(s['task'])}): {esc(s['reason'])}</li>" for s in summary["skipped"]]
         parts.append("</ul>")
     parts.append("</body></html>")

@@ -128,11 +128,13 @@ def sketch_examples(
     device: str | torch.device = "cpu",
     projector: Projector | None = None,
     bucket: bool = True,
+    on_batch: Callable[[int], None] | None = None,
 ) -> tuple[list, torch.Tensor]:
     """Returns (examples in sketch order, sketches [n, dim] in spec.dtype) of the model as loaded, under `head_mask`.
 
     bucket: batch examples of similar token length (sketch order = by length); False keeps
     the given order (for comparison: the sketch of each example is the same either way).
+    `on_batch(n)` is called after each batch of n examples.
     """
     linears = select_linears(model, spec.layers)
     if projector is None and spec.proj_dim:
@@ -143,6 +145,8 @@ def sketch_examples(
     # a bar on a terminal only (disable=None): Tune trials and Ray actors print no bar noise
     for i in tqdm(range(0, len(ordered), spec.batch_size), desc=f"sketching {len(ordered)} examples", leave=False, disable=None):
         out.append(sketch_encoded(model, ordered[i : i + spec.batch_size], tokenizer, max_length, linears, projector, mask, spec, device))
+        if on_batch:
+            on_batch(len(ordered[i : i + spec.batch_size]))
     return ordered, torch.cat(out)
 
 
@@ -185,9 +189,12 @@ def influence(
     masks: dict[str, torch.Tensor | None] | None = None,
     max_length: int = 128,
     device: str | torch.device = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
 ) -> pd.DataFrame:
     """Returns the top-k influences table (tracin.COLUMNS) of `train` on `test` over `checkpoints`.
 
+    `on_step(done, total)` is called after each sketched batch, counting examples sketched over every
+    mask group and checkpoint.
     model: a SequenceClassifier (its weights are overwritten by each checkpoint) or a factory.
     train, test: data.Example lists; test is used as given (the caller picks the examples
     every compared model classifies correctly). masks: test language -> head mask [layers,
@@ -206,13 +213,21 @@ def influence(
     projector = Projector(spec.proj_dim, spec.projection_seed) if spec.proj_dim else None
     model.to(device).eval()
     frames = []
+    total = sum(len(metas) * (len(train) + sum(ex.language in g.languages for ex in test)) for g in groups)
+    done = [0]
+
+    def count(n: int) -> None:
+        done[0] += n
+        on_step(done[0], total)
+
     for group in groups:
         group_test = [ex for ex in test if ex.language in group.languages]
         sk_train, sk_test = [], []
         for meta in metas:
             load_checkpoint(model, meta["dir"])
             for examples, sink in ((train, sk_train), (group_test, sk_test)):
-                ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, group.mask, device, projector)
+                ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, group.mask, device, projector,
+                                                  on_batch=count if on_step else None)
                 sink.append(as_sketches([ex.id for ex in ordered], [ex.language for ex in ordered], values, layout, spec, meta, group.key))
         frames.append(top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
     return pd.concat(frames, ignore_index=True)

@@ -25,12 +25,17 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from ..config import SweepSpec, branches
-from ..graph import Node, Stage, graph
+from ..graph import Node, Stage, branch_of, graph
 from ..lease import file_lock, held, lease
 from ..stages import HISTORY, execute, task_data
 from ..store import Store, store_for
 from .tracking import epoch_metrics
 from .workers import use_cpus
+
+
+def _branch_label(values: dict) -> str:
+    """Returns a branch's grid values as '/lr=0.001' (empty without a grid), the key of collected results."""
+    return "".join(f"/{k.split('.')[-1]}={v}" for k, v in values.items())
 
 
 def _say(message: str) -> None:
@@ -73,9 +78,14 @@ class SweepRun:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per wave: train, sft, influence, report
 
 
-def write_reports(spec: SweepSpec, root, store: Store) -> list[Path]:
-    """Returns the report folders written from what the store holds, one per branch and seed."""
+def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = None, runs: dict | None = None) -> list[Path]:
+    """Returns the report folders written from what the store holds, one per branch and seed.
+
+    `collected`, if given, receives (branch label, seed) -> the TaskResults each report was built
+    from; `runs` (trial name -> MLflow run id) is linked from each report's header.
+    """
     from ..analysis.report import build_report
+    from .provenance import provenance
     from .results import collect
 
     out = []
@@ -84,12 +94,28 @@ def write_reports(spec: SweepSpec, root, store: Store) -> list[Path]:
         nodes = graph(b)  # this branch's own nodes, including those it shares with other branches
         for seed in b.training.seeds:
             results = collect(store, b, nodes, seed)
+            if collected is not None:
+                collected[(_branch_label(values), seed)] = results
             if not results:
                 continue
             folder = report_dir(root, spec, values, seed)
-            build_report(results, folder, spec.name)
+            mine = {n.trial for n in nodes if n.params["seed"] == seed}
+            build_report(results, folder, spec.name,
+                         provenance=provenance(spec, b, values, seed, {t: r for t, r in (runs or {}).items() if t in mine}))
             out.append(folder)
     return out
+
+
+def save_sweep(spec: SweepSpec, root) -> Path | None:
+    """Returns where the resolved sweep file was copied in the root (<root>/sweeps/<name>.yaml); None for a remote root."""
+    import yaml
+
+    if "://" in str(root):
+        return None
+    path = Path(str(root)) / "sweeps" / f"{spec.name}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False))
+    return path
 
 
 def verify_store(store: Store, nodes: list[Node], inputs: bool = True, say=_say) -> list[str]:
@@ -217,12 +243,18 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
     run = SweepRun()
     verify_store(store, nodes)
     before = {e["key"] for e in ledger(store)}
+    sweep_copy = save_sweep(spec, root)
     with tracker:
+        settings = spec.model_dump(mode="json", exclude={"random_seeds"})  # rerun-random adds seeds to the same sweep
         run.parent_run_id = tracker.start(
-            f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}", flat_params(spec.model_dump(mode="json")),
-            {"executor": executor, "address": address or "local", "nodes": len(nodes)},
+            spec.name, flat_params(settings),
+            {"executor": executor, "address": address or "local", "nodes": len(nodes),
+             "random_seeds": ",".join(map(str, spec.random_seeds)), "last_invocation": time.strftime("%Y-%m-%d %H:%M:%S")},
+            identity=_identity(spec.name, json.dumps(settings, sort_keys=True)),
         )
-        trials = TrialLog(tracker, nodes)
+        if sweep_copy is not None:
+            tracker.parent.log_artifact(sweep_copy)
+        trials = TrialLog(tracker, nodes, spec)
         for wave, label in ((1, "train"), (2, "sft"), (3, "influence")):
             raise_if_interrupted()
             t0 = time.perf_counter()
@@ -248,9 +280,12 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
                                 on_epoch=lambda r, key=n.key: trials.live(key, r["epoch"], epoch_metrics(r)))
             run.seconds[label] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        trials.finish(store)
+        collected: dict = {}
+        run_ids = trials.run_ids()
         with report_lease(store, spec):  # another invocation may be rewriting these report folders
-            run.reports = write_reports(spec, root, store)
+            run.reports = write_reports(spec, root, store, collected, run_ids)
+            trials.finish(store, collected)  # the runs' headline metrics come from the reports' results
+            tracker.link_children()
             _log_reports(tracker, spec, run.reports)
         run.seconds["report"] = time.perf_counter() - t0
         tracker.parent.log_metrics({f"seconds/{k}": v for k, v in run.seconds.items()})
@@ -258,37 +293,91 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
     return run
 
 
-def _trial_run_fields(trial_nodes: list[Node]) -> tuple[dict, dict]:
-    """Returns (tags, params) of a trial's child run, from the trial's nodes."""
+def _identity(*parts: str) -> str:
+    """Returns a short stable id of what a run stands for (found again by its tag on a rerun)."""
+    import hashlib
+
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
+
+
+METHOD_SHORT = {"full": "full", "sft": "sft", "random-sft": "rsft"}
+NAME_LIMIT = 39  # MLflow's runs table shows about this much of a name
+
+
+def run_name(node: Node, branch_index: int, multi_task: bool) -> str:
+    """Returns a trial's run name, what tells it apart first: grid values, method, seed, random seed (task last
+    when the sweep has several), e.g. 'lr=0.001 rsft s1 r2'; under NAME_LIMIT characters."""
+    p = node.params
+    tail = [METHOD_SHORT.get(p.get("method", "full"), p.get("method", "")), f"s{p['seed']}"]
+    if p.get("random_seed") is not None and p.get("method") == "random-sft":
+        tail.append(f"r{p['random_seed']}")
+    if multi_task:
+        tail.append(p["task"])
+    grid = ",".join(f"{k.split('.')[-1]}={v}" for k, v in p["branch"].items())
+    name = " ".join([grid, *tail]) if grid else " ".join(tail)
+    if len(name) > NAME_LIMIT:  # long grid values: the branch's number instead (its values are params)
+        name = " ".join([f"b{branch_index}", *tail])
+    return name[:NAME_LIMIT]
+
+
+def _trial_run_fields(spec: SweepSpec, trial_nodes: list[Node]) -> tuple[dict, dict, str]:
+    """Returns (tags, params, identity) of a trial's child run: every resolved setting of its branch as
+    params, what it is as short tags, and an identity that is the same on every invocation."""
     first = next((n for n in trial_nodes if n.stage == "finetune"), trial_nodes[0])
-    tags = {"task": first.params["task"], "seed": first.params["seed"], "method": first.params.get("method", ""),
-            "random_seed": first.params.get("random_seed", ""),
-            **{f"key.{n.stage}.{i}": n.key for i, n in enumerate(trial_nodes)}}
-    params = {"method": first.params.get("method", ""), "seed": first.params["seed"], **first.params["branch"]}
-    return tags, params
+    p = first.params
+    keys: dict[str, list[str]] = defaultdict(list)
+    for n in trial_nodes:
+        keys[n.stage].append(n.key.split("/")[-1][:8])
+    branch = branch_of(spec, p["branch"]).model_dump(mode="json", exclude={"random_seeds", "grid", "name"})
+    branch["training"].pop("seeds", None)  # this run's seed is `seed`
+    branch["tasks"] = [t for t in branch["tasks"] if t["id"] == p["task"]]
+    method = p.get("method", "full")  # no fine-tuning node of its own: it shares the full model of another branch
+    tags = {"task": p["task"], "seed": p["seed"], "method": method, "random_seed": p.get("random_seed") if method == "random-sft" else None,
+            "branch": ",".join(f"{k}={v}" for k, v in p["branch"].items()) or None, "trial": first.trial,
+            **{f"keys.{stage}": " ".join(ks) for stage, ks in keys.items()}}
+    params = {"sweep": spec.name, "method": method, "seed": p["seed"], **branch,
+              **({"random_seed": p["random_seed"]} if p.get("method") == "random-sft" else {}),
+              **{f"grid.{k}": v for k, v in p["branch"].items()}}
+    return tags, params, _identity(spec.name, first.trial, first.key)
 
 
 class TrialLog:
     """The trials' child runs of one invocation: per-epoch metrics logged live, as each epoch ends,
-    then whatever is left (stages found in the store, epochs missed live) and the artifacts after the waves.
+    then whatever is left (stages found in the store, epochs missed live), the headline results and the
+    artifacts after the waves.
 
-    Each (trial, node, epoch) is logged once: a retried trial may report an epoch again.
+    Each (trial, node, epoch) is logged once: a retried trial may report an epoch again, and a run an
+    earlier invocation made for the same trial (found by its identity tag) is reused, adding only what is new.
     """
 
-    def __init__(self, tracker, nodes: list[Node]):
-        self.tracker = tracker
+    def __init__(self, tracker, nodes: list[Node], spec: SweepSpec):
+        self.tracker, self.spec = tracker, spec
         self.nodes = {n.key: n for n in nodes}
         self.by_trial: dict[str, list[Node]] = defaultdict(list)
         for n in nodes:
             self.by_trial[n.trial].append(n)
+        labels = [_branch_label(v) for v, _ in branches(spec)]
+        multi_task = len(spec.tasks) > 1
+        self.names = {}
+        for trial, tn in self.by_trial.items():
+            first = next((n for n in tn if n.stage == "finetune"), tn[0])
+            self.names[trial] = run_name(first, labels.index(_branch_label(first.params["branch"])), multi_task)
         self.logged: set[tuple[str, int]] = set()  # (node key, epoch): a key names its trial
         self._runs: dict = {}  # trial -> its TrialRun, so live epochs do not re-send the tags
 
     def run(self, trial: str):
-        """Returns the trial's child run, created on first use with its tags and params."""
+        """Returns the trial's child run, created (or found from an earlier invocation) on first use."""
         if trial not in self._runs:
-            self._runs[trial] = self.tracker.trial(trial, *_trial_run_fields(self.by_trial[trial]))
+            tags, params, identity = _trial_run_fields(self.spec, self.by_trial[trial])
+            self._runs[trial] = self.tracker.trial(self.names[trial], tags, params, identity=identity)
         return self._runs[trial]
+
+    def run_ids(self) -> dict[str, dict]:
+        """Returns trial name -> {name, run_id, url} of every trial's MLflow run (opening the runs not yet open);
+        url is the run's page relative to the MLflow UI's address."""
+        exp = self.tracker.experiment_id
+        return {trial: {"name": self.names[trial], "run_id": self.run(trial).run_id,
+                        "url": f"#/experiments/{exp}/runs/{self.run(trial).run_id}"} for trial in self.by_trial}
 
     def epoch(self, node_key: str, epoch: int, metrics: dict[str, float]) -> bool:
         """Returns True after logging `metrics` of the node's epoch, False if that epoch was already logged."""
@@ -296,7 +385,11 @@ class TrialLog:
         seen = (node.key, int(epoch))
         if seen in self.logged:
             return False
-        self.run(node.trial).log_epoch(int(epoch), metrics)
+        run = self.run(node.trial)
+        if int(epoch) in run.logged_steps("train_loss"):  # logged by an earlier invocation
+            self.logged.add(seen)
+            return False
+        run.log_epoch(int(epoch), metrics)
         self.logged.add(seen)
         return True
 
@@ -313,13 +406,46 @@ class TrialLog:
             metrics = {k: v for k, v in result.items() if k in ("train_loss", "dev_accuracy_mean") or k.startswith("dev_accuracy/")}
             self.live(result["node"], result["epoch"], metrics)
 
-    def finish(self, store: Store) -> None:
-        """Logs each trial's epochs not logged live (from history.json), masks and influence tables; ends its run.
+    def _results(self, trial_nodes: list[Node], collected: dict) -> dict[str, float]:
+        """Returns the headline metrics of a trial's model (test accuracy, shares, changes, heads disabled)."""
+        from ..analysis.headline import model_metrics
+
+        first = next((n for n in trial_nodes if n.stage == "finetune"), trial_nodes[0])
+        p = first.params
+        results = collected.get((_branch_label(p["branch"]), p["seed"]), [])
+        t = next((r for r in results if r.task == p["task"]), None)
+        if t is None:
+            return {}
+        method = p.get("method", "full")  # a trial without its own fine-tuning (shared with another branch) is a full one
+        model = method if method != "random-sft" else f"random-sft:{p['random_seed']}"
+        return model_metrics(t, model)
+
+    def _artifacts(self, child, path: str, folder: Path, masks: bool = False) -> None:
+        """Logs a stage folder once (a reused run keeps what it has), with a PNG and JSON view beside each mask."""
+        if child.has_artifact(path):
+            return
+        if not masks:
+            child.log_artifacts(folder, path)
+            return
+        import shutil
+        import tempfile
+
+        from ..analysis.mask_figures import write_mask_views
+
+        with tempfile.TemporaryDirectory() as tmp:
+            view = Path(tmp) / "masks"
+            shutil.copytree(folder, view)
+            write_mask_views(view)
+            child.log_artifacts(view, path)
+
+    def finish(self, store: Store, collected: dict | None = None) -> None:
+        """Logs each trial's epochs not logged live (from history.json), its headline metrics, masks and
+        influence tables; ends its run.
 
         A stage output's artifacts are logged once per experiment: when an earlier finished run holds
         them, this run gets a tag naming that run instead of another copy.
         """
-        from .tracking import LOGGED_TAG
+        from .tracking import LOGGED_TAG, metric_name
 
         earlier = self.tracker.logged_artifacts()
         for trial, tn in self.by_trial.items():
@@ -337,11 +463,16 @@ class TrialLog:
                     child.set_tags({tag: earlier[tag]})
                     continue
                 if n.stage == "subnetworks":
-                    child.log_artifacts(folder, "masks")
+                    self._artifacts(child, "masks", folder, masks=True)
                 elif n.stage == "random_masks":
-                    child.log_artifacts(folder, f"random_masks/seed{n.params['random_seed']}")
+                    self._artifacts(child, f"random_masks/seed{n.params['random_seed']}", folder, masks=True)
                 elif n.stage == "influence":
-                    variant = n.params["variant"]
-                    child.log_artifacts(folder, f"influence/{variant.replace(':', '_')}")
+                    self._artifacts(child, f"influence/{n.params['variant'].replace(':', '_')}", folder)
                 child.set_tags({tag: child.run_id})
+            metrics = self._results(tn, collected or {})
+            if child.reused:  # only what is new or changed: a rerun does not repeat the history
+                have = self.tracker.client.get_run(child.run_id).data.metrics
+                metrics = {k: v for k, v in metrics.items() if have.get(metric_name(k)) != v}
+            if metrics:
+                child.log_metrics(metrics)
             child.end("FINISHED")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import socket
 import time
 import warnings
@@ -41,6 +42,10 @@ from .tracking_store import (  # noqa: E402, F401 - the UI functions are re-expo
 )
 
 STATUSES = ("FINISHED", "FAILED", "KILLED")
+SKIPPED_FILES = ("_SUCCESS",)  # store markers: bookkeeping, not results
+ARTIFACTS_SCHEME = "mlflow-artifacts:"
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+IDENTITY_TAG = "subnet_ray.identity"  # what a run stands for (sweep, branch, trial, stage keys): found again by it
 TRUNCATED = "...[truncated]"
 LIST_ITEMS = 8  # lists longer than this (masks, example ids) are summarised, never spelled out
 
@@ -112,9 +117,17 @@ def _check_status(status: str) -> str:
 class TrialRun:
     """One MLflow run (a trial's child run, or the sweep's parent run) addressed by its id."""
 
-    def __init__(self, client: MlflowClient, run_id: str, name: str):
+    def __init__(self, client: MlflowClient, run_id: str, name: str, local_artifacts: Path | None = None,
+                 reused: bool = False):
         self.client, self.run_id, self.name = client, run_id, name
         self.status: str | None = None  # set when ended
+        self.reused = reused  # found by its identity tag, made by an earlier invocation
+        self.artifact_dir: Path | None = None
+        if local_artifacts is not None:
+            # the run's artifact URI is mlflow-artifacts:/<sweep>/<run>/artifacts, which `subnet-ray ui`
+            # serves from <root>/mlartifacts: write there directly (no server in the sweep driver)
+            uri = client.get_run(run_id).info.artifact_uri
+            self.artifact_dir = local_artifacts / uri.removeprefix(ARTIFACTS_SCHEME).lstrip("/")
 
     @property
     def open(self) -> bool:
@@ -136,7 +149,11 @@ class TrialRun:
 
     def log_params(self, params: dict) -> None:
         """Returns None; logs `params` flattened by flat_params."""
-        items = [Param(k, v) for k, v in flat_params(params).items()]
+        flat = flat_params(params)
+        if self.reused:  # MLflow refuses to change a param: a reused run keeps the values it was made with
+            have = self.client.get_run(self.run_id).data.params
+            flat = {k: v for k, v in flat.items() if k not in have}
+        items = [Param(k, v) for k, v in flat.items()]
         for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, params=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
 
@@ -147,20 +164,54 @@ class TrialRun:
             self.client.log_batch(self.run_id, tags=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
 
     def log_artifacts(self, local_dir: Path, artifact_path: str | None = None) -> None:
-        """Returns None; copies the folder `local_dir` into the run's artifacts (under `artifact_path`)."""
-        if not Path(local_dir).is_dir():
+        """Returns None; copies the folder `local_dir` into the run's artifacts (under `artifact_path`), store
+        markers (SKIPPED_FILES) left out."""
+        local_dir = Path(local_dir)
+        if not local_dir.is_dir():
             raise FileNotFoundError(f"log_artifacts: {local_dir} is not a folder")
-        self.client.log_artifacts(self.run_id, str(local_dir), artifact_path)
+        for f in sorted(local_dir.rglob("*")):
+            if f.is_file() and f.name not in SKIPPED_FILES:
+                rel = f.parent.relative_to(local_dir).as_posix()
+                sub = "/".join(p for p in (artifact_path, rel if rel != "." else None) if p)
+                self.log_artifact(f, sub or None)
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Returns None; copies the file `path` into the run's artifacts (under `artifact_path`)."""
         if not Path(path).is_file():
             raise FileNotFoundError(f"log_artifact: {path} is not a file")
-        self.client.log_artifact(self.run_id, str(path), artifact_path)
+        if self.artifact_dir is None:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+            return
+        dest = self.artifact_dir / (artifact_path or "")
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, dest / Path(path).name)
+
+    def has_artifact(self, artifact_path: str) -> bool:
+        """Returns True if the run already holds a file or folder at `artifact_path`."""
+        if self.artifact_dir is not None:
+            return (self.artifact_dir / artifact_path).exists()
+        parent, _, name = artifact_path.rstrip("/").rpartition("/")
+        return any(a.path == artifact_path.rstrip("/") for a in self.client.list_artifacts(self.run_id, parent or None))
 
     def log_dict(self, obj: dict, name: str) -> None:
         """Returns None; stores `obj` as the artifact `name` (JSON, or YAML for .yaml/.yml)."""
-        self.client.log_dict(self.run_id, obj, name)
+        if self.artifact_dir is None:
+            self.client.log_dict(self.run_id, obj, name)
+            return
+        import json
+
+        import yaml
+
+        path = self.artifact_dir / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = yaml.safe_dump(obj, sort_keys=False) if name.endswith((".yaml", ".yml")) else json.dumps(obj, indent=2)
+        path.write_text(text)
+
+    def logged_steps(self, metric: str) -> set[int]:
+        """Returns the steps at which the run already holds `metric` (empty for a new run)."""
+        if not self.reused:
+            return set()
+        return {m.step for m in self.client.get_metric_history(self.run_id, metric_name(metric))}
 
     def end(self, status: str = "FINISHED") -> None:
         """Returns None; ends the run with `status` (FINISHED, FAILED or KILLED); a second call does nothing."""
@@ -198,11 +249,18 @@ class Tracker:
         if artifact_location is None and not remote:
             if self.root is None:
                 raise ValueError(f"store root {root} is remote: give an artifact location for MLflow")
-            artifact_location = (self.root / "mlartifacts" / sweep_name).as_uri()
+            # relative to the root, so a copied or moved root keeps its artifacts: `subnet-ray ui`
+            # serves mlflow-artifacts:/ from <root>/mlartifacts wherever the root now is
+            artifact_location = f"{ARTIFACTS_SCHEME}/{sweep_name}"
         elif artifact_location is not None and "://" not in artifact_location and not artifact_location.startswith("file:"):
             artifact_location = Path(artifact_location).resolve().as_uri()  # never relative to the cwd
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.experiment_id = self._experiment(artifact_location)
+        self.local_artifacts: Path | None = None
+        if not remote and self.artifact_location.startswith(ARTIFACTS_SCHEME):
+            if self.root is None:
+                raise ValueError(f"MLflow experiment {sweep_name!r} proxies its artifacts: give a local root")
+            self.local_artifacts = self.root / "mlartifacts"
         self.parent: TrialRun | None = None
         self.children: dict[str, TrialRun] = {}
         self.finished = False
@@ -210,7 +268,9 @@ class Tracker:
     def _experiment(self, artifact_location: str | None) -> str:
         exp = self.client.get_experiment_by_name(self.sweep_name)
         if exp is None:
-            return self.client.create_experiment(self.sweep_name, artifact_location=artifact_location, tags={"subnet_ray.sweep": self.sweep_name})
+            # experimentKind: MLflow 3's UI then opens on the runs table (model training), not on GenAI traces
+            return self.client.create_experiment(self.sweep_name, artifact_location=artifact_location,
+                                                 tags={"subnet_ray.sweep": self.sweep_name, **EXPERIMENT_KIND})
         if exp.lifecycle_stage == "deleted":
             self.client.restore_experiment(exp.experiment_id)
         if artifact_location is not None and exp.artifact_location.rstrip("/") != artifact_location.rstrip("/"):
@@ -230,7 +290,7 @@ class Tracker:
         """Returns the ids of runs left RUNNING by dead invocations on this host, after ending them KILLED.
 
         A run records the host, pid and process start time of its invocation (tags, set when it is
-        created); the invocation is dead when no process with that pid and start time exists.
+        created or reused); the invocation is dead when no process with that pid and start time exists.
         Runs of other hosts are left alone: from here their process cannot be seen.
         """
         closed = []
@@ -254,21 +314,42 @@ class Tracker:
                     out.setdefault(k, v)
         return out
 
-    def start(self, run_name: str, params: dict, tags: dict) -> str:
-        """Returns the id of this invocation's parent run, created with `params` (flattened) and `tags`."""
+    def _find(self, identity: str) -> Any:
+        """Returns the newest live run of this experiment tagged with `identity`, or None."""
+        found = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{IDENTITY_TAG}` = '{identity}'",
+                                        order_by=["attributes.start_time DESC"], max_results=1)
+        return found[0] if found else None
+
+    def _open(self, run_name: str, tags: dict, identity: str | None) -> TrialRun:
+        """Returns a run: the one already tagged `identity` (reopened: RUNNING again, owned by this
+        invocation), else a new one."""
+        old = self._find(identity) if identity else None
+        if old is not None:
+            self.client.update_run(old.info.run_id, status="RUNNING", name=run_name)
+            run = TrialRun(self.client, old.info.run_id, run_name, self.local_artifacts, reused=True)
+            run.set_tags(_owner_tags())  # close_dead must see this invocation, not the one that made the run
+            return run
+        tags = {**tags, IDENTITY_TAG: identity} if identity else tags
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={k: _tag_value(v) for k, v in tags.items()})
+        return TrialRun(self.client, run.info.run_id, run_name, self.local_artifacts)
+
+    def start(self, run_name: str, params: dict, tags: dict, identity: str | None = None) -> str:
+        """Returns the id of this invocation's parent run, created with `params` (flattened) and `tags`.
+
+        With `identity`, a parent run already tagged with it (the same sweep invoked again) is reused.
+        """
         if self.parent is not None:
             raise RuntimeError(f"sweep {self.sweep_name}: the parent run was already started ({self.parent.run_id})")
-        all_tags = {k: _tag_value(v) for k, v in resolve_tags({"subnet_ray.role": "sweep", **_owner_tags()}).items()}
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags=all_tags)
-        self.parent = TrialRun(self.client, run.info.run_id, run_name)
+        self.parent = self._open(run_name, resolve_tags({"subnet_ray.role": "sweep", **_owner_tags()}), identity)
         self.parent.set_tags(tags)
         self.parent.log_params(params)
         return self.parent.run_id
 
-    def trial(self, name: str, tags: dict, params: dict) -> TrialRun:
+    def trial(self, name: str, tags: dict, params: dict, identity: str | None = None) -> TrialRun:
         """Returns the child run of trial `name` (e.g. 'pawsx/sft/seed1') in this invocation, creating it once.
 
-        A trial that is retried in the same invocation keeps its one child run.
+        A trial that is retried in the same invocation keeps its one child run; with `identity`, a run
+        an earlier invocation made for the same thing (same identity tag) is reused instead of a new one.
         """
         if self.parent is None:
             raise RuntimeError(f"sweep {self.sweep_name}: call start() before trial({name!r})")
@@ -281,12 +362,22 @@ class Tracker:
             child.set_tags(tags)
             return child
         base = resolve_tags({"mlflow.parentRunId": self.parent.run_id, "subnet_ray.role": "trial", **_owner_tags()})
-        run = self.client.create_run(self.experiment_id, run_name=name, tags={k: _tag_value(v) for k, v in base.items()})
-        child = TrialRun(self.client, run.info.run_id, name)
+        child = self._open(name, base, identity)
         self.children[name] = child
         child.set_tags(tags)
         child.log_params(params)
         return child
+
+    def link_children(self) -> None:
+        """Returns None; records on the parent run (note and runs.json) the child runs of this invocation,
+        including those an earlier invocation made and this one reused."""
+        if self.parent is None:
+            return
+        rows = [{"name": c.name, "run_id": c.run_id, "reused": c.reused} for c in self.children.values()]
+        self.parent.log_dict({"children": rows}, "runs.json")
+        lines = [f"- [{r['name']}](#/experiments/{self.experiment_id}/runs/{r['run_id']})"
+                 + (" (from an earlier invocation)" if r["reused"] else "") for r in rows]
+        self.parent.set_tags({"mlflow.note.content": "Runs of this sweep invocation:\n\n" + "\n".join(lines)})
 
     def finish(self, status: str = "FINISHED") -> None:
         """Returns None; ends open child runs, then the parent, with `status`; a second call does nothing.

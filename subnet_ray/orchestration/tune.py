@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from ..config import SweepSpec
 from ..graph import Node
+from ..progress import StepProgress
 
 from .interrupts import graceful, raise_if_interrupted
 from .workers import WORKER_ENV, use_cpus
@@ -132,7 +133,11 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
             ckpt = tune.Checkpoint.from_directory(str(store.partial(node.key))) if store.remote else None
             tune.report(metrics, checkpoint=ckpt)
 
-        if execute(node, spec, store, on_epoch=on_epoch, progress=False):
+        # step progress and an ETA for the driver's display: a fine-tuning epoch can take many minutes
+        what = f"influence {node.params.variant}" if node.stage == "influence" else str(node.stage)
+        steps = StepProgress(f"{node.trial} {what}", lambda text: tune.report({"progress": text}), interval=10.0,
+                             unit={"subnetworks": "language", "influence": "examples sketched"}.get(node.stage, "step"))
+        if execute(node, spec, store, on_epoch=on_epoch, progress=False, on_step=steps):
             ran.append(node.key)
     tune.report({"done": 1, "computed": len(ran)})
 
@@ -149,6 +154,8 @@ def _progress(total: int, desc: str, enabled: bool, on_result: Callable[[dict], 
             self.bar = tqdm(total=total, desc=desc, disable=not enabled)
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
+            if "progress" in result:  # a trial's step progress line, e.g. 'epoch 2/4, step 120/626 (19%), ETA 3m05s'
+                self.bar.set_postfix_str(result["progress"], refresh=True)
             if on_result is not None:
                 on_result(result)
 

@@ -173,10 +173,12 @@ def find_subnetworks(
     max_length: int,
     device: str | torch.device = "cpu",
     precision: str = "fp32",
+    on_step=None,
 ) -> dict[str, Subnetwork]:
     """Returns {language: Subnetwork} found by pruning `model` on each language's dev examples.
 
     dev_by_language: language -> list of data.Example (that language's dev split).
+    `on_step(done, total)` is called after each language's search (done languages of total).
     Dev accuracy is computed from the importance passes' own forward passes (argmax of the
     logits under the mask, eval mode), the same quantity train.evaluate reports. precision:
     of the importance passes (precision.autocast).
@@ -194,6 +196,8 @@ def find_subnetworks(
     for lang, examples in dev_by_language.items():
         batches = [{k: v.to(device) for k, v in b.items()} for b in make_batches(encode(list(examples), tokenizer, max_length), spec.batch_size)]
         out[lang] = find_subnetwork(model, batches, spec, lang, device, precision)
+        if on_step:
+            on_step(len(out), len(dev_by_language))
     return out
 
 
