@@ -238,7 +238,7 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
 
 
 def _store_write(store: Store) -> None:
-    key = f"calibration/{time.perf_counter_ns()}"
+    key = f"calibration/{time.perf_counter_ns() % 16**20:020x}"  # a store key is <stage>/<20 hex digits>
     with store.writing(key) as out:
         (out / "done").write_text("")
     store.record({"key": key, "stage": "calibration", "time": time.time()})
