@@ -64,11 +64,11 @@ def compare(root: str | os.PathLike, sweeps: list[SweepSpec]) -> dict[str, pd.Da
             nodes = graph(b)
             branch = _branch_label(values).lstrip("/").replace("/", ",") or "-"
             for seed in b.training.seeds:
-                mine = [n for n in nodes if n.params["seed"] == seed]
+                mine = [n for n in nodes if n.params.seed == seed]
                 where = {"sweep": spec.name, "branch": branch, "seed": seed}
                 results = {t.task: t for t in collect(store, b, nodes, seed)}
                 for task in b.tasks:
-                    tn = [n for n in mine if n.params["task"] == task.id]
+                    tn = [n for n in mine if n.params.task == task.id]
                     done = sum(store.done(n.key) for n in tn)
                     status = "done" if done == len(tn) else ("not started" if done == 0 else f"partial {done}/{len(tn)}")
                     row = {**where, "task": task.id, "status": status, "stages_done": done, "stages": len(tn)}

@@ -99,7 +99,7 @@ def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = 
             if not results:
                 continue
             folder = report_dir(root, spec, values, seed)
-            mine = {n.trial for n in nodes if n.params["seed"] == seed}
+            mine = {n.trial for n in nodes if n.params.seed == seed}
             build_report(results, folder, spec.name,
                          provenance=provenance(spec, b, values, seed, {t: r for t, r in (runs or {}).items() if t in mine}))
             out.append(folder)
@@ -308,12 +308,12 @@ def run_name(node: Node, branch_index: int, multi_task: bool) -> str:
     """Returns a trial's run name, what tells it apart first: grid values, method, seed, random seed (task last
     when the sweep has several), e.g. 'lr=0.001 rsft s1 r2'; under NAME_LIMIT characters."""
     p = node.params
-    tail = [METHOD_SHORT.get(p.get("method", "full"), p.get("method", "")), f"s{p['seed']}"]
-    if p.get("random_seed") is not None and p.get("method") == "random-sft":
-        tail.append(f"r{p['random_seed']}")
+    tail = [METHOD_SHORT.get(getattr(p, "method", "full"), getattr(p, "method", "")), f"s{p.seed}"]
+    if getattr(p, "random_seed", None) is not None and getattr(p, "method", None) == "random-sft":
+        tail.append(f"r{p.random_seed}")
     if multi_task:
-        tail.append(p["task"])
-    grid = ",".join(f"{k.split('.')[-1]}={v}" for k, v in p["branch"].items())
+        tail.append(p.task)
+    grid = ",".join(f"{k.split('.')[-1]}={v}" for k, v in p.branch.items())
     name = " ".join([grid, *tail]) if grid else " ".join(tail)
     if len(name) > NAME_LIMIT:  # long grid values: the branch's number instead (its values are params)
         name = " ".join([f"b{branch_index}", *tail])
@@ -328,16 +328,16 @@ def _trial_run_fields(spec: SweepSpec, trial_nodes: list[Node]) -> tuple[dict, d
     keys: dict[str, list[str]] = defaultdict(list)
     for n in trial_nodes:
         keys[n.stage].append(n.key.split("/")[-1][:8])
-    branch = branch_of(spec, p["branch"]).model_dump(mode="json", exclude={"random_seeds", "grid", "name"})
+    branch = branch_of(spec, p.branch).model_dump(mode="json", exclude={"random_seeds", "grid", "name"})
     branch["training"].pop("seeds", None)  # this run's seed is `seed`
-    branch["tasks"] = [t for t in branch["tasks"] if t["id"] == p["task"]]
-    method = p.get("method", "full")  # no fine-tuning node of its own: it shares the full model of another branch
-    tags = {"task": p["task"], "seed": p["seed"], "method": method, "random_seed": p.get("random_seed") if method == "random-sft" else None,
-            "branch": ",".join(f"{k}={v}" for k, v in p["branch"].items()) or None, "trial": first.trial,
+    branch["tasks"] = [t for t in branch["tasks"] if t["id"] == p.task]
+    method = getattr(p, "method", "full")  # no fine-tuning node of its own: it shares the full model of another branch
+    tags = {"task": p.task, "seed": p.seed, "method": method, "random_seed": getattr(p, "random_seed", None) if method == "random-sft" else None,
+            "branch": ",".join(f"{k}={v}" for k, v in p.branch.items()) or None, "trial": first.trial,
             **{f"keys.{stage}": " ".join(ks) for stage, ks in keys.items()}}
-    params = {"sweep": spec.name, "method": method, "seed": p["seed"], **branch,
-              **({"random_seed": p["random_seed"]} if p.get("method") == "random-sft" else {}),
-              **{f"grid.{k}": v for k, v in p["branch"].items()}}
+    params = {"sweep": spec.name, "method": method, "seed": p.seed, **branch,
+              **({"random_seed": p.random_seed} if getattr(p, "method", None) == "random-sft" else {}),
+              **{f"grid.{k}": v for k, v in p.branch.items()}}
     return tags, params, _identity(spec.name, first.trial, first.key)
 
 
@@ -361,7 +361,7 @@ class TrialLog:
         self.names = {}
         for trial, tn in self.by_trial.items():
             first = next((n for n in tn if n.stage == "finetune"), tn[0])
-            self.names[trial] = run_name(first, labels.index(_branch_label(first.params["branch"])), multi_task)
+            self.names[trial] = run_name(first, labels.index(_branch_label(first.params.branch)), multi_task)
         self.logged: set[tuple[str, int]] = set()  # (node key, epoch): a key names its trial
         self._runs: dict = {}  # trial -> its TrialRun, so live epochs do not re-send the tags
 
@@ -412,12 +412,12 @@ class TrialLog:
 
         first = next((n for n in trial_nodes if n.stage == "finetune"), trial_nodes[0])
         p = first.params
-        results = collected.get((_branch_label(p["branch"]), p["seed"]), [])
-        t = next((r for r in results if r.task == p["task"]), None)
+        results = collected.get((_branch_label(p.branch), p.seed), [])
+        t = next((r for r in results if r.task == p.task), None)
         if t is None:
             return {}
-        method = p.get("method", "full")  # a trial without its own fine-tuning (shared with another branch) is a full one
-        model = method if method != "random-sft" else f"random-sft:{p['random_seed']}"
+        method = getattr(p, "method", "full")  # a trial without its own fine-tuning (shared with another branch) is a full one
+        model = method if method != "random-sft" else f"random-sft:{p.random_seed}"
         return model_metrics(t, model)
 
     def _artifacts(self, child, path: str, folder: Path, masks: bool = False) -> None:
@@ -465,9 +465,9 @@ class TrialLog:
                 if n.stage == "subnetworks":
                     self._artifacts(child, "masks", folder, masks=True)
                 elif n.stage == "random_masks":
-                    self._artifacts(child, f"random_masks/seed{n.params['random_seed']}", folder, masks=True)
+                    self._artifacts(child, f"random_masks/seed{n.params.random_seed}", folder, masks=True)
                 elif n.stage == "influence":
-                    self._artifacts(child, f"influence/{n.params['variant'].replace(':', '_')}", folder)
+                    self._artifacts(child, f"influence/{n.params.variant.replace(':', '_')}", folder)
                 child.set_tags({tag: child.run_id})
             metrics = self._results(tn, collected or {})
             if child.reused:  # only what is new or changed: a rerun does not repeat the history
