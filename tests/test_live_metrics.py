@@ -6,7 +6,8 @@ import pytest
 from mlflow import MlflowClient
 
 from subnet_ray.config import load_sweep
-from subnet_ray.orchestration.runner import TrialLog, run_name, run_sweep
+from subnet_ray.orchestration.runner import run_sweep
+from subnet_ray.orchestration.trial_runs import TrialLog, run_name
 from subnet_ray.orchestration.tracking import epoch_metrics
 from subnet_ray.store import store_for
 from subnet_ray.orchestration.tracking import Tracker, TrialRun, default_tracking_uri

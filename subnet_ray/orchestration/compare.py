@@ -21,7 +21,7 @@ from ..config import ConfigError, SweepSpec, branches, load_sweep
 from ..graph import graph
 from ..store import store_for
 from .results import collect
-from .runner import _branch_label
+from .trial_runs import branch_label
 
 FORMATS = ("csv", "md", "tex")
 CAPTIONS = {
@@ -62,7 +62,7 @@ def compare(root: str | os.PathLike, sweeps: list[SweepSpec]) -> dict[str, pd.Da
     for spec in sweeps:
         for values, b in branches(spec):
             nodes = graph(b)
-            branch = _branch_label(values).lstrip("/").replace("/", ",") or "-"
+            branch = branch_label(values).lstrip("/").replace("/", ",") or "-"
             for seed in b.training.seeds:
                 mine = [n for n in nodes if n.params.seed == seed]
                 where = {"sweep": spec.name, "branch": branch, "seed": seed}

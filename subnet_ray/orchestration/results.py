@@ -7,7 +7,7 @@ import pandas as pd
 
 from ..analysis.results import InfluenceResult, TaskResults
 from ..config import SweepSpec
-from ..graph import Node, Stage
+from ..graph import Node
 from ..stages import HISTORY, PREDICTIONS, TOPK, load_masks
 from ..store import Store
 
