@@ -238,7 +238,7 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
 
 
 def _store_write(store: Store) -> None:
-    key = f"calibration/{time.perf_counter_ns()}"
+    key = f"calibration/{time.perf_counter_ns() % 16**20:020x}"  # a store key is <stage>/<20 hex digits>
     with store.writing(key) as out:
         (out / "done").write_text("")
     store.record({"key": key, "stage": "calibration", "time": time.time()})
@@ -266,7 +266,7 @@ def _calibrate_scoring(model, inf, n_train: int, checkpoints: int) -> tuple[floa
 
 def _groups(node: Node) -> list[int]:
     """Returns the number of test languages of each distinct mask group an influence node sketches under."""
-    refs = node.params["masks"]
+    refs = node.params.masks
     keys = Counter(None if r is None else (r["key"], tuple(r["languages"]), r["op"]) for r in refs.values())
     return list(keys.values())
 
@@ -313,7 +313,7 @@ def _estimate_into(est: Estimate, spec: SweepSpec, pruned: float, calibration: d
                 model = make()
             params = param_count(model)
             for node in graph(b):
-                if node.key in seen or node.params["task"] != task.id:
+                if node.key in seen or node.params.task != task.id:
                     continue
                 seen.add(node.key)
                 cost = _node_cost(node, b, cal, data, model, params, pruned)
@@ -327,8 +327,8 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
     model_bytes = 4 * params
     train_mem = cal.peak_train_bytes or 16 * params  # weights, gradients, AdamW's two moments (+ activations on CUDA)
     if node.stage == "finetune":
-        sparse = node.params["method"] != "full"
-        steps = len(epoch_plan(data["train"], tr.batch_size, node.params["seed"], 1, sparse))
+        sparse = node.params.method != "full"
+        steps = len(epoch_plan(data["train"], tr.batch_size, node.params.seed, 1, sparse))
         per_epoch = steps * cal.train_batch + len(data["dev"]) * cal.eval_example[tr.batch_size] + cal.save_epoch
         return StageCost(node.key, "finetune", cal.build + tr.epochs * per_epoch, train_mem, checkpoint_bytes=tr.epochs * model_bytes)
     if node.stage == "subnetworks":
@@ -344,7 +344,7 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
     # influence: per mask group, every checkpoint sketches all training and the group's test examples
     ckpts, n_train = tr.epochs, len(data["train"])
     test_of = {l: min(inf.test_per_language, len(v)) for l, v in by_language(data["test"]).items()}
-    per_lang = sum(test_of[l] for l in node.params["masks"]) / len(node.params["masks"])
+    per_lang = sum(test_of[l] for l in node.params.masks) / len(node.params.masks)
     dim = sum(d for _, d in layer_dims(select_linears(model, inf.layers), inf.proj_dim))
     width = torch.tensor([], dtype=DTYPES[inf.dtype]).element_size()
     seconds, sketch_bytes, held = cal.build, 0, 0
@@ -354,7 +354,7 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
         seconds += cal.score_fixed + cal.score_unit * n_test * n_train * ckpts
         group_bytes = ckpts * (n_train + n_test) * dim * width
         sketch_bytes, held = sketch_bytes + group_bytes, max(held, group_bytes)
-    seconds += ckpts * (cal.load + sum(test_of[l] for l in node.params["masks"]) * cal.eval_example[inf.batch_size])
+    seconds += ckpts * (cal.load + sum(test_of[l] for l in node.params.masks) * cal.eval_example[inf.batch_size])
     seconds += cal.table_io
     return StageCost(node.key, "influence", seconds, max(cal.peak_sketch_bytes or 2 * model_bytes, held + model_bytes),
                      sketch_bytes=sketch_bytes)

@@ -41,16 +41,6 @@ class Params:
     branch: dict[str, Any]
     seed: int
 
-    # Mapping access (node.params["task"]) for call sites written before the typed records.
-    def __getitem__(self, name: str) -> Any:
-        return getattr(self, name)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return getattr(self, name, default)
-
-    def __contains__(self, name: str) -> bool:
-        return getattr(self, name, None) is not None
-
 
 @dataclass(frozen=True)
 class FinetuneParams(Params):

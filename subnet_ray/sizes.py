@@ -88,7 +88,7 @@ def headline(spec: SweepSpec, nodes: list) -> str:
         shape, exact = found
         labels = num_labels(task)
         ckpt = 4 * parameters(shape, labels)
-        finetunes = sum(1 for n in nodes if str(n.stage) == "finetune" and n.params["task"] == task.id)
+        finetunes = sum(1 for n in nodes if str(n.stage) == "finetune" and n.params.task == task.id)
         per_mask = spec.training.epochs * len(task.languages) * task.train_size * sketch_dim(spec, shape, labels)
         width = {"float32": 4, "float16": 2, "bfloat16": 2}[spec.influence.dtype]
         approx = "" if exact else "<= "

@@ -175,7 +175,7 @@ def _random_masks(job: _Job, **_) -> None:
 
 
 def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=None, **_) -> None:
-    node, spec, store, out, task, data, tok, make = job.node, job.spec, job.store, job.out, job.task, job.data, job.tok, job.make
+    node, spec, store, out, data, tok, make = job.node, job.spec, job.store, job.out, job.data, job.tok, job.make
     model = make()
     shape = (model.num_layers, model.num_heads)
     refs = node.params.masks

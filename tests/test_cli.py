@@ -121,7 +121,7 @@ def test_new_random_seeds_add_nodes_without_changing_existing_keys():
     new = graph(spec, random_seeds=[1, 2, 3, 7])
     added = [n for n in new if n.key not in old]
     assert old <= {n.key for n in new}
-    assert sorted((n.stage, n.params.get("variant") or n.params.get("method")) for n in added) == [
+    assert sorted((n.stage, getattr(n.params, "variant", None) or getattr(n.params, "method", None)) for n in added) == [
         ("finetune", "random-sft"), ("influence", "full+random:7"), ("influence", "random-sft:7"), ("random_masks", None)]
 
 

@@ -26,7 +26,7 @@ def test_static_estimate_counts_checkpoint_and_sketch_bytes_exactly():
     stages = est.by_stage(1, 0)
     assert stages["finetune"]["checkpoint_bytes"] == 3 * spec.training.epochs * per_ckpt  # full, sft, random-sft x1
     dim = sum(d for _, d in layer_dims(select_linears(model, spec.influence.layers), spec.influence.proj_dim))
-    full = next(n for n, g in zip(est.nodes, [x for x in graph(spec)]) if g.params.get("variant") == "full")
+    full = next(n for n, g in zip(est.nodes, [x for x in graph(spec)]) if getattr(g.params, "variant", None) == "full")
     n_test = 3 * spec.influence.test_per_language  # one group: the full model for all three languages
     assert full.sketch_bytes == spec.training.epochs * (len(data["train"]) + n_test) * dim * 4
 

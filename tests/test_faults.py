@@ -80,9 +80,9 @@ def test_damaged_outputs_are_named_by_status_and_recomputed_by_run(clean, tmp_pa
     shutil.copytree(ref / "store", root / "store")  # the outputs only: MLflow starts afresh
     nodes = graph(spec)
     store = store_for(root)
-    full = next(n for n in nodes if n.stage == "finetune" and n.params["method"] == "full")
+    full = next(n for n in nodes if n.stage == "finetune" and n.params.method == "full")
     sub = next(n for n in nodes if n.stage == "subnetworks")
-    inf = next(n for n in nodes if n.stage == "influence" and n.params["variant"] == "sft+subnet")
+    inf = next(n for n in nodes if n.stage == "influence" and n.params.variant == "sft+subnet")
     ckpt = store.local / full.key / "epoch_1" / "model.safetensors"
     ckpt.write_bytes(ckpt.read_bytes()[: ckpt.stat().st_size // 2])  # truncated, as by a full disk
     (store.local / inf.key / TOPK).unlink()

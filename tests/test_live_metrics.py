@@ -6,7 +6,8 @@ import pytest
 from mlflow import MlflowClient
 
 from subnet_ray.config import load_sweep
-from subnet_ray.orchestration.runner import TrialLog, run_name, run_sweep
+from subnet_ray.orchestration.runner import run_sweep
+from subnet_ray.orchestration.trial_runs import TrialLog, run_name
 from subnet_ray.orchestration.tracking import epoch_metrics
 from subnet_ray.store import store_for
 from subnet_ray.orchestration.tracking import Tracker, TrialRun, default_tracking_uri
@@ -151,7 +152,7 @@ def _history(client, run_id, key):
 
 def test_an_epoch_reported_twice_is_logged_once_and_history_fills_only_the_gaps(trial_log, tmp_path):
     log, tracker = trial_log
-    node = next(n for n in log.nodes.values() if n.stage == "finetune" and n.params["method"] == "sft")
+    node = next(n for n in log.nodes.values() if n.stage == "finetune" and n.params.method == "sft")
     first = epoch_metrics(HISTORY_ROWS[0])
     # as Tune delivers it: our metrics among Tune's own fields; a retried trial reports epoch 1 again
     result = {"epoch": 1, "node": node.key, **first, "training_iteration": 1, "time_total_s": 3.2, "done": False,
@@ -178,7 +179,7 @@ def test_an_epoch_reported_twice_is_logged_once_and_history_fills_only_the_gaps(
 
 def test_stages_found_in_the_store_log_their_history_after_the_waves(trial_log, tmp_path):
     log, tracker = trial_log
-    node = next(n for n in log.nodes.values() if n.stage == "finetune" and n.params["method"] == "full")
+    node = next(n for n in log.nodes.values() if n.stage == "finetune" and n.params.method == "full")
     store = store_for(tmp_path / "root")
     with store.writing(node.key) as out:
         (out / HISTORY).write_text(json.dumps(HISTORY_ROWS))
@@ -190,7 +191,7 @@ def test_stages_found_in_the_store_log_their_history_after_the_waves(trial_log, 
 
 def test_a_failed_live_write_warns_and_the_epoch_is_logged_after_the_waves(trial_log, tmp_path, monkeypatch):
     log, tracker = trial_log
-    node = next(n for n in log.nodes.values() if n.stage == "finetune" and n.params["method"] == "full")
+    node = next(n for n in log.nodes.values() if n.stage == "finetune" and n.params.method == "full")
     log_epoch = TrialRun.log_epoch
 
     def down(run, epoch, metrics):

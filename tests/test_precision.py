@@ -112,7 +112,7 @@ def test_bucketed_evaluation_equals_unbucketed_in_input_order():
 def _keys(training=None, influence=None):
     raw = {"name": "k", "tasks": [{"id": "babel", "languages": ["xa", "ya"], "train_size": 4, "dev_size": 4, "test_size": 4}],
            "methods": ["full"], "random_seeds": [], "training": training or {}, "influence": influence or {}}
-    return {n.key.split("/")[0] + "/" + (n.params.get("variant") or ""): n.key for n in graph(SweepSpec.model_validate(raw))}
+    return {n.key.split("/")[0] + "/" + (getattr(n.params, "variant", None) or ""): n.key for n in graph(SweepSpec.model_validate(raw))}
 
 
 def test_precision_is_in_the_stage_keys_except_fp32():

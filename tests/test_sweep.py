@@ -32,7 +32,7 @@ def sweep_file(tmp_path) -> Path:
 
 def topk_tables(root: Path, spec) -> dict[str, pd.DataFrame]:
     store = store_for(root)
-    return {n.params["variant"]: pd.read_parquet(store.path(n.key) / TOPK) for n in graph(spec) if n.stage == "influence"}
+    return {n.params.variant: pd.read_parquet(store.path(n.key) / TOPK) for n in graph(spec) if n.stage == "influence"}
 
 
 def assert_same_influence(a: dict, b: dict, exact: bool = True) -> None:

@@ -21,7 +21,7 @@ from ..config import ConfigError, SweepSpec, branches, load_sweep
 from ..graph import graph
 from ..store import store_for
 from .results import collect
-from .runner import _branch_label
+from .trial_runs import branch_label
 
 FORMATS = ("csv", "md", "tex")
 CAPTIONS = {
@@ -62,13 +62,13 @@ def compare(root: str | os.PathLike, sweeps: list[SweepSpec]) -> dict[str, pd.Da
     for spec in sweeps:
         for values, b in branches(spec):
             nodes = graph(b)
-            branch = _branch_label(values).lstrip("/").replace("/", ",") or "-"
+            branch = branch_label(values).lstrip("/").replace("/", ",") or "-"
             for seed in b.training.seeds:
-                mine = [n for n in nodes if n.params["seed"] == seed]
+                mine = [n for n in nodes if n.params.seed == seed]
                 where = {"sweep": spec.name, "branch": branch, "seed": seed}
                 results = {t.task: t for t in collect(store, b, nodes, seed)}
                 for task in b.tasks:
-                    tn = [n for n in mine if n.params["task"] == task.id]
+                    tn = [n for n in mine if n.params.task == task.id]
                     done = sum(store.done(n.key) for n in tn)
                     status = "done" if done == len(tn) else ("not started" if done == 0 else f"partial {done}/{len(tn)}")
                     row = {**where, "task": task.id, "status": status, "stages_done": done, "stages": len(tn)}
