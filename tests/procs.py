@@ -1,20 +1,31 @@
 """Process and port helpers for tests that start services (Ray heads, MLflow servers)."""
 import os
+import random
 import signal
 import socket
 import subprocess
 
 
 def free_ports(n: int) -> list[int]:
-    """Returns n distinct TCP ports on 127.0.0.1 that nothing listens on right now."""
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
+    """Returns n distinct TCP ports on 127.0.0.1 that nothing listens on right now.
+
+    Drawn from 20000-32767, below Linux's ephemeral range (32768-60999, where the kernel picks
+    ports for outgoing connections and `bind(0)`) and above Ray's worker ports (10002-19999), so a
+    busy Ray in the same test run is unlikely to take one before the service under test binds it.
+    """
+    rng = random.Random()
+    ports: list[int] = []
+    while len(ports) < n:
+        port = rng.randrange(20000, 32768)
+        if port in ports:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        ports.append(port)
+    return ports
 
 
 def free_port() -> int:

@@ -27,19 +27,27 @@ def head():
     if shutil.which("ray", path=str(Path(sys.executable).parent)) is None:
         pytest.fail("the `ray` command is not beside this Python: install the dev extra (ray[default])")
     ray_bin = str(Path(sys.executable).parent / "ray")
-    temp = Path(tempfile.gettempdir()) / f"srs-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths are length-limited
-    gcs, dash, client, agent_http, agent_grpc, env_agent, metrics = free_ports(7)
     # the job's `python` must be this environment's, as on a real node's image; token authentication
     # on, with a token of the test's own (Ray >= 2.59 turns it on for local clusters anyway)
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": uuid.uuid4().hex + uuid.uuid4().hex}
     env.pop("RAY_ADDRESS", None)
-    cmd = [ray_bin, "start", "--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp),
-           "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
-           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_http),
-           "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(env_agent),
-           "--metrics-export-port", str(metrics), "--disable-usage-stats"]
-    started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    for attempt in range(3):
+        temp = Path(tempfile.gettempdir()) / f"srs-{uuid.uuid4().hex[:6]}"  # short: Ray's socket paths are length-limited
+        gcs, dash, client, agent_http, agent_grpc, env_agent, metrics = free_ports(7)
+        cmd = [ray_bin, "start", "--head", "--num-cpus", "2", "--node-ip-address", "127.0.0.1", "--temp-dir", str(temp),
+               "--port", str(gcs), "--include-dashboard", "true", "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash),
+               "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_http),
+               "--dashboard-agent-grpc-port", str(agent_grpc), "--runtime-env-agent-port", str(env_agent),
+               "--metrics-export-port", str(metrics), "--disable-usage-stats"]
+        started = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+        # `ray start` can return 0 while its raylet exits at once (an agent lost its port to another
+        # process: "Address already in use"); a job would then wait forever. Start again on new ports.
+        time.sleep(3)
+        if started.returncode != 0 or any(c.split()[0].endswith("/raylet") for c in _cmdlines(temp)):
+            break
+        kill_leftovers(marker=str(temp), sig=signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
     try:
         assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
         yield f"http://127.0.0.1:{dash}", env
@@ -53,6 +61,12 @@ def head():
                 time.sleep(0.2)
         assert not live_processes(marker=str(temp))
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _cmdlines(marker) -> list[str]:
+    """Returns the command lines of live processes that name `marker`."""
+    out = subprocess.run(["ps", "-ww", "-e", "-o", "stat=", "-o", "args="], capture_output=True, text=True, check=True).stdout
+    return [line.split(None, 1)[1] for line in out.splitlines() if str(marker) in line and not line.startswith("Z")]
 
 
 @pytest.mark.slow
