@@ -38,7 +38,8 @@ def test_identical_runs_give_identical_checkpoints(data, tmp_path):
                            weights(tmp_path / "c" / "epoch_2")["classifier.dense.weight"])
 
 
-def test_interrupted_run_resumes_to_the_same_checkpoints(data, tmp_path):
+def reference_and_run_interrupted_after_epoch_1(data, tmp_path):
+    """Trains the reference into tmp/ref and a run into tmp/run that is interrupted after its first epoch."""
     _, train, dev, _, tok = data
     finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "ref", seed=1, progress=False)
 
@@ -48,6 +49,11 @@ def test_interrupted_run_resumes_to_the_same_checkpoints(data, tmp_path):
 
     with pytest.raises(KeyboardInterrupt):
         finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "run", seed=1, on_epoch=crash, progress=False)
+
+
+def test_interrupted_run_resumes_to_the_same_checkpoints(data, tmp_path):
+    _, train, dev, _, tok = data
+    reference_and_run_interrupted_after_epoch_1(data, tmp_path)
     assert [p.name for p in checkpoints(tmp_path / "run")] == ["epoch_1"]
     finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "run", seed=1, progress=False)
     assert_same_checkpoints(tmp_path / "ref", tmp_path / "run")
@@ -55,14 +61,7 @@ def test_interrupted_run_resumes_to_the_same_checkpoints(data, tmp_path):
 
 def test_resume_state_cut_short_starts_the_stage_over(data, tmp_path):
     _, train, dev, _, tok = data
-    finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "ref", seed=1, progress=False)
-
-    def crash(record):
-        if record["epoch"] == 1:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        finetune(tiny_babel_model(tok), train, dev, tok, CFG, tmp_path / "run", seed=1, on_epoch=crash, progress=False)
+    reference_and_run_interrupted_after_epoch_1(data, tmp_path)
     opt = tmp_path / "run" / RESUME / "optimizer.safetensors"
     opt.write_bytes(opt.read_bytes()[:100])  # killed mid-write, or a full disk
     with pytest.warns(UserWarning, match="cannot resume .*fine-tuning starts over"):
