@@ -61,11 +61,13 @@ def test_estimate_is_within_30_percent_of_a_measured_smoke_sweep_per_stage(tmp_p
     for attempt in range(3):  # the machine is shared: an attempt may be disturbed; the model must hold in one
         measured = _measure(spec, tmp_path / f"run{attempt}")
         est = estimate(spec).by_stage(1, 0)
-        ratios.append({s: est[s]["hours"] * 3600 / measured[s] for s in measured})
-        print("estimate / measured:", {s: round(r, 2) for s, r in ratios[-1].items()})
-        if all(0.7 <= r <= 1.3 for r in ratios[-1].values()):
+        ratios.append({s: (round(est[s]["hours"] * 3600, 4), round(measured[s], 4)) for s in measured})
+        print("estimate, measured CPU seconds:", ratios[-1])
+        # within 30%; a stage of a few milliseconds (random masks: shuffle and save three masks) is below
+        # what CPU time resolves on a shared machine, so it must be within 20 ms instead
+        if all(0.7 <= e / m <= 1.3 or (m < 0.05 and abs(e - m) < 0.02) for e, m in ratios[-1].values()):
             return
-    pytest.fail(f"estimate / measured CPU seconds per stage, 3 attempts: {ratios}")
+    pytest.fail(f"(estimate, measured) CPU seconds per stage, 3 attempts: {ratios}")
 
 
 @pytest.mark.parametrize("layers,proj_dim", [(["encoder", "classifier"], 16), (["classifier"], 0), (["encoder.encoder.layer.0", "attention"], 0)])
