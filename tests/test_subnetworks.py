@@ -370,9 +370,12 @@ def test_load_mask_checks_shape_and_refuses_pickles(tmp_path):
     save_mask(tmp_path / "m", A, META)
     with pytest.raises(ValueError, match=r"\(2, 3\) does not fit the model: expected \(12, 12\)"):
         load_mask(tmp_path / "m", expect_shape=(12, 12))
-    # a hostile artifact: an object array only a pickle can hold; load_mask must refuse it, never unpickle
-    np.save(tmp_path / "m" / "mask.npy", np.array([[object()]], dtype=object), allow_pickle=True)
-    with pytest.raises(ValueError):
+    # a hostile artifact: a .npy whose header declares an object array (its body would be a pickle);
+    # written by hand, so the test pickles nothing; load_mask must refuse it, never unpickle
+    with open(tmp_path / "m" / "mask.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": (1, 1)})
+        f.write(b"not a pickle")
+    with pytest.raises(ValueError, match="allow_pickle"):
         load_mask(tmp_path / "m")
     with pytest.raises(FileNotFoundError):
         load_mask(tmp_path / "nothing")
