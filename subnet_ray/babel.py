@@ -40,19 +40,12 @@ is known in advance, the ground truth the subnetwork and influence analyses are 
 """
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 
 import numpy as np
 
 from .config import BabelSpec
-
-
-def rng(seed: int, *parts: object) -> np.random.Generator:
-    """Returns a numpy generator seeded by `seed` and `parts`, the same in every process."""
-    # Python's hash() of a str changes per process; a digest does not.
-    digest = hashlib.sha256("/".join(map(str, (seed, *parts))).encode()).digest()
-    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+from .seeding import rng
 
 
 # Share of the concepts that are positive (as many are negative). Measured with a 2-layer

@@ -36,6 +36,7 @@ import pyarrow as pa
 
 from . import babel as babel_mod
 from .config import TaskSpec
+from .seeding import rng
 from .tasks import TASKS, task_record
 
 
@@ -281,13 +282,13 @@ def _sample_language(task: TaskSpec, lang: str, split: str) -> list[Example]:
     usable = np.flatnonzero(rows.label >= 0)
     if all_splits:
         # One file for every split: carve disjoint pieces of one permutation, train then dev then test.
-        order = babel_mod.rng(task.data_seed, lang, "all-splits").permutation(usable)
+        order = rng(task.data_seed, lang, "all-splits").permutation(usable)
         sizes = _sizes(task)
         start = sum(sizes[s] for s in SPLITS[: SPLITS.index(split)])
         need, have = start + n, len(usable)
         take = order[start : start + n]
     else:
-        order = babel_mod.rng(task.data_seed, lang, split).permutation(usable)
+        order = rng(task.data_seed, lang, split).permutation(usable)
         need, have = n, len(usable)
         take = order[:n]
     if have < need:
@@ -366,10 +367,10 @@ def _sample_parallel(task: TaskSpec, split: str, by: str) -> list[Example]:
     sizes = _sizes(task)
     n = sizes[split]
     if all_splits:  # one file for every split: disjoint pieces of one permutation, train then dev then test
-        order = babel_mod.rng(task.data_seed, "parallel", "all-splits").permutation(len(common))
+        order = rng(task.data_seed, "parallel", "all-splits").permutation(len(common))
         start = sum(sizes[s] for s in SPLITS[: SPLITS.index(split)])
     else:
-        order = babel_mod.rng(task.data_seed, "parallel", split).permutation(len(common))
+        order = rng(task.data_seed, "parallel", split).permutation(len(common))
         start = 0
     if len(common) < start + n:
         carve = f" (train + dev + test up to {split} = {start + n}, carved from one file)" if all_splits else ""

@@ -20,6 +20,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from subnet_ray.seeding import rng
+
 N_BOOT = 2000
 LEVEL = 0.95
 SEED = 0
@@ -74,15 +76,10 @@ def interval_table(per_run: Sequence[pd.DataFrame], rows: Sequence[str], n_boot:
                 if lang in f.index.get_level_values("test_language")]
         if any(len(r) for r in runs):
             # one stream per test language, so adding a language leaves the others' intervals alone
-            low, high = percentile_interval(bootstrap_means(runs, n_boot, seed + _stable(lang)))
+            low, high = percentile_interval(bootstrap_means(runs, n_boot, int(rng(seed, "bootstrap", lang).integers(2**32))))
             lo.loc[lang], hi.loc[lang] = low, high
     lo.columns.name = hi.columns.name = "train_language"
     return lo, hi
-
-
-def _stable(text: str) -> int:
-    """Returns a small integer of `text`, the same in every process (unlike hash())."""
-    return sum((i + 1) * ord(c) for i, c in enumerate(text)) % 100_003
 
 
 def excludes_zero(lo: pd.DataFrame, hi: pd.DataFrame) -> pd.DataFrame:
