@@ -434,6 +434,7 @@ def test_change_interval_holds_a_known_difference_and_marks_it(tmp_path):
     assert cell["ci_high"] - cell["ci_low"] < 4  # n = 120 paired examples: sd ~7.5 -> half-width ~1.4
     rec = w.comparisons["toy"]["full+subnet vs full"]
     assert rec["in_language_pos_change_ci"]["a"] == [pytest.approx(cell["ci_low"]), pytest.approx(cell["ci_high"])]
+    assert "its interval lies above 0 for 1 of them" in w.records[0].caption  # the caption says what holds up
     labels = w.records[0].labels["most positive"]  # cells row by row: (a, a) first
     assert labels[0].endswith("*") and labels[0] == f"{cell['delta_pct']:.1f}*"
 
@@ -451,6 +452,7 @@ def test_identical_variants_give_an_interval_around_zero_and_no_mark(tmp_path):
     assert (d["ci_low"] <= 0).all() and (d["ci_high"] >= 0).all()
     assert not d["significant"].any()
     assert w.records and not any("*" in text for texts in w.records[0].labels.values() for text in texts)
+    assert "its interval lies above 0 for 0 of them" in w.records[0].caption
 
 
 def test_correlation_intervals_are_fisher_z():

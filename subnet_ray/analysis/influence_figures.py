@@ -118,7 +118,8 @@ def _delta_figure(w: FigureWriter, t: TaskResults, number: int, slug: str, pairs
         f"negative (right) training examples, {what}; rows are test languages, columns training languages; only test "
         f"examples both models classify correctly (n per language{', summed over pairs' if len(pairs) > 1 else ''}: "
         f"{', '.join(f'{lang} {v}' for lang, v in n.items())}). "
-        f"Here the in-language positive share {_diag_text(specialization(deltas['pos']))}.{extra} "
+        f"Here the in-language positive share {_diag_text(specialization(deltas['pos']))}; its interval lies above 0 "
+        f"for {int(specialization(ci['pos'][0]).gt(0).sum())} of them.{extra} "
         f"{CI_NOTE.format(seeds=' and runs' if len(pairs) > 1 else '')} Paper: {paper}"
     )
     w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="delta_pct",
