@@ -7,10 +7,11 @@ in-language positive shares of the full model, heads kept per language, Fig 2 di
 random-mask changes, Fig 8 correlation) and whether each is as the paper reports it; then a
 line counting, per check, the seeds it holds on (target: at least 4 of 5).
 
-    python benchmarks/demo_properties.py [--root DIR] [SEED ...]
+    python benchmarks/demo_properties.py [--sweep FILE] [--root DIR] [SEED ...]
 
 With --root the artifact store is kept there (a rerun computes only what is missing, e.g.
-one more seed); without it, a temporary folder.
+one more seed); without it, a temporary folder. --sweep measures another world (default the
+demo's own).
 """
 import argparse
 import json
@@ -27,10 +28,11 @@ DEMO = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--root", help="artifact store folder to keep (default: a temporary one)")
+    parser.add_argument("--sweep", default=str(DEMO), help="sweep file to measure (default: sweeps/demo.yaml)")
     parser.add_argument("seeds", nargs="*", type=int, default=[1, 2, 3, 4, 5])
     args = parser.parse_args()
     seeds = args.seeds
-    spec = load_sweep(DEMO)
+    spec = load_sweep(args.sweep)
     spec = spec.model_copy(update={"training": spec.training.model_copy(update={"seeds": seeds})})
     with tempfile.TemporaryDirectory() as d:
         start = time.perf_counter()
@@ -44,7 +46,8 @@ def main() -> None:
                 print(json.dumps({"benchmark": "demo_properties", "seed": seed, **effects}), flush=True)
                 for name, ok in effects["checks"].items():
                     held[name] = held.get(name, 0) + bool(ok)
-    print(json.dumps({"benchmark": "demo_properties_summary", "seeds": seeds, "wall_s": round(wall, 1),
+    print(json.dumps({"benchmark": "demo_properties_summary", "sweep": spec.name, "seeds": seeds, "wall_s": round(wall, 1),
+                      "waves_s": {k: round(v, 1) for k, v in run.seconds.items()},
                       "seeds_holding": held, "target_seeds_holding": max(1, len(seeds) - 1)}))
 
 

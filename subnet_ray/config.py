@@ -6,6 +6,8 @@ lists (e.g. `training.lr: [2e-5, 3e-5]`); each combination is one branch of the 
 """
 from __future__ import annotations
 
+import math
+
 import copy
 import difflib
 import itertools
@@ -55,7 +57,15 @@ class BabelSpec(Strict):
         description="Fraction of latent positions (the first ones, at least 4) whose polar words decide the label; below 1, the other positions hold 1-2 polar words of random sign (distractors), and with `reorder` each family writes the counted positions in its own surface slots.",
     )
     reorder: bool = Field(True, description="Whether each family has its own word order (a fixed permutation of positions).")
+    negation: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Probability that a word is negated, which flips a polar word's sign. Above 0, every word is written with a particle, the family's negator or its article: before the word in the groups of `families` in even places (1st, 3rd, ...) and in languages of no group, after it in the others, so reading a sign needs the neighbouring token on the family's side (2 x length tokens, 3 x with stem + suffix).",
+    )
     label_noise: float = Field(0.05, ge=0.0, lt=0.5, description="Probability of flipping a label, so accuracy is not trivially 100%.")
+    noun_classes: int = Field(
+        0, ge=0, le=64,
+        description="With negation: concepts fall into this many noun classes and a particle agrees with its word's class (`<family>_det<k>`, `<family>_neg<k>`), as articles agree in gender, so a masked-LM pre-training can learn to read a word's neighbour; 0: particles without class.",
+    )
     morphology: Literal["alternate", "isolating"] = Field(
         "alternate",
         description="'alternate': the groups of `families` in even places (1st, 3rd, ...) write one token per word, those in odd places write every word as stem + suffix, where a polar word's sign is only in the pair (2 x length tokens per sentence); 'isolating': one token per word everywhere.",
@@ -71,7 +81,7 @@ class BabelSpec(Strict):
     def tokens_per_sentence(self) -> int:
         """Returns the most tokens a sentence can have, without [CLS] and [SEP]."""
         two = self.morphology == "alternate" and self.families is not None and len(self.families) > 1
-        return self.length * (2 if two else 1)
+        return self.length * ((2 if two else 1) + (self.negation > 0))
 
 
 class TaskSpec(Strict):
@@ -137,12 +147,36 @@ class TinySpec(Strict):
         return self
 
 
+class PretrainSpec(Strict):
+    """Masked-LM pre-training of the tiny encoder on the task's text, before any fine-tuning.
+
+    The paper fine-tunes a pretrained multilingual encoder (XLM-R); a tiny encoder trained from
+    scratch on a few thousand labelled sentences reads every language with the same one or
+    two heads. One pre-trained encoder is shared by every training seed, method and sweep
+    that agrees on the task's text, the tiny sizes and these settings (a stage of its own).
+    """
+
+    sentences: int = Field(4000, ge=1, description="Sentences per language: babel generates them (a split of their own); other tasks use their training texts, labels unused.")
+    epochs: int = Field(4, ge=1, description="Passes over the pre-training text.")
+    lr: float = Field(1e-3, gt=0, description="AdamW learning rate (linear warm-up over the first 10% of steps, then linear decay).")
+    batch_size: int = Field(32, ge=1, description="Sentences per step.")
+    mask_prob: float = Field(0.15, gt=0.0, lt=1.0, description="Share of tokens masked (BERT's 80/10/10 split: [MASK], a random token, unchanged).")
+    seed: int = Field(0, description="Seed of the encoder's initialisation, the masking and the order of sentences.")
+
+
 class ModelSpec(Strict):
     """The encoder: a hub id, a local directory, or `tiny`."""
 
     name: str = Field("tiny", description="Hugging Face hub id (e.g. xlm-roberta-base), local model directory, or 'tiny'.")
     tiny: TinySpec = Field(default_factory=TinySpec, description="Sizes when name is 'tiny'.")
+    pretrain: PretrainSpec | None = Field(None, description="Masked-LM pre-training of the tiny encoder before fine-tuning; null: fine-tune from random initialisation.")
     dropout: float = Field(0.1, ge=0.0, lt=1.0, description="Dropout of the classifier head.")
+
+    @model_validator(mode="after")
+    def _pretrain_tiny_only(self) -> "ModelSpec":
+        if self.pretrain is not None and self.name != "tiny":
+            raise ValueError(f"model.pretrain is for the tiny model; {self.name!r} comes pretrained (remove model.pretrain)")
+        return self
 
 
 class TrainSpec(Strict):
@@ -154,6 +188,10 @@ class TrainSpec(Strict):
     max_length: int = Field(128, ge=8, description="Tokens per example after truncation.")
     warmup: float = Field(0.0, ge=0.0, lt=1.0, description="Fraction of steps with linear learning-rate warm-up.")
     weight_decay: float = Field(0.01, ge=0.0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(
+        1.0, gt=0,
+        description="Clip the global gradient norm to this before each AdamW step (the Hugging Face Trainer's default, 1.0); null: no clipping.",
+    )
     seeds: list[int] = Field([1], min_length=1, description="Training seeds; each is its own trial.")
     device: str = Field("cpu", description="torch device: cpu, cuda, cuda:1, mps.")
     precision: Literal["fp32", "tf32", "bf16", "fp16"] = Field(
@@ -164,6 +202,11 @@ class TrainSpec(Strict):
         "paper",
         description="paper: masked gradients go to AdamW (momentum and weight decay still move disabled heads); strict: disabled heads' parameters stay bit-identical.",
     )
+
+
+def heads_per_step(total_heads: int, step_fraction: float) -> int:
+    """Returns how many heads one pruning step disables: step_fraction x total heads, rounded half up (may be 0)."""
+    return math.floor(step_fraction * total_heads + 0.5 + 1e-9)  # 1e-9: a product like 0.35 x 10 stored below 3.5
 
 
 class SubnetworkSpec(Strict):
@@ -255,6 +298,12 @@ class SweepSpec(Strict):
             raise ValueError("methods 'sft' and 'random-sft' need 'full' (the subnetworks are found in the fully fine-tuned model)")
         if "random-sft" in self.methods and not self.random_seeds:
             raise ValueError("method 'random-sft' needs at least one of random_seeds")
+        if self.model.name == "tiny":
+            total = self.model.tiny.layers * self.model.tiny.heads
+            if heads_per_step(total, self.subnetworks.step_fraction) < 1:
+                raise ValueError(
+                    f"subnetworks.step_fraction {self.subnetworks.step_fraction} of the tiny model's {total} heads rounds to 0 "
+                    f"heads per pruning step: use a step_fraction of at least {0.5 / total:.4g}")
         for t in self.tasks:
             if t.id == "babel" and t.babel.tokens_per_sentence() + 2 > self.training.max_length:
                 raise ValueError(

@@ -42,7 +42,7 @@ from .subnetworks.pruning import make_batches, step_size
 from .tokenization import encode
 from .train import _save_resume, by_language, epoch_plan, evaluate, train_step
 
-STAGES = ("finetune", "subnetworks", "random_masks", "influence")
+STAGES = ("pretrain", "finetune", "subnetworks", "random_masks", "influence")
 
 
 @dataclass
@@ -99,6 +99,8 @@ class Estimate:
         out = {}
         for stage in STAGES + ("total",):
             rows = [n for n in self.nodes if stage in (n.stage, "total")]
+            if stage == "pretrain" and not rows:
+                continue  # a row of its own only where the sweep pre-trains
             hours = sum(n.seconds for n in rows) / 3600
             out[stage] = {
                 "outputs": len(rows), "hours": hours, "device_hours": hours * gpus if self.device.startswith("cuda") else 0.0,
@@ -203,7 +205,7 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     def steps():
         for chunk in plan:
             b = {k: v.to(device) for k, v in encode(chunk, tok, ml).items()}
-            train_step(model, b, opt, precision=precision, scaler=scaler)
+            train_step(model, b, opt, precision=precision, scaler=scaler, max_grad_norm=spec.training.max_grad_norm)
     train_batch = _timed(steps, device) / len(plan)
     peak_train = _peak(device, steps)
     eval_example = {}
@@ -315,7 +317,8 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
     est = Estimate(spec.name, spec.training.device, assumptions=notes + [
         f"subnetwork search disables {pruned:.0%} of the heads before it stops (pruning steps are not known in advance)",
         "one trial at a time on the present device; hours scale down with parallel trials, not the device-hours",
-    ])
+    ] + (["a masked-LM pre-training step costs a fine-tuning step of the same batch size (not timed on its own)"]
+         if spec.model.pretrain is not None else []))
     seen, calibration = set(), dict(calibration or {})
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, int(spec.resources.cpus)))  # as the sweep's trials run (runner.run_sweep)
@@ -355,6 +358,13 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
     dev = by_language(data["dev"])
     model_bytes = 4 * params
     train_mem = cal.peak_train_bytes or 16 * params  # weights, gradients, AdamW's two moments (+ activations on CUDA)
+    if node.stage == "pretrain":
+        # a masked-LM step taken as a fine-tuning step scaled by batch size (same encoder, same lengths; the
+        # tiny LM head is small next to the encoder): not calibrated on its own
+        pt = b.model.pretrain
+        steps = pt.epochs * math.ceil(pt.sentences * len(by_language(data["train"])) / pt.batch_size)
+        return StageCost(node.key, "pretrain", cal.build + steps * cal.train_batch * pt.batch_size / tr.batch_size, train_mem,
+                         checkpoint_bytes=model_bytes)
     if node.stage == "finetune":
         sparse = node.params.method != "full"
         steps = len(epoch_plan(data["train"], tr.batch_size, node.params.seed, 1, sparse))

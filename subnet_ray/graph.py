@@ -7,7 +7,9 @@ existing key. `graph(spec)` expands the sweep once (branches x tasks x seeds x m
 random seeds x influence variants) without computing anything, so `validate` and `status`
 use it with no torch imported; stages.compute builds one node.
 
-Stages: finetune (full | sft | random-sft) -> subnetworks -> random_masks -> influence.
+Stages: [pretrain ->] finetune (full | sft | random-sft) -> subnetworks -> random_masks -> influence.
+pretrain (masked-LM pre-training of the tiny encoder, when model.pretrain is set) is shared by
+every training seed and method of a task, in a wave of its own before the others.
 Each stage's parameters are a typed record (`FinetuneParams`, ...); trial names are made
 by `trial_name` alone.
 """
@@ -24,6 +26,7 @@ from .store import Store
 class Stage(str, Enum):
     """A stage of the graph (a str, so it prints and compares as its name)."""
 
+    PRETRAIN = "pretrain"
     FINETUNE = "finetune"
     SUBNETWORKS = "subnetworks"
     RANDOM_MASKS = "random_masks"
@@ -43,11 +46,18 @@ class Params:
 
 
 @dataclass(frozen=True)
+class PretrainParams(Params):
+    config: dict  # what the key hashes: the task's text, the tiny sizes, the pre-training settings
+    method: str = "pretrain"
+
+
+@dataclass(frozen=True)
 class FinetuneParams(Params):
     method: str  # full | sft | random-sft
-    config: dict  # what the key hashes: task, model, training, seed, method
+    config: dict  # what the key hashes: task, model, training, seed, method (and the pre-trained encoder's key)
     masks: str | None = None  # key of the subnetworks / random_masks output SFT trains with
     random_seed: int | None = None  # random-sft only
+    init: str | None = None  # key of the pre-trained encoder fine-tuning starts from
 
 
 @dataclass(frozen=True)
@@ -75,7 +85,7 @@ class Node:
     key: str
     stage: Stage
     trial: str  # readable trial name, e.g. "babel/sft/seed1"
-    wave: int  # 1: full fine-tuning and masks, 2: SFT, 3: influence
+    wave: int  # 0: pre-training, 1: full fine-tuning and masks, 2: SFT, 3: influence
     inputs: tuple[str, ...]
     params: Params = field(hash=False, compare=False)
 
@@ -98,6 +108,13 @@ def precision_key(precision: str) -> dict:
 def influence_precision(spec: SweepSpec) -> str:
     """Returns the precision of the sweep's sketching and test predictions: influence.precision, else training.precision."""
     return spec.influence.precision or spec.training.precision
+
+
+def pretrain_text(task: TaskSpec) -> dict:
+    """Returns what a task's pre-training text depends on: babel's world and languages, else the whole task."""
+    if task.id == "babel":
+        return {"id": task.id, "languages": list(task.languages), "data_seed": task.data_seed, "babel": task.babel.model_dump(mode="json")}
+    return _task_config(task)
 
 
 def _training_config(spec: SweepSpec) -> dict:
@@ -126,13 +143,22 @@ def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
     for values, b in branches(spec):
         rseeds = b.random_seeds if random_seeds is None else random_seeds
         for task in b.tasks:
-            model_cfg, train_cfg = b.model.model_dump(mode="json"), _training_config(b)
+            model_cfg, train_cfg = b.model.model_dump(mode="json", exclude={"pretrain"}), _training_config(b)
+            init, pre = None, ()
+            if b.model.pretrain is not None:
+                pt_cfg = {"text": pretrain_text(task), "tiny": b.model.tiny.model_dump(mode="json"),
+                          "pretrain": b.model.pretrain.model_dump(mode="json"), "max_length": b.training.max_length}
+                name = f"{task.id}/pretrain" + "".join(f"/{k.split('.')[-1]}={v}" for k, v in values.items())
+                node = add(Node(Store.key("pretrain", pt_cfg), Stage.PRETRAIN, name, 0, (),
+                                PretrainParams(task=task.id, branch=values, seed=b.model.pretrain.seed, config=pt_cfg)))
+                init, pre = node.key, (node.key,)
             for seed in b.training.seeds:
                 common = {"task": task.id, "branch": values, "seed": seed}
                 full_trial = trial_name(task.id, "full", seed, branch=values)
-                ft_cfg = {"task": _task_config(task), "model": model_cfg, "training": train_cfg, "seed": seed, "method": "full"}
-                full = add(Node(Store.key("finetune", ft_cfg), Stage.FINETUNE, full_trial, 1, (),
-                                FinetuneParams(**common, method="full", config=ft_cfg)))
+                ft_cfg = {"task": _task_config(task), "model": model_cfg, "training": train_cfg, "seed": seed, "method": "full",
+                          **({"init": init} if init else {})}
+                full = add(Node(Store.key("finetune", ft_cfg), Stage.FINETUNE, full_trial, 1, pre,
+                                FinetuneParams(**common, method="full", config=ft_cfg, init=init)))
                 models = {"full": full}
                 sub_cfg = {**b.subnetworks.model_dump(mode="json", exclude={"batch_size"}), "max_length": b.training.max_length,
                            **precision_key(b.training.precision)}
@@ -147,15 +173,15 @@ def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
                 if "sft" in b.methods:
                     cfg = {**ft_cfg, "method": "sft"}
                     models["sft"] = add(Node(Store.key("finetune", cfg, [sub.key]), Stage.FINETUNE,
-                                             trial_name(task.id, "sft", seed, branch=values), 2, (sub.key,),
-                                             FinetuneParams(**common, method="sft", config=cfg, masks=sub.key)))
+                                             trial_name(task.id, "sft", seed, branch=values), 2, (sub.key, *pre),
+                                             FinetuneParams(**common, method="sft", config=cfg, masks=sub.key, init=init)))
                 if "random-sft" in b.methods:
                     for rs in rseeds:
                         cfg = {**ft_cfg, "method": "random-sft"}
                         models[f"random-sft:{rs}"] = add(Node(
                             Store.key("finetune", cfg, [rnd[rs].key]), Stage.FINETUNE,
-                            trial_name(task.id, "random-sft", seed, rs, values), 2, (rnd[rs].key,),
-                            FinetuneParams(**common, method="random-sft", config=cfg, masks=rnd[rs].key, random_seed=rs)))
+                            trial_name(task.id, "random-sft", seed, rs, values), 2, (rnd[rs].key, *pre),
+                            FinetuneParams(**common, method="random-sft", config=cfg, masks=rnd[rs].key, random_seed=rs, init=init)))
                 for variant, model_key, masks in variants(b, task, models, sub, rnd):
                     inf_cfg = {"influence": _influence_config(b), "max_length": b.training.max_length, "masks": masks}
                     mask_keys = sorted({r["key"] for r in masks.values() if r})

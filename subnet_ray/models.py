@@ -58,18 +58,21 @@ class SequenceClassifier(nn.Module):
         return c["out_proj"](c["dropout"](torch.tanh(c["dense"](c["dropout"](h)))))
 
 
+def tiny_config(t, vocab_size: int) -> BertConfig:
+    """Returns the BERT config of the tiny model with sizes `t` (config.TinySpec)."""
+    return BertConfig(
+        vocab_size=vocab_size, hidden_size=t.hidden, num_hidden_layers=t.layers, num_attention_heads=t.heads,
+        intermediate_size=t.intermediate, max_position_embeddings=t.max_positions, type_vocab_size=2,
+    )
+
+
 def build_model(spec: ModelSpec, num_labels: int, vocab_size: int | None = None, seed: int = 0) -> SequenceClassifier:
     """Returns a SequenceClassifier: `tiny` built from its sizes (random init), else from a hub id or local dir."""
     torch.manual_seed(seed)
     if spec.name == "tiny":
         if vocab_size is None:
             raise ValueError("model 'tiny' needs the tokenizer's vocab_size")
-        t = spec.tiny
-        cfg = BertConfig(
-            vocab_size=vocab_size, hidden_size=t.hidden, num_hidden_layers=t.layers, num_attention_heads=t.heads,
-            intermediate_size=t.intermediate, max_position_embeddings=t.max_positions, type_vocab_size=2,
-        )
-        encoder = BertModel(cfg, add_pooling_layer=False)
+        encoder = BertModel(tiny_config(spec.tiny, vocab_size), add_pooling_layer=False)
     else:
         try:
             config = AutoConfig.from_pretrained(spec.name)

@@ -25,6 +25,7 @@ from .graph import Node, Stage, branch_of, influence_precision
 from .influence.pipeline import influence as influence_local
 from .lease import lease
 from .models import build_model, load_checkpoint
+from .pretrain import corpus, load_pretrained, pretrain
 from .store import DamagedOutput, Store
 from .subnetworks import intersection, load_mask, random_mask, save_mask, union
 from .subnetworks.pruning import curve_frame, find_subnetworks
@@ -142,8 +143,16 @@ class _Job:
     make: Callable[[], torch.nn.Module]
 
 
+def _pretrain(job: _Job, progress: bool = True, on_step=None, **_) -> None:
+    spec = job.spec
+    pretrain(spec.model.tiny, job.tok, corpus(job.task, spec.model.pretrain.sentences), spec.model.pretrain,
+             spec.training.max_length, job.out, spec.training.device, progress=progress, on_step=on_step)
+
+
 def _finetune(job: _Job, on_epoch=None, progress: bool = True, on_step=None, **_) -> None:
     p, model, masks = job.node.params, job.make(), None
+    if p.init is not None:
+        load_pretrained(model, job.store.path(p.init, hashes="all"))
     if p.masks is not None:
         shape = (model.num_layers, model.num_heads)
         masks = {l: m.float() for l, m in load_masks(job.store, p.masks, job.task.languages, shape).items()}
@@ -203,5 +212,5 @@ def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=N
 
 
 COMPUTE: dict[Stage, Callable[..., None]] = {
-    Stage.FINETUNE: _finetune, Stage.SUBNETWORKS: _subnetworks, Stage.RANDOM_MASKS: _random_masks, Stage.INFLUENCE: _influence,
+    Stage.PRETRAIN: _pretrain, Stage.FINETUNE: _finetune, Stage.SUBNETWORKS: _subnetworks, Stage.RANDOM_MASKS: _random_masks, Stage.INFLUENCE: _influence,
 }

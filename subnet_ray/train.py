@@ -125,13 +125,14 @@ def epoch_plan(train: list[Example], batch_size: int, seed: int, epoch: int, spa
 
 def train_step(
     model, batch: dict, optimizer, param_masks=None, strict: bool = False, precision: str = "fp32",
-    scaler: torch.amp.GradScaler | None = None,
+    scaler: torch.amp.GradScaler | None = None, max_grad_norm: float | None = None,
 ) -> torch.Tensor:
     """Returns the batch loss after one AdamW step; with `param_masks`, an SFT step (head mask set by the caller).
 
     A non-finite loss is returned before any parameter changes. precision: the forward and
     backward's (precision.autocast); fp16 wants an enabled `scaler` (it skips a step whose
-    scaled gradients overflow and lowers the scale).
+    scaled gradients overflow and lowers the scale). max_grad_norm: the global norm of the
+    (masked, unscaled) gradients is clipped to it before the step.
     """
     with autocast(batch["input_ids"].device, precision):
         loss = F.cross_entropy(model(**batch), batch["labels"])  # float32 under autocast
@@ -145,6 +146,11 @@ def train_step(
         mask_gradients(param_masks)  # a 0/1 factor: the same on scaled gradients
         if strict:
             frozen = [(p, m, p.detach().clone()) for p, m in param_masks]
+    if max_grad_norm is not None:
+        if scaled:
+            scaler.unscale_(optimizer)  # clip the true gradients; step() then does not unscale twice
+        params = [p for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
     if scaled:
         scaler.step(optimizer)
         scaler.update()
@@ -257,7 +263,8 @@ def finetune(
                     g["lr"] = cfg.lr * schedule(step)
                 lr_sum += cfg.lr * schedule(step)
                 b = _to(encode(chunk, tokenizer, cfg.max_length), device)
-                loss = train_step(model, b, optimizer, param_masks.get(lang), cfg.sft_mode == "strict", cfg.precision, scaler)
+                loss = train_step(model, b, optimizer, param_masks.get(lang), cfg.sft_mode == "strict", cfg.precision, scaler,
+                                  cfg.max_grad_norm)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"loss is {loss.item()} at epoch {epoch}, step {step} (batch language {lang}); "

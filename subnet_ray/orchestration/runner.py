@@ -247,7 +247,7 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
             tracker.parent.log_artifact(sweep_copy)
         trials = TrialLog(tracker, nodes, spec)
         executor_ = make_executor(executor, spec, store, root_s, trials, progress)
-        for wave, label in ((1, "train"), (2, "sft"), (3, "influence")):
+        for wave, label in ((0, "pretrain"), (1, "train"), (2, "sft"), (3, "influence")):
             raise_if_interrupted()
             t0 = time.perf_counter()
             plan = _plan(nodes, store, wave)

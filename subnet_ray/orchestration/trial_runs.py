@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..config import SweepSpec, branches
 from ..graph import Node, branch_of
+from ..pretrain import HISTORY as PRETRAIN_HISTORY
 from ..stages import HISTORY
 from ..store import Store
 from .tracking import epoch_metrics
@@ -31,7 +32,7 @@ def run_identity(*parts: str) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:24]
 
 
-METHOD_SHORT = {"full": "full", "sft": "sft", "random-sft": "rsft"}
+METHOD_SHORT = {"full": "full", "sft": "sft", "random-sft": "rsft", "pretrain": "pretrain"}
 NAME_LIMIT = 39  # MLflow's runs table shows about this much of a name
 
 
@@ -148,6 +149,8 @@ class TrialLog:
         if t is None:
             return {}
         method = getattr(p, "method", "full")  # a trial without its own fine-tuning (shared with another branch) is a full one
+        if method == "pretrain":
+            return {}
         model = method if method != "random-sft" else f"random-sft:{p.random_seed}"
         return model_metrics(t, model)
 
@@ -188,6 +191,10 @@ class TrialLog:
                 if n.stage == "finetune":
                     for r in json.loads((folder / HISTORY).read_text()):
                         self.epoch(n.key, r["epoch"], epoch_metrics(r))
+                    continue
+                if n.stage == "pretrain":  # its run's train_loss is the masked-LM loss
+                    for r in json.loads((folder / PRETRAIN_HISTORY).read_text()):
+                        self.epoch(n.key, r["epoch"], {"train_loss": r["mlm_loss"]})
                     continue
                 tag = LOGGED_TAG + n.key.replace("/", ".")
                 if tag in earlier:

@@ -18,7 +18,7 @@ from typing import Callable, Iterable
 import pandas as pd
 import torch
 
-from ..config import SubnetworkSpec
+from ..config import SubnetworkSpec, heads_per_step
 from ..models import SequenceClassifier
 from .importance import importance_pass, normalize_importance
 
@@ -48,7 +48,7 @@ def step_size(total_heads: int, step_fraction: float) -> int:
     """Returns how many heads one pruning step disables: step_fraction x total heads, rounded half up."""
     if not 0.0 < step_fraction <= 1.0:
         raise ValueError(f"step_fraction must be in (0, 1], got {step_fraction}")
-    n = math.floor(step_fraction * total_heads + 0.5 + _TIE)
+    n = heads_per_step(total_heads, step_fraction)
     if n < 1:
         raise ValueError(
             f"step_fraction {step_fraction} of {total_heads} heads rounds to 0 heads per step, so pruning would disable "
