@@ -32,16 +32,6 @@ counting suffixes gives a noisy label, joining each stem to its suffix the clean
 Shared words alone do not make a small model read related languages with the same heads;
 a shared way of writing does (numbers in tests/test_subnetworks.py).
 
-Negation (`negation` above 0): each word is negated with that probability, which flips a
-polar word's sign (the label counts signs after negation), and every word is written with a
-particle: the family's negator `<family>_neg` when negated, its article `<family>_det`
-otherwise (with `noun_classes`, the particle agrees with its word's class: `<family>_det<k>`).
-The groups of `families` in even places (and languages of no group) put the
-particle before the word, the others after it. One attention head has one direction at the
-first layer (its query and key see a token and its position, not the family's side), so
-reading signs needs a head looking back in one family and forward in the other: families
-need different heads, as languages do in the paper.
-
 The task is parallel: each split's latent sentences are drawn once and rendered in every
 language, so example i of a split is the same item in each language.
 
@@ -74,25 +64,10 @@ class Babel:
     family: dict[str, str]  # language -> family name
     lexicon: dict[str, np.ndarray]  # language -> [vocab_size] surface word of each concept ("stem suffix" if suffixing)
     order: dict[str, np.ndarray]  # language -> [length] source position written at each slot
-    particles: dict[str, tuple[str, str]]  # language -> (article, negator), written only when spec.negation > 0
-    particle_after: dict[str, bool]  # language -> whether the particle follows its word
-    noun_class: np.ndarray  # [vocab_size] class a particle agrees with (all 0 without noun classes)
-
-    def particle_words(self, language: str) -> tuple[np.ndarray, np.ndarray]:
-        """Returns (articles, negators) of `language` by noun class: [max(1, noun_classes)] each."""
-        article, negator = self.particles[language]
-        k = self.spec.noun_classes
-        if not k:
-            return np.array([article], dtype=object), np.array([negator], dtype=object)
-        return (np.array([f"{article}{c}" for c in range(k)], dtype=object),
-                np.array([f"{negator}{c}" for c in range(k)], dtype=object))
 
     def vocabulary(self) -> list[str]:
-        """Returns the sorted distinct tokens (words, stems, suffixes, particles) of all languages."""
-        words = {t for lex in self.lexicon.values() for w in lex.tolist() for t in w.split()}
-        if self.spec.negation > 0:
-            words |= {p for lang in self.particles for group in self.particle_words(lang) for p in group.tolist()}
-        return sorted(words)
+        """Returns the sorted distinct tokens (words, stems and suffixes) of all languages."""
+        return sorted({t for lex in self.lexicon.values() for w in lex.tolist() for t in w.split()})
 
     def suffixing(self, language: str) -> bool:
         """Returns whether `language` writes every word as stem + suffix."""
@@ -103,11 +78,6 @@ def suffixing_families(spec: BabelSpec) -> set[str]:
     """Returns the names of the families that write stem + suffix under `spec.morphology`."""
     if spec.morphology != "alternate":
         return set()
-    return {"-".join(group) for group in (spec.families or [])[1::2]}
-
-
-def particle_after_families(spec: BabelSpec) -> set[str]:
-    """Returns the names of the families that write a word's particle after it: the groups in odd places."""
     return {"-".join(group) for group in (spec.families or [])[1::2]}
 
 
@@ -154,7 +124,7 @@ def make_babel(spec: BabelSpec, languages: list[str], seed: int) -> Babel:
     grng = rng(seed, "babel", V, "global")
     neutral = grng.permutation(np.flatnonzero(roles == 0))
     loans, loan_index = neutral[: int(round(spec.global_vocab * len(neutral)))], grng.permutation(V)
-    lexicon, order, particles, after = {}, {}, {}, {}
+    lexicon, order = {}, {}
     for lang in languages:
         fam = families[lang]
         # Seeds name the family, not its position in the task, so a language's lexicon does not
@@ -180,17 +150,11 @@ def make_babel(spec: BabelSpec, languages: list[str], seed: int) -> Babel:
                 words[a] = f"{stem} {fam}_a"
         lexicon[lang] = words
         order[lang] = frng.permutation(L) if spec.reorder else np.arange(L)
-        particles[lang] = (f"{fam}_det", f"{fam}_neg")
-        after[lang] = fam in particle_after_families(spec)
-    noun_class = rng(seed, "babel", V, "classes").integers(0, max(1, spec.noun_classes), V)
-    return Babel(spec=spec, seed=seed, roles=roles, family=families, lexicon=lexicon, order=order,
-                 particles=particles, particle_after=after, noun_class=noun_class)
+    return Babel(spec=spec, seed=seed, roles=roles, family=families, lexicon=lexicon, order=order)
 
 
 def latent_sample(babel: Babel, split: str, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Returns (concepts [n, length], clean labels [n], noisy labels [n]) of one split, common to every language.
-
-    With negation, which words are negated is `negated(babel, split, n)`; the labels count signs after it.
 
     Babel is parallel, like XNLI and PAWS-X: every language renders the same latent sentences
     (with the same noisy labels) in each split, so row i of two languages is one item in two
@@ -206,14 +170,9 @@ def latent_sample(babel: Babel, split: str, n: int) -> tuple[np.ndarray, np.ndar
     n_major = n_minor + g.integers(1, 3, n)
     concepts = neutral[g.integers(0, len(neutral), (n, L))]
     slots = np.argsort(g.random((n, C)), axis=1)  # distinct random counted positions per row
+    major_pool = np.where(clean[:, None] == 1, pos[g.integers(0, len(pos), (n, 3))], neg[g.integers(0, len(neg), (n, 3))])
+    minor_pool = np.where(clean[:, None] == 1, neg[g.integers(0, len(neg), (n, 1))], pos[g.integers(0, len(pos), (n, 1))])
     rows = np.arange(n)
-    # A polar word's sign after negation: a negated slot takes a concept of the opposite role.
-    nu = negated(babel, split, n)
-    flip_major, flip_minor = nu[rows[:, None], slots[:, :3]], nu[rows, slots[:, 3]][:, None]
-    p3, n3 = pos[g.integers(0, len(pos), (n, 3))], neg[g.integers(0, len(neg), (n, 3))]
-    major_pool = np.where((clean[:, None] == 1) != flip_major, p3, n3)
-    n1, p1 = neg[g.integers(0, len(neg), (n, 1))], pos[g.integers(0, len(pos), (n, 1))]
-    minor_pool = np.where((clean[:, None] == 1) != flip_minor, n1, p1)
     for k in range(3):
         put = n_major > k
         concepts[rows[put], slots[put, k]] = major_pool[put, k]
@@ -233,41 +192,18 @@ def latent_sample(babel: Babel, split: str, n: int) -> tuple[np.ndarray, np.ndar
     return concepts, clean, np.where(flip, 1 - clean, clean)
 
 
-def negated(babel: Babel, split: str, n: int) -> np.ndarray:
-    """Returns which words of the split's first `n` latent sentences are negated: [n, length] bool.
-
-    Its own stream, so a world without negation draws exactly the sentences it drew before.
-    """
-    if babel.spec.negation <= 0:
-        return np.zeros((n, babel.spec.length), dtype=bool)
-    return rng(babel.seed, "babel", "negation", split).random((n, babel.spec.length)) < babel.spec.negation
-
-
 def counted_positions(spec: BabelSpec) -> int:
     """Returns how many latent positions (the first ones) decide the label: `counted` x length, at least 4."""
     return max(4, min(spec.length, int(round(spec.counted * spec.length))))
 
 
-def render(babel: Babel, language: str, concepts: np.ndarray, negations: np.ndarray | None = None) -> list[str]:
-    """Returns the sentences of `concepts` [n, length] written in `language`.
-
-    With `spec.negation` above 0, `negations` ([n, length] bool, from `negated`) picks each
-    word's particle.
-    """
-    order = babel.order[language]
-    words = babel.lexicon[language][concepts[:, order]]
-    if babel.spec.negation > 0:
-        if negations is None:
-            raise ValueError("babel.render: a world with negation needs the sentences' negations")
-        articles, negators = babel.particle_words(language)
-        k = babel.noun_class[concepts[:, order]]
-        particle = np.where(negations[:, order], negators[k], articles[k])
-        pairs = [(w, p) if babel.particle_after[language] else (p, w) for w, p in zip(words.ravel(), particle.ravel())]
-        words = np.array([f"{a} {b}" for a, b in pairs], dtype=object).reshape(words.shape)
+def render(babel: Babel, language: str, concepts: np.ndarray) -> list[str]:
+    """Returns the sentences of `concepts` [n, length] written in `language`."""
+    words = babel.lexicon[language][concepts[:, babel.order[language]]]
     return [" ".join(row) for row in words.tolist()]
 
 
 def generate(babel: Babel, language: str, split: str, n: int) -> tuple[list[str], np.ndarray]:
     """Returns (texts, noisy labels) of `n` generated examples of one language and split."""
     concepts, _, labels = latent_sample(babel, split, n)
-    return render(babel, language, concepts, negated(babel, split, n)), labels
+    return render(babel, language, concepts), labels

@@ -57,15 +57,7 @@ class BabelSpec(Strict):
         description="Fraction of latent positions (the first ones, at least 4) whose polar words decide the label; below 1, the other positions hold 1-2 polar words of random sign (distractors), and with `reorder` each family writes the counted positions in its own surface slots.",
     )
     reorder: bool = Field(True, description="Whether each family has its own word order (a fixed permutation of positions).")
-    negation: float = Field(
-        0.0, ge=0.0, lt=1.0,
-        description="Probability that a word is negated, which flips a polar word's sign. Above 0, every word is written with a particle, the family's negator or its article: before the word in the groups of `families` in even places (1st, 3rd, ...) and in languages of no group, after it in the others, so reading a sign needs the neighbouring token on the family's side (2 x length tokens, 3 x with stem + suffix).",
-    )
     label_noise: float = Field(0.05, ge=0.0, lt=0.5, description="Probability of flipping a label, so accuracy is not trivially 100%.")
-    noun_classes: int = Field(
-        0, ge=0, le=64,
-        description="With negation: concepts fall into this many noun classes and a particle agrees with its word's class (`<family>_det<k>`, `<family>_neg<k>`), as articles agree in gender, so a masked-LM pre-training can learn to read a word's neighbour; 0: particles without class.",
-    )
     morphology: Literal["alternate", "isolating"] = Field(
         "alternate",
         description="'alternate': the groups of `families` in even places (1st, 3rd, ...) write one token per word, those in odd places write every word as stem + suffix, where a polar word's sign is only in the pair (2 x length tokens per sentence); 'isolating': one token per word everywhere.",
@@ -81,7 +73,7 @@ class BabelSpec(Strict):
     def tokens_per_sentence(self) -> int:
         """Returns the most tokens a sentence can have, without [CLS] and [SEP]."""
         two = self.morphology == "alternate" and self.families is not None and len(self.families) > 1
-        return self.length * ((2 if two else 1) + (self.negation > 0))
+        return self.length * (2 if two else 1)
 
 
 class TaskSpec(Strict):

@@ -42,8 +42,7 @@ def corpus(task: TaskSpec, sentences: int) -> list[str]:
     if task.id == "babel":
         world = babel_languages(task)
         concepts, _, _ = babel_mod.latent_sample(world, "pretrain", sentences)
-        negations = babel_mod.negated(world, "pretrain", sentences)
-        return [t for lang in task.languages for t in babel_mod.render(world, lang, concepts, negations)]
+        return [t for lang in task.languages for t in babel_mod.render(world, lang, concepts)]
     texts: list[str] = []
     for lang in task.languages:
         own = [e for e in load_examples(task, "train") if e.language == lang][:sentences]
