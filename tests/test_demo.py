@@ -21,14 +21,15 @@ def demo_effects(tmp_path_factory):
     return json.loads((folder / "summary.json").read_text())["effects"]["babel"]
 
 
-# Not reached by today's babel world (measured on the demo, model seeds 1-5, shared 2-core machine):
-# the stem + suffix family (ya, yb) stays at chance (45-53% test accuracy), so its pruning stops
-# anywhere (1-8 of 16 heads kept; the x family 4-14) and the subnetwork barely moves influence
-# (Fig 2 mean change +1.6, +0.2, +1.1, -0.2, +1.4 points; seed 1: xa +1.5, xb +0.2, ya +1.7, yb +3.1). Kept as
-# expected failures, not loosened, so the day the world shows them these turn into passes.
+# Not shown on the demo's own seed (model seed 1; measured by benchmarks/demo_properties.py, the
+# same run): its subnetworks for xa and xb keep 14 and 12 of 16 heads (target at most 75%), and
+# xa's own subnetwork lowers its in-language share (-0.6 points) about as much as the random masks
+# do (mean -0.4), so Fig 3's contrast is absent on xa. Over model seeds 1-5 (notes/NOTES.md) each
+# holds on most seeds. Kept as expected failures, not loosened: a world that shows them on this
+# seed turns them into passes.
 UNREACHED = {
-    "heads_kept": "seed 1 keeps 4, 4, 2, 2 of 16 heads (xa, xb, ya, yb); target 25-75%",
-    "subnet_raises_in_language": "seed 1: 4/4 rise but by +1.6 points on average; target +2",
+    "heads_kept": "seed 1 keeps 14, 12, 6, 6 of 16 heads (xa, xb, ya, yb); target 25-75%",
+    "random_below_subnet": "seed 1, xa: random masks -0.4 points on average vs -0.6 for its own subnetwork",
 }
 CHECKS = [pytest.param(c, marks=pytest.mark.xfail(reason=UNREACHED[c], strict=False)) if c in UNREACHED else c
           for c in ("full_cross_language", "heads_kept", "subnet_raises_in_language", "random_below_subnet",

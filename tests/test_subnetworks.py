@@ -457,7 +457,8 @@ SEEDS = [1, 2, 3, 4, 5]
 def test_babel_related_languages_have_more_similar_masks():
     """On the demo's settings, over model seeds 1-5, related languages' masks are more alike.
 
-    MEASURED_RELATED (the pre-trained demo: shared words, family word orders).
+    Measured on the pre-trained demo (shared words, family word orders): mean within-family
+    cosine 0.826 vs across 0.611; within above across on seeds 1-4, equal on seed 5 (0.5).
     Tolerance: the mean gap must be at least 0.15; one head swapped in a 4-head mask moves a
     cosine by 0.25, and a single seed can go either way, hence the mean over seeds.
     """
@@ -471,9 +472,11 @@ def test_babel_related_languages_have_more_similar_masks():
 def test_babel_masks_do_not_follow_families_nothing_relates():
     """The control: the same family labels, but members share no word and no word order.
 
-    MEASURED_CONTROL. The family structure the test above finds comes from what the world
-    plants (shared words and word orders), not from the labels. Tolerance: 0.15 on the mean gap.
+    Measured: within-family 0.502 vs across 0.613 over the same seeds (within above across on 1
+    seed of 5). The family structure the test above finds comes from what the world plants
+    (shared words and word orders), not from the labels. The claim is one-sided (no more alike
+    within than across): the gap must stay below 0.1, under the 0.15 the test above requires.
     """
     pairs = family_mask_similarity({"shared_vocab": 0.0, "reorder": False}, SEEDS)
     within, across = (float(np.mean(v)) for v in zip(*pairs))
-    assert abs(within - across) < 0.15, f"within-family {within:.3f} vs across {across:.3f}; per seed {pairs}"
+    assert within - across < 0.1, f"within-family {within:.3f} vs across {across:.3f}; per seed {pairs}"
