@@ -148,7 +148,8 @@ def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
             if b.model.pretrain is not None:
                 pt_cfg = {"text": pretrain_text(task), "tiny": b.model.tiny.model_dump(mode="json"),
                           "pretrain": b.model.pretrain.model_dump(mode="json"), "max_length": b.training.max_length}
-                name = f"{task.id}/pretrain" + "".join(f"/{k.split('.')[-1]}={v}" for k, v in values.items())
+                # only model grid values can change it: branches that differ elsewhere share this node and name
+                name = f"{task.id}/pretrain" + "".join(f"/{k.split('.')[-1]}={v}" for k, v in values.items() if k.startswith("model."))
                 node = add(Node(Store.key("pretrain", pt_cfg), Stage.PRETRAIN, name, 0, (),
                                 PretrainParams(task=task.id, branch=values, seed=b.model.pretrain.seed, config=pt_cfg)))
                 init, pre = node.key, (node.key,)

@@ -27,6 +27,7 @@ from . import babel as babel_mod
 from .config import PretrainSpec, TaskSpec, TinySpec
 from .data import babel_languages, load_examples
 from .models import SequenceClassifier, tiny_config
+from .train import NonFiniteLossError, linear_schedule
 
 ENCODER = "encoder.safetensors"
 HISTORY = "pretrain.json"
@@ -83,7 +84,8 @@ def pretrain(tiny: TinySpec, tokenizer, texts: list[str], cfg: PretrainSpec, max
     special[tokenizer.all_special_ids] = True
     ordinary = torch.nonzero(~special).flatten()
     per_epoch = (len(texts) + cfg.batch_size - 1) // cfg.batch_size
-    total, warm, step, history = per_epoch * cfg.epochs, max(1, int(0.1 * per_epoch * cfg.epochs)), 0, []
+    total, step, history = per_epoch * cfg.epochs, 0, []
+    schedule = linear_schedule(total, 0.1)
     for epoch in range(1, cfg.epochs + 1):
         order = torch.randperm(len(texts), generator=g).tolist()
         losses = []
@@ -91,12 +93,11 @@ def pretrain(tiny: TinySpec, tokenizer, texts: list[str], cfg: PretrainSpec, max
             batch = tokenizer([texts[j] for j in order[i : i + cfg.batch_size]], padding=True, truncation=True,
                               max_length=max_length, return_tensors="pt")
             inputs, labels = mask_tokens(batch["input_ids"], special, tokenizer.mask_token_id, ordinary, cfg.mask_prob, g)
-            rate = cfg.lr * ((step + 1) / warm if step < warm else max(0.0, (total - step) / max(1, total - warm)))
             for group in optimizer.param_groups:
-                group["lr"] = rate
+                group["lr"] = cfg.lr * schedule(step)
             loss = model(input_ids=inputs.to(device), attention_mask=batch["attention_mask"].to(device), labels=labels.to(device)).loss
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"pretrain: masked-LM loss is {loss.item()} at epoch {epoch}, step {step}")
+                raise NonFiniteLossError(f"pretrain: masked-LM loss is {loss.item()} at epoch {epoch}, step {step}")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

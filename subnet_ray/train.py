@@ -162,7 +162,8 @@ def train_step(
     return loss.detach()
 
 
-def _linear_schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
+def linear_schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
+    """Returns step -> learning-rate factor: linear warm-up over the first `warmup` of the steps, then linear decay to 0."""
     warm = int(total_steps * warmup)
 
     def factor(step: int) -> float:
@@ -233,7 +234,7 @@ def finetune(
     names = {p: n for n, p in named.items()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = len(epoch_plan(train, cfg.batch_size, seed, 0, sparse))
-    schedule = _linear_schedule(steps_per_epoch * cfg.epochs, cfg.warmup)
+    schedule = linear_schedule(steps_per_epoch * cfg.epochs, cfg.warmup)
     param_masks = {lang: head_parameter_masks(model, m.to(device)) for lang, m in (masks or {}).items()}
     scaler = grad_scaler(device, cfg.precision)
     history, start, step = [], 0, 0

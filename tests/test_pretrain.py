@@ -115,6 +115,11 @@ def test_one_pretraining_node_per_task_shared_by_every_seed_and_method():
     for other in (sweep(model__pretrain__epochs=2), sweep(model__tiny__hidden=32), sweep(tasks__0__data_seed=1)):
         (key,) = [n.key for n in graph(other) if n.stage == Stage.PRETRAIN]
         assert key != pre[0].key
+    # a grid over fine-tuning settings: one encoder for both branches, named without their values
+    gridded = [n for n in graph(sweep(grid={"training.lr": [1e-3, 3e-3]})) if n.stage == Stage.PRETRAIN]
+    assert [(n.key, n.trial) for n in gridded] == [(pre[0].key, "babel/pretrain")]
+    (tiny_grid,) = [[n.trial for n in graph(sweep(grid={"model.tiny.hidden": [16, 32]})) if n.stage == Stage.PRETRAIN]]
+    assert tiny_grid == ["babel/pretrain/hidden=16", "babel/pretrain/hidden=32"]
     changed = {n.key for n in graph(sweep(model__pretrain__lr=2e-3)) if n.stage == Stage.FINETUNE}
     assert not changed & {n.key for n in tuned}
     # without pre-training: no such node, and fine-tuning starts from random initialisation
