@@ -46,7 +46,7 @@ def measured(executor: str, root: Path) -> dict:
     summary = json.loads((run.reports[0] / "summary.json").read_text())
     return {"benchmark": "demo", "executor": executor, "wall_s": round(wall, 1), "effects": summary["effects"],
             "waves_s": {k: round(v, 1) for k, v in run.seconds.items()}, "peak_memory_mb": round(peak[0] / 2**20),
-            "stage_outputs": len(run.computed), "target_wall_s": 600}
+            "stage_outputs": len(run.computed), "target_wall_s": 300}
 
 
 def main() -> None:
