@@ -6,11 +6,10 @@ lists (e.g. `training.lr: [2e-5, 3e-5]`); each combination is one branch of the 
 """
 from __future__ import annotations
 
-import math
-
 import copy
 import difflib
 import itertools
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal

@@ -90,9 +90,9 @@ class Node:
     params: Params = field(hash=False, compare=False)
 
 
-def trial_name(task: str, method: str, seed: int, random_seed: int | None = None, branch: dict | None = None) -> str:
-    """Returns the Tune trial's name, e.g. 'babel/random-sft/seed1/rand2/lr=0.001'."""
-    parts = [task, method, f"seed{seed}"] + ([f"rand{random_seed}"] if random_seed is not None else [])
+def trial_name(task: str, method: str, seed: int | None, random_seed: int | None = None, branch: dict | None = None) -> str:
+    """Returns the Tune trial's name, e.g. 'babel/random-sft/seed1/rand2/lr=0.001' ('babel/pretrain': no seed)."""
+    parts = [task, method] + ([f"seed{seed}"] if seed is not None else []) + ([f"rand{random_seed}"] if random_seed is not None else [])
     return "/".join(parts) + "".join(f"/{k.split('.')[-1]}={v}" for k, v in (branch or {}).items())
 
 
@@ -149,7 +149,7 @@ def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
                 pt_cfg = {"text": pretrain_text(task), "tiny": b.model.tiny.model_dump(mode="json"),
                           "pretrain": b.model.pretrain.model_dump(mode="json"), "max_length": b.training.max_length}
                 # only model grid values can change it: branches that differ elsewhere share this node and name
-                name = f"{task.id}/pretrain" + "".join(f"/{k.split('.')[-1]}={v}" for k, v in values.items() if k.startswith("model."))
+                name = trial_name(task.id, "pretrain", None, branch={k: v for k, v in values.items() if k.startswith("model.")})
                 node = add(Node(Store.key("pretrain", pt_cfg), Stage.PRETRAIN, name, 0, (),
                                 PretrainParams(task=task.id, branch=values, seed=b.model.pretrain.seed, config=pt_cfg)))
                 init, pre = node.key, (node.key,)

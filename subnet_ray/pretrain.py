@@ -44,9 +44,9 @@ def corpus(task: TaskSpec, sentences: int) -> list[str]:
         world = babel_languages(task)
         concepts, _, _ = babel_mod.latent_sample(world, "pretrain", sentences)
         return [t for lang in task.languages for t in babel_mod.render(world, lang, concepts)]
-    texts: list[str] = []
+    train, texts = load_examples(task, "train"), []
     for lang in task.languages:
-        own = [e for e in load_examples(task, "train") if e.language == lang][:sentences]
+        own = [e for e in train if e.language == lang][:sentences]
         texts += [t for e in own for t in (e.text, e.text_pair) if t]
     return texts
 

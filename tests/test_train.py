@@ -160,3 +160,30 @@ def test_checkpoint_lr_weight_is_the_mean_step_size_of_its_epoch(data, tmp_path,
         assert rec["lr_mean"] == pytest.approx(sum(by_hand[e * S:(e + 1) * S]) / S, rel=1e-12)
     assert history[-1]["lr"] == pytest.approx(cfg.lr / (T - warm))  # the last step's rate: tiny
     assert history[-1]["lr_mean"] > 3 * history[-1]["lr"]  # (S + 1) / 2 times it
+
+
+def test_train_step_clips_the_masked_gradients_to_max_grad_norm():
+    from subnet_ray.train import train_step
+    from tiny import tiny_batch, tiny_model
+
+    def grad_norm_after(max_grad_norm, masked):
+        model = tiny_model(seed=0).train()
+        batch = tiny_batch()
+        batch["labels"] = torch.tensor([0, 1, 0, 1, 0, 1])
+        opt = torch.optim.AdamW(model.parameters(), lr=0.0)  # lr 0: only the gradients change
+        mask = torch.ones(model.num_layers, model.num_heads)
+        mask[0, :2] = 0
+        pmasks = head_parameter_masks(model, mask) if masked else None
+        train_step(model, batch, opt, pmasks, max_grad_norm=max_grad_norm)
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])).item(), pmasks
+
+    free, _ = grad_norm_after(None, False)
+    assert free > 0.05
+    clipped, _ = grad_norm_after(0.05, False)
+    assert clipped == pytest.approx(0.05, rel=1e-4)
+    assert grad_norm_after(10 * free, False)[0] == pytest.approx(free, rel=1e-6)  # under the bound: untouched
+    # SFT: the disabled heads' gradients are zeroed first and stay zero after clipping
+    clipped, pmasks = grad_norm_after(0.05, True)
+    assert clipped == pytest.approx(0.05, rel=1e-4)
+    assert any((m == 0).any() for _, m in pmasks) and all(((1 - m) * p.grad).abs().sum() == 0 for p, m in pmasks)
