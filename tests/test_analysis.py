@@ -510,3 +510,46 @@ def test_effect_checks_follow_the_papers_targets():
     assert set(effect_checks(bad).values()) == {False}
     assert effect_checks({"subnet_in_language_change": {"a": 1.9, "b": 2.0}})["subnet_raises_in_language"] is False
     assert set(effect_checks({}).values()) == {None}
+
+
+def toy_seed(full, sub):
+    """Returns one training seed's results: full and full+subnet with the given in-language shares per example."""
+    correct = preds([(f"t{i}", "a", 1, 1) for i in range(len(full))])
+    curves = pd.DataFrame(columns=["language", "step", "heads_disabled", "accuracy", "full_accuracy"])
+    accuracy = pd.DataFrame(columns=["variant", "language", "epoch", "split", "accuracy"])
+    return TaskResults("toy", ["a", "b"], {}, {}, curves, accuracy,
+                       {"full": InfluenceResult(scripted(full), correct), "full+subnet": InfluenceResult(scripted(sub), correct)})
+
+
+def test_pooled_report_averages_training_seeds_and_its_interval_carries_their_spread(tmp_path):
+    from subnet_ray.analysis.influence_figures import fig02
+    from subnet_ray.analysis.seeds import build_seeds_report
+
+    full = np.random.default_rng(2).choice([20, 30, 40], size=60).astype(float)
+    up, down = toy_seed(full, full + 20), toy_seed(full, full - 20)
+    for name, t in (("up", up), ("down", down)):  # each seed alone: a change of 20 points, far from 0
+        w = FigureWriter(tmp_path / name)
+        fig02(w, t)
+        assert w.comparisons["toy"]["full+subnet vs full"]["in_language_pos_change_ci"]["a"][0] * (1 if name == "up" else -1) > 15
+    summary = build_seeds_report({1: [up], 2: [down]}, tmp_path / "disagree", "toy")
+    d = pd.read_csv(tmp_path / "disagree" / "fig02_toy_subnet_vs_full.csv")
+    cell = d[(d["sign"] == "most positive") & (d["test_language"] == "a") & (d["train_language"] == "a")].iloc[0]
+    assert cell["delta_pct"] == pytest.approx(0.0, abs=1e-9)  # the mean over the seeds
+    assert cell["ci_low"] == pytest.approx(-20) and cell["ci_high"] == pytest.approx(20) and not cell["significant"]
+    assert summary["comparisons"]["toy"]["full+subnet vs full"]["n_test_examples"] == {"summed over runs": {"a": 120}}
+    assert "Mean over 2 training seeds" in summary["figures"][0]["caption"]
+    # Fig 11 pooled: the mean of the seeds' full-model shares (here identical: the interval is that of one seed's examples)
+    shares = pd.read_csv(tmp_path / "disagree" / "fig11_toy_full_shares.csv")
+    own = shares[(shares["sign"] == "most positive") & (shares["test_language"] == "a") & (shares["train_language"] == "a")].iloc[0]
+    assert own["share_pct"] == pytest.approx(full.mean())
+    agree = build_seeds_report({1: [up], 2: [toy_seed(full, full + 10)]}, tmp_path / "agree", "toy")
+    rec = agree["comparisons"]["toy"]["full+subnet vs full"]
+    assert rec["in_language_pos_change"]["a"] == pytest.approx(15.0)
+    lo, hi = rec["in_language_pos_change_ci"]["a"]
+    assert lo == pytest.approx(10) and hi == pytest.approx(20)  # seeds resampled: means 10, 15 or 20
+    assert agree["effects_per_seed"]["toy"]["1"]["subnet_in_language_change"]["a"] == pytest.approx(20)
+    assert agree["seeds_holding"]["toy"]["subnet_raises_in_language"] == 2
+    html = (tmp_path / "agree" / "report.html").read_text()
+    assert "seeds holding" in html and "2/2" in html and "fig02_toy_subnet_vs_full" in html
+    with pytest.raises(ValueError, match="at least two training seeds"):
+        build_seeds_report({1: [up]}, tmp_path / "one", "toy")

@@ -1,7 +1,9 @@
 """The paper's cross-language influence figures (2-7, 10, 11, 18, 19) for one task.
 
 Each `figNN(writer, task)` makes the figure from the variants the task has, or records
-why it could not. Shares are over the top-k most positive / negative training examples of
+why it could not. Figs 2, 4, 5, 6 and 11 also take a list of one task's results, one per
+training seed: they then show the mean over the seeds, with intervals that resample the
+seeds as well as the test examples (the sweep's pooled report, analysis/seeds.py). Shares are over the top-k most positive / negative training examples of
 the summed TracIn ranking (checkpoint -1), except Figs 7, 10, 18, which use each epoch's.
 Every share and change carries its 95% bootstrap interval (ci_low, ci_high) in the CSV and
 summary.json; heatmaps of changes mark with * the cells whose interval excludes 0.
@@ -18,9 +20,8 @@ from subnet_ray.analysis.shares import (
     compare_shares,
     correct_under_all,
     delta_interval,
-    language_shares,
     mean_delta,
-    share_interval,
+    shares_with_interval,
     specialization,
     specialization_by_checkpoint,
     specialization_interval,
@@ -77,11 +78,23 @@ def _diag_text(delta: pd.Series) -> str:
     return f"rises for {int((delta > 0).sum())}/{len(delta)} test languages ({parts})"
 
 
-def _record(w: FigureWriter, t: TaskResults, name: str, comps: dict[str, list[ShareComparison]]) -> dict[str, pd.DataFrame]:
-    """Returns the (mean) delta per sign and records the in-language changes in the summary."""
+def _runs(t: TaskResults | list[TaskResults]) -> list[TaskResults]:
+    """Returns one task's results as a list of runs (training seeds): [t] for a single TaskResults."""
+    return list(t) if isinstance(t, (list, tuple)) else [t]
+
+
+def _record(w: FigureWriter, t: TaskResults | list[TaskResults], name: str, comps: dict[str, list[ShareComparison]]) -> dict[str, pd.DataFrame]:
+    """Returns the (mean) delta per sign and records the in-language changes in the summary.
+
+    `comps[sign]` runs over `t`'s runs first, then the pairs compared within each run.
+    """
+    runs = _runs(t)
+    t = runs[0]
     deltas = {sign: mean_delta(cs) for sign, cs in comps.items()}
     intervals = {sign: delta_interval(cs) for sign, cs in comps.items()}
-    weighted = [compare_shares(t.influence, c.a, c.b, t.languages, sign="pos", weighted=True) for c in comps["pos"]]
+    per_run = len(comps["pos"]) // len(runs)
+    weighted = [compare_shares(r.influence, c.a, c.b, t.languages, sign="pos", weighted=True)
+                for i, r in enumerate(runs) for c in comps["pos"][i * per_run:(i + 1) * per_run]]
 
     def diag_ci(sign: str) -> dict:
         lo, hi = intervals[sign]
@@ -95,39 +108,51 @@ def _record(w: FigureWriter, t: TaskResults, name: str, comps: dict[str, list[Sh
         "in_language_neg_change_ci": diag_ci("neg"),
         "in_language_pos_change_score_weighted": specialization(mean_delta(weighted)).round(6).to_dict(),
         # Each pair keeps its own jointly-correct examples, so n is per pair (keyed by variant a).
-        "n_test_examples": {c.a: {lang: int(n) for lang, n in c.n.items()} for c in comps["pos"]},
+        "n_test_examples": {c.a: {lang: int(n) for lang, n in c.n.items()} for c in comps["pos"][:per_run]}
+        if len(runs) == 1 else {"summed over runs": {lang: int(n) for lang, n in
+                                                     pd.concat([c.n for c in comps["pos"]], axis=1).sum(axis=1).items()}},
     }
     w.intervals[(t.task, name)] = intervals
     return deltas
 
 
-def _delta_figure(w: FigureWriter, t: TaskResults, number: int, slug: str, pairs: list[tuple[str, str]],
+def _pooled(runs: list[TaskResults]) -> str:
+    """Returns the caption's note on pooling training seeds ('' for one run)."""
+    return "" if len(runs) == 1 else (f" Mean over {len(runs)} training seeds (each seed's change on the test examples its "
+                                      "models classify correctly); the interval resamples the seeds too.")
+
+
+def _delta_figure(w: FigureWriter, t: TaskResults | list[TaskResults], number: int, slug: str, pairs: list[tuple[str, str]],
                   name: str, what: str, paper: str, extra: str = "") -> None:
-    """Makes a heatmap of share(a) - share(b) per sign, averaged over the pairs."""
-    why = missing_reason(t, sorted({n for p in pairs for n in p}))
+    """Makes a heatmap of share(a) - share(b) per sign, averaged over the pairs (and the runs of `t`)."""
+    runs = _runs(t)
+    t = runs[0]
+    why = next((r for x in runs if (r := missing_reason(x, sorted({n for p in pairs for n in p})))), None)
     if why:
         return w.skip(number, t.task, why)
-    comps = {sign: [compare_shares(t.influence, a, b, t.languages, sign=sign) for a, b in pairs] for sign in SIGNS}
-    deltas = _record(w, t, name, comps)
+    comps = {sign: [compare_shares(x.influence, a, b, t.languages, sign=sign) for x in runs for a, b in pairs] for sign in SIGNS}
+    deltas = _record(w, runs, name, comps)
     ci = w.intervals[(t.task, name)]
     data = pd.concat([cells_ci(deltas[s], *ci[s], "delta_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
     k = top_k(t.influence[pairs[0][0]])
     n = pd.concat([c.n for c in comps["pos"]], axis=1).sum(axis=1).astype(int)
+    summed = ", summed over pairs" if len(pairs) > 1 else ""
+    summed += " and training seeds" if len(runs) > 1 and summed else (", summed over training seeds" if len(runs) > 1 else "")
     caption = (
         f"Change (percentage points) in each training language's share of the top-{k} most positive (left) and most "
         f"negative (right) training examples, {what}; rows are test languages, columns training languages; only test "
-        f"examples both models classify correctly (n per language{', summed over pairs' if len(pairs) > 1 else ''}: "
+        f"examples both models classify correctly (n per language{summed}: "
         f"{', '.join(f'{lang} {v}' for lang, v in n.items())}). "
         f"Here the in-language positive share {_diag_text(specialization(deltas['pos']))}; its interval lies above 0 "
-        f"for {int(specialization(ci['pos'][0]).gt(0).sum())} of them.{extra} "
-        f"{CI_NOTE.format(seeds=' and runs' if len(pairs) > 1 else '')} Paper: {paper}"
+        f"for {int(specialization(ci['pos'][0]).gt(0).sum())} of them.{extra}{_pooled(runs)} "
+        f"{CI_NOTE.format(seeds=' and runs' if len(comps['pos']) > 1 else '')} Paper: {paper}"
     )
     w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="delta_pct",
               panel="sign", diverging=True, caption=caption, mark="significant", title=f"{t.task}: {name}",
               xlabel="training language", ylabel="test language")
 
 
-def fig02(w: FigureWriter, t: TaskResults) -> None:
+def fig02(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     """Fig 2: own subnetwork vs full model at test time, after full fine-tuning."""
     _delta_figure(w, t, 2, "subnet_vs_full", [("full+subnet", "full")], "full+subnet vs full",
                   "when each test language's own subnetwork is applied to the fully fine-tuned model at test time, "
@@ -136,7 +161,7 @@ def fig02(w: FigureWriter, t: TaskResults) -> None:
                   "negative influence are less clear (Fig 2).")
 
 
-def fig04(w: FigureWriter, t: TaskResults) -> None:
+def fig04(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     """Fig 4: SFT model with its subnetworks vs the fully fine-tuned full model."""
     _delta_figure(w, t, 4, "sft_vs_full", [("sft+subnet", "full")], "sft+subnet vs full",
                   "for the sparse-fine-tuned model with each test language's subnetwork, compared with the fully "
@@ -145,12 +170,13 @@ def fig04(w: FigureWriter, t: TaskResults) -> None:
                   "French, Spanish for MARC), so SFT does not always strengthen specialisation (Fig 4).")
 
 
-def fig06(w: FigureWriter, t: TaskResults) -> None:
+def fig06(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     """Fig 6: SFT with random masks vs full fine-tuning, averaged over seeds."""
-    seeds = t.variants("random-sft")
+    runs = _runs(t)
+    seeds = runs[0].variants("random-sft")
     if not seeds:
-        return w.skip(6, t.task, "needs influence results of at least one random-sft:SEED variant")
-    acc = _final_accuracy(t, [v.name for v in seeds])
+        return w.skip(6, runs[0].task, "needs influence results of at least one random-sft:SEED variant")
+    acc = float(np.mean([_final_accuracy(r, [v.name for v in seeds]) for r in runs]))
     extra = f" Mean final accuracy of the random-mask SFT models: {100 * acc:.1f}%." if not np.isnan(acc) else ""
     _delta_figure(w, t, 6, "random_sft_vs_full", [(v.name, "full") for v in seeds],
                   f"random-sft (mean of {len(seeds)} seeds) vs full",
@@ -222,14 +248,16 @@ def fig03(w: FigureWriter, t: TaskResults) -> None:
                   xlabel="training language", ylabel="mask at test time")
 
 
-def _absolute(w: FigureWriter, t: TaskResults, number: int, slug: str, name: str, what: str, paper: str) -> None:
-    why = missing_reason(t, [name])
+def _absolute(w: FigureWriter, t: TaskResults | list[TaskResults], number: int, slug: str, name: str, what: str, paper: str) -> None:
+    runs = _runs(t)
+    t = runs[0]
+    why = next((r for x in runs if (r := missing_reason(x, [name]))), None)
     if why:
         return w.skip(number, t.task, why)
     res = t.influence[name]
-    keep = correct_under_all([res])
-    tables = {s: language_shares(res, t.languages, sign=s, keep=keep) for s in SIGNS}
-    ci = {s: share_interval(res, t.languages, sign=s, keep=keep) for s in SIGNS}
+    pooled = {s: shares_with_interval([x.influence[name] for x in runs], t.languages, sign=s) for s in SIGNS}
+    tables = {s: p[0] for s, p in pooled.items()}
+    ci = {s: p[1:] for s, p in pooled.items()}
     data = pd.concat([cells_ci(tables[s], *ci[s], "share_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
     data = data.drop(columns="significant")  # shares are not tested against 0
     spec = specialization(tables["pos"])
@@ -246,20 +274,21 @@ def _absolute(w: FigureWriter, t: TaskResults, number: int, slug: str, name: str
         f"(right) training examples, {what}, averaged over correctly classified test examples; rows are test "
         f"languages, columns training languages. In-language positive shares: "
         f"{', '.join(f'{l} {v:.1f} [{lo.at[l, l]:.1f}, {hi.at[l, l]:.1f}]' for l, v in spec.items())} "
-        f"(95% bootstrap intervals over test examples; chance {100 / len(t.languages):.0f}); the test "
-        f"language is its own largest contributor for {top}/{len(spec)} languages. Paper: {paper}"
+        f"(95% bootstrap intervals over test examples{' and training seeds' if len(runs) > 1 else ''}; chance "
+        f"{100 / len(t.languages):.0f}); the test language is its own largest contributor for {top}/{len(spec)} "
+        f"languages.{_pooled(runs).replace('change', 'shares')} Paper: {paper}"
     )
     w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="share_pct",
               panel="sign", caption=caption, title=f"{t.task}: {name}", xlabel="training language", ylabel="test language")
 
 
-def fig05(w: FigureWriter, t: TaskResults) -> None:
+def fig05(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     """Fig 5: absolute shares of the SFT subnetworks."""
     _absolute(w, t, 5, "sft_shares", "sft+subnet", "for the sparse-fine-tuned model with each test language's subnetwork",
               "after SFT all subnetworks still rely mostly on in-language data in absolute numbers (Fig 5).")
 
 
-def fig11(w: FigureWriter, t: TaskResults) -> None:
+def fig11(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     """Fig 11: absolute shares of the fully fine-tuned full model."""
     _absolute(w, t, 11, "full_shares", "full", "for the fully fine-tuned model without masks",
               "with the full model each test language draws the most on its own language, XNLI least so (Fig 11).")

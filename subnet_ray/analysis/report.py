@@ -255,16 +255,23 @@ def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd
                   f"<p class='note'>{notes.get(tid, '')}</p>"]
     if summary["correlations"]:
         parts += ["<h2>Correlations</h2>", _table_html(pd.DataFrame(summary["correlations"]))]
-    parts.append("<h2>Figures</h2>")
+    parts += figures_html(records, summary["skipped"], out)
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def figures_html(records: list[FigureRecord], skipped: list[dict], out: Path) -> list[str]:
+    """Returns the report's figures (each PNG embedded, linked with its PDF and CSV) and what was not made."""
+    esc = html.escape
+    parts = ["<h2>Figures</h2>"]
     for r in records:
         png = base64.b64encode((out / r.png.name).read_bytes()).decode("ascii")
         parts.append(
             f"<figure id='{esc(r.name)}'><a href='{esc(r.png.name)}'><img alt='{esc(r.name)}' "
             f"src='data:image/png;base64,{png}'></a><figcaption><b>{esc(r.name)}</b>. {esc(r.caption)} "
             f"<a href='{esc(r.pdf.name)}'>PDF</a> <a href='{esc(r.csv.name)}'>Data (CSV)</a></figcaption></figure>")
-    if summary["skipped"]:
+    if skipped:
         parts.append("<h2 id='skipped'>Not made</h2><ul class='skipped'>")
-        parts += [f"<li>{esc(s['figure'])} ({esc(s['task'])}): {esc(s['reason'])}</li>" for s in summary["skipped"]]
+        parts += [f"<li>{esc(s['figure'])} ({esc(s['task'])}): {esc(s['reason'])}</li>" for s in skipped]
         parts.append("</ul>")
-    parts.append("</body></html>")
-    return "\n".join(parts)
+    return parts

@@ -193,18 +193,20 @@ def delta_interval(comparisons: Sequence[ShareComparison]) -> tuple[pd.DataFrame
     return interval_table([c.per_example for c in comparisons], rows)
 
 
-def share_interval(
-    source: pd.DataFrame | InfluenceResult,
-    languages: Sequence[str],
-    *,
-    sign: str = "pos",
-    checkpoint: int = SUM_CHECKPOINT,
-    keep: pd.MultiIndex | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Returns (low, high) of the 95% bootstrap interval over test examples of `language_shares`, cell by cell."""
-    per_ex = _per_example(source, languages, sign, checkpoint, keep, False)
-    rows = [lang for lang in languages if lang in per_ex.index.get_level_values("test_language")]
-    return interval_table([per_ex], rows)
+def shares_with_interval(
+    runs: Sequence[InfluenceResult], languages: Sequence[str], *, sign: str = "pos"
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Returns (shares, low, high): `language_shares` of each run on the test examples it classifies
+    correctly, averaged over the runs (e.g. training seeds), and the 95% bootstrap interval of
+    that mean, cell by cell (over test examples; over the runs too when there are several).
+    """
+    keeps = [correct_under_all([r]) for r in runs]
+    tables = [language_shares(r, languages, sign=sign, keep=k) for r, k in zip(runs, keeps)]
+    mean = pd.concat(tables, keys=range(len(tables)), names=["_run"]).groupby(level="test_language").mean()
+    mean = mean.reindex([lang for lang in languages if lang in mean.index])
+    frames = [_per_example(r, languages, sign, SUM_CHECKPOINT, k, False) for r, k in zip(runs, keeps)]
+    lo, hi = interval_table(frames, list(mean.index))
+    return mean, lo, hi
 
 
 def specialization_interval(runs: Sequence[tuple[InfluenceResult, pd.MultiIndex | None]], languages: Sequence[str],

@@ -70,12 +70,14 @@ class SweepRun:
 
 
 def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = None, runs: dict | None = None) -> list[Path]:
-    """Returns the report folders written from what the store holds, one per branch and seed.
+    """Returns the report folders written from what the store holds: one per branch and seed, and
+    where a branch has several seeds with results, one pooling them (<branch>-seeds, analysis/seeds.py).
 
     `collected`, if given, receives (branch label, seed) -> the TaskResults each report was built
     from; `runs` (trial name -> MLflow run id) is linked from each report's header.
     """
     from ..analysis.report import build_report
+    from ..analysis.seeds import build_seeds_report
     from .provenance import provenance
     from .results import collect
 
@@ -83,6 +85,7 @@ def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = 
     verify_store(store, graph(spec), inputs=False)  # a damaged output is moved aside: missing, never read
     for values, b in branches(spec):
         nodes = graph(b)  # this branch's own nodes, including those it shares with other branches
+        by_seed, folder = {}, None
         for seed in b.training.seeds:
             results = collect(store, b, nodes, seed)
             if collected is not None:
@@ -91,9 +94,14 @@ def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = 
                 continue
             folder = report_dir(root, spec, values, seed)
             mine = {n.trial for n in nodes if n.params.seed == seed}
-            build_report(results, folder, spec.name,
-                         provenance=provenance(spec, b, values, seed, {t: r for t, r in (runs or {}).items() if t in mine}))
+            prov = provenance(spec, b, values, seed, {t: r for t, r in (runs or {}).items() if t in mine})
+            build_report(results, folder, spec.name, provenance=prov)
             out.append(folder)
+            by_seed[seed] = results
+        if len(by_seed) >= 2:
+            pooled = folder.with_name(folder.name.rsplit("-seed", 1)[0] + "-seeds")
+            build_seeds_report(by_seed, pooled, spec.name, provenance=prov | {"seed": ", ".join(map(str, by_seed)), "mlflow_runs": {}})
+            out.append(pooled)
     return out
 
 
