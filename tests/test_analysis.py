@@ -553,3 +553,23 @@ def test_pooled_report_averages_training_seeds_and_its_interval_carries_their_sp
     assert "seeds holding" in html and "2/2" in html and "fig02_toy_subnet_vs_full" in html
     with pytest.raises(ValueError, match="at least two training seeds"):
         build_seeds_report({1: [up]}, tmp_path / "one", "toy")
+
+
+def test_pooled_per_epoch_curves_are_the_mean_of_the_seeds_curves(tmp_path):
+    from subnet_ray.analysis.seeds import build_seeds_report
+
+    seeds = {s: [make_synthetic_results(seed=s)] for s in (3, 4)}
+    for s, (t,) in seeds.items():
+        write_report([t], tmp_path / f"seed{s}", "synthetic")
+    summary = build_seeds_report(seeds, tmp_path / "pooled", "synthetic")
+    for stem in ("fig10_toy_specialization_epochs", "fig18_toy_random_sft_specialization_epochs"):
+        per_seed = [pd.read_csv(tmp_path / f"seed{s}" / f"{stem}.csv") for s in seeds]
+        pooled = pd.read_csv(tmp_path / "pooled" / f"{stem}.csv")
+        keys = [c for c in pooled.columns if c not in ("specialization_pct", "ci_low", "ci_high")]
+        mean = pd.concat(per_seed).groupby(keys, sort=False)["specialization_pct"].mean()
+        got = pooled.set_index(keys)["specialization_pct"]
+        np.testing.assert_allclose(got.loc[mean.index].to_numpy(), mean.to_numpy())
+        assert (pooled["ci_low"] <= pooled["specialization_pct"] + 1e-9).all() and (pooled["specialization_pct"] <= pooled["ci_high"] + 1e-9).all()
+    names = {f["png"].removesuffix(".png") for f in summary["figures"]}
+    assert {"fig02_toy_subnet_vs_full", "fig10_toy_specialization_epochs", "fig11_toy_full_shares"} <= names
+    assert "Mean over 2 training seeds" in next(f["caption"] for f in summary["figures"] if f["figure"] == "fig10")

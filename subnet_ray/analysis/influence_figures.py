@@ -1,7 +1,7 @@
 """The paper's cross-language influence figures (2-7, 10, 11, 18, 19) for one task.
 
 Each `figNN(writer, task)` makes the figure from the variants the task has, or records
-why it could not. Figs 2, 4, 5, 6 and 11 also take a list of one task's results, one per
+why it could not. Figs 2, 4, 5, 6, 10, 11 and 18 also take a list of one task's results, one per
 training seed: they then show the mean over the seeds, with intervals that resample the
 seeds as well as the test examples (the sweep's pooled report, analysis/seeds.py). Shares are over the top-k most positive / negative training examples of
 the summed TracIn ranking (checkpoint -1), except Figs 7, 10, 18, which use each epoch's.
@@ -116,9 +116,9 @@ def _record(w: FigureWriter, t: TaskResults | list[TaskResults], name: str, comp
     return deltas
 
 
-def _pooled(runs: list[TaskResults]) -> str:
+def _pooled(runs: list[TaskResults], what: str = "change") -> str:
     """Returns the caption's note on pooling training seeds ('' for one run)."""
-    return "" if len(runs) == 1 else (f" Mean over {len(runs)} training seeds (each seed's change on the test examples its "
+    return "" if len(runs) == 1 else (f" Mean over {len(runs)} training seeds (each seed's {what} on the test examples its "
                                       "models classify correctly); the interval resamples the seeds too.")
 
 
@@ -276,7 +276,7 @@ def _absolute(w: FigureWriter, t: TaskResults | list[TaskResults], number: int, 
         f"{', '.join(f'{l} {v:.1f} [{lo.at[l, l]:.1f}, {hi.at[l, l]:.1f}]' for l, v in spec.items())} "
         f"(95% bootstrap intervals over test examples{' and training seeds' if len(runs) > 1 else ''}; chance "
         f"{100 / len(t.languages):.0f}); the test language is its own largest contributor for {top}/{len(spec)} "
-        f"languages.{_pooled(runs).replace('change', 'shares')} Paper: {paper}"
+        f"languages.{_pooled(runs, 'shares')} Paper: {paper}"
     )
     w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="share_pct",
               panel="sign", caption=caption, title=f"{t.task}: {name}", xlabel="training language", ylabel="test language")
@@ -374,14 +374,16 @@ def fig07(w: FigureWriter, t: TaskResults) -> None:
               xlabel="language specialisation (%)", ylabel="accuracy (%)")
 
 
-def _per_epoch(t: TaskResults, names: list[str]) -> pd.DataFrame:
-    """Returns test_language, epoch, specialization_pct averaged over the named variants."""
-    frames, runs = [], []
-    for name in names:
-        res = t.influence[name]
-        keep = correct_under_all([res])
-        runs.append((res, keep))
-        frames.append(specialization_by_checkpoint(res, t.languages, keep=keep))
+def _per_epoch(t: TaskResults | list[TaskResults], names: list[str]) -> pd.DataFrame:
+    """Returns test_language, epoch, specialization_pct averaged over the named variants (and `t`'s runs)."""
+    frames, runs, t0 = [], [], _runs(t)[0]
+    for x in _runs(t):
+        for name in names:
+            res = x.influence[name]
+            keep = correct_under_all([res])
+            runs.append((res, keep))
+            frames.append(specialization_by_checkpoint(res, t0.languages, keep=keep))
+    t = t0
     d = pd.concat(frames).groupby(["test_language", "checkpoint"], sort=False)["specialization"].mean().reset_index()
     ci = pd.concat([specialization_interval(runs, t.languages, int(c)).assign(checkpoint=int(c)) for c in d["checkpoint"].unique()])
     d = d.merge(ci, on=["test_language", "checkpoint"], how="left")
@@ -396,17 +398,23 @@ def _spread(d: pd.DataFrame) -> str:
     return ", ".join(f"{r.test_language} {r.specialization_pct:.1f}" for r in last.itertuples())
 
 
-def fig10(w: FigureWriter, t: TaskResults) -> None:
+def _epochs_missing(runs: list[TaskResults], names: list[str]) -> str | None:
+    """Returns why some run lacks per-checkpoint rankings of the named variants, or None."""
+    return next((r for x in runs if (r := missing_reason(x, names, checkpoint="epochs"))), None)
+
+
+def fig10(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     """Fig 10 (and the paper's Fig 17 for MARC): specialisation per epoch, full FT vs SFT subnetworks."""
-    panels = []
-    full = next((n for n in ("full+subnet", "full") if not missing_reason(t, [n], checkpoint="epochs")), None)
+    panels, runs = [], _runs(t)
+    t = runs[0]
+    full = next((n for n in ("full+subnet", "full") if not _epochs_missing(runs, [n])), None)
     if full:
         panels.append(("full FT, own mask at test" if full == "full+subnet" else "full FT, no mask", full))
-    if not missing_reason(t, ["sft+subnet"], checkpoint="epochs"):
+    if not _epochs_missing(runs, ["sft+subnet"]):
         panels.append(("SFT, own mask", "sft+subnet"))
     if not panels:
         return w.skip(10, t.task, "needs per-checkpoint rankings of full+subnet (or full) or sft+subnet")
-    frames = [_per_epoch(t, [name]).assign(model=label)[["model", "test_language", "epoch", "specialization_pct", "ci_low", "ci_high"]]
+    frames = [_per_epoch(runs, [name]).assign(model=label)[["model", "test_language", "epoch", "specialization_pct", "ci_low", "ci_high"]]
               for label, name in panels]
     data = pd.concat(frames, ignore_index=True)
     finals = "; ".join(f"{label}: {_spread(d)}" for (label, _), d in zip(panels, frames))
@@ -415,25 +423,27 @@ def fig10(w: FigureWriter, t: TaskResults) -> None:
         f"checkpoint's own ranking) per test language over training epochs. Last epoch: {finals}. Paper (PAWS-X): both "
         "converge to about 25% in-language reliance, SFT lets all languages share more while full fine-tuning leaves "
         "Korean and English behind; for MARC (Fig 17) full fine-tuning is similar and Chinese is left behind (Fig 10, 17). "
-        "Shaded: 95% bootstrap interval over test examples."
+        f"Shaded: 95% bootstrap interval over test examples{' and training seeds' if len(runs) > 1 else ''}.{_pooled(runs, 'in-language share')}"
     )
     w.lines(10, t.task, "specialization_epochs", data, x="epoch", y="specialization_pct", hue="test_language",
             panel="model", caption=caption, title=f"{t.task}: specialisation over epochs",
             hlines={"chance": 100 / len(t.languages)}, ylabel="in-language share of top positive (%)", band=("ci_low", "ci_high"))
 
 
-def fig18(w: FigureWriter, t: TaskResults) -> None:
+def fig18(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     """Fig 18: specialisation per epoch of random-mask SFT, mean over seeds."""
+    runs = _runs(t)
+    t = runs[0]
     names = [v.name for v in t.variants("random-sft")]
-    why = missing_reason(t, names, checkpoint="epochs") if names else "needs influence results of random-sft:SEED variants"
+    why = _epochs_missing(runs, names) if names else "needs influence results of random-sft:SEED variants"
     if why:
         return w.skip(18, t.task, why)
-    data = _per_epoch(t, names)
+    data = _per_epoch(runs, names)
     caption = (
         f"Language specialisation per test language over epochs for SFT with random masks, mean of {len(names)} "
         f"seed(s), from each epoch checkpoint's ranking. Last epoch: {_spread(data)}. Paper (PAWS-X): random-mask SFT "
         "behaves like full fine-tuning, leaving some languages behind (Fig 18). Shaded: 95% bootstrap interval over "
-        "test examples and seeds."
+        f"test examples and seeds{' (random-mask and training)' if len(runs) > 1 else ''}.{_pooled(runs, 'in-language share')}"
     )
     w.lines(18, t.task, "random_sft_specialization_epochs", data, x="epoch", y="specialization_pct",
             hue="test_language", caption=caption, title=f"{t.task}: random-mask SFT over epochs",
