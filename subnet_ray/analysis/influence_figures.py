@@ -1,10 +1,11 @@
 """The paper's cross-language influence figures (2-7, 10, 11, 18, 19) for one task.
 
 Each `figNN(writer, task)` makes the figure from the variants the task has, or records
-why it could not. Figs 2, 4, 5, 6, 10, 11 and 18 also take a list of one task's results, one per
-training seed: they then show the mean over the seeds, with intervals that resample the
-seeds as well as the test examples (the sweep's pooled report, analysis/seeds.py). Shares are over the top-k most positive / negative training examples of
-the summed TracIn ranking (checkpoint -1), except Figs 7, 10, 18, which use each epoch's.
+why it could not. Figs 2, 4, 5, 6, 10, 11 and 18 also take a list of one task's results,
+one per training seed: they then show the mean over the seeds, with intervals that resample
+the seeds as well as the test examples (the sweep's pooled report, analysis/seeds.py).
+Shares are over the top-k most positive / negative training examples of the summed TracIn
+ranking (checkpoint -1), except Figs 7, 10, 18, which use each epoch's.
 Every share and change carries its 95% bootstrap interval (ci_low, ci_high) in the CSV and
 summary.json; heatmaps of changes mark with * the cells whose interval excludes 0.
 """
