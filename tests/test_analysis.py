@@ -555,13 +555,18 @@ def test_pooled_report_averages_training_seeds_and_its_interval_carries_their_sp
         build_seeds_report({1: [up]}, tmp_path / "one", "toy")
 
 
-def test_pooled_per_epoch_curves_are_the_mean_of_the_seeds_curves(tmp_path):
+def test_pooled_composition_and_per_epoch_curves_are_the_mean_of_the_seeds(tmp_path):
     from subnet_ray.analysis.seeds import build_seeds_report
 
     seeds = {s: [make_synthetic_results(seed=s)] for s in (3, 4)}
     for s, (t,) in seeds.items():
         write_report([t], tmp_path / f"seed{s}", "synthetic")
     summary = build_seeds_report(seeds, tmp_path / "pooled", "synthetic")
+    per_seed = [pd.read_csv(tmp_path / f"seed{s}" / "fig19_toy_composition_de-en.csv") for s in seeds]
+    pooled = pd.read_csv(tmp_path / "pooled" / "fig19_toy_composition_de-en.csv")
+    keys = ["mask", "test_language", "train_language"]
+    mean = pd.concat(per_seed).groupby(keys, sort=False)["delta_pct"].mean()
+    np.testing.assert_allclose(pooled.set_index(keys)["delta_pct"].loc[mean.index].to_numpy(), mean.to_numpy())
     for stem in ("fig10_toy_specialization_epochs", "fig18_toy_random_sft_specialization_epochs"):
         per_seed = [pd.read_csv(tmp_path / f"seed{s}" / f"{stem}.csv") for s in seeds]
         pooled = pd.read_csv(tmp_path / "pooled" / f"{stem}.csv")

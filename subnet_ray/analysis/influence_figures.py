@@ -1,7 +1,7 @@
 """The paper's cross-language influence figures (2-7, 10, 11, 18, 19) for one task.
 
 Each `figNN(writer, task)` makes the figure from the variants the task has, or records
-why it could not. Figs 2, 4, 5, 6, 10, 11 and 18 also take a list of one task's results,
+why it could not. Figs 2, 4, 5, 6, 10, 11, 18 and 19 also take a list of one task's results,
 one per training seed: they then show the mean over the seeds, with intervals that resample
 the seeds as well as the test examples (the sweep's pooled report, analysis/seeds.py).
 Shares are over the top-k most positive / negative training examples of the summed TracIn
@@ -295,8 +295,10 @@ def fig11(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
               "with the full model each test language draws the most on its own language, XNLI least so (Fig 11).")
 
 
-def fig19(w: FigureWriter, t: TaskResults) -> None:
+def fig19(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     """Fig 19: union / intersection of two languages' masks on the SFT model vs the full model."""
+    runs = _runs(t)
+    t = runs[0]
     composed = t.variants("sft+union") + t.variants("sft+intersect")
     if not composed:
         return w.skip(19, t.task, "needs influence results of sft+union:A-B or sft+intersect:A-B variants")
@@ -304,14 +306,14 @@ def fig19(w: FigureWriter, t: TaskResults) -> None:
         ops = [(v.kind.split("+")[1], v.name) for v in composed if v.pair == pair]
         if "sft+subnet" in t.influence:
             ops.append(("own masks", "sft+subnet"))
-        why = missing_reason(t, ["full"] + [name for _, name in ops])
+        why = next((r for x in runs if (r := missing_reason(x, ["full"] + [name for _, name in ops]))), None)
         if why:
             w.skip(19, t.task, f"pair {pair[0]}-{pair[1]}: {why}")
             continue
         frames, cross = [], []
         for op, name in ops:
-            comps = {sign: [compare_shares(t.influence, name, "full", t.languages, sign=sign)] for sign in SIGNS}
-            delta = _record(w, t, f"{name} vs full", comps)["pos"]
+            comps = {sign: [compare_shares(x.influence, name, "full", t.languages, sign=sign) for x in runs] for sign in SIGNS}
+            delta = _record(w, runs, f"{name} vs full", comps)["pos"]
             lo, hi = w.intervals[(t.task, f"{name} vs full")]["pos"]
             delta = delta.loc[[lang for lang in pair if lang in delta.index]]
             frames.append(cells_ci(delta, lo, hi, "delta_pct", mask=op))
@@ -321,7 +323,8 @@ def fig19(w: FigureWriter, t: TaskResults) -> None:
             f"positive training examples for test languages {pair[0]} and {pair[1]} when the SFT model is tested with "
             f"the union or the intersection of their two masks, compared with the full fine-tuned model. Cross-pair "
             f"changes: {'; '.join(cross)}. Paper: intersecting the masks of pairs that already shared (PAWS-X es-fr, "
-            f"MARC de-en) strengthens their sharing; the union does so less (Fig 19). {CI_NOTE.format(seeds='')}"
+            f"MARC de-en) strengthens their sharing; the union does so less (Fig 19).{_pooled(runs)} "
+            f"{CI_NOTE.format(seeds=' and training seeds' if len(runs) > 1 else '')}"
         )
         w.heatmap(19, t.task, f"composition_{pair[0]}-{pair[1]}", pd.concat(frames, ignore_index=True),
                   row="test_language", col="train_language", value="delta_pct", panel="mask", diverging=True,

@@ -4,8 +4,9 @@ Each training seed has a report of its own, whose intervals resample that seed's
 examples (and random-mask seeds): they say nothing of how far another training run would
 move the numbers. With several training seeds, `build_seeds_report` writes one more folder:
 
-- Figs 2, 4, 5, 6 and 11, and the per-epoch curves of Figs 10 and 18, as the mean over the
-  seeds (each seed's shares or changes on the test examples its models classify correctly),
+- Figs 2, 4, 5, 6, 11 and 19 (composed masks), and the per-epoch curves of Figs 10 and 18,
+  as the mean over the seeds (each seed's shares or changes on the test examples its models
+  classify correctly),
   each value's 95% interval from a two-level bootstrap: seeds with replacement, then each
   drawn seed's test examples (Figs 6 and 18: each (training seed, random-mask seed) pair is
   one run);
@@ -25,7 +26,7 @@ import pandas as pd
 
 from subnet_ray.analysis.effects import effect_checks, paper_effects
 from subnet_ray.analysis.figures import FigureWriter
-from subnet_ray.analysis.influence_figures import SIGNS, _record, fig02, fig04, fig05, fig06, fig10, fig11, fig18, missing_reason
+from subnet_ray.analysis.influence_figures import SIGNS, _record, fig02, fig04, fig05, fig06, fig10, fig11, fig18, fig19, missing_reason
 from subnet_ray.analysis.report import _CSS, _clean, _jsonable, _provenance_html, _table_html, figure_order, figures_html
 from subnet_ray.analysis.results import TaskResults
 from subnet_ray.analysis.shares import compare_shares
@@ -73,7 +74,7 @@ def build_seeds_report(by_seed: dict[int, list[TaskResults]], out_dir: str | Pat
         runs = [t for results in by_seed.values() for t in results if t.task == task]
         for t in runs:
             t.validate()
-        for make in (fig02, fig04, fig05, fig06, fig10, fig11, fig18):
+        for make in (fig02, fig04, fig05, fig06, fig10, fig11, fig18, fig19):
             w.attempt(int(make.__name__[3:]), task, lambda: make(w, runs))
         w.attempt(3, task, lambda: _random_baseline(w, runs))
     effects, holding = seed_effects(by_seed)
