@@ -140,8 +140,7 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
         "comparisons": w.comparisons,
         "correlations": w.correlations,
         "effects": {t.task: (e := paper_effects(t)) | {"checks": effect_checks(e)} for t in results},
-        "figures": [{"figure": r.name.split("_")[0], "task": r.task, "png": r.png.name, "pdf": r.pdf.name,
-                     "csv": r.csv.name, "caption": r.caption} for r in figure_order(w.records)],
+        "figures": figure_entries(w.records),
         "tables": list(tables),
         "skipped": w.skipped,
     })
@@ -157,6 +156,12 @@ td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3
 .skipped li,.note{font-size:0.85em}.provenance td,.provenance th{text-align:left}"""
 
 NA = "n/a"  # how an empty cell is shown; each table says why its cells can be empty
+
+
+def figure_entries(records: list[FigureRecord]) -> list[dict]:
+    """Returns summary.json's figure list: number, task, file names and caption, in the paper's order."""
+    return [{"figure": r.name.split("_")[0], "task": r.task, "png": r.png.name, "pdf": r.pdf.name,
+             "csv": r.csv.name, "caption": r.caption} for r in figure_order(records)]
 
 
 def figure_order(records: list[FigureRecord]) -> list[FigureRecord]:

@@ -27,7 +27,7 @@ import pandas as pd
 from subnet_ray.analysis.effects import effect_checks, paper_effects
 from subnet_ray.analysis.figures import FigureWriter
 from subnet_ray.analysis.influence_figures import SIGNS, _record, fig02, fig04, fig05, fig06, fig10, fig11, fig18, fig19, missing_reason
-from subnet_ray.analysis.report import _CSS, _clean, _jsonable, _provenance_html, _table_html, figure_order, figures_html
+from subnet_ray.analysis.report import _CSS, _clean, _jsonable, _provenance_html, _table_html, figure_entries, figure_order, figures_html
 from subnet_ray.analysis.results import TaskResults
 from subnet_ray.analysis.shares import compare_shares
 
@@ -88,8 +88,7 @@ def build_seeds_report(by_seed: dict[int, list[TaskResults]], out_dir: str | Pat
         "comparisons": w.comparisons,
         "effects_per_seed": effects,
         "seeds_holding": holding,
-        "figures": [{"figure": r.name.split("_")[0], "task": r.task, "png": r.png.name, "pdf": r.pdf.name,
-                     "csv": r.csv.name, "caption": r.caption} for r in figure_order(w.records)],
+        "figures": figure_entries(w.records),
         "skipped": w.skipped,
     })
     (out / "summary.json").write_text(json.dumps(summary, indent=2, allow_nan=False))
