@@ -179,6 +179,15 @@ def as_model(model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
     return model if isinstance(model, nn.Module) else model()
 
 
+@dataclass(frozen=True)
+class Job:
+    """One influence table to compute: its name, its test examples, and test language -> head mask (None = all heads)."""
+
+    name: str
+    test: list
+    masks: dict | None = None
+
+
 def influence(
     model: nn.Module | Callable[[], nn.Module],
     checkpoints: list[str | Path],
@@ -202,32 +211,92 @@ def influence(
     test language are both taken under its mask; the training set is sketched once per
     distinct mask and checkpoint.
     """
+    return influence_jobs(model, checkpoints, train, [Job("influence", test, masks)], tokenizer, spec, max_length, device,
+                          on_step=on_step)["influence"]
+
+
+def influence_jobs(
+    model: nn.Module | Callable[[], nn.Module],
+    checkpoints: list[str | Path],
+    train: list,
+    jobs: list[Job],
+    tokenizer,
+    spec: InfluenceSpec,
+    max_length: int = 128,
+    device: str | torch.device = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
+    on_checkpoint: Callable[[nn.Module, dict], None] | None = None,
+    on_done: Callable[[str, pd.DataFrame], None] | None = None,
+    budget_mb: float = 2048.0,
+) -> dict[str, pd.DataFrame]:
+    """Returns job name -> the table `influence(model, checkpoints, train, job.test, ..., masks=job.masks)` returns.
+
+    The jobs share one model and its checkpoints (the influence variants of one fine-tuned model),
+    so they share work: each sketch set (checkpoint, head mask, examples) is made once for all jobs
+    (the training set once per distinct mask and checkpoint), and each checkpoint is loaded once per
+    pass. A pass covers as many distinct masks as `budget_mb` of sketches (all checkpoints) allows,
+    at least one, so memory stays that of one mask's sketches when they are large.
+    on_checkpoint(model, meta): called once per checkpoint while it is loaded (meta: its meta.json
+    plus 'dir'); on_done(name, table): as soon as a job's table is complete; on_step: as in `influence`.
+    """
     model = as_model(model)
     check_examples(train, "training")
-    check_examples(test, "test")
+    names = [j.name for j in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"influence jobs repeat a name: {sorted(n for n, c in Counter(names).items() if c > 1)}")
     metas = checkpoint_metas(model, checkpoints)
-    languages = sorted({ex.language for ex in test})
-    groups = mask_groups(model, languages, masks)
+    # (job, group, test examples of the group's languages): a group's train and test sketches share its mask
+    parts = []
+    for job in jobs:
+        check_examples(job.test, "test" if len(jobs) == 1 else f"{job.name!r} test")
+        for group in mask_groups(model, sorted({ex.language for ex in job.test}), job.masks):
+            parts.append((job.name, group, [ex for ex in job.test if ex.language in group.languages]))
+    masks = {g.key: g.mask for _, g, _ in parts}
+    test_sets = {(g.key, tuple(ex.id for ex in exs)): exs for _, g, exs in parts}
     linears = select_linears(model, spec.layers)
     layout = layer_dims(linears, spec.proj_dim)
     projector = Projector(spec.proj_dim, spec.projection_seed) if spec.proj_dim else None
     model.to(device).eval()
-    frames = []
-    total = sum(len(metas) * (len(train) + sum(ex.language in g.languages for ex in test)) for g in groups)
+    total = len(metas) * (len(masks) * len(train) + sum(len(exs) for exs in test_sets.values()))
     done = [0]
 
     def count(n: int) -> None:
         done[0] += n
         on_step(done[0], total)
 
-    for group in groups:
-        group_test = [ex for ex in test if ex.language in group.languages]
-        sk_train, sk_test = [], []
+    def sketch(examples: list, mask_key: str, meta: dict) -> Sketches:
+        ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, masks[mask_key], device, projector,
+                                          on_batch=count if on_step else None)
+        return as_sketches([ex.id for ex in ordered], [ex.language for ex in ordered], values, layout, spec, meta, mask_key)
+
+    row_bytes = sum(d for _, d in layout) * DTYPES[spec.dtype].itemsize * len(metas)
+    need = {k: row_bytes * (len(train) + sum(len(exs) for (m, _), exs in test_sets.items() if m == k)) for k in masks}
+    frames: dict[str, dict] = {j.name: {} for j in jobs}  # part index -> table, concatenated in part order
+    left = Counter(name for name, _, _ in parts)
+    out, keys, first = {}, list(masks), True
+    while keys:
+        chunk = [keys.pop(0)]
+        while keys and sum(need[k] for k in chunk + keys[:1]) <= budget_mb * 2**20:
+            chunk.append(keys.pop(0))
+        sk = {}  # (mask key, None for train | test ids) -> one Sketches per checkpoint
         for meta in metas:
-            load_checkpoint(model, meta["dir"])
-            for examples, sink in ((train, sk_train), (group_test, sk_test)):
-                ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, group.mask, device, projector,
-                                                  on_batch=count if on_step else None)
-                sink.append(as_sketches([ex.id for ex in ordered], [ex.language for ex in ordered], values, layout, spec, meta, group.key))
-        frames.append(top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
-    return pd.concat(frames, ignore_index=True)
+            info = load_checkpoint(model, meta["dir"])
+            if first and on_checkpoint is not None:
+                on_checkpoint(model, info | {"dir": meta["dir"]})
+            for key in chunk:
+                sk.setdefault((key, None), []).append(sketch(train, key, meta))
+                for (m, ids), exs in test_sets.items():
+                    if m == key:
+                        sk.setdefault((key, ids), []).append(sketch(exs, key, meta))
+        first = False
+        for i, (name, group, exs) in enumerate(parts):
+            if group.key not in chunk:
+                continue
+            ids = tuple(ex.id for ex in exs)
+            frames[name][i] = top_influences(sk[(group.key, ids)], sk[(group.key, None)], spec.top_k, spec.lr_weighting)
+            left[name] -= 1
+            if left[name] == 0:  # in the job's group order, as `influence` concatenates them
+                out[name] = pd.concat([t for _, t in sorted(frames.pop(name).items())], ignore_index=True)
+                if on_done is not None:
+                    on_done(name, out[name])
+    return {j.name: out[j.name] for j in jobs}

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..config import SweepSpec
 from ..graph import Node
-from ..stages import execute
+from ..stages import execute, execute_influence, influence_groups
 from ..store import Store
 from .tracking import epoch_metrics
 
@@ -41,6 +41,8 @@ class LocalExecutor:
         # one bar for the influence wave; training shows its own per-epoch bars
         show_nodes = self.progress and wave == INFLUENCE_WAVE
         for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not show_nodes):
+            for group in influence_groups(trial_nodes):
+                execute_influence(group, self.spec, self.store)
             for n in trial_nodes:
                 execute(n, self.spec, self.store, progress=self.progress and wave != INFLUENCE_WAVE,
                         on_epoch=lambda r, key=n.key: self.trials.live(key, r["epoch"], epoch_metrics(r)))
