@@ -201,8 +201,9 @@ def _predictions(model, test: list, masks: dict, spec: SweepSpec, tok, epoch: in
     rows = []
     for lang, mask in masks.items():
         exs = [e for e in test if e.language == lang]
-        preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, mask, spec.training.device,
-                         influence_precision(spec))["preds"]
+        with torch.no_grad():  # predictions only: no autograd graph over the weights
+            preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, mask, spec.training.device,
+                             influence_precision(spec))["preds"]
         rows += [{"test_id": e.id, "test_language": lang, "checkpoint": epoch, "label": e.label, "pred": p} for e, p in zip(exs, preds)]
     return rows
 
