@@ -463,3 +463,20 @@ def test_influence_jobs_share_loads_and_sketches_and_equal_separate_runs(tmp_pat
                 order = torch.argsort(total, descending=desc)[:3]
                 assert rows.train_id.tolist() == [train[j].id for j in order], (job.name, t.id, sign)
                 np.testing.assert_allclose(rows.score.to_numpy(), total[order].numpy(), rtol=1e-5)
+
+
+def test_sketching_never_forms_a_weight_or_embedding_gradient():
+    """Weights are frozen and the first sketched layers' outputs are the autograd leaves, so the
+    backward pass stops above the embeddings (a 250k-row word embedding never gets a gradient) and
+    no parameter's .grad is ever set: only activation gradients are computed."""
+    model = tiny_model()
+    batch = tiny_batch(n=4, length=10, seed=6)
+    seen = []
+    handle = model.encoder.embeddings.register_forward_hook(lambda mod, args, out: seen.append(out.requires_grad))
+    try:
+        sketch_batch(model, batch, select_linears(model, LAYERS), Projector(16, seed=0))
+    finally:
+        handle.remove()
+    assert seen == [False]  # nothing below the first sketched layer is in the autograd graph
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # and the weights are unfrozen again

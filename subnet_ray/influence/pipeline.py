@@ -1,10 +1,13 @@
 """TracIn influence of training on test examples over epoch checkpoints and head masks: the single-process path.
 
-`influence` is what the sweep calls. For each distinct head mask (the test languages' masks;
+`influence` computes one table: for each distinct head mask (the test languages' masks;
 None = the full model) and each checkpoint it sketches the whole training set and the test
 examples of the languages that use that mask, both with the mask on, then scores them
-(tracin.top_influences). Examples are sketched in batches of similar length, so little
-compute is spent on padding; ids, not positions, tie every sketch to its example.
+(tracin.top_influences). `influence_jobs` computes several such tables over one model's
+checkpoints (what the sweep calls, stages.execute_influence: the influence variants of one
+fine-tuned model) with one load per checkpoint and each sketch set made once for all of them.
+Examples are sketched in batches of similar length, so little compute is spent on padding;
+ids, not positions, tie every sketch to its example.
 """
 from __future__ import annotations
 
