@@ -234,13 +234,15 @@ def influence_groups(nodes: list[Node]) -> list[list[Node]]:
 
 
 def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait: Callable[[str], None] = _say,
-                      on_step: Callable[[int, int], None] | None = None) -> list[str]:
+                      on_step: Callable[[int, int], None] | None = None, engine: Callable[..., dict] = influence_jobs) -> list[str]:
     """Returns the keys computed: the missing ones of `nodes`, influence nodes of one fine-tuned model and branch, computed together.
 
     What `execute` does for each node (lease, partial folder, publish, ledger), but with one model
     build, one load per checkpoint, and every sketch set shared between the nodes (pipeline.influence_jobs):
     each node's output is the same as `execute` gives it, and is published under its own key as soon
     as its table is complete. Leases are taken in key order, so two invocations cannot deadlock.
+    engine: pipeline.influence_jobs (this process), or one of its signature such as
+    orchestration.influence_ray.influence_ray_jobs (given the model's factory, so workers build their own).
     """
     if any(n.stage != Stage.INFLUENCE for n in nodes) or len(influence_groups(nodes)) > 1:
         raise ValueError(f"execute_influence: the nodes must be influence nodes of one fine-tuned model and branch, got {[n.trial for n in nodes]}")
@@ -257,7 +259,8 @@ def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait:
             return []
         b = branch_of(spec, todo[0].params.branch)
         task, data, tok = task_data(b, todo[0].params.task)
-        model = model_factory(b, task, tok, todo[0].params.seed)()
+        make = model_factory(b, task, tok, todo[0].params.seed)
+        model = make()
         shape = (model.num_layers, model.num_heads)
         try:
             inputs = {n.key: _influence_inputs(n, b, store, data, shape) for n in todo}
@@ -283,8 +286,9 @@ def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait:
                           "time": time.time(), "pid": os.getpid()})
 
         jobs = [Job(n.key, inputs[n.key][0], inputs[n.key][1]) for n in todo]
-        influence_jobs(model, ckpts, data["train"], jobs, tok, inf_spec, b.training.max_length, b.training.device,
-                       on_step=on_step, on_checkpoint=predict, on_done=publish)
+        local = engine is influence_jobs
+        engine(model if local else make, ckpts, data["train"], jobs, tok, inf_spec, b.training.max_length, b.training.device,
+               on_checkpoint=predict, on_done=publish, **({"on_step": on_step} if local else {}))
     return [n.key for n in todo]
 
 

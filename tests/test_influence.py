@@ -276,21 +276,21 @@ def test_sketch_actor_rejects_an_empty_shard():
         actor({"row": np.array([], dtype=np.int64), "id": np.array([], dtype=object)})
 
 
-def test_ray_rows_cover_train_once_per_mask_and_test_once_sorted_by_length():
+def test_ray_rows_cover_each_sketch_set_once_sorted_by_length():
     from subnet_ray.orchestration.influence_ray import _rows
 
-    model, tok = tiny_model(), word_tokenizer()
+    tok = word_tokenizer()
     train, test = examples(6, "train", 0), examples(4, "test", 1)
-    groups = mask_groups(model, ["aa", "bb"], {"aa": torch.ones(2, 4), "bb": None})
-    rows = _rows(train, test, groups, tok, 16)
-    assert sorted((r["role"], r["group"], r["id"]) for r in rows) == sorted(
-        [("train", g, ex.id) for g in (0, 1) for ex in train]
-        + [("test", [0 if ex.language == "aa" else 1][0], ex.id) for ex in test])
+    aa = [ex for ex in test if ex.language == "aa"]
+    sets = [(0, "train", train), (1, "train", train), (0, "test", aa), (1, "test", test)]  # test examples in two sets
+    rows = _rows(sets, tok, 16)
+    assert sorted((r["set"], r["group"], r["role"], r["id"]) for r in rows) == sorted(
+        (s, g, role, ex.id) for s, (g, role, exs) in enumerate(sets) for ex in exs)
     lengths = [len(r["text"].split()) for r in rows]
     assert lengths == sorted(lengths) and [r["row"] for r in rows] == list(range(len(rows)))
     assert "text_pair" not in rows[0]  # Arrow would turn an all-None column into NaN floats
     paired = [Example(ex.id, ex.language, ex.text, "w1 w2", ex.label) for ex in train]
-    assert {r["text_pair"] for r in _rows(paired, paired[:1], groups[:1], tok, 16)} == {"w1 w2"}
+    assert {r["text_pair"] for r in _rows([(0, "train", paired)], tok, 16)} == {"w1 w2"}
 
 
 # -- end to end on Examples ------------------------------------------------------------------
@@ -352,13 +352,16 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
 def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written under the home folder
-    from subnet_ray.orchestration.influence_ray import influence_ray
+    from subnet_ray.influence.pipeline import Job, influence_jobs
+    from subnet_ray.orchestration.influence_ray import influence_ray, influence_ray_jobs
 
     dirs = _checkpoints(tmp_path)
     tok = word_tokenizer()
     train, test = examples(24, "train", 2), examples(6, "test", 3)
     mask = torch.ones(2, 4)
     mask[0, 3] = 0
+    other = torch.ones(2, 4)
+    other[1, 1:3] = 0
     masks = {"aa": mask, "bb": None}
     spec = InfluenceSpec(proj_dim=16, top_k=5, batch_size=4, actors=2, projection_seed=3)
     ref = influence(tiny_model, dirs, train, test, tok, spec, masks=masks, max_length=16)
@@ -371,11 +374,18 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
         got = influence_ray(factory, dirs, train, test, tok, spec, masks=masks, max_length=16, shard_size=2,
                             sketch_dir=str(tmp_path / "sketches"))
         one = influence_ray(factory, dirs, train, test, tok, spec, masks=masks, max_length=16)
+        # two jobs (a second mask on the aa examples), one actor pool per mask (budget 0): the jobs' tables
+        jobs = [Job("a", test, masks), Job("b", [t for t in test if t.language == "aa"], {"aa": other})]
+        done, seen = [], []
+        many = influence_ray_jobs(factory, dirs, train, jobs, tok, spec, max_length=16, budget_mb=0,
+                                  on_checkpoint=lambda m, meta: seen.append(meta["epoch"]), on_done=lambda n, t: done.append(n))
     finally:
         ray.shutdown()
+    assert seen == [1, 2] and sorted(done) == ["a", "b"]
+    want = influence_jobs(tiny_model, dirs, train, jobs, tok, spec, max_length=16)
     key = ["test_id", "checkpoint", "sign", "rank"]
-    ref = ref.sort_values(key).reset_index(drop=True)
-    for got in (got, one):
+    for got, ref in ((got, ref), (one, ref), (many["a"], want["a"]), (many["b"], want["b"])):
+        ref = ref.sort_values(key).reset_index(drop=True)
         got = got.sort_values(key).reset_index(drop=True)
         assert got[key + ["train_id", "train_language", "test_language"]].equals(ref[key + ["train_id", "train_language", "test_language"]])
         np.testing.assert_allclose(got.score.to_numpy(), ref.score.to_numpy(), rtol=1e-4, atol=1e-6)

@@ -191,6 +191,82 @@ class Job:
     masks: dict | None = None
 
 
+@dataclass(frozen=True)
+class Part:
+    """One mask group of one job: scored as one `top_influences` call, the job's table is its parts in order."""
+
+    job: str
+    group: MaskGroup
+    test: list  # the job's test examples of the group's languages
+
+    @property
+    def test_set(self) -> tuple[str, tuple[str, ...]]:
+        """Returns the key of its test sketch set: (mask key, test ids)."""
+        return self.group.key, tuple(ex.id for ex in self.test)
+
+
+class JobPlan:
+    """The sketch sets a list of jobs over one model needs, each once: the training set per distinct
+    mask, the test examples per (mask, test set); and the jobs' parts that score them.
+
+    Checks the examples and masks of every job first (ValueError naming the job).
+    """
+
+    def __init__(self, model: nn.Module, train: list, jobs: list[Job]):
+        check_examples(train, "training")
+        names = [j.name for j in jobs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"influence jobs repeat a name: {sorted(n for n, c in Counter(names).items() if c > 1)}")
+        self.train, self.names = train, names
+        self.parts: list[Part] = []
+        for job in jobs:
+            check_examples(job.test, "test" if len(jobs) == 1 else f"{job.name!r} test")
+            for group in mask_groups(model, sorted({ex.language for ex in job.test}), job.masks):
+                self.parts.append(Part(job.name, group, [ex for ex in job.test if ex.language in group.languages]))
+        self.masks = {p.group.key: p.group.mask for p in self.parts}  # distinct masks, first-seen order
+        self.test_sets = {p.test_set: p.test for p in self.parts}
+
+    def passes(self, row_bytes: int, budget_mb: float) -> list[list[str]]:
+        """Returns the mask keys in passes: as many masks per pass as fit `budget_mb` of sketches at
+        `row_bytes` per example (all checkpoints), at least one."""
+        need = {k: row_bytes * (len(self.train) + sum(len(exs) for (m, _), exs in self.test_sets.items() if m == k)) for k in self.masks}
+        out, keys = [], list(self.masks)
+        while keys:
+            chunk = [keys.pop(0)]
+            while keys and sum(need[k] for k in chunk + keys[:1]) <= budget_mb * 2**20:
+                chunk.append(keys.pop(0))
+            out.append(chunk)
+        return out
+
+    def sets(self, chunk: list[str]) -> list[tuple[str, tuple | None, list]]:
+        """Returns the sketch sets of the masks in `chunk`: (mask key, None, training set) and (mask key, test ids, test examples)."""
+        return [(k, None, self.train) for k in chunk] + [(m, ids, exs) for (m, ids), exs in self.test_sets.items() if m in chunk]
+
+
+class Tables:
+    """Collects the part tables of a plan's jobs; hands each job's table to `on_done` as soon as its last part is in."""
+
+    def __init__(self, plan: JobPlan, on_done: Callable[[str, pd.DataFrame], None] | None = None):
+        self.plan, self.on_done = plan, on_done
+        self.frames: dict[str, dict] = {n: {} for n in plan.names}
+        self.left = Counter(p.job for p in plan.parts)
+        self.done: dict[str, pd.DataFrame] = {}
+
+    def add(self, index: int, table: pd.DataFrame) -> None:
+        """Records the table of part `index` of the plan."""
+        name = self.plan.parts[index].job
+        self.frames[name][index] = table
+        self.left[name] -= 1
+        if self.left[name] == 0:  # in the job's group order, as `influence` concatenates them
+            self.done[name] = pd.concat([t for _, t in sorted(self.frames.pop(name).items())], ignore_index=True)
+            if self.on_done is not None:
+                self.on_done(name, self.done[name])
+
+    def result(self) -> dict[str, pd.DataFrame]:
+        """Returns job name -> table, in the jobs' order."""
+        return {n: self.done[n] for n in self.plan.names}
+
+
 def influence(
     model: nn.Module | Callable[[], nn.Module],
     checkpoints: list[str | Path],
@@ -243,63 +319,33 @@ def influence_jobs(
     plus 'dir'); on_done(name, table): as soon as a job's table is complete; on_step: as in `influence`.
     """
     model = as_model(model)
-    check_examples(train, "training")
-    names = [j.name for j in jobs]
-    if len(set(names)) != len(names):
-        raise ValueError(f"influence jobs repeat a name: {sorted(n for n, c in Counter(names).items() if c > 1)}")
+    plan = JobPlan(model, train, jobs)
     metas = checkpoint_metas(model, checkpoints)
-    # (job, group, test examples of the group's languages): a group's train and test sketches share its mask
-    parts = []
-    for job in jobs:
-        check_examples(job.test, "test" if len(jobs) == 1 else f"{job.name!r} test")
-        for group in mask_groups(model, sorted({ex.language for ex in job.test}), job.masks):
-            parts.append((job.name, group, [ex for ex in job.test if ex.language in group.languages]))
-    masks = {g.key: g.mask for _, g, _ in parts}
-    test_sets = {(g.key, tuple(ex.id for ex in exs)): exs for _, g, exs in parts}
     linears = select_linears(model, spec.layers)
     layout = layer_dims(linears, spec.proj_dim)
     projector = Projector(spec.proj_dim, spec.projection_seed) if spec.proj_dim else None
     model.to(device).eval()
-    total = len(metas) * (len(masks) * len(train) + sum(len(exs) for exs in test_sets.values()))
+    total = len(metas) * (len(plan.masks) * len(train) + sum(len(exs) for exs in plan.test_sets.values()))
     done = [0]
 
     def count(n: int) -> None:
         done[0] += n
         on_step(done[0], total)
 
-    def sketch(examples: list, mask_key: str, meta: dict) -> Sketches:
-        ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, masks[mask_key], device, projector,
-                                          on_batch=count if on_step else None)
-        return as_sketches([ex.id for ex in ordered], [ex.language for ex in ordered], values, layout, spec, meta, mask_key)
-
+    tables = Tables(plan, on_done)
     row_bytes = sum(d for _, d in layout) * DTYPES[spec.dtype].itemsize * len(metas)
-    need = {k: row_bytes * (len(train) + sum(len(exs) for (m, _), exs in test_sets.items() if m == k)) for k in masks}
-    frames: dict[str, dict] = {j.name: {} for j in jobs}  # part index -> table, concatenated in part order
-    left = Counter(name for name, _, _ in parts)
-    out, keys, first = {}, list(masks), True
-    while keys:
-        chunk = [keys.pop(0)]
-        while keys and sum(need[k] for k in chunk + keys[:1]) <= budget_mb * 2**20:
-            chunk.append(keys.pop(0))
-        sk = {}  # (mask key, None for train | test ids) -> one Sketches per checkpoint
+    for p, chunk in enumerate(plan.passes(row_bytes, budget_mb)):
+        sk: dict[tuple, list[Sketches]] = {}  # (mask key, test ids or None for train) -> one Sketches per checkpoint
         for meta in metas:
             info = load_checkpoint(model, meta["dir"])
-            if first and on_checkpoint is not None:
+            if p == 0 and on_checkpoint is not None:
                 on_checkpoint(model, info | {"dir": meta["dir"]})
-            for key in chunk:
-                sk.setdefault((key, None), []).append(sketch(train, key, meta))
-                for (m, ids), exs in test_sets.items():
-                    if m == key:
-                        sk.setdefault((key, ids), []).append(sketch(exs, key, meta))
-        first = False
-        for i, (name, group, exs) in enumerate(parts):
-            if group.key not in chunk:
-                continue
-            ids = tuple(ex.id for ex in exs)
-            frames[name][i] = top_influences(sk[(group.key, ids)], sk[(group.key, None)], spec.top_k, spec.lr_weighting)
-            left[name] -= 1
-            if left[name] == 0:  # in the job's group order, as `influence` concatenates them
-                out[name] = pd.concat([t for _, t in sorted(frames.pop(name).items())], ignore_index=True)
-                if on_done is not None:
-                    on_done(name, out[name])
-    return {j.name: out[j.name] for j in jobs}
+            for key, ids, examples in plan.sets(chunk):
+                ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, plan.masks[key], device, projector,
+                                                  on_batch=count if on_step else None)
+                sk.setdefault((key, ids), []).append(
+                    as_sketches([ex.id for ex in ordered], [ex.language for ex in ordered], values, layout, spec, meta, key))
+        for i, part in enumerate(plan.parts):
+            if part.group.key in chunk:
+                tables.add(i, top_influences(sk[part.test_set], sk[(part.group.key, None)], spec.top_k, spec.lr_weighting))
+    return tables.result()
