@@ -221,3 +221,38 @@ def test_influence_of_one_model_computed_together_equals_node_by_node(sweep_file
     for n in inf:
         for name in (TOPK, PREDICTIONS):
             pd.testing.assert_frame_equal(pd.read_parquet(together.path(n.key) / name), pd.read_parquet(one.path(n.key) / name))
+
+
+@pytest.mark.slow  # ~1-2 min: Ray start-up and one actor pool per model
+def test_ray_data_influence_of_one_model_equals_local(sweep_file, tmp_path, tmp_path_factory, monkeypatch):
+    """RayDataInfluence's path: execute_influence with the Ray Data engine (the model's factory shipped to
+    the actors, predictions in the driver) publishes every node of a model with the local tables."""
+    import shutil
+
+    import ray
+
+    from subnet_ray.orchestration.influence_ray import influence_ray_jobs
+    from subnet_ray.stages import PREDICTIONS, execute, execute_influence, influence_groups
+
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    sweep_file.write_text(TINY_SWEEP.replace("batch_size: 16}", "batch_size: 16, actors: 2}"))
+    spec = load_sweep(sweep_file)
+    nodes = graph(spec)
+    local, distributed = store_for(tmp_path / "local"), store_for(tmp_path / "ray")
+    for n in nodes:
+        if n.wave < 3:
+            execute(n, spec, local, progress=False)
+    shutil.copytree(tmp_path / "local", tmp_path / "ray", dirs_exist_ok=True)
+    groups = influence_groups([n for n in nodes if n.stage == "influence"])
+    full = max(groups, key=len)  # the full model's variants: several masks, one actor pool
+    execute_influence(full, spec, local)
+    ray.init(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("r")), include_dashboard=False, log_to_driver=False)
+    try:
+        assert sorted(execute_influence(full, spec, distributed, engine=influence_ray_jobs)) == sorted(n.key for n in full)
+    finally:
+        ray.shutdown()
+    a = {n.params.variant: pd.read_parquet(local.path(n.key) / TOPK) for n in full}
+    b = {n.params.variant: pd.read_parquet(distributed.path(n.key) / TOPK) for n in full}
+    assert_same_influence(a, b, exact=False)
+    for n in full:
+        pd.testing.assert_frame_equal(pd.read_parquet(distributed.path(n.key) / PREDICTIONS), pd.read_parquet(local.path(n.key) / PREDICTIONS))
