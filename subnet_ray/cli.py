@@ -201,7 +201,7 @@ def cmd_submit(args) -> int:
 
 def _view_lines(views: dict[str, str], base: str, sweep: str | None) -> tuple[list[str], str | None]:
     """Returns the lines naming each sweep's runs table and chart view under `base`, and the first runs table's URL."""
-    from .orchestration.runs_view import runs_url
+    from .orchestration.runs_view import GROUPED_KEY, runs_url
 
     if sweep is not None:
         if sweep not in views:
@@ -212,7 +212,8 @@ def _view_lines(views: dict[str, str], base: str, sweep: str | None) -> tuple[li
         return ["  no sweep here has subnet-ray's runs view yet: run a sweep again (any rerun adds it)"], None
     lines = []
     for name, exp in views.items():
-        lines += [f"  sweep {name}, runs table: {runs_url(base, exp)}", f"  sweep {name}, charts:     {runs_url(base, exp, chart=True)}"]
+        lines += [f"  sweep {name}, runs table: {runs_url(base, exp)}",
+                  f"  sweep {name}, charts:     {runs_url(base, exp, chart=True, key=GROUPED_KEY)}"]
     return lines, runs_url(base, next(iter(views.values())))
 
 

@@ -18,6 +18,7 @@ from procs import free_port, kill_leftovers
 from subnet_ray.cli import main
 from subnet_ray.config import load_sweep
 from subnet_ray.orchestration.runs_view import (
+    GROUPED_KEY,
     VIEW_KEY,
     VIEW_TAG,
     headline_keys,
@@ -51,9 +52,11 @@ def test_view_uses_only_what_the_shipped_mlflow_ui_reads():
     ui_fields = _bundle_list("selectedColumns", "columnOrder")
     dropped = _bundle_list("runsExpanded", "runsPinned")  # left out when a shared view loads
     assert {"orderByKey", "orderByAsc"} <= set(facets) and {"compareRunCharts", "columnOrder"} <= set(ui_fields)
-    state = view_state(["xa", "xb"], ["training.lr"])
-    assert set(state) <= set(facets) | set(ui_fields), set(state) - set(facets) - set(ui_fields)
-    assert not set(state) & set(dropped)
+    for grouped in (False, True):
+        state = view_state(["xa", "xb"], ["training.lr"], grouped=grouped)
+        assert set(state) <= set(facets) | set(ui_fields), set(state) - set(facets) - set(ui_fields)
+        assert not set(state) & set(dropped)
+    assert {"groupBy", "useGroupedValuesInCharts"} <= set(state)
     text = "".join(f.read_text(errors="replace") for f in BUNDLE.glob("*.js"))
     for needle in ('"mlflow.sharedViewState."', '"viewStateShareKey"', 'get("workflowType")', 'MACHINE_LEARNING="machine_learning"',
                    '"compareRunsMode"', 'e+".`"+t+"`"'):  # the last: how a column id is made, e.g. metrics.`test_accuracy_mean`
@@ -62,6 +65,7 @@ def test_view_uses_only_what_the_shipped_mlflow_ui_reads():
     envelope = json.loads(value)  # the UI's saved-view parser wants a string name and state and a numeric createdAt
     assert key == f"mlflow.sharedViewState.{VIEW_KEY}" and envelope["createdAt"] == envelope["updatedAt"] == 1000
     assert isinstance(envelope["name"], str) and json.loads(envelope["state"]) == view_state(["xa"], [])
+    assert json.loads(json.loads(view_tag(["xa"], [], key=GROUPED_KEY)[1])["state"]) == view_state(["xa"], [], grouped=True)
 
 
 def test_headline_columns_come_first_in_order():
@@ -80,6 +84,12 @@ def test_headline_columns_come_first_in_order():
     assert {c["metricSectionId"] for c in charts} == {s["uuid"] for s in state["compareRunSections"]}
     assert runs_url("http://h:1/", "7") == f"http://h:1/#/experiments/7/runs?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
     assert runs_url("http://h:1", "7", chart=True).endswith("&compareRunsMode=CHART")
+    grouped = view_state(["xa"], ["training.lr"], multi_task=True, grouped=True)
+    assert grouped["groupBy"] == {"aggregateFunction": "average", "groupByKeys": [
+        {"mode": "tag", "groupByData": "task"}, {"mode": "param", "groupByData": "method"},
+        {"mode": "param", "groupByData": "grid.training.lr"}]}
+    assert grouped["searchFilter"] == "tags.`subnet_ray.role` = 'trial'" and state["searchFilter"] == ""
+    assert "groupBy" not in state
 
 
 def test_each_invocation_rewrites_the_view_and_ui_names_it(tmp_path, capsys):
@@ -87,7 +97,9 @@ def test_each_invocation_rewrites_the_view_and_ui_names_it(tmp_path, capsys):
     tracker = Tracker("viewsweep", root)
     tracker.set_view(["xa"], [])
     client = MlflowClient(default_tracking_uri(root))
-    first = json.loads(client.get_experiment(tracker.experiment_id).tags[VIEW_TAG])
+    tags = client.get_experiment(tracker.experiment_id).tags
+    first = json.loads(tags[VIEW_TAG])
+    assert json.loads(tags[f"mlflow.sharedViewState.{GROUPED_KEY}"])["name"] == "subnet-ray: method x branch (mean over seeds)"
     time.sleep(0.01)
     Tracker("viewsweep", root).set_view(["xa", "yb"], ["training.lr"])  # a second invocation that added a language
     again = json.loads(client.get_experiment(tracker.experiment_id).tags[VIEW_TAG])
@@ -117,7 +129,7 @@ def _printed_urls(proc: subprocess.Popen, timeout: float = 120) -> dict[str, str
 def test_printed_url_shows_child_runs_and_headline_columns_in_chromium(tmp_path):
     """sweeps/smoke.yaml run to the end; `subnet-ray ui` as a user starts it; its printed URLs in a fresh headless
     Chromium: the runs table in model-training mode with every child run as a row and the test-accuracy column
-    showing the runs' values, and the chart view with the comparison section."""
+    showing the runs' values, and the chart view of the runs grouped by method with the comparison section."""
     if chromium() is None:
         pytest.fail("chromium is not installed: `apt-get install -y chromium` (the README's test command does it)")
     from subnet_ray.orchestration.runner import run_sweep
@@ -133,7 +145,9 @@ def test_printed_url_shows_child_runs_and_headline_columns_in_chromium(tmp_path)
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         urls = _printed_urls(proc)
-        assert urls["runs table"] == runs_url(f"http://127.0.0.1:{port}", runs["smoke"].info.experiment_id)
+        exp = runs["smoke"].info.experiment_id
+        assert urls == {"runs table": runs_url(f"http://127.0.0.1:{port}", exp),
+                        "charts": runs_url(f"http://127.0.0.1:{port}", exp, chart=True, key=GROUPED_KEY)}
         with Page(tmp_path / "chrome") as page:
             # this UI opens its assistant panel on a browser's first visit: closed, as a user closes it once
             page.goto(f"http://127.0.0.1:{port}/health")
@@ -151,7 +165,9 @@ def test_printed_url_shows_child_runs_and_headline_columns_in_chromium(tmp_path)
                 assert shown is not None and float(shown) == pytest.approx(run.data.metrics["test_accuracy_mean"]), name
             page.screenshot(ARTIFACTS / "mlflow_view_runs_table.png")
             page.goto(urls["charts"])
-            page.wait_for("subnet-ray: methods and branches", "test_accuracy_mean", "change_in_pos_mean")
+            # grouped by method: one bar per method, the mean over its seeds (one seed here)
+            page.wait_for("subnet-ray: methods and branches", "test_accuracy_mean", "change_in_pos_mean", "Group by: method",
+                          "Group: full", "Group: sft", "Group: random-sft")
             plots = page.eval("document.querySelectorAll('.js-plotly-plot').length")
             assert plots >= 3, f"{plots} charts drawn"
             page.screenshot(ARTIFACTS / "mlflow_view_charts.png")

@@ -12,7 +12,12 @@ What MLflow 3.17's UI does (read in its source, mlflow/server/js/src, and its sh
   and a saved view leaves `runsExpanded` out, so the view sorts by run name instead: every run
   is then a row of its own.
 - `compareRunsMode=CHART` opens the chart view of the same view; with `isAccordionReordered` our
-  chart section stays above the sections MLflow generates per metric-name prefix.
+  chart section stays above the sections MLflow generates per metric-name prefix. With `groupBy`
+  (params) and `useGroupedValuesInCharts`, the table's group rows and the charts show the
+  group's average; group rows are expanded unless `groupsExpanded` says otherwise.
+
+Two views: every run as a row (the runs table `subnet-ray ui` prints), and the runs grouped by
+method and grid branch, averaged over seeds (the chart view it prints).
 """
 from __future__ import annotations
 
@@ -20,9 +25,10 @@ import json
 import time
 from urllib.parse import urlencode
 
-VIEW_KEY = "subnet-ray-runs"
-VIEW_TAG = f"mlflow.sharedViewState.{VIEW_KEY}"
-VIEW_NAME = "subnet-ray: runs by method and branch"
+TAG_PREFIX = "mlflow.sharedViewState."
+VIEW_KEY, GROUPED_KEY = "subnet-ray-runs", "subnet-ray-groups"
+VIEW_TAG = TAG_PREFIX + VIEW_KEY
+VIEW_NAMES = {VIEW_KEY: "subnet-ray: every run", GROUPED_KEY: "subnet-ray: method x branch (mean over seeds)"}
 SWEEP_TAG = "subnet_ray.sweep"  # on every experiment a sweep made
 WORKFLOW = "machine_learning"  # MLflow's model-training mode
 SECTION = "subnet-ray-compare"  # uuid of the chart section holding the comparison charts
@@ -47,32 +53,42 @@ def headline_keys(languages: list[str], grid_keys: list[str], multi_task: bool =
     return [*tags, *params, *(("metrics", m) for m in metrics)]
 
 
-def _charts(grid_keys: list[str]) -> list[dict]:
-    """Returns the comparison chart cards: accuracy and in-language change per run, one against the
-    other, and method and grid settings against both."""
+def _charts(grid_keys: list[str], grouped: bool) -> list[dict]:
+    """Returns the comparison chart cards: accuracy and in-language change per run (per group), one against
+    the other, and (runs only: with groups MLflow 3.17 left it out of the section, seen in Chromium) method and
+    grid settings against both."""
     common = {"deleted": False, "isGenerated": False, "metricSectionId": SECTION, "runsCountToCompare": 100}
+    parallel = {**common, "uuid": "subnet-ray-parallel", "type": "PARALLEL", "showAllRuns": True,
+                "selectedParams": ["method", *(f"grid.{k}" for k in grid_keys)], "selectedMetrics": [ACCURACY, CHANGE]}
     return [
         {**common, "uuid": "subnet-ray-accuracy", "type": "BAR", "metricKey": ACCURACY},
         {**common, "uuid": "subnet-ray-change", "type": "BAR", "metricKey": CHANGE},
         {**common, "uuid": "subnet-ray-scatter", "type": "SCATTER",
          "xaxis": {"key": ACCURACY, "type": "METRIC"}, "yaxis": {"key": CHANGE, "type": "METRIC"}},
-        {**common, "uuid": "subnet-ray-parallel", "type": "PARALLEL", "showAllRuns": True,
-         "selectedParams": ["method", *(f"grid.{k}" for k in grid_keys)], "selectedMetrics": [ACCURACY, CHANGE]},
+        *([] if grouped else [parallel]),
     ]
 
 
-def view_state(languages: list[str], grid_keys: list[str], multi_task: bool = False) -> dict:
+def view_state(languages: list[str], grid_keys: list[str], multi_task: bool = False, grouped: bool = False) -> dict:
     """Returns the view's state as MLflow's UI keeps it: search facets (sorted by run name, so child runs
-    are rows of their own) and UI state (headline columns first, their widths, the comparison charts)."""
+    are rows of their own) and UI state (headline columns first, their widths, the comparison charts);
+    `grouped`: runs grouped by task, method and grid values, charts of the groups' means over seeds."""
     keys = headline_keys(languages, grid_keys, multi_task)
     columns = [_column(kind, key) for kind, key in keys]
-    return {
-        "orderByKey": _column("tags", "mlflow.runName"), "orderByAsc": True, "searchFilter": "",
+    group = {}
+    if grouped:
+        by = [*([{"mode": "tag", "groupByData": "task"}] if multi_task else []), {"mode": "param", "groupByData": "method"},
+              *({"mode": "param", "groupByData": f"grid.{k}"} for k in grid_keys)]
+        group = {"groupBy": {"groupByKeys": by, "aggregateFunction": "average"}, "useGroupedValuesInCharts": True}
+    return {**group,
+        "orderByKey": _column("tags", "mlflow.runName"), "orderByAsc": True,
+        # grouped: the trials only (the parent run's params list every grid value: it would be a group of its own)
+        "searchFilter": "tags.`subnet_ray.role` = 'trial'" if grouped else "",
         "selectedColumns": columns,
         "columnOrder": [NAME_COLUMN, *columns],  # MLflow lists metrics before params, each alphabetically
         "columnWidths": {c: min(max(90, 8 * len(key) + 28), 220) for c, (_, key) in zip(columns, keys)},
         "runsHiddenMode": "SHOW_ALL",  # charts plot every run, not MLflow's default first ten
-        "compareRunCharts": _charts(grid_keys),
+        "compareRunCharts": _charts(grid_keys, grouped),
         "compareRunSections": [{"uuid": SECTION, "name": "subnet-ray: methods and branches", "display": True,
                                 "isReordered": False, "deleted": False, "isGenerated": False}],
         "isAccordionReordered": True,
@@ -81,18 +97,19 @@ def view_state(languages: list[str], grid_keys: list[str], multi_task: bool = Fa
     }
 
 
-def view_tag(languages: list[str], grid_keys: list[str], multi_task: bool = False, created_ms: int | None = None,
-             now_ms: int | None = None) -> tuple[str, str]:
-    """Returns (experiment tag key, value) of the saved view: MLflow's saved-view envelope around view_state."""
+def view_tag(languages: list[str], grid_keys: list[str], multi_task: bool = False, key: str = VIEW_KEY,
+             created_ms: int | None = None, now_ms: int | None = None) -> tuple[str, str]:
+    """Returns (experiment tag key, value) of the saved view `key`: MLflow's saved-view envelope around view_state."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    state = json.dumps(view_state(languages, grid_keys, multi_task), separators=(",", ":"))
-    return VIEW_TAG, json.dumps({"name": VIEW_NAME, "createdAt": created_ms or now_ms, "updatedAt": now_ms, "state": state})
+    state = json.dumps(view_state(languages, grid_keys, multi_task, grouped=key == GROUPED_KEY), separators=(",", ":"))
+    return TAG_PREFIX + key, json.dumps({"name": VIEW_NAMES[key], "createdAt": created_ms or now_ms, "updatedAt": now_ms,
+                                         "state": state})
 
 
-def runs_url(base: str, experiment_id: str, chart: bool = False) -> str:
-    """Returns the URL of the experiment's runs page in model-training mode with the saved view loaded
+def runs_url(base: str, experiment_id: str, chart: bool = False, key: str = VIEW_KEY) -> str:
+    """Returns the URL of the experiment's runs page in model-training mode with the saved view `key` loaded
     (its chart view with `chart`); `base` is the MLflow UI's address, e.g. http://127.0.0.1:5000."""
-    query = {"workflowType": WORKFLOW, "viewStateShareKey": VIEW_KEY}
+    query = {"workflowType": WORKFLOW, "viewStateShareKey": key}
     if chart:
         query["compareRunsMode"] = "CHART"
     return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query)}"

@@ -285,20 +285,20 @@ class Tracker:
         return exp.experiment_id
 
     def set_view(self, languages: list[str], grid_keys: list[str], multi_task: bool = False) -> str:
-        """Returns the saved view's tag key after storing on the experiment the view `subnet-ray ui` opens:
-        headline columns, child runs as rows, comparison charts (see runs_view.py). Each invocation rewrites
-        it, so a sweep that gained languages or grid settings shows them."""
-        from .runs_view import SWEEP_TAG, VIEW_TAG, view_tag
+        """Returns the runs view's tag key after storing on the experiment the saved views `subnet-ray ui` opens:
+        headline columns, child runs as rows, comparison charts, and the same grouped by method and branch
+        (runs_view.py). Each invocation rewrites them, so a sweep that gained languages or grid settings shows them."""
+        from .runs_view import SWEEP_TAG, TAG_PREFIX, VIEW_NAMES, VIEW_TAG, view_tag
 
-        old = self.client.get_experiment(self.experiment_id).tags.get(VIEW_TAG)
-        try:
-            created = json.loads(old)["createdAt"] if old else None
-        except (ValueError, KeyError, TypeError):
-            created = None  # not our envelope (edited by hand): start afresh
-        key, value = view_tag(languages, grid_keys, multi_task, created_ms=created)
-        self.client.set_experiment_tag(self.experiment_id, key, value)
+        tags = self.client.get_experiment(self.experiment_id).tags
+        for key in VIEW_NAMES:
+            try:
+                created = json.loads(tags[TAG_PREFIX + key])["createdAt"] if TAG_PREFIX + key in tags else None
+            except (ValueError, KeyError, TypeError):
+                created = None  # not our envelope (edited by hand): start afresh
+            self.client.set_experiment_tag(self.experiment_id, *view_tag(languages, grid_keys, multi_task, key, created_ms=created))
         self.client.set_experiment_tag(self.experiment_id, SWEEP_TAG, self.sweep_name)  # experiments made before the tag
-        return key
+        return VIEW_TAG
 
     @property
     def artifact_location(self) -> str:
