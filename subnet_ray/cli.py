@@ -229,7 +229,8 @@ def cmd_ui(args) -> int:
         if args.open and first:
             import webbrowser
 
-            webbrowser.open(first)
+            if not webbrowser.open(first):
+                print(f"no web browser to open here: open {first}")
         return 0
     try:
         ui_command(_root(args), uri, host=args.host, port=args.port)  # no store, bad URI or port: before reading it

@@ -112,6 +112,37 @@ def test_each_invocation_rewrites_the_view_and_ui_names_it(tmp_path, capsys):
     assert "sweep 'nosuch', --sweep: no such sweep in this MLflow store (sweeps with subnet-ray's view: viewsweep)" in capsys.readouterr().err
 
 
+def test_open_waits_for_the_server_before_opening_the_browser(monkeypatch):
+    import threading
+    import webbrowser
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    from subnet_ray.orchestration.tracking_store import open_when_up
+
+    class Healthy(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args):
+            pass
+
+    opened = []
+    monkeypatch.setattr(webbrowser, "open", lambda url: opened.append(url) or True)
+    port = free_port()
+    waiter = open_when_up(f"http://127.0.0.1:{port}", "http://view", timeout=60)
+    time.sleep(1.5)
+    assert opened == [] and waiter.is_alive()  # nothing answers yet: no browser on a dead page
+    server = HTTPServer(("127.0.0.1", port), Healthy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        waiter.join(30)
+        assert opened == ["http://view"] and not waiter.is_alive()
+    finally:
+        server.shutdown()
+
+
 def _printed_urls(proc: subprocess.Popen, timeout: float = 120) -> dict[str, str]:
     """Returns {'runs table': url, 'charts': url} as `subnet-ray ui` prints them for the one sweep in the root."""
     urls, deadline = {}, time.monotonic() + timeout
