@@ -68,6 +68,24 @@ def test_view_uses_only_what_the_shipped_mlflow_ui_reads():
     assert json.loads(json.loads(view_tag(["xa"], [], key=GROUPED_KEY)[1])["state"]) == view_state(["xa"], [], grouped=True)
 
 
+def test_a_long_view_is_deflated_as_mlflow_writes_it_and_fits_a_tag():
+    import base64
+    import zlib
+
+    from mlflow.utils.validation import MAX_EXPERIMENT_TAG_VAL_LENGTH
+
+    from subnet_ray.orchestration.runs_view import TAG_LIMIT
+
+    assert TAG_LIMIT == MAX_EXPERIMENT_TAG_VAL_LENGTH
+    langs = [f"lang{i:03d}" for i in range(400)]
+    plain = json.loads(view_tag(langs[:3], [])[1])["state"]
+    assert json.loads(plain) == view_state(langs[:3], [])  # short: plain JSON, as a person can read it
+    _, value = view_tag(langs, ["training.lr"])
+    state = json.loads(value)["state"]
+    assert len(value) <= TAG_LIMIT and state.startswith("deflate;")  # 400 languages: ~95 k of JSON
+    assert json.loads(zlib.decompress(base64.b64decode(state.removeprefix("deflate;")))) == view_state(langs, ["training.lr"])
+
+
 def test_headline_columns_come_first_in_order():
     cols = view_state(["xa", "xb"], ["training.lr"])["selectedColumns"]
     assert cols == ["params.`method`", "params.`seed`", "params.`random_seed`", "params.`grid.training.lr`",
@@ -195,6 +213,11 @@ def test_printed_url_shows_child_runs_and_headline_columns_in_chromium(tmp_path)
                     return cell ? cell.innerText : null; }})()""")
                 assert shown is not None and float(shown) == pytest.approx(run.data.metrics["test_accuracy_mean"]), name
             page.screenshot(ARTIFACTS / "mlflow_view_runs_table.png")
+            # a long view is stored deflated (sweeps with hundreds of languages): the UI reads that form too
+            client.set_experiment_tag(exp, *view_tag(["xa", "xb", "ya"], [], key="deflated", compress=True))
+            page.goto(runs_url(f"http://127.0.0.1:{port}", exp, key="deflated"))
+            text = page.wait_for("deflated", *children, "test_accuracy_mean")  # the active view's name in the views menu
+            assert "Sort: Run Name" in text and "share key" not in text  # not MLflow's 'share key is invalid'
             page.goto(urls["charts"])
             # grouped by method: one bar per method, the mean over its seeds (one seed here)
             page.wait_for("subnet-ray: methods and branches", "test_accuracy_mean", "change_in_pos_mean", "Group by: method",

@@ -21,8 +21,10 @@ method and grid branch, averaged over seeds (the chart view it prints).
 """
 from __future__ import annotations
 
+import base64
 import json
 import time
+import zlib
 from urllib.parse import urlencode
 
 TAG_PREFIX = "mlflow.sharedViewState."
@@ -34,6 +36,8 @@ WORKFLOW = "machine_learning"  # MLflow's model-training mode
 SECTION = "subnet-ray-compare"  # uuid of the chart section holding the comparison charts
 ACCURACY, CHANGE = "test_accuracy_mean", "change_in_pos_mean"
 NAME_COLUMN = "attributes.`Run Name`"
+TAG_LIMIT = 20000  # mlflow.utils.validation.MAX_EXPERIMENT_TAG_VAL_LENGTH (checked by the tests)
+DEFLATE = "deflate;"  # how MLflow's UI marks a compressed view state
 
 
 def _column(kind: str, key: str) -> str:
@@ -98,12 +102,20 @@ def view_state(languages: list[str], grid_keys: list[str], multi_task: bool = Fa
 
 
 def view_tag(languages: list[str], grid_keys: list[str], multi_task: bool = False, key: str = VIEW_KEY,
-             created_ms: int | None = None, now_ms: int | None = None) -> tuple[str, str]:
-    """Returns (experiment tag key, value) of the saved view `key`: MLflow's saved-view envelope around view_state."""
+             created_ms: int | None = None, now_ms: int | None = None, compress: bool | None = None) -> tuple[str, str]:
+    """Returns (experiment tag key, value) of the saved view `key`: MLflow's saved-view envelope around view_state,
+    its state deflated as MLflow's UI writes long ones ('deflate;' + base64 of zlib) when plain JSON would not fit
+    an experiment tag (or as `compress` says)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
     state = json.dumps(view_state(languages, grid_keys, multi_task, grouped=key == GROUPED_KEY), separators=(",", ":"))
-    return TAG_PREFIX + key, json.dumps({"name": VIEW_NAMES[key], "createdAt": created_ms or now_ms, "updatedAt": now_ms,
-                                         "state": state})
+
+    def envelope(state: str) -> str:
+        return json.dumps({"name": VIEW_NAMES.get(key, key), "createdAt": created_ms or now_ms, "updatedAt": now_ms, "state": state})
+
+    value = envelope(state)
+    if compress or (compress is None and len(value) > TAG_LIMIT):
+        value = envelope(DEFLATE + base64.b64encode(zlib.compress(state.encode(), 9)).decode("ascii"))
+    return TAG_PREFIX + key, value
 
 
 def runs_url(base: str, experiment_id: str, chart: bool = False, key: str = VIEW_KEY) -> str:

@@ -288,7 +288,7 @@ class Tracker:
         """Returns the runs view's tag key after storing on the experiment the saved views `subnet-ray ui` opens:
         headline columns, child runs as rows, comparison charts, and the same grouped by method and branch
         (runs_view.py). Each invocation rewrites them, so a sweep that gained languages or grid settings shows them."""
-        from .runs_view import SWEEP_TAG, TAG_PREFIX, VIEW_NAMES, VIEW_TAG, view_tag
+        from .runs_view import SWEEP_TAG, TAG_LIMIT, TAG_PREFIX, VIEW_NAMES, VIEW_TAG, view_tag
 
         tags = self.client.get_experiment(self.experiment_id).tags
         for key in VIEW_NAMES:
@@ -296,7 +296,12 @@ class Tracker:
                 created = json.loads(tags[TAG_PREFIX + key])["createdAt"] if TAG_PREFIX + key in tags else None
             except (ValueError, KeyError, TypeError):
                 created = None  # not our envelope (edited by hand): start afresh
-            self.client.set_experiment_tag(self.experiment_id, *view_tag(languages, grid_keys, multi_task, key, created_ms=created))
+            tag, value = view_tag(languages, grid_keys, multi_task, key, created_ms=created)
+            if len(value) > TAG_LIMIT:  # hundreds of languages: the runs are all there, only the view is not
+                warnings.warn(f"MLflow saved view {key} of sweep {self.sweep_name}: {len(value)} characters, over MLflow's "
+                              f"{TAG_LIMIT}; not stored", stacklevel=2)
+                continue
+            self.client.set_experiment_tag(self.experiment_id, tag, value)
         self.client.set_experiment_tag(self.experiment_id, SWEEP_TAG, self.sweep_name)  # experiments made before the tag
         return VIEW_TAG
 
