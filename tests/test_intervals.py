@@ -1,0 +1,89 @@
+"""bootstrap.mean_interval: exact t intervals against scipy, runs and groups as the units, and the
+coverage its method was chosen for (benchmarks/interval_coverage.py's simulation, two cases)."""
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from subnet_ray.analysis.bootstrap import interval_table, mean_interval
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks" / "interval_coverage.py"
+
+
+def coverage_bench():
+    spec = importlib.util.spec_from_file_location("interval_coverage", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_one_run_is_the_t_interval_of_its_examples_column_by_column():
+    x = np.random.default_rng(0).choice([-10.0, -5, 0, 5, 10, 15], size=(25, 3))
+    lo, hi = mean_interval([x])
+    for j in range(3):
+        want = stats.t.interval(0.95, 24, loc=x[:, j].mean(), scale=stats.sem(x[:, j]))
+        assert (lo[j], hi[j]) == pytest.approx(want)
+    lo90, hi90 = mean_interval([x], level=0.9)
+    assert (lo90 > lo).all() and (hi90 < hi).all()
+    np.testing.assert_array_equal(mean_interval([x])[0], lo)  # no random draws: same store, same report
+
+
+def test_several_runs_are_the_units_whatever_their_examples():
+    # Two runs without spread inside: an interval over examples would be [5, 5]; over the runs it is
+    # 5 +- t(1) * 7.07 / sqrt(2).
+    lo, hi = mean_interval([np.zeros((50, 1)), np.full((30, 1), 10.0)])
+    half = stats.t.ppf(0.975, 1) * np.std([0, 10], ddof=1) / np.sqrt(2)
+    assert (lo[0], hi[0]) == pytest.approx((5 - half, 5 + half))
+    # Only run means matter: spreading the examples around the same means leaves the interval alone.
+    g = np.random.default_rng(1)
+    runs = [m + g.choice([-5.0, 5.0], size=(40, 1)) for m in (1.0, 4.0, 2.5)]
+    runs = [r - r.mean() + m for r, m in zip(runs, (1.0, 4.0, 2.5))]
+    lo2, hi2 = mean_interval(runs)
+    assert (lo2[0], hi2[0]) == pytest.approx(stats.t.interval(0.95, 2, loc=2.5, scale=stats.sem([1.0, 4.0, 2.5])))
+    assert mean_interval([np.empty((0, 1)), *runs])[0] == pytest.approx(lo2)  # an empty run is left out
+
+
+def test_groups_average_their_runs_first():
+    # Training seed 0 has random-mask seeds with means 0 and 2, seed 1 has 6 and 8: the units are 1 and 7.
+    runs = [np.full((10, 1), m) for m in (0.0, 2.0, 6.0, 8.0)]
+    lo, hi = mean_interval(runs, groups=[0, 0, 1, 1])
+    assert (lo[0], hi[0]) == pytest.approx(stats.t.interval(0.95, 1, loc=4.0, scale=stats.sem([1.0, 7.0])))
+    assert mean_interval(runs, groups=["s"] * 4)[0] == pytest.approx(mean_interval(runs)[0])  # one group: runs are units
+    with pytest.raises(ValueError, match="3 group labels for 4 runs"):
+        mean_interval(runs, groups=[0, 0, 1])
+
+
+def test_undefined_intervals_are_nan_and_no_examples_is_an_error():
+    assert np.isnan(mean_interval([np.array([[3.0, 4.0]])])).all()  # one example: no spread to measure
+    with pytest.raises(ValueError, match="at least one run with examples"):
+        mean_interval([np.empty((0, 2))])
+
+
+def test_interval_table_drops_runs_and_their_group_labels_where_a_language_is_missing():
+    import pandas as pd
+
+    def frame(lang_values):
+        idx = pd.MultiIndex.from_tuples([(l, f"t{i}") for l, vs in lang_values.items() for i in range(len(vs))],
+                                        names=["test_language", "test_id"])
+        return pd.DataFrame({"a": [v for vs in lang_values.values() for v in vs]}, index=idx)
+
+    frames = [frame({"a": [0.0, 2.0], "b": [1.0, 3.0]}), frame({"a": [4.0, 6.0]}), frame({"a": [8.0, 8.0], "b": [5.0, 7.0]})]
+    lo, hi = interval_table(frames, ["a", "b"], groups=[0, 0, 1])
+    want_a = mean_interval([f.xs("a", level="test_language").to_numpy() for f in frames], groups=[0, 0, 1])
+    want_b = mean_interval([frames[0].xs("b", level="test_language").to_numpy(), frames[2].xs("b", level="test_language").to_numpy()])
+    assert (lo.at["a", "a"], hi.at["a", "a"]) == pytest.approx((want_a[0][0], want_a[1][0]))
+    assert (lo.at["b", "a"], hi.at["b", "a"]) == pytest.approx((want_b[0][0], want_b[1][0]))
+
+
+@pytest.mark.parametrize("runs, between_sd", [(1, 0.0), (3, 3.0)])
+def test_coverage_holds_95_percent_where_the_old_bootstrap_did_not(runs, between_sd):
+    # 1000 repetitions: Monte Carlo sd 0.007 around 0.95. The old two-level bootstrap covers ~0.86
+    # with 3 runs (issue 23: 0.79), so a return to it, or any interval that ignores the spread between
+    # runs, fails here.
+    bench = coverage_bench()
+    got = bench.coverage("new", runs, 60, between_sd, reps=1000)
+    assert 0.93 <= got["coverage"] <= 0.97, got
+    if runs > 1:
+        assert bench.coverage("old", runs, 60, between_sd, reps=200)["coverage"] < 0.92
