@@ -54,40 +54,77 @@ def _resampled_means(x: np.ndarray, n_boot: int, g: np.random.Generator) -> np.n
     return counts @ x / n
 
 
-def mean_interval(runs: Sequence[np.ndarray], level: float = LEVEL,
-                  groups: Sequence[object] | None = None) -> tuple[np.ndarray, np.ndarray]:
+def mean_interval(runs: Sequence[np.ndarray], level: float = LEVEL, groups: Sequence[object] | None = None,
+                  ids: Sequence[Sequence[object]] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Returns (low, high) per column: the t interval of the mean over runs of each run's column means.
 
     `runs` holds one [examples, columns] array per run (a run with no examples is left out).
-    One run: mean +- t(n-1) * sd / sqrt(n) over its n examples. Several: the same over the run
-    means, with runs - 1 degrees of freedom, so the spread between runs, not the examples within
-    them, sets the width. `groups` (one label per run, e.g. the training seed of each random-mask
-    seed) averages the runs of a group first: the groups are then the independent units.
+    One run: mean +- t(n-1) sd / sqrt(n) over its n examples. Several: the runs are the units
+    (or groups of runs, `groups` holding one label per run: e.g. the training seed of each
+    random-mask seed, whose runs share that seed's model, are averaged first): mean +-
+    t(units-1) sd_units / sqrt(units), so the spread between runs, not the examples within
+    them, sets the width. `ids` (one sequence of test example ids per run): where the units
+    share test examples, an example's own effect is common to every unit and does not show in
+    the spread between them; its variance (from the units x shared examples table) is added,
+    each part of the half-width with its own degrees of freedom:
+    half = sqrt(t(units-1)^2 var_units + t(shared-1)^2 var_examples).
     Deterministic; NaN where undefined (one run of one example).
     """
-    if groups is not None and len(groups) != len(runs):
-        raise ValueError(f"mean_interval: {len(groups)} group labels for {len(runs)} runs")
+    for name, labels in (("group labels", groups), ("id lists", ids)):
+        if labels is not None and len(labels) != len(runs):
+            raise ValueError(f"mean_interval: {len(labels)} {name} for {len(runs)} runs")
     keep = [i for i, r in enumerate(runs) if len(r)]
     if not keep:
         raise ValueError("mean_interval needs at least one run with examples")
-    arrays = [np.asarray(runs[i], dtype=float) for i in keep]
+    arrays = [np.asarray(runs[i], dtype=float).reshape(len(runs[i]), -1) for i in keep]
     if len(arrays) == 1:
-        units = arrays[0]
-    else:
-        means = [a.mean(axis=0) for a in arrays]
-        labels = [groups[i] for i in keep] if groups is not None else keep
-        if len(set(labels)) > 1:
-            means = [np.mean([m for m, l in zip(means, labels) if l == g], axis=0) for g in dict.fromkeys(labels)]
-        units = np.stack(means)
-    n = len(units)
-    centre = units.mean(axis=0)
+        x = arrays[0]
+        if len(x) < 2:
+            return np.full(x.shape[1], np.nan), np.full(x.shape[1], np.nan)
+        return _t_interval(x.mean(axis=0), [(x.var(axis=0, ddof=1) / len(x), len(x) - 1)], level)
+    labels = [groups[i] for i in keep] if groups is not None and len({groups[i] for i in keep}) > 1 else keep
+    members = [[j for j, l in enumerate(labels) if l == u] for u in dict.fromkeys(labels)]
+    means = np.stack([np.mean([arrays[j].mean(axis=0) for j in m], axis=0) for m in members])
+    parts = [(means.var(axis=0, ddof=1) / len(members), len(members) - 1)]
+    if ids is not None:
+        parts += _shared_examples([list(ids[i]) for i in keep], arrays, members)
+    return _t_interval(means.mean(axis=0), parts, level)
+
+
+def _shared_examples(ids: list[list], arrays: list[np.ndarray], members: list[list[int]]) -> list[tuple[np.ndarray, int]]:
+    """Returns [(variance, df)] of the shared test examples' own effect on the mean ([] if fewer than 2 are shared).
+
+    With y[u, x] = mu + a_u + b_x + e_ux on the units x shared examples table, the spread of
+    the unit means carries var(a)/k + var(e)/(nk) but not var(b) sum_x w_x^2, w_x being
+    example x's weight in the mean: var(b) = (MS_examples - MS_residual) / k (ANOVA), n - 1 df.
+    """
+    k = len(members)
+    shared = pd.Index(ids[0])
+    for i in ids[1:]:
+        shared = shared.intersection(pd.Index(i))
+    n = len(shared)
     if n < 2:
-        return np.full_like(centre, np.nan), np.full_like(centre, np.nan)
-    half = _t_quantile(level, n - 1) * units.std(axis=0, ddof=1) / np.sqrt(n)
+        return []
+    rows = [pd.Index(i).get_indexer(shared) for i in ids]
+    table = np.stack([np.mean([arrays[j][rows[j]] for j in m], axis=0) for m in members])  # [units, shared, columns]
+    ex_means = table.mean(axis=0)
+    resid = table - table.mean(axis=1, keepdims=True) - ex_means + ex_means.mean(axis=0)
+    ms_x = k * ex_means.var(axis=0, ddof=1)
+    ms_e = (resid ** 2).sum(axis=(0, 1)) / ((k - 1) * (n - 1))
+    weight = pd.Series(0.0, index=pd.Index([x for i in ids for x in i]).unique())
+    for m in members:
+        for j in m:
+            weight[ids[j]] += 1.0 / (len(ids[j]) * len(m) * k)
+    return [(float((weight.to_numpy() ** 2).sum()) * np.maximum(ms_x - ms_e, 0.0) / k, n - 1)]
+
+
+def _t_interval(centre: np.ndarray, parts: list[tuple[np.ndarray, int]], level: float) -> tuple[np.ndarray, np.ndarray]:
+    """Returns centre -+ sqrt(sum of t(df)^2 variance) over the independent parts of the variance, per column."""
+    half = np.sqrt(sum(_t_quantile(level, df) ** 2 * np.maximum(var, 0.0) for var, df in parts))
     return centre - half, centre + half
 
 
-@functools.lru_cache(maxsize=64)
+@functools.lru_cache(maxsize=256)
 def _t_quantile(level: float, df: int) -> float:
     """Returns the (1 + level) / 2 quantile of Student's t with df degrees of freedom."""
     return float(stats.t.ppf((1 + level) / 2, df))
@@ -105,17 +142,19 @@ def interval_table(per_run: Sequence[pd.DataFrame], rows: Sequence[str], groups:
 
     Each frame of `per_run` holds one run's per-example values: index (test_language, test_id),
     one column per training language (as `shares.per_example_shares`); `groups` labels the runs
-    as in `mean_interval`. A test language no run has examples of gets NaN.
+    as in `mean_interval`, and the test ids tell it which examples the runs share. A test
+    language no run has examples of gets NaN.
     """
     columns = list(per_run[0].columns)
     lo = pd.DataFrame(np.nan, index=pd.Index(list(rows), name="test_language"), columns=columns)
     hi = lo.copy()
     for lang in rows:
         has = [lang in f.index.get_level_values("test_language") for f in per_run]
-        runs = [f.xs(lang, level="test_language")[columns].to_numpy(float) for f, h in zip(per_run, has) if h]
-        if any(len(r) for r in runs):
+        frames = [f.xs(lang, level="test_language")[columns] for f, h in zip(per_run, has) if h]
+        if any(len(f) for f in frames):
             labels = None if groups is None else [g for g, h in zip(groups, has) if h]
-            lo.loc[lang], hi.loc[lang] = mean_interval(runs, level, labels)
+            lo.loc[lang], hi.loc[lang] = mean_interval([f.to_numpy(float) for f in frames], level, labels,
+                                                       ids=[f.index.to_numpy() for f in frames])
     lo.columns.name = hi.columns.name = "train_language"
     return lo, hi
 
