@@ -67,8 +67,8 @@ def ci_method(units: int = 1, what: str = "runs") -> str:
     """Returns the caption's words for `bootstrap.mean_interval`'s method with `units` averaged runs (1: test examples)."""
     if units <= 1:
         return "95% t intervals over test examples (mean +- t(n-1) sd/sqrt(n))"
-    return (f"95% t intervals over the {units} {what}' means ({units - 1} degrees of freedom: the spread between "
-            f"{what}, not the test examples within them, sets the width)")
+    return (f"95% intervals over the {units} {what}: t with {units - 1} degrees of freedom on their means, widened by "
+            "the variance of the test examples they share (t with n-1 on the examples' own effect)")
 
 
 def cells_ci(table: pd.DataFrame, lo: pd.DataFrame, hi: pd.DataFrame, value: str, **const) -> pd.DataFrame:
