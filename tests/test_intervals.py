@@ -74,6 +74,14 @@ def test_shared_examples_add_their_own_variance():
     # Different examples in each run: nothing shared, the runs carry all of it.
     disjoint = mean_interval(runs, ids=[range(5), range(5, 10)])
     assert disjoint[0] == pytest.approx(mean_interval(runs)[0]) and disjoint[0][0] == pytest.approx(b.mean() + 1 - t1 * np.sqrt(between))
+    # Runs that share 4 of their 5 examples: examples 0 and 5 weigh 1/10 in the mean, 1-4 weigh 2/10.
+    shifted = [(np.r_[b, 7.0] + a)[lo:lo + 5, None] for a, lo in ((0.0, 0), (2.0, 1))]
+    core = np.stack([s[[1, 2, 3, 4], 0] if i == 0 else s[[0, 1, 2, 3], 0] for i, s in enumerate(shifted)])
+    var_b = core.mean(axis=0).var(ddof=1) * 2 / 2  # MS_examples / runs, residual 0
+    means = [s.mean() for s in shifted]
+    lo3, hi3 = mean_interval(shifted, ids=[range(0, 5), range(1, 6)])
+    half = np.sqrt(t1 ** 2 * np.var(means, ddof=1) / 2 + stats.t.ppf(0.975, 3) ** 2 * (2 * 0.1 ** 2 + 4 * 0.2 ** 2) * var_b)
+    assert (lo3[0], hi3[0]) == pytest.approx((np.mean(means) - half, np.mean(means) + half))
     # Pure noise within runs (no example effect): the added part is ~0, the interval that of the runs.
     g = np.random.default_rng(4)
     noise = [g.normal(m, 5.0, size=(200, 1)) for m in (0.0, 1.0, 2.0, 3.0)]

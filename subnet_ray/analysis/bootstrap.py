@@ -106,23 +106,29 @@ def _shared_examples(ids: list[list], arrays: list[np.ndarray], members: list[li
     example x's weight in the mean: var(b) = (MS_examples - MS_residual) / k (ANOVA), n - 1 df.
     """
     k = len(members)
-    shared = pd.Index(ids[0])
-    for i in ids[1:]:
-        shared = shared.intersection(pd.Index(i))
+    index = [pd.Index(i) for i in ids]
+    same = all(len(i) == len(index[0]) and i.equals(index[0]) for i in index[1:])  # the usual case: one test set
+    shared = index[0]
+    for i in [] if same else index[1:]:
+        shared = shared.intersection(i)
     n = len(shared)
     if n < 2:
         return []
-    rows = [pd.Index(i).get_indexer(shared) for i in ids]
+    rows = [np.arange(n)] * len(ids) if same else [i.get_indexer(shared) for i in index]
     table = np.stack([np.mean([arrays[j][rows[j]] for j in m], axis=0) for m in members])  # [units, shared, columns]
     ex_means = table.mean(axis=0)
     resid = table - table.mean(axis=1, keepdims=True) - ex_means + ex_means.mean(axis=0)
     ms_x = k * ex_means.var(axis=0, ddof=1)
     ms_e = (resid ** 2).sum(axis=(0, 1)) / ((k - 1) * (n - 1))
-    weight = pd.Series(0.0, index=pd.Index([x for i in ids for x in i]).unique())
-    for m in members:
-        for j in m:
-            weight[ids[j]] += 1.0 / (len(ids[j]) * len(m) * k)
-    return [(float((weight.to_numpy() ** 2).sum()) * np.maximum(ms_x - ms_e, 0.0) / k, n - 1)]
+    if same:  # every example weighs 1/n
+        weight = np.full(n, 1.0 / n)
+    else:
+        every = index[0].append(index[1:]).unique()
+        weight = np.zeros(len(every))
+        for m in members:
+            for j in m:
+                weight[every.get_indexer(index[j])] += 1.0 / (len(index[j]) * len(m) * k)
+    return [(float((weight ** 2).sum()) * np.maximum(ms_x - ms_e, 0.0) / k, n - 1)]
 
 
 def _t_interval(centre: np.ndarray, parts: list[tuple[np.ndarray, int]], level: float) -> tuple[np.ndarray, np.ndarray]:
