@@ -67,8 +67,8 @@ def ci_method(units: int = 1, what: str = "runs") -> str:
     """Returns the caption's words for `bootstrap.mean_interval`'s method with `units` averaged runs (1: test examples)."""
     if units <= 1:
         return "95% t intervals over test examples (mean +- t(n-1) sd/sqrt(n))"
-    return (f"95% intervals over the {units} {what}: t with {units - 1} degrees of freedom on their means, widened by "
-            "the variance of the test examples they share (t with n-1 on the examples' own effect)")
+    return (f"95% intervals over the {units} {what}: t on their means ({units - 1} degrees of freedom), widened by "
+            "the variance of the test examples they share (Satterthwaite df, never below the means' own t interval)")
 
 
 def cells_ci(table: pd.DataFrame, lo: pd.DataFrame, hi: pd.DataFrame, value: str, **const) -> pd.DataFrame:
