@@ -102,7 +102,8 @@ def _html(summary: dict, w: FigureWriter, out: Path) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>subnet-ray pooled report: {esc(summary['sweep'])}</title>",
              f"<style>{_CSS}</style></head><body><h1>Sweep {esc(summary['sweep'])}: training seeds {esc(seeds)} pooled</h1>",
              "<p>Each training seed has its own report beside this one. Here every share and change is the mean over "
-             "the training seeds, and its 95% interval is a t interval over the seeds' means (seeds - 1 degrees of freedom), so it "
+             "the training seeds, and its 95% interval is a t interval over the seeds' means (seeds - 1 degrees of freedom), "
+             "widened by the variance of the test examples the seeds share, so it "
              "says how far another training run could move the number. Figures follow Choenni et al. (arXiv "
              "2311.08273); figNN is the paper's Figure NN.</p>",
              "<h2 id='provenance'>Provenance</h2>", *_provenance_html(summary["provenance"], esc),
@@ -124,7 +125,8 @@ def _html(summary: dict, w: FigureWriter, out: Path) -> str:
                      for lang, v in r["in_language_pos_change"].items() if lang in o["in_language_pos_change"]]
             parts.append(f"<p><b>Fig 3 ({esc(task)}), pooled:</b> change in the in-language positive share against the "
                          f"full model, {esc(random.removesuffix(' vs full'))}: {esc('; '.join(cells))} (percentage points, "
-                         "95% t intervals over the training seeds' means, each the mean of its random-mask seeds). Paper: random masks "
+                         "95% t intervals over the training seeds' means, each the mean of its random-mask seeds, widened for their shared "
+                         "test examples). Paper: random masks "
                          "change little.</p>")
     parts += figures_html(figure_order(w.records), summary["skipped"], out)
     parts.append("</body></html>")
