@@ -9,6 +9,7 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from subnet_ray.analysis import (
     FigureWriter,
@@ -535,10 +536,12 @@ def test_pooled_report_averages_training_seeds_and_its_interval_carries_their_sp
     d = pd.read_csv(tmp_path / "disagree" / "fig02_toy_subnet_vs_full.csv")
     cell = d[(d["sign"] == "most positive") & (d["test_language"] == "a") & (d["train_language"] == "a")].iloc[0]
     assert cell["delta_pct"] == pytest.approx(0.0, abs=1e-9)  # the mean over the seeds
-    assert cell["ci_low"] == pytest.approx(-20) and cell["ci_high"] == pytest.approx(20) and not cell["significant"]
+    # t over the two seed means (+20, -20), 1 degree of freedom: 0 +- 12.706 * 28.28 / sqrt(2)
+    half = stats.t.ppf(0.975, 1) * np.std([20, -20], ddof=1) / np.sqrt(2)
+    assert cell["ci_low"] == pytest.approx(-half) and cell["ci_high"] == pytest.approx(half) and not cell["significant"]
     assert summary["comparisons"]["toy"]["full+subnet vs full"]["n_test_examples"] == {"summed over runs": {"a": 120}}
     assert "Mean over 2 training seeds" in summary["figures"][0]["caption"]
-    # Fig 11 pooled: the mean of the seeds' full-model shares (here identical: the interval is that of one seed's examples)
+    # Fig 11 pooled: the mean of the seeds' full-model shares (here identical)
     shares = pd.read_csv(tmp_path / "disagree" / "fig11_toy_full_shares.csv")
     own = shares[(shares["sign"] == "most positive") & (shares["test_language"] == "a") & (shares["train_language"] == "a")].iloc[0]
     assert own["share_pct"] == pytest.approx(full.mean())
@@ -546,7 +549,8 @@ def test_pooled_report_averages_training_seeds_and_its_interval_carries_their_sp
     rec = agree["comparisons"]["toy"]["full+subnet vs full"]
     assert rec["in_language_pos_change"]["a"] == pytest.approx(15.0)
     lo, hi = rec["in_language_pos_change_ci"]["a"]
-    assert lo == pytest.approx(10) and hi == pytest.approx(20)  # seeds resampled: means 10, 15 or 20
+    half = stats.t.ppf(0.975, 1) * np.std([20, 10], ddof=1) / np.sqrt(2)  # two seeds: t with 1 df, ~ +-63.5
+    assert lo == pytest.approx(15 - half) and hi == pytest.approx(15 + half)
     assert agree["effects_per_seed"]["toy"]["1"]["subnet_in_language_change"]["a"] == pytest.approx(20)
     assert agree["seeds_holding"]["toy"]["subnet_raises_in_language"] == 2
     html = (tmp_path / "agree" / "report.html").read_text()

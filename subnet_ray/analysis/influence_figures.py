@@ -2,12 +2,14 @@
 
 Each `figNN(writer, task)` makes the figure from the variants the task has, or records
 why it could not. Figs 2, 4, 5, 6, 10, 11, 18 and 19 also take a list of one task's results,
-one per training seed: they then show the mean over the seeds, with intervals that resample
-the seeds as well as the test examples (the sweep's pooled report, analysis/seeds.py).
+one per training seed: they then show the mean over the seeds, with intervals over the
+seeds' means (the sweep's pooled report, analysis/seeds.py).
 Shares are over the top-k most positive / negative training examples of the summed TracIn
 ranking (checkpoint -1), except Figs 7, 10, 18, which use each epoch's.
-Every share and change carries its 95% bootstrap interval (ci_low, ci_high) in the CSV and
-summary.json; heatmaps of changes mark with * the cells whose interval excludes 0.
+Every share and change carries its 95% interval (ci_low, ci_high) in the CSV and summary.json,
+from `bootstrap.mean_interval` (a t interval over test examples, or over the run means where
+runs are averaged; each caption says which); heatmaps of changes mark with * the cells whose
+interval excludes 0.
 """
 from __future__ import annotations
 
@@ -58,8 +60,15 @@ def cells(table: pd.DataFrame, value: str, **const) -> pd.DataFrame:
     return pd.DataFrame([{**const, r: i, c: j, value: float(table.at[i, j])} for i in table.index for j in table.columns])
 
 
-CI_NOTE = ("Intervals: 95% bootstrap over test examples{seeds}, in the CSV (ci_low, ci_high); * marks changes whose "
-           "interval excludes 0.")
+CI_NOTE = "Intervals: {method}, in the CSV (ci_low, ci_high); * marks changes whose interval excludes 0."
+
+
+def ci_method(units: int = 1, what: str = "runs") -> str:
+    """Returns the caption's words for `bootstrap.mean_interval`'s method with `units` averaged runs (1: test examples)."""
+    if units <= 1:
+        return "95% t intervals over test examples (mean +- t(n-1) sd/sqrt(n))"
+    return (f"95% intervals over the {units} {what}: t on their means ({units - 1} degrees of freedom), widened by "
+            "the variance of the test examples they share (Satterthwaite df, never below the means' own t interval)")
 
 
 def cells_ci(table: pd.DataFrame, lo: pd.DataFrame, hi: pd.DataFrame, value: str, **const) -> pd.DataFrame:
@@ -92,8 +101,9 @@ def _record(w: FigureWriter, t: TaskResults | list[TaskResults], name: str, comp
     runs = _runs(t)
     t = runs[0]
     deltas = {sign: mean_delta(cs) for sign, cs in comps.items()}
-    intervals = {sign: delta_interval(cs) for sign, cs in comps.items()}
     per_run = len(comps["pos"]) // len(runs)
+    # Pairs of one training seed share its model: average them, then the seeds are the independent units.
+    intervals = {sign: delta_interval(cs, [i // per_run for i in range(len(cs))]) for sign, cs in comps.items()}
     weighted = [compare_shares(r.influence, c.a, c.b, t.languages, sign="pos", weighted=True)
                 for i, r in enumerate(runs) for c in comps["pos"][i * per_run:(i + 1) * per_run]]
 
@@ -120,7 +130,7 @@ def _record(w: FigureWriter, t: TaskResults | list[TaskResults], name: str, comp
 def _pooled(runs: list[TaskResults], what: str = "change") -> str:
     """Returns the caption's note on pooling training seeds ('' for one run)."""
     return "" if len(runs) == 1 else (f" Mean over {len(runs)} training seeds (each seed's {what} on the test examples its "
-                                      "models classify correctly); the interval resamples the seeds too.")
+                                      "models classify correctly); the interval is over the seeds' means.")
 
 
 def _delta_figure(w: FigureWriter, t: TaskResults | list[TaskResults], number: int, slug: str, pairs: list[tuple[str, str]],
@@ -146,11 +156,18 @@ def _delta_figure(w: FigureWriter, t: TaskResults | list[TaskResults], number: i
         f"{', '.join(f'{lang} {v}' for lang, v in n.items())}). "
         f"Here the in-language positive share {_diag_text(specialization(deltas['pos']))}; its interval lies above 0 "
         f"for {int(specialization(ci['pos'][0]).gt(0).sum())} of them.{extra}{_pooled(runs)} "
-        f"{CI_NOTE.format(seeds=' and runs' if len(comps['pos']) > 1 else '')} Paper: {paper}"
+        f"{CI_NOTE.format(method=ci_method(*_units(runs, pairs)))} Paper: {paper}"
     )
     w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="delta_pct",
               panel="sign", diverging=True, caption=caption, mark="significant", title=f"{t.task}: {name}",
               xlabel="training language", ylabel="test language")
+
+
+def _units(runs: list[TaskResults], pairs: list) -> tuple[int, str]:
+    """Returns how many independent runs an averaged interval is over, and what they are (as `_record` groups them)."""
+    if len(runs) > 1:
+        return len(runs), "training seeds"
+    return len(pairs), "random-mask seeds"
 
 
 def fig02(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
@@ -232,14 +249,14 @@ def fig03(w: FigureWriter, t: TaskResults) -> None:
         if rand:
             lo, hi = delta_interval(rand)
             rand_text = (f" Mean of the {len(rand)} random mask(s): {float(mean_delta(rand).at[lang, lang]):+.1f} "
-                         f"[{float(lo.at[lang, lang]):+.1f}, {float(hi.at[lang, lang]):+.1f}] (95% interval over examples and seeds).")
+                         f"[{float(lo.at[lang, lang]):+.1f}, {float(hi.at[lang, lang]):+.1f}] ({ci_method(len(rand), 'random-mask seeds')}).")
         own = {label: float(comps[name, "pos"].delta.at[lang, lang]) for label, name in rows if lang in comps[name, "pos"].delta.index}
         caption = (
             f"Test language {lang}, full fine-tuned model: change (percentage points) in each training language's share "
             f"of the top-{top_k(t.influence['full'])} most positive (left) and most negative (right) training examples "
             f"when applying random masks (R = {lang}'s mask shuffled with that seed), other languages' masks (suboptimal) "
             f"or {lang}'s own mask, compared with no mask. In-language ({lang}) positive change: "
-            f"{', '.join(f'{k} {v:+.1f}' for k, v in own.items())}.{rand_text} {CI_NOTE.format(seeds='')} "
+            f"{', '.join(f'{k} {v:+.1f}' for k, v in own.items())}.{rand_text} {CI_NOTE.format(method=ci_method())} "
             "Paper (PAWS-X, German): random masks change little "
             "and never raise German's share, while suboptimal masks behave unlike random ones (e.g. much more negative "
             "influence from Korean) (Fig 3)."
@@ -275,7 +292,7 @@ def _absolute(w: FigureWriter, t: TaskResults | list[TaskResults], number: int, 
         f"(right) training examples, {what}, averaged over correctly classified test examples; rows are test "
         f"languages, columns training languages. In-language positive shares: "
         f"{', '.join(f'{l} {v:.1f} [{lo.at[l, l]:.1f}, {hi.at[l, l]:.1f}]' for l, v in spec.items())} "
-        f"(95% bootstrap intervals over test examples{' and training seeds' if len(runs) > 1 else ''}; chance "
+        f"({ci_method(len(runs), 'training seeds')}; chance "
         f"{100 / len(t.languages):.0f}); the test language is its own largest contributor for {top}/{len(spec)} "
         f"languages.{_pooled(runs, 'shares')} Paper: {paper}"
     )
@@ -324,7 +341,7 @@ def fig19(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
             f"the union or the intersection of their two masks, compared with the full fine-tuned model. Cross-pair "
             f"changes: {'; '.join(cross)}. Paper: intersecting the masks of pairs that already shared (PAWS-X es-fr, "
             f"MARC de-en) strengthens their sharing; the union does so less (Fig 19).{_pooled(runs)} "
-            f"{CI_NOTE.format(seeds=' and training seeds' if len(runs) > 1 else '')}"
+            f"{CI_NOTE.format(method=ci_method(len(runs), 'training seeds'))}"
         )
         w.heatmap(19, t.task, f"composition_{pair[0]}-{pair[1]}", pd.concat(frames, ignore_index=True),
                   row="test_language", col="train_language", value="delta_pct", panel="mask", diverging=True,
@@ -380,16 +397,17 @@ def fig07(w: FigureWriter, t: TaskResults) -> None:
 
 def _per_epoch(t: TaskResults | list[TaskResults], names: list[str]) -> pd.DataFrame:
     """Returns test_language, epoch, specialization_pct averaged over the named variants (and `t`'s runs)."""
-    frames, runs, t0 = [], [], _runs(t)[0]
-    for x in _runs(t):
+    frames, runs, groups, t0 = [], [], [], _runs(t)[0]
+    for i, x in enumerate(_runs(t)):
         for name in names:
             res = x.influence[name]
             keep = correct_under_all([res])
             runs.append((res, keep))
+            groups.append(i)  # a training seed's random-mask seeds share its model: one unit of the interval
             frames.append(specialization_by_checkpoint(res, t0.languages, keep=keep))
     t = t0
     d = pd.concat(frames).groupby(["test_language", "checkpoint"], sort=False)["specialization"].mean().reset_index()
-    ci = pd.concat([specialization_interval(runs, t.languages, int(c)).assign(checkpoint=int(c)) for c in d["checkpoint"].unique()])
+    ci = pd.concat([specialization_interval(runs, t.languages, int(c), groups).assign(checkpoint=int(c)) for c in d["checkpoint"].unique()])
     d = d.merge(ci, on=["test_language", "checkpoint"], how="left")
     d["test_language"] = pd.Categorical(d["test_language"], categories=t.languages, ordered=True)
     d = d.sort_values(["test_language", "checkpoint"])
@@ -427,7 +445,7 @@ def fig10(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
         f"checkpoint's own ranking) per test language over training epochs. Last epoch: {finals}. Paper (PAWS-X): both "
         "converge to about 25% in-language reliance, SFT lets all languages share more while full fine-tuning leaves "
         "Korean and English behind; for MARC (Fig 17) full fine-tuning is similar and Chinese is left behind (Fig 10, 17). "
-        f"Shaded: 95% bootstrap interval over test examples{' and training seeds' if len(runs) > 1 else ''}.{_pooled(runs, 'in-language share')}"
+        f"Shaded: {ci_method(len(runs), 'training seeds')}.{_pooled(runs, 'in-language share')}"
     )
     w.lines(10, t.task, "specialization_epochs", data, x="epoch", y="specialization_pct", hue="test_language",
             panel="model", caption=caption, title=f"{t.task}: specialisation over epochs",
@@ -446,8 +464,8 @@ def fig18(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     caption = (
         f"Language specialisation per test language over epochs for SFT with random masks, mean of {len(names)} "
         f"seed(s), from each epoch checkpoint's ranking. Last epoch: {_spread(data)}. Paper (PAWS-X): random-mask SFT "
-        "behaves like full fine-tuning, leaving some languages behind (Fig 18). Shaded: 95% bootstrap interval over "
-        f"test examples and seeds{' (random-mask and training)' if len(runs) > 1 else ''}.{_pooled(runs, 'in-language share')}"
+        f"behaves like full fine-tuning, leaving some languages behind (Fig 18). Shaded: {ci_method(*_units(runs, names))}"
+        f"{' (each seed: the mean of its random-mask seeds)' if len(runs) > 1 else ''}.{_pooled(runs, 'in-language share')}"
     )
     w.lines(18, t.task, "random_sft_specialization_epochs", data, x="epoch", y="specialization_pct",
             hue="test_language", caption=caption, title=f"{t.task}: random-mask SFT over epochs",

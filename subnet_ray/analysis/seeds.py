@@ -1,15 +1,15 @@
 """The pooled report of a sweep with several training seeds: the headline numbers over seeds.
 
-Each training seed has a report of its own, whose intervals resample that seed's test
-examples (and random-mask seeds): they say nothing of how far another training run would
+Each training seed has a report of its own, whose intervals are over that seed's test
+examples (or its random-mask seeds): they say nothing of how far another training run would
 move the numbers. With several training seeds, `build_seeds_report` writes one more folder:
 
 - Figs 2, 4, 5, 6, 11 and 19 (composed masks), and the per-epoch curves of Figs 10 and 18,
   as the mean over the seeds (each seed's shares or changes on the test examples its models
   classify correctly),
-  each value's 95% interval from a two-level bootstrap: seeds with replacement, then each
-  drawn seed's test examples (Figs 6 and 18: each (training seed, random-mask seed) pair is
-  one run);
+  each value's 95% interval a t interval over the seeds' means with seeds - 1 degrees of
+  freedom (`bootstrap.mean_interval`; Figs 6 and 18, and Fig 3's random masks: each seed's
+  mean over its random-mask seeds, which share that seed's model, is one unit);
 - Fig 3's comparison, the random masks' mean change in the random test language's
   in-language share beside the identified subnetwork's, pooled the same way (summary.json
   `comparisons`);
@@ -102,7 +102,8 @@ def _html(summary: dict, w: FigureWriter, out: Path) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>subnet-ray pooled report: {esc(summary['sweep'])}</title>",
              f"<style>{_CSS}</style></head><body><h1>Sweep {esc(summary['sweep'])}: training seeds {esc(seeds)} pooled</h1>",
              "<p>Each training seed has its own report beside this one. Here every share and change is the mean over "
-             "the training seeds, and its 95% interval resamples the seeds as well as each seed's test examples, so it "
+             "the training seeds, and its 95% interval is a t interval over the seeds' means (seeds - 1 degrees of freedom), "
+             "widened by the variance of the test examples the seeds share, so it "
              "says how far another training run could move the number. Figures follow Choenni et al. (arXiv "
              "2311.08273); figNN is the paper's Figure NN.</p>",
              "<h2 id='provenance'>Provenance</h2>", *_provenance_html(summary["provenance"], esc),
@@ -124,7 +125,8 @@ def _html(summary: dict, w: FigureWriter, out: Path) -> str:
                      for lang, v in r["in_language_pos_change"].items() if lang in o["in_language_pos_change"]]
             parts.append(f"<p><b>Fig 3 ({esc(task)}), pooled:</b> change in the in-language positive share against the "
                          f"full model, {esc(random.removesuffix(' vs full'))}: {esc('; '.join(cells))} (percentage points, "
-                         "95% intervals over training seeds, random-mask seeds and test examples). Paper: random masks "
+                         "95% t intervals over the training seeds' means, each the mean of its random-mask seeds, widened for their shared "
+                         "test examples). Paper: random masks "
                          "change little.</p>")
     parts += figures_html(figure_order(w.records), summary["skipped"], out)
     parts.append("</body></html>")

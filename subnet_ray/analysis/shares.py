@@ -6,8 +6,8 @@ score-weighted share weights each example by |influence score| instead of 1. A t
 language's shares are the mean over its test examples. Language specialisation is the
 in-language share (the diagonal). Comparisons between two variants use only the test
 examples both classify correctly (paper Section 4.3) and report share(a) - share(b) in
-percentage points. Every mean share and change has a 95% bootstrap interval over test
-examples (and runs, where several are averaged): see bootstrap.py.
+percentage points. Every mean share and change has a 95% t interval: over test examples for
+one run, over the run means where several runs are averaged (see bootstrap.mean_interval).
 """
 from __future__ import annotations
 
@@ -183,22 +183,24 @@ def compare_shares(
     return ShareComparison(a, b, sign, sa, sb, sa - sb, n, pa.loc[both] - pb.loc[both])
 
 
-def delta_interval(comparisons: Sequence[ShareComparison]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Returns (low, high) of the 95% bootstrap interval of `mean_delta(comparisons)`, cell by cell.
+def delta_interval(comparisons: Sequence[ShareComparison], groups: Sequence[object] | None = None
+                   ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Returns (low, high) of the 95% interval of `mean_delta(comparisons)`, cell by cell (`bootstrap.mean_interval`).
 
-    Test examples are resampled (paired: an example's two shares move together), and the
-    comparisons too when there are several (e.g. random-mask seeds).
+    One comparison: a t interval over its paired per-example changes (an example's two shares
+    move together). Several (e.g. random-mask seeds): over the comparisons' mean changes, or
+    over the means of each group of them (`groups`, e.g. the training seed of each).
     """
     rows = mean_delta(comparisons).index
-    return interval_table([c.per_example for c in comparisons], rows)
+    return interval_table([c.per_example for c in comparisons], rows, groups)
 
 
 def shares_with_interval(
     runs: Sequence[InfluenceResult], languages: Sequence[str], *, sign: str = "pos"
 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
     """Returns (shares, low, high): `language_shares` of each run on the test examples it classifies
-    correctly, averaged over the runs (e.g. training seeds), and the 95% bootstrap interval of
-    that mean, cell by cell (over test examples; over the runs too when there are several).
+    correctly, averaged over the runs (e.g. training seeds), and the 95% interval of that mean,
+    cell by cell (`bootstrap.mean_interval`: over test examples; over the run means when several).
     """
     keeps = [correct_under_all([r]) for r in runs]
     tables = [language_shares(r, languages, sign=sign, keep=k) for r, k in zip(runs, keeps)]
@@ -210,14 +212,15 @@ def shares_with_interval(
 
 
 def specialization_interval(runs: Sequence[tuple[InfluenceResult, pd.MultiIndex | None]], languages: Sequence[str],
-                            checkpoint: int) -> pd.DataFrame:
+                            checkpoint: int, groups: Sequence[object] | None = None) -> pd.DataFrame:
     """Returns test_language, low, high: the interval of the in-language positive share at `checkpoint`.
 
-    `runs` are (result, examples to keep) averaged together (several: resampled as runs too).
+    `runs` are (result, examples to keep) averaged together; several: the interval is over
+    their means (or their groups' means, `groups` as in `bootstrap.mean_interval`).
     """
     frames = [_per_example(r, languages, "pos", checkpoint, keep, False) for r, keep in runs]
     rows = [lang for lang in languages if any(lang in f.index.get_level_values("test_language") for f in frames)]
-    lo, hi = interval_table(frames, rows)
+    lo, hi = interval_table(frames, rows, groups)
     return pd.DataFrame({"test_language": rows, "low": [lo.at[l, l] for l in rows], "high": [hi.at[l, l] for l in rows]})
 
 
