@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import statistics
 import tempfile
 import time
@@ -65,11 +66,12 @@ class Calibration:
     table_io: float  # an influence node: writing its top-k and predictions tables
     peak_train_bytes: int | None  # device memory of a training step (CUDA only)
     peak_sketch_bytes: int | None  # device memory of a sketch batch (CUDA only)
+    slowdown: float = 1.0  # how much slower than on an idle machine the passes ran while calibrating (Clock.slowdown)
 
     @classmethod
     def zero(cls, device: str, batch_sizes: list[int]) -> "Calibration":
         """Returns a calibration where everything takes no time (for counting bytes alone)."""
-        times = {f.name: 0.0 for f in fields(cls) if f.type == "float"}
+        times = {f.name: 0.0 for f in fields(cls) if f.type == "float" and f.name != "slowdown"}
         return cls(device=device, eval_example={bs: 0.0 for bs in batch_sizes}, peak_train_bytes=None, peak_sketch_bytes=None, **times)
 
 
@@ -87,54 +89,120 @@ class StageCost:
 
 @dataclass
 class Estimate:
-    """A sweep's projected cost per stage output and in total."""
+    """A sweep's projected cost per stage output, its fixed costs, and its wall time on an executor.
+
+    Every seconds figure is what an idle machine takes (see Clock); `at_load` gives the present load's.
+    """
 
     sweep: str
     device: str
     nodes: list[StageCost] = field(default_factory=list)
     assumptions: list[str] = field(default_factory=list)
+    executor: str = "local"
+    fixed: dict[str, float] = field(default_factory=dict)  # walltime.FIXED name -> seconds, once per invocation
+    tune: dict[str, float] = field(default_factory=dict)  # tune_wave, tune_trial seconds (Ray executor)
+    trials: dict[int, dict[str, list[str]]] = field(default_factory=dict)  # wave -> Tune trial -> its node keys
+    slots: int = 1  # trials at a time
+    threads: int = 1  # torch threads per trial (resources.cpus)
+    slowdown: float = 1.0  # how much slower than idle the calibration ran (Clock.slowdown)
+
+    def waves(self) -> dict[str, float]:
+        """Returns each wave's wall seconds, trials scheduled as the executor runs them."""
+        from .walltime import wave_seconds
+
+        cost = {n.key: n.seconds for n in self.nodes}
+        plan = {w: {t: [cost[k] for k in keys] for t, keys in trials.items()} for w, trials in self.trials.items()}
+        return wave_seconds(plan, self.executor, self.slots, self.tune.get("tune_wave", 0.0), self.tune.get("tune_trial", 0.0))
+
+    def total_seconds(self) -> float:
+        """Returns the invocation's wall seconds: its fixed costs and its waves."""
+        return sum(self.fixed.values()) + sum(self.waves().values())
+
+    def at_load(self) -> dict:
+        """Returns the slowdown the present load implies for this sweep's run, and its total seconds and hours under it."""
+        from .walltime import cores, run_slowdown
+
+        busy = self.threads * (self.slots if self.executor == "ray" else 1)
+        factor = run_slowdown(self.slowdown, self.threads, busy, cores())
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
+        total = self.total_seconds() * factor
+        return {"slowdown": factor, "calibration_slowdown": self.slowdown, "load_1min": load, "cores": cores(),
+                "total_seconds": total, "total_hours": total / 3600}
 
     def by_stage(self, cpus: float, gpus: float) -> dict[str, dict]:
-        """Returns per stage: count, hours, device_hours (GPU), cpu_hours, peak memory, checkpoint and sketch bytes; plus 'total'."""
+        """Returns per stage and per fixed cost: outputs, seconds, hours, device_hours (GPU), cpu_hours, peak memory,
+        checkpoint and sketch bytes; 'tune' (trial and wave starts), 'parallel' (seconds saved by trials side by side,
+        <= 0) and 'total' (the wall time), so that the rows add up to the total."""
+        def row(seconds: float, rows: list[StageCost], per_cpu: float) -> dict:
+            hours = seconds / 3600
+            return {"outputs": len(rows), "seconds": seconds, "hours": hours,
+                    "device_hours": hours * gpus if self.device.startswith("cuda") else 0.0, "cpu_hours": hours * per_cpu,
+                    "peak_memory_bytes": max((n.memory_bytes for n in rows), default=0),
+                    "checkpoint_bytes": sum(n.checkpoint_bytes for n in rows), "sketch_bytes": sum(n.sketch_bytes for n in rows)}
+
         out = {}
-        for stage in STAGES + ("total",):
-            rows = [n for n in self.nodes if stage in (n.stage, "total")]
+        for stage in STAGES:
+            rows = [n for n in self.nodes if n.stage == stage]
             if stage == "pretrain" and not rows:
                 continue  # a row of its own only where the sweep pre-trains
-            hours = sum(n.seconds for n in rows) / 3600
-            out[stage] = {
-                "outputs": len(rows), "hours": hours, "device_hours": hours * gpus if self.device.startswith("cuda") else 0.0,
-                "cpu_hours": hours * cpus, "peak_memory_bytes": max((n.memory_bytes for n in rows), default=0),
-                "checkpoint_bytes": sum(n.checkpoint_bytes for n in rows), "sketch_bytes": sum(n.sketch_bytes for n in rows),
-            }
+            out[stage] = row(sum(n.seconds for n in rows), rows, cpus)
+        for name, seconds in self.fixed.items():
+            out[name] = row(seconds, [], 1)
+        if self.executor == "ray":
+            n_trials = sum(len(t) for t in self.trials.values())
+            out["tune"] = row(n_trials * self.tune.get("tune_trial", 0.0) + len(self.waves()) * self.tune.get("tune_wave", 0.0), [], 1)
+        total = self.total_seconds()
+        if self.executor == "ray":
+            out["parallel"] = row(total - sum(r["seconds"] for r in out.values()), [], 1)
+        out["total"] = row(total, self.nodes, cpus)
         return out
 
 
-def clock(device: str):
-    """Returns the clock calibration uses: wall time on a GPU (after a sync), CPU time of this process on CPU.
+class Clock:
+    """Times calls of a pass: the seconds an idle machine takes, and how much slower this machine runs them now.
 
-    On a CPU shared with other work, wall time of short calls depends on what else runs; CPU
-    time does not, and it is what CPU-hours count. Wall time = CPU time / torch threads on an
-    otherwise idle machine.
+    On a GPU: wall time after a sync. On a CPU: the smaller of wall time and this process's CPU time.
+    Both bound what an idle machine takes from above (wall time counts waiting for a core others hold,
+    CPU time counts every thread's work, and busy-waiting OpenMP threads, so it exceeds wall time when
+    threads run in parallel); a single thread (resources.cpus: 1), under OMP_WAIT_POLICY=PASSIVE, has
+    CPU time equal to its idle-machine wall time whatever else runs. `slowdown` is the summed wall time
+    over the summed idle-machine time of every call: how much slower the passes ran under the present load.
     """
-    if device.startswith("cuda"):
-        return lambda: (torch.cuda.synchronize(), time.perf_counter())[1]
-    return time.process_time
 
+    def __init__(self, device: str):
+        self.device, self.wall, self.quiet = device, 0.0, 0.0
 
-def _timed(fn, device: str, min_seconds: float = 0.3, max_repeats: int = 15) -> float:
-    """Returns the median seconds of repeated calls of `fn` (until `min_seconds` in all, at most `max_repeats`), after a warm-up call.
-
-    The median, not the mean: one call slowed by other work on the machine does not move it.
-    """
-    now = clock(device)
-    fn()
-    times, start = [], now()
-    while len(times) < max_repeats and (not times or now() - start < min_seconds):
-        t = now()
+    def __call__(self, fn) -> float:
+        """Returns the idle-machine seconds of one call of `fn`."""
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.synchronize()
+        w, c = time.perf_counter(), time.process_time()
         fn()
-        times.append(now() - t)
-    return statistics.median(times)
+        if cuda:
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter() - w, time.process_time() - c
+        quiet = wall if cuda else min(wall, cpu)
+        self.wall, self.quiet = self.wall + wall, self.quiet + quiet
+        return quiet
+
+    @property
+    def slowdown(self) -> float:
+        """Returns summed wall time / summed idle-machine time of the calls so far (1.0: none yet)."""
+        return max(1.0, self.wall / self.quiet) if self.quiet > 0 else 1.0
+
+
+def _timed(fn, clock: Clock, min_seconds: float = 0.3, max_repeats: int = 15) -> float:
+    """Returns the least idle-machine seconds of repeated calls of `fn` (until `min_seconds` in all, at most `max_repeats`),
+    after a warm-up call.
+
+    The least, not the median: other work on the machine only ever adds time to a call.
+    """
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < max_repeats and (not times or time.perf_counter() - start < min_seconds):
+        times.append(clock(fn))
+    return min(times)
 
 
 def param_count(model: torch.nn.Module) -> int:
@@ -196,7 +264,8 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     """Returns per-batch costs of every pass for task `task_id` of the branch `spec`, timed on training.device."""
     data, tok, make, _ = setup(spec, task_id)
     device, precision, ml = spec.training.device, spec.training.precision, spec.training.max_length
-    build = _timed(make, device)
+    clock = Clock(device)
+    build = _timed(make, clock)
     model = make().to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=spec.training.lr)
     scaler = grad_scaler(device, precision)
@@ -206,16 +275,16 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
         for chunk in plan:
             b = {k: v.to(device) for k, v in encode(chunk, tok, ml).items()}
             train_step(model, b, opt, precision=precision, scaler=scaler, max_grad_norm=spec.training.max_grad_norm)
-    train_batch = _timed(steps, device) / len(plan)
+    train_batch = _timed(steps, clock) / len(plan)
     peak_train = _peak(device, steps)
     eval_example = {}
     for bs in {spec.training.batch_size, spec.influence.batch_size}:
         sample = spread(data["dev"], bs * batches)
-        eval_example[bs] = _timed(lambda: evaluate(model, sample, tok, ml, bs, None, device, precision), device) / len(sample)
+        eval_example[bs] = _timed(lambda: evaluate(model, sample, tok, ml, bs, None, device, precision), clock) / len(sample)
     with tempfile.TemporaryDirectory() as tmp:
         save_epoch = _timed(lambda: (save_checkpoint(model, Path(tmp) / "epoch_1", {"epoch": 1}),
-                                     _save_resume(Path(tmp), opt, {p: n for n, p in model.named_parameters()}, 1, 1, scaler)), device)
-        load = _timed(lambda: load_checkpoint(model, Path(tmp) / "epoch_1"), device)
+                                     _save_resume(Path(tmp), opt, {p: n for n, p in model.named_parameters()}, 1, 1, scaler)), clock)
+        load = _timed(lambda: load_checkpoint(model, Path(tmp) / "epoch_1"), clock)
         mask = torch.ones(model.num_layers, model.num_heads, dtype=torch.bool)
         meta = {"task": task_id, "language": "x", "seed": 0, "checkpoint": "-", "full_accuracy": 1.0, "masked_accuracy": 1.0,
                 "threshold": 1.0, "step_fraction": 1.0}
@@ -227,32 +296,32 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
         with masks_store.writing(source) as out:
             for lang in ("a", "b", "c"):
                 save_mask(out / lang, mask, meta)
-        three = _timed(lambda: _publish_random_masks(masks_store, source, ("a", "b", "c"), meta), device)
-        one = _timed(lambda: _publish_random_masks(masks_store, source, ("a",), meta), device)
+        three = _timed(lambda: _publish_random_masks(masks_store, source, ("a", "b", "c"), meta), clock)
+        one = _timed(lambda: _publish_random_masks(masks_store, source, ("a",), meta), clock)
         # both publishes check the same 3-language input, so the difference drops that check: add its share back
-        check = _timed(lambda: masks_store.path(source, hashes="all"), device)
+        check = _timed(lambda: masks_store.path(source, hashes="all"), clock)
         mask_io = max(0.0, three - one) / 2 + check / 3
         # execute() also resolves the node's grid branch (pydantic validation of the sweep) for every node
         from .config import branches
         from .graph import branch_of
 
         values = branches(spec)[0][0]
-        node_io = _timed(lambda: _store_write(Store(Path(tmp) / "store")), device) + _timed(lambda: branch_of(spec, values), device)
+        node_io = _timed(lambda: _store_write(Store(Path(tmp) / "store")), clock) + _timed(lambda: branch_of(spec, values), clock)
     dev = spread(data["dev"], spec.subnetworks.batch_size * batches)
-    encode_example = _timed(lambda: encode(dev, tok, ml), device) / len(dev)
+    encode_example = _timed(lambda: encode(dev, tok, ml), clock) / len(dev)
     imp = make_batches(encode(dev, tok, ml), spec.subnetworks.batch_size)
     imp = [{k: v.to(device) for k, v in b.items()} for b in imp]
-    importance_batch = _timed(lambda: importance_pass(model, imp, None, "example", device, precision), device) / len(imp)
+    importance_batch = _timed(lambda: importance_pass(model, imp, None, "example", device, precision), clock) / len(imp)
     inf = spec.influence.model_copy(update={"precision": influence_precision(spec)})
     sample = spread(data["train"], inf.batch_size * batches)
     model.eval()
     projector = Projector(inf.proj_dim, inf.projection_seed) if inf.proj_dim else None
     sketch = lambda: sketch_examples(model, sample, tok, inf, ml, None, device, projector)  # noqa: E731
-    sketch_example = _timed(sketch, device) / len(sample)
+    sketch_example = _timed(sketch, clock) / len(sample)
     peak_sketch = _peak(device, sketch)
-    score_unit, score_fixed, table_io = _calibrate_scoring(model, inf, len(data["train"]), spec.training.epochs)
+    score_unit, score_fixed, table_io = _calibrate_scoring(model, inf, len(data["train"]), spec.training.epochs, clock)
     return Calibration(device, build, train_batch, eval_example, save_epoch, load, importance_batch, encode_example, sketch_example,
-                       score_unit, score_fixed, mask_io, node_io, table_io, peak_train, peak_sketch)
+                       score_unit, score_fixed, mask_io, node_io, table_io, peak_train, peak_sketch, clock.slowdown)
 
 
 def _publish_random_masks(store: Store, source: str, languages: tuple[str, ...], meta: dict) -> None:
@@ -275,7 +344,7 @@ def _store_write(store: Store) -> None:
     store.record({"key": key, "stage": "calibration", "time": time.time()})
 
 
-def _calibrate_scoring(model, inf, n_train: int, checkpoints: int) -> tuple[float, float, float]:
+def _calibrate_scoring(model, inf, n_train: int, checkpoints: int, clock: Clock) -> tuple[float, float, float]:
     """Returns (seconds per test x train x checkpoint, seconds per call) of top_influences, from two sizes, and
     the seconds to write a top-k table of 32 test examples and `checkpoints` checkpoints as parquet."""
     dim = sum(d for _, d in layer_dims(select_linears(model, inf.layers), inf.proj_dim))
@@ -286,12 +355,12 @@ def _calibrate_scoring(model, inf, n_train: int, checkpoints: int) -> tuple[floa
         sk = lambda n, w: [Sketches([f"{w}{i}" for i in range(n)], ["x"] * n, torch.randn(n, dim, generator=g).to(DTYPES[inf.dtype]),  # noqa: E731
                                     layer_dims(select_linears(model, inf.layers), inf.proj_dim), inf.proj_dim, 0, 1)]
         te, tr = sk(n_test, "te"), sk(n_train, "tr")
-        return _timed(lambda: top_influences(te, tr, min(inf.top_k, n_train)), "cpu"), te, tr  # scoring runs on CPU
+        return _timed(lambda: top_influences(te, tr, min(inf.top_k, n_train)), clock), te, tr  # scoring runs on CPU
     (small, _, _), (big, te, tr) = run(2), run(34)
     unit = max(0.0, (big - small) / (32 * n_train))
     frame = pd.concat([top_influences(te, tr, min(inf.top_k, n_train))] * checkpoints)  # about the rows of a real table
     with tempfile.TemporaryDirectory() as tmp:
-        table_io = 2 * _timed(lambda: frame.to_parquet(Path(tmp) / "t.parquet", index=False), "cpu")
+        table_io = 2 * _timed(lambda: frame.to_parquet(Path(tmp) / "t.parquet", index=False), clock)
     return unit, max(0.0, small - 2 * n_train * unit), table_io
 
 
@@ -302,30 +371,53 @@ def _groups(node: Node) -> list[int]:
     return list(keys.values())
 
 
-def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibration] | None = None, timed: bool = True) -> Estimate:
-    """Returns the projected cost of every stage output of the sweep (calibrating per task unless given).
+def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibration] | None = None, timed: bool = True,
+             executor: str = "local", fixed: dict[str, float] | None = None, cluster_cpus: int | None = None) -> Estimate:
+    """Returns the projected cost of every stage output of the sweep (calibrating per task unless given), and its wall
+    time on `executor` ('local' or 'ray') with the named fixed costs `fixed` (orchestration.overheads.measure).
 
+    Ray's costs in `fixed` (ray_start, tune_wave, tune_trial) are wall times under the load they
+    were measured at: they are scaled to an idle machine by the calibration's slowdown.
     timed=False: bytes and counts only, every time 0, no compute (the model is built on torch's
     meta device): what `validate` prints.
     """
+    from .walltime import FIXED, cores, slots, trials
+
     if not 0.0 < pruned <= 1.0:
         raise ValueError(f"pruned must be a fraction of the heads in (0, 1], got {pruned}")
+    if executor not in ("local", "ray"):
+        raise ValueError(f"executor must be 'local' or 'ray', got {executor!r}")
     notes = []
     if timed and spec.training.device.startswith("cuda") and not torch.cuda.is_available():
         notes.append(f"training.device is {spec.training.device} but this machine has no GPU: calibrated on cpu, so the hours are CPU hours")
         spec = spec.model_copy(update={"training": spec.training.model_copy(update={"device": "cpu"})})
-    est = Estimate(spec.name, spec.training.device, assumptions=notes + [
+    threads, n_slots = max(1, int(spec.resources.cpus)), slots(spec.resources.cpus, executor, cluster_cpus)
+    how = ("every stage output in one process, one after the other" if executor == "local" else
+           f"Tune trials {n_slots} at a time ({cluster_cpus or cores()} CPUs / resources.cpus {spec.resources.cpus}), each in a new worker process")
+    est = Estimate(spec.name, spec.training.device, executor=executor, slots=n_slots, threads=threads, assumptions=notes + [
         f"subnetwork search disables {pruned:.0%} of the heads before it stops (pruning steps are not known in advance)",
-        "one trial at a time on the present device; hours scale down with parallel trials, not the device-hours",
+        f"executor {executor}: {how}; seconds are an idle machine's (at_load: under the load seen while calibrating)",
     ] + (["a masked-LM pre-training step costs a fine-tuning step of the same batch size (not timed on its own)"]
          if spec.model.pretrain is not None else []))
+    if fixed is None:
+        est.assumptions.append("fixed costs (startup, data, MLflow, Ray, report) not measured: counted as 0")
     seen, calibration = set(), dict(calibration or {})
-    threads = torch.get_num_threads()
-    torch.set_num_threads(max(1, int(spec.resources.cpus)))  # as the sweep's trials run (runner.run_sweep)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)  # as the sweep's trials run (runner.run_sweep, tune._trainable: workers.use_cpus)
     try:
         _estimate_into(est, spec, pruned, calibration, timed, seen)
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(before)
+    est.slowdown = max([c.slowdown for c in calibration.values()] or [1.0]) if timed else 1.0
+    keys = {n.key for n in est.nodes}
+    est.trials = {w: {t: [n.key for n in ns if n.key in keys] for t, ns in plan.items()} for w, plan in trials(graph(spec)).items()}
+    fixed = dict(fixed or {})
+    for name in ("ray_start", "tune_wave", "tune_trial"):  # wall times of several processes: scaled to an idle machine
+        if name in fixed:
+            fixed[name] /= est.slowdown
+    est.fixed = {name: fixed[name] for name in FIXED if name in fixed and (executor == "ray" or name != "ray_start")}
+    if executor == "ray":
+        est.tune = {name: fixed.get(name, 0.0) for name in ("tune_wave", "tune_trial")}
     return est
 
 
@@ -409,12 +501,23 @@ def human_bytes(n: float) -> str:
 
 
 def table(est: Estimate, cpus: float, gpus: float) -> str:
-    """Returns the per-stage costs as a fixed-width text table, then the assumptions."""
-    head = f"{'stage':<13}{'outputs':>8}{'hours':>10}{'device-h':>10}{'CPU-h':>10}{'peak mem':>11}{'checkpoints':>13}{'sketches':>11}"
+    """Returns the per-stage and fixed costs as a fixed-width text table (rows add up to the total), the waves, the present
+    load's total, then the assumptions."""
+    head = (f"{'stage':<13}{'outputs':>8}{'seconds':>10}{'hours':>10}{'device-h':>10}{'CPU-h':>10}{'peak mem':>11}"
+            f"{'checkpoints':>13}{'sketches':>11}")
     rows = [head, "-" * len(head)]
     for stage, r in est.by_stage(cpus, gpus).items():
-        rows.append(f"{stage:<13}{r['outputs']:>8}{r['hours']:>10.3g}{r['device_hours']:>10.3g}{r['cpu_hours']:>10.3g}"
-                    f"{human_bytes(r['peak_memory_bytes']):>11}{human_bytes(r['checkpoint_bytes']):>13}{human_bytes(r['sketch_bytes']):>11}")
+        if stage == "total":
+            rows.append("-" * len(head))
+        rows.append(f"{stage:<13}{r['outputs'] or '':>8}{r['seconds']:>10.1f}{r['hours']:>10.3g}{r['device_hours']:>10.3g}"
+                    f"{r['cpu_hours']:>10.3g}{human_bytes(r['peak_memory_bytes']):>11}{human_bytes(r['checkpoint_bytes']):>13}"
+                    f"{human_bytes(r['sketch_bytes']):>11}")
+    waves = ", ".join(f"{k} {v:.1f} s" for k, v in est.waves().items())
+    load = est.at_load()
+    rows.append(f"waves (wall, {est.slots} trial(s) at a time): {waves}")
+    rows.append(f"at the present load ({load['load_1min']:.2f} on {load['cores']} cores; calibration ran "
+                f"{load['calibration_slowdown']:.2f}x slower than idle, this run ~{load['slowdown']:.2f}x): "
+                f"{load['total_seconds']:.1f} s ({load['total_hours']:.3g} h)")
     return "\n".join(rows + [f"assumes: {a}" for a in est.assumptions])
 
 

@@ -113,6 +113,7 @@ def execute(node: Node, spec: SweepSpec, store: Store, on_wait: Callable[[str], 
     """
     if store.done(node.key):
         return False
+    started = time.perf_counter()  # the ledger's `seconds`: what `estimate` is checked against, per stage
     with lease(store, node.key, on_wait=on_wait):
         if store.done(node.key):
             on_wait(f"stage output {node.key} was computed by another invocation meanwhile: using it")
@@ -125,7 +126,7 @@ def execute(node: Node, spec: SweepSpec, store: Store, on_wait: Callable[[str], 
                 on_wait(f"{e}; moved aside to {store.set_aside(e.key, e.problems)}")
             raise
     store.record({"key": node.key, "stage": str(node.stage), "trial": node.trial, "variant": getattr(node.params, "variant", None),
-                  "time": time.time(), "pid": os.getpid()})
+                  "time": time.time(), "seconds": time.perf_counter() - started, "pid": os.getpid()})
     return True
 
 
