@@ -133,16 +133,19 @@ def synthetic_results(spec: SweepSpec, task, nodes, seed: int, layers: int, head
 
 
 def report(spec: SweepSpec) -> float:
-    """Returns the seconds to write (and log to MLflow) every report folder of the sweep, on synthetic results of its shape."""
+    """Returns the seconds to write (and log to MLflow) every report folder of the sweep, and to log the trials' mask and
+    influence artifacts (trial_runs.TrialLog.finish), on synthetic results of the sweep's shape."""
     from ..analysis.report import build_report
     from ..analysis.seeds import build_seeds_report
     from ..sizes import shape_of
     from .runner import _log_reports
     from .tracking import Tracker
+    from .trial_runs import TrialLog
 
     total = 0.0
     with tempfile.TemporaryDirectory() as tmp, Tracker(spec.name, Path(tmp) / "root") as tracker:
         tracker.start(spec.name, {}, {})
+        log = TrialLog(tracker, graph(spec), spec)
         for values, b in branches(spec):
             nodes = graph(b)
             by_seed = {}
@@ -152,9 +155,31 @@ def report(spec: SweepSpec) -> float:
                 folder = Path(tmp) / "reports" / f"{len(by_seed)}-{seed}"
                 total += _quiet(lambda: (build_report(results, folder, spec.name), _log_reports(tracker, spec, [folder])))
                 by_seed[seed] = results
+                total += _trial_artifacts(log, nodes, {r.task: r for r in results}, seed, Path(tmp) / "artifacts")
             if len(by_seed) >= 2:
                 pooled = Path(tmp) / "reports" / "pooled"
                 total += _quiet(lambda: (build_seeds_report(by_seed, pooled, spec.name), _log_reports(tracker, spec, [pooled])))
+    return total
+
+
+def _trial_artifacts(log, nodes, results: dict, seed: int, tmp: Path) -> float:
+    """Returns the seconds to log each mask node's masks (with their PNG and JSON views) and each influence node's tables."""
+    from ..stages import PREDICTIONS, TOPK
+
+    total = 0.0
+    for n in (n for n in nodes if n.params.seed == seed and n.params.task in results):
+        r, folder = results[n.params.task], tmp / n.key
+        if n.stage in (Stage.SUBNETWORKS, Stage.RANDOM_MASKS):
+            for lang, mask in r.masks.items():
+                (folder / lang).mkdir(parents=True, exist_ok=True)
+                np.save(folder / lang / "mask.npy", mask)
+            total += _quiet(lambda: log._artifacts(log.run(n.trial), f"masks/{n.key}", folder, masks=True))
+        elif n.stage == Stage.INFLUENCE and n.params.variant in r.influence:
+            folder.mkdir(parents=True, exist_ok=True)
+            res = r.influence[n.params.variant]
+            res.topk.to_parquet(folder / TOPK)  # the stage writes these (its own cost); the log copies them
+            res.predictions.to_parquet(folder / PREDICTIONS)
+            total += _quiet(lambda: log._artifacts(log.run(n.trial), f"influence/{n.key}", folder))
     return total
 
 
