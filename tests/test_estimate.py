@@ -182,7 +182,7 @@ def test_calibration_clock_is_immune_to_a_competing_busy_process():
     import multiprocessing as mp
     import os
 
-    from subnet_ray.estimate import Clock, _timed
+    from subnet_ray.calibration import Clock, _timed
 
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("needs sched_setaffinity to share one core")
@@ -202,12 +202,12 @@ def test_calibration_clock_is_immune_to_a_competing_busy_process():
         rival.kill()
     finally:
         os.sched_setaffinity(0, old)
-    assert shared.slowdown > 1.5 * alone.slowdown  # the rival did take the core: wall time about doubled
+    assert shared.slowdown > 1.5  # the rival did take half the core (at least): wall time about doubled
     assert 0.7 < t_shared / t_alone < 1.4, (t_alone, t_shared)
 
 
 def test_clock_takes_wall_time_where_threads_run_in_parallel_and_cpu_time_where_the_call_waits():
-    from subnet_ray.estimate import Clock
+    from subnet_ray.calibration import Clock
 
     c = Clock("cpu")
     assert c(lambda: time.sleep(0.3)) < 0.05  # waiting for a core (or anything) is not the pass's cost

@@ -8,7 +8,7 @@ top of them, once per invocation or once per Tune wave or trial, never per stage
 - data: loading every task's data and tokenizer (the driver checks them before anything starts);
 - tracking: MLflow: a new SQLite store and experiment, the parent run, one child run per trial
   with its params and per-epoch metrics, the runs ended (stores_fixed: the same on a new root);
-- ray_start: a local Ray instance (Ray executor);
+- ray_start: starting a local Ray instance and shutting it down (Ray executor);
 - tune_wave, tune_trial: Tune's cost of a wave, and of each trial on top of it (a worker process
   that imports the stages and loads the task data: what `tune._trainable` does before its nodes);
 - report: every report folder `run` writes (one per branch and seed, plus the pooled one of a
@@ -137,7 +137,6 @@ def report(spec: SweepSpec) -> float:
     influence artifacts (trial_runs.TrialLog.finish), on synthetic results of the sweep's shape."""
     from ..analysis.report import build_report
     from ..analysis.seeds import build_seeds_report
-    from ..sizes import shape_of
     from .runner import _log_reports
     from .tracking import Tracker
     from .trial_runs import TrialLog
@@ -150,8 +149,7 @@ def report(spec: SweepSpec) -> float:
             nodes = graph(b)
             by_seed = {}
             for seed in b.training.seeds:
-                shapes = [(t, shape_of(b, t)) for t in b.tasks]
-                results = [synthetic_results(b, t, nodes, seed, s[0][0], s[0][1]) for t, s in shapes if s is not None]
+                results = [synthetic_results(b, t, nodes, seed, *_heads(b, t)) for t in b.tasks]
                 folder = Path(tmp) / "reports" / f"{len(by_seed)}-{seed}"
                 total += _quiet(lambda: (build_report(results, folder, spec.name), _log_reports(tracker, spec, [folder])))
                 by_seed[seed] = results
@@ -160,6 +158,20 @@ def report(spec: SweepSpec) -> float:
                 pooled = Path(tmp) / "reports" / "pooled"
                 total += _quiet(lambda: (build_seeds_report(by_seed, pooled, spec.name), _log_reports(tracker, spec, [pooled])))
     return total
+
+
+def _heads(spec: SweepSpec, task) -> tuple[int, int]:
+    """Returns (layers, heads) of the sweep's model: its known shape, a local directory's config.json, else BERT base's 12 x 12."""
+    from ..sizes import shape_of
+
+    shape = shape_of(spec, task)
+    if shape is not None:
+        return shape[0][0], shape[0][1]
+    config = Path(spec.model.name) / "config.json"
+    if config.is_file():
+        c = json.loads(config.read_text())
+        return c.get("num_hidden_layers", 12), c.get("num_attention_heads", 12)
+    return 12, 12
 
 
 def _trial_artifacts(log, nodes, results: dict, seed: int, tmp: Path) -> float:
@@ -231,7 +243,9 @@ def _measure_ray(spec: SweepSpec) -> dict[str, float]:
         wave = time.perf_counter() - t
     ends = sorted(r.metrics["end"] for r in results)
     trial = ends[1] - ends[0]  # from one trial's end to the next one's: a new worker, its imports, the data
-    ray.shutdown()
+    t = time.perf_counter()
+    ray.shutdown()  # `run` pays it too, at exit
+    ray_start += time.perf_counter() - t
     return {"ray_start": ray_start, "tune_wave": max(0.0, wave - 2 * trial), "tune_trial": trial}
 
 
