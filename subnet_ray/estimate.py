@@ -156,6 +156,9 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
          if spec.model.pretrain is not None else []))
     if fixed is None:
         est.assumptions.append("fixed costs (startup, data, MLflow, Ray, report) not measured: counted as 0")
+    if executor == "ray" and spec.influence.actors > 1:
+        est.assumptions.append("influence.actors > 1: the influence wave runs on Ray Data actor pools from the driver; "
+                               "estimated as Tune trials (the pools' own start per call is not counted)")
     seen, calibration = set(), dict(calibration or {})
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # as the sweep's trials run (runner.run_sweep, tune._trainable: workers.use_cpus)
