@@ -7,6 +7,7 @@ the orchestration decides where each node runs.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from dataclasses import dataclass
@@ -19,9 +20,10 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from .config import SweepSpec, TaskSpec
+from .config import InfluenceSpec, SweepSpec, TaskSpec
 from .data import load_examples, num_labels, tokenizer_for
 from .graph import Node, Stage, branch_of, influence_precision
+from .influence.pipeline import Job, influence_jobs
 from .influence.pipeline import influence as influence_local
 from .lease import lease
 from .models import build_model, load_checkpoint
@@ -184,18 +186,33 @@ def _random_masks(job: _Job, **_) -> None:
                   meta.model_dump() | {"kind": "random", "random_seed": rs, "source": job.node.inputs[0]})
 
 
-def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=None, **_) -> None:
-    node, spec, store, out, data, tok, make = job.node, job.spec, job.store, job.out, job.data, job.tok, job.make
-    model = make()
-    shape = (model.num_layers, model.num_heads)
+def _influence_inputs(node: Node, spec: SweepSpec, store: Store, data: dict, shape: tuple[int, int]) -> tuple[list, dict, list[Path], InfluenceSpec]:
+    """Returns (test examples, test language -> float head mask or None, checkpoint folders, influence settings) of an influence node."""
     refs = node.params.masks
     masks = {lang: resolve_mask(store, ref, shape) for lang, ref in refs.items()}
     k = spec.influence.test_per_language
     test = [e for lang in refs for e in [x for x in data["test"] if x.language == lang][:k]]
     ckpts = checkpoints(store.path(node.params.model, hashes="all"))
     masks_f = {l: (m.float() if m is not None else None) for l, m in masks.items()}
-    precision = influence_precision(spec)
-    inf_spec = spec.influence.model_copy(update={"precision": precision})
+    return test, masks_f, ckpts, spec.influence.model_copy(update={"precision": influence_precision(spec)})
+
+
+def _predictions(model, test: list, masks: dict, spec: SweepSpec, tok, epoch: int) -> list[dict]:
+    """Returns one row per test example (test_id, test_language, checkpoint, label, pred) of the model as loaded, each language under its mask."""
+    rows = []
+    for lang, mask in masks.items():
+        exs = [e for e in test if e.language == lang]
+        with torch.no_grad():  # predictions only: no autograd graph over the weights
+            preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, mask, spec.training.device,
+                             influence_precision(spec))["preds"]
+        rows += [{"test_id": e.id, "test_language": lang, "checkpoint": epoch, "label": e.label, "pred": p} for e, p in zip(exs, preds)]
+    return rows
+
+
+def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=None, **_) -> None:
+    spec, out, data, tok, make = job.spec, job.out, job.data, job.tok, job.make
+    model = make()
+    test, masks_f, ckpts, inf_spec = _influence_inputs(job.node, spec, job.store, data, (model.num_layers, model.num_heads))
     # sketching progress from the in-process scorer; a distributed one reports through its own pool
     progress = {"on_step": on_step} if on_step is not None and influence_fn is influence_local else {}
     topk = influence_fn(make, ckpts, data["train"], test, tok, inf_spec, masks_f, spec.training.max_length,
@@ -204,12 +221,76 @@ def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=N
     rows = []
     for ckpt in ckpts:
         epoch = load_checkpoint(model, ckpt).get("epoch", int(ckpt.name.split("_")[1]))
-        for lang in refs:
-            exs = [e for e in test if e.language == lang]
-            preds = evaluate(model, exs, tok, spec.training.max_length, spec.influence.batch_size, masks_f[lang], spec.training.device,
-                             precision)["preds"]
-            rows += [{"test_id": e.id, "test_language": lang, "checkpoint": epoch, "label": e.label, "pred": p} for e, p in zip(exs, preds)]
+        rows += _predictions(model, test, masks_f, spec, tok, epoch)
     pd.DataFrame(rows).to_parquet(out / PREDICTIONS, index=False)
+
+
+def influence_groups(nodes: list[Node]) -> list[list[Node]]:
+    """Returns the influence nodes among `nodes` grouped by fine-tuned model and branch (what execute_influence shares work over), in first-seen order."""
+    groups: dict[tuple, list[Node]] = {}
+    for n in nodes:
+        if n.stage == Stage.INFLUENCE:
+            groups.setdefault((n.params.model, json.dumps(n.params.branch, sort_keys=True)), []).append(n)
+    return list(groups.values())
+
+
+def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait: Callable[[str], None] = _say,
+                      on_step: Callable[[int, int], None] | None = None, engine: Callable[..., dict] = influence_jobs) -> list[str]:
+    """Returns the keys computed: the missing ones of `nodes`, influence nodes of one fine-tuned model and branch, computed together.
+
+    What `execute` does for each node (lease, partial folder, publish, ledger), but with one model
+    build, one load per checkpoint, and every sketch set shared between the nodes (pipeline.influence_jobs):
+    each node's output is the same as `execute` gives it, and is published under its own key as soon
+    as its table is complete. Leases are taken in key order, so two invocations cannot deadlock.
+    engine: pipeline.influence_jobs (this process), or one of its signature such as
+    orchestration.influence_ray.influence_ray_jobs (given the model's factory, so workers build their own).
+    """
+    if any(n.stage != Stage.INFLUENCE for n in nodes) or len(influence_groups(nodes)) > 1:
+        raise ValueError(f"execute_influence: the nodes must be influence nodes of one fine-tuned model and branch, got {[n.trial for n in nodes]}")
+    todo = sorted((n for n in nodes if not store.done(n.key)), key=lambda n: n.key)
+    if not todo:
+        return []
+    with contextlib.ExitStack() as held:
+        for n in todo:
+            held.enter_context(lease(store, n.key, on_wait=on_wait))
+        for n in [n for n in todo if store.done(n.key)]:
+            on_wait(f"stage output {n.key} was computed by another invocation meanwhile: using it")
+        todo = [n for n in todo if not store.done(n.key)]
+        if not todo:
+            return []
+        b = branch_of(spec, todo[0].params.branch)
+        task, data, tok = task_data(b, todo[0].params.task)
+        make = model_factory(b, task, tok, todo[0].params.seed)
+        model = make()
+        shape = (model.num_layers, model.num_heads)
+        try:
+            inputs = {n.key: _influence_inputs(n, b, store, data, shape) for n in todo}
+        except DamagedOutput as e:
+            if store.done(e.key):
+                on_wait(f"{e}; moved aside to {store.set_aside(e.key, e.problems)}")
+            raise
+        ckpts, inf_spec = inputs[todo[0].key][2], inputs[todo[0].key][3]
+        rows: dict[str, list] = {n.key: [] for n in todo}
+        by_key = {n.key: n for n in todo}
+
+        def predict(model, meta: dict) -> None:
+            epoch = meta.get("epoch", int(Path(meta["dir"]).name.split("_")[1]))
+            for key, (test, masks, _, _) in inputs.items():
+                rows[key] += _predictions(model, test, masks, b, tok, epoch)
+
+        def publish(key: str, topk: pd.DataFrame) -> None:
+            with store.writing(key) as out:
+                topk.to_parquet(out / TOPK, index=False)
+                pd.DataFrame(rows[key]).to_parquet(out / PREDICTIONS, index=False)
+            n = by_key[key]
+            store.record({"key": key, "stage": str(n.stage), "trial": n.trial, "variant": n.params.variant,
+                          "time": time.time(), "pid": os.getpid()})
+
+        jobs = [Job(n.key, inputs[n.key][0], inputs[n.key][1]) for n in todo]
+        local = engine is influence_jobs
+        engine(model if local else make, ckpts, data["train"], jobs, tok, inf_spec, b.training.max_length, b.training.device,
+               on_checkpoint=predict, on_done=publish, **({"on_step": on_step} if local else {}))
+    return [n.key for n in todo]
 
 
 COMPUTE: dict[Stage, Callable[..., None]] = {

@@ -3,6 +3,7 @@ Captum's TracInCP, head masks, top-k against argsort, bad input, and the Ray Dat
 import functools
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from scipy.stats import spearmanr
@@ -275,21 +276,21 @@ def test_sketch_actor_rejects_an_empty_shard():
         actor({"row": np.array([], dtype=np.int64), "id": np.array([], dtype=object)})
 
 
-def test_ray_rows_cover_train_once_per_mask_and_test_once_sorted_by_length():
+def test_ray_rows_cover_each_sketch_set_once_sorted_by_length():
     from subnet_ray.orchestration.influence_ray import _rows
 
-    model, tok = tiny_model(), word_tokenizer()
+    tok = word_tokenizer()
     train, test = examples(6, "train", 0), examples(4, "test", 1)
-    groups = mask_groups(model, ["aa", "bb"], {"aa": torch.ones(2, 4), "bb": None})
-    rows = _rows(train, test, groups, tok, 16)
-    assert sorted((r["role"], r["group"], r["id"]) for r in rows) == sorted(
-        [("train", g, ex.id) for g in (0, 1) for ex in train]
-        + [("test", [0 if ex.language == "aa" else 1][0], ex.id) for ex in test])
+    aa = [ex for ex in test if ex.language == "aa"]
+    sets = [(0, "train", train), (1, "train", train), (0, "test", aa), (1, "test", test)]  # test examples in two sets
+    rows = _rows(sets, tok, 16)
+    assert sorted((r["set"], r["group"], r["role"], r["id"]) for r in rows) == sorted(
+        (s, g, role, ex.id) for s, (g, role, exs) in enumerate(sets) for ex in exs)
     lengths = [len(r["text"].split()) for r in rows]
     assert lengths == sorted(lengths) and [r["row"] for r in rows] == list(range(len(rows)))
     assert "text_pair" not in rows[0]  # Arrow would turn an all-None column into NaN floats
     paired = [Example(ex.id, ex.language, ex.text, "w1 w2", ex.label) for ex in train]
-    assert {r["text_pair"] for r in _rows(paired, paired[:1], groups[:1], tok, 16)} == {"w1 w2"}
+    assert {r["text_pair"] for r in _rows([(0, "train", paired)], tok, 16)} == {"w1 w2"}
 
 
 # -- end to end on Examples ------------------------------------------------------------------
@@ -351,13 +352,16 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
 def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, monkeypatch):
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written under the home folder
-    from subnet_ray.orchestration.influence_ray import influence_ray
+    from subnet_ray.influence.pipeline import Job, influence_jobs
+    from subnet_ray.orchestration.influence_ray import influence_ray, influence_ray_jobs
 
     dirs = _checkpoints(tmp_path)
     tok = word_tokenizer()
     train, test = examples(24, "train", 2), examples(6, "test", 3)
     mask = torch.ones(2, 4)
     mask[0, 3] = 0
+    other = torch.ones(2, 4)
+    other[1, 1:3] = 0
     masks = {"aa": mask, "bb": None}
     spec = InfluenceSpec(proj_dim=16, top_k=5, batch_size=4, actors=2, projection_seed=3)
     ref = influence(tiny_model, dirs, train, test, tok, spec, masks=masks, max_length=16)
@@ -370,12 +374,119 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
         got = influence_ray(factory, dirs, train, test, tok, spec, masks=masks, max_length=16, shard_size=2,
                             sketch_dir=str(tmp_path / "sketches"))
         one = influence_ray(factory, dirs, train, test, tok, spec, masks=masks, max_length=16)
+        # two jobs (a second mask on the aa examples), one actor pool per mask (budget 0): the jobs' tables
+        jobs = [Job("a", test, masks), Job("b", [t for t in test if t.language == "aa"], {"aa": other})]
+        done, seen = [], []
+        many = influence_ray_jobs(factory, dirs, train, jobs, tok, spec, max_length=16, budget_mb=0,
+                                  on_checkpoint=lambda m, meta: seen.append(meta["epoch"]), on_done=lambda n, t: done.append(n))
     finally:
         ray.shutdown()
+    assert seen == [1, 2] and sorted(done) == ["a", "b"]
+    want = influence_jobs(tiny_model, dirs, train, jobs, tok, spec, max_length=16)
     key = ["test_id", "checkpoint", "sign", "rank"]
-    ref = ref.sort_values(key).reset_index(drop=True)
-    for got in (got, one):
+    for got, ref in ((got, ref), (one, ref), (many["a"], want["a"]), (many["b"], want["b"])):
+        ref = ref.sort_values(key).reset_index(drop=True)
         got = got.sort_values(key).reset_index(drop=True)
         assert got[key + ["train_id", "train_language", "test_language"]].equals(ref[key + ["train_id", "train_language", "test_language"]])
         np.testing.assert_allclose(got.score.to_numpy(), ref.score.to_numpy(), rtol=1e-4, atol=1e-6)
     assert len(list((tmp_path / "sketches" / "epoch_1").glob("*.parquet"))) >= 1
+
+
+def _old_influence(model, dirs, train, test, tok, spec, masks, max_length):
+    """The single-job loop as it was before jobs shared work (mask group, then checkpoint, then train and test)."""
+    from subnet_ray.influence.pipeline import as_sketches, sketch_examples
+    from subnet_ray.models import load_checkpoint
+
+    metas = checkpoint_metas(model, dirs)
+    linears = select_linears(model, spec.layers)
+    layout, frames = layer_dims(linears, spec.proj_dim), []
+    for group in mask_groups(model, sorted({ex.language for ex in test}), masks):
+        group_test = [ex for ex in test if ex.language in group.languages]
+        sk_train, sk_test = [], []
+        for meta in metas:
+            load_checkpoint(model, meta["dir"])
+            for exs, sink in ((train, sk_train), (group_test, sk_test)):
+                ordered, values = sketch_examples(model, exs, tok, spec, max_length, group.mask)
+                sink.append(as_sketches([e.id for e in ordered], [e.language for e in ordered], values, layout, spec, meta, group.key))
+        frames.append(top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
+    return pd.concat(frames, ignore_index=True)
+
+
+def test_influence_jobs_share_loads_and_sketches_and_equal_separate_runs(tmp_path, monkeypatch):
+    """Four variants of one model (as a sweep's full, full+subnet, full+subopt, full+random): one load per
+    checkpoint, the training set sketched once per distinct mask and checkpoint, and each table equal to
+    the old one-variant loop bit for bit and to brute-force double-precision TracIn within 1e-5 relative."""
+    import subnet_ray.influence.pipeline as pipeline
+    from subnet_ray.influence.pipeline import Job, influence_jobs
+    from subnet_ray.models import load_checkpoint
+    from subnet_ray.tokenization import encode
+
+    dirs = _checkpoints(tmp_path)
+    tok = word_tokenizer()
+    train, test = examples(10, "train", 0), examples(6, "test", 1)
+    aa = [t for t in test if t.language == "aa"]
+    m = {i: torch.ones(2, 4) for i in (1, 2, 3)}
+    m[1][1, :2] = 0
+    m[2][0, 3] = 0
+    m[3][0, :2] = 0
+    jobs = [Job("full", test), Job("subnet", test, {"aa": m[1], "bb": m[2]}),
+            Job("subopt", aa, {"aa": m[2]}),  # subnet's bb mask on other test examples: its training sketches are shared
+            Job("random", aa, {"aa": m[3]})]
+    spec = InfluenceSpec(proj_dim=0, top_k=3, batch_size=4, lr_weighting=True)
+    loads, sketched = [], []
+    monkeypatch.setattr(pipeline, "load_checkpoint", lambda model, d: loads.append(d) or load_checkpoint(model, d))
+    real_sketch = pipeline.sketch_examples
+
+    def counting_sketch(model, exs, *a, **kw):
+        sketched.append(len(exs))
+        return real_sketch(model, exs, *a, **kw)
+
+    monkeypatch.setattr(pipeline, "sketch_examples", counting_sketch)
+    double = lambda: tiny_model().double()  # noqa: E731
+    seen, done = [], []
+    got = influence_jobs(double, dirs, train, jobs, tok, spec, max_length=16,
+                         on_checkpoint=lambda model, meta: seen.append(meta["epoch"]), on_done=lambda name, t: done.append(name))
+    assert len(loads) == 2 and seen == [1, 2] and sorted(done) == sorted(got) == sorted(j.name for j in jobs)
+    assert sketched.count(len(train)) == 2 * 4  # 4 distinct masks (none, m1, m2, m3) x 2 checkpoints, not 2 x 5 groups
+    assert len(sketched) == 2 * (4 + 5)  # test sets: full (all), subnet aa, subnet bb, subopt aa, random aa
+    loads.clear()
+    one_per_pass = influence_jobs(double, dirs, train, jobs, tok, spec, max_length=16, budget_mb=0)
+    assert len(loads) == 2 * 4  # a budget too small for two masks: one pass per mask, one load per checkpoint each
+
+    model = tiny_model().double()
+    linears = select_linears(model, LAYERS)
+    for job in jobs:
+        old = _old_influence(tiny_model().double(), dirs, train, job.test, tok, spec, job.masks, 16)
+        pd.testing.assert_frame_equal(got[job.name], old)
+        pd.testing.assert_frame_equal(one_per_pass[job.name], old)
+        for t in job.test:
+            mask = (job.masks or {}).get(t.language)
+            total = torch.zeros(len(train), dtype=torch.float64)
+            for d in dirs:
+                lr = load_checkpoint(model, d)["lr_mean"]
+                g_train = brute_grads(model, encode(train, tok, 16), linears, mask)
+                g_test = brute_grads(model, encode([t], tok, 16), linears, mask)
+                total += lr * F.cosine_similarity(g_test, g_train, dim=1)
+            for sign, desc in (("pos", True), ("neg", False)):
+                rows = got[job.name]
+                rows = rows[(rows.test_id == t.id) & (rows.checkpoint == -1) & (rows.sign == sign)].sort_values("rank")
+                order = torch.argsort(total, descending=desc)[:3]
+                assert rows.train_id.tolist() == [train[j].id for j in order], (job.name, t.id, sign)
+                np.testing.assert_allclose(rows.score.to_numpy(), total[order].numpy(), rtol=1e-5)
+
+
+def test_sketching_never_forms_a_weight_or_embedding_gradient():
+    """Weights are frozen and the first sketched layers' outputs are the autograd leaves, so the
+    backward pass stops above the embeddings (a 250k-row word embedding never gets a gradient) and
+    no parameter's .grad is ever set: only activation gradients are computed."""
+    model = tiny_model()
+    batch = tiny_batch(n=4, length=10, seed=6)
+    seen = []
+    handle = model.encoder.embeddings.register_forward_hook(lambda mod, args, out: seen.append(out.requires_grad))
+    try:
+        sketch_batch(model, batch, select_linears(model, LAYERS), Projector(16, seed=0))
+    finally:
+        handle.remove()
+    assert seen == [False]  # nothing below the first sketched layer is in the autograd graph
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())  # and the weights are unfrozen again

@@ -187,3 +187,37 @@ def test_grid_branches_share_stages_and_each_report_has_them(sweep_file, tmp_pat
     for name, r in children.items():
         assert r.data.params["subnetworks.threshold"] == name.split()[0].split("=")[1] and r.data.params["method"] == "full"
         assert "test_accuracy_mean" in r.data.metrics and "change_in_pos/xa" in r.data.metrics
+
+
+def test_influence_of_one_model_computed_together_equals_node_by_node(sweep_file, tmp_path):
+    """execute_influence (one model build, one load per checkpoint, sketches shared by the variants of a
+    model) publishes, under each node's own key, the same top-k and predictions tables as `execute`
+    gives node by node; an output already published is neither recomputed nor recorded again."""
+    import shutil
+
+    from subnet_ray.stages import PREDICTIONS, execute, execute_influence, influence_groups
+
+    spec = load_sweep(sweep_file)
+    nodes = graph(spec)
+    one, together = store_for(tmp_path / "one"), store_for(tmp_path / "together")
+    for n in nodes:
+        if n.wave < 3:
+            execute(n, spec, one)
+    shutil.copytree(tmp_path / "one", tmp_path / "together", dirs_exist_ok=True)
+    inf = [n for n in nodes if n.stage == "influence"]
+    for n in inf:
+        execute(n, spec, one)
+    groups = influence_groups(inf)
+    assert sorted(len(g) for g in groups) == [1, 3, 5]  # random-sft; sft+subnet, union, intersect; full, subnet, random, 2 subopt
+    assert all(len({n.params.model for n in g}) == 1 for g in groups)
+    before = len(together.ledger())
+    execute(groups[0][0], spec, together)  # published first: the group must skip it
+    computed = [k for g in groups for k in execute_influence(g, spec, together)]
+    assert sorted(computed) == sorted(n.key for n in inf if n.key != groups[0][0].key)
+    assert execute_influence(groups[0], spec, together) == []
+    entries = together.ledger()[before:]
+    assert sorted(e["key"] for e in entries) == sorted(n.key for n in inf)  # each once
+    assert {e["key"]: e["variant"] for e in entries} == {n.key: n.params.variant for n in inf}
+    for n in inf:
+        for name in (TOPK, PREDICTIONS):
+            pd.testing.assert_frame_equal(pd.read_parquet(together.path(n.key) / name), pd.read_parquet(one.path(n.key) / name))

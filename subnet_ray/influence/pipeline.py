@@ -1,10 +1,13 @@
 """TracIn influence of training on test examples over epoch checkpoints and head masks: the single-process path.
 
-`influence` is what the sweep calls. For each distinct head mask (the test languages' masks;
+`influence` computes one table: for each distinct head mask (the test languages' masks;
 None = the full model) and each checkpoint it sketches the whole training set and the test
 examples of the languages that use that mask, both with the mask on, then scores them
-(tracin.top_influences). Examples are sketched in batches of similar length, so little
-compute is spent on padding; ids, not positions, tie every sketch to its example.
+(tracin.top_influences). `influence_jobs` computes several such tables over one model's
+checkpoints (what the sweep calls, stages.execute_influence: the influence variants of one
+fine-tuned model) with one load per checkpoint and each sketch set made once for all of them.
+Examples are sketched in batches of similar length, so little compute is spent on padding;
+ids, not positions, tie every sketch to its example.
 """
 from __future__ import annotations
 
@@ -179,6 +182,91 @@ def as_model(model: nn.Module | Callable[[], nn.Module]) -> nn.Module:
     return model if isinstance(model, nn.Module) else model()
 
 
+@dataclass(frozen=True)
+class Job:
+    """One influence table to compute: its name, its test examples, and test language -> head mask (None = all heads)."""
+
+    name: str
+    test: list
+    masks: dict | None = None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One mask group of one job: scored as one `top_influences` call, the job's table is its parts in order."""
+
+    job: str
+    group: MaskGroup
+    test: list  # the job's test examples of the group's languages
+
+    @property
+    def test_set(self) -> tuple[str, tuple[str, ...]]:
+        """Returns the key of its test sketch set: (mask key, test ids)."""
+        return self.group.key, tuple(ex.id for ex in self.test)
+
+
+class JobPlan:
+    """The sketch sets a list of jobs over one model needs, each once: the training set per distinct
+    mask, the test examples per (mask, test set); and the jobs' parts that score them.
+
+    Checks the examples and masks of every job first (ValueError naming the job).
+    """
+
+    def __init__(self, model: nn.Module, train: list, jobs: list[Job]):
+        check_examples(train, "training")
+        names = [j.name for j in jobs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"influence jobs repeat a name: {sorted(n for n, c in Counter(names).items() if c > 1)}")
+        self.train, self.names = train, names
+        self.parts: list[Part] = []
+        for job in jobs:
+            check_examples(job.test, "test" if len(jobs) == 1 else f"{job.name!r} test")
+            for group in mask_groups(model, sorted({ex.language for ex in job.test}), job.masks):
+                self.parts.append(Part(job.name, group, [ex for ex in job.test if ex.language in group.languages]))
+        self.masks = {p.group.key: p.group.mask for p in self.parts}  # distinct masks, first-seen order
+        self.test_sets = {p.test_set: p.test for p in self.parts}
+
+    def passes(self, row_bytes: int, budget_mb: float) -> list[list[str]]:
+        """Returns the mask keys in passes: as many masks per pass as fit `budget_mb` of sketches at
+        `row_bytes` per example (all checkpoints), at least one."""
+        need = {k: row_bytes * (len(self.train) + sum(len(exs) for (m, _), exs in self.test_sets.items() if m == k)) for k in self.masks}
+        out, keys = [], list(self.masks)
+        while keys:
+            chunk = [keys.pop(0)]
+            while keys and sum(need[k] for k in chunk + keys[:1]) <= budget_mb * 2**20:
+                chunk.append(keys.pop(0))
+            out.append(chunk)
+        return out
+
+    def sets(self, chunk: list[str]) -> list[tuple[str, tuple | None, list]]:
+        """Returns the sketch sets of the masks in `chunk`: (mask key, None, training set) and (mask key, test ids, test examples)."""
+        return [(k, None, self.train) for k in chunk] + [(m, ids, exs) for (m, ids), exs in self.test_sets.items() if m in chunk]
+
+
+class Tables:
+    """Collects the part tables of a plan's jobs; hands each job's table to `on_done` as soon as its last part is in."""
+
+    def __init__(self, plan: JobPlan, on_done: Callable[[str, pd.DataFrame], None] | None = None):
+        self.plan, self.on_done = plan, on_done
+        self.frames: dict[str, dict] = {n: {} for n in plan.names}
+        self.left = Counter(p.job for p in plan.parts)
+        self.done: dict[str, pd.DataFrame] = {}
+
+    def add(self, index: int, table: pd.DataFrame) -> None:
+        """Records the table of part `index` of the plan."""
+        name = self.plan.parts[index].job
+        self.frames[name][index] = table
+        self.left[name] -= 1
+        if self.left[name] == 0:  # in the job's group order, as `influence` concatenates them
+            self.done[name] = pd.concat([t for _, t in sorted(self.frames.pop(name).items())], ignore_index=True)
+            if self.on_done is not None:
+                self.on_done(name, self.done[name])
+
+    def result(self) -> dict[str, pd.DataFrame]:
+        """Returns job name -> table, in the jobs' order."""
+        return {n: self.done[n] for n in self.plan.names}
+
+
 def influence(
     model: nn.Module | Callable[[], nn.Module],
     checkpoints: list[str | Path],
@@ -202,32 +290,62 @@ def influence(
     test language are both taken under its mask; the training set is sketched once per
     distinct mask and checkpoint.
     """
+    return influence_jobs(model, checkpoints, train, [Job("influence", test, masks)], tokenizer, spec, max_length, device,
+                          on_step=on_step)["influence"]
+
+
+def influence_jobs(
+    model: nn.Module | Callable[[], nn.Module],
+    checkpoints: list[str | Path],
+    train: list,
+    jobs: list[Job],
+    tokenizer,
+    spec: InfluenceSpec,
+    max_length: int = 128,
+    device: str | torch.device = "cpu",
+    on_step: Callable[[int, int], None] | None = None,
+    on_checkpoint: Callable[[nn.Module, dict], None] | None = None,
+    on_done: Callable[[str, pd.DataFrame], None] | None = None,
+    budget_mb: float = 2048.0,
+) -> dict[str, pd.DataFrame]:
+    """Returns job name -> the table `influence(model, checkpoints, train, job.test, ..., masks=job.masks)` returns.
+
+    The jobs share one model and its checkpoints (the influence variants of one fine-tuned model),
+    so they share work: each sketch set (checkpoint, head mask, examples) is made once for all jobs
+    (the training set once per distinct mask and checkpoint), and each checkpoint is loaded once per
+    pass. A pass covers as many distinct masks as `budget_mb` of sketches (all checkpoints) allows,
+    at least one, so memory stays that of one mask's sketches when they are large.
+    on_checkpoint(model, meta): called once per checkpoint while it is loaded (meta: its meta.json
+    plus 'dir'); on_done(name, table): as soon as a job's table is complete; on_step: as in `influence`.
+    """
     model = as_model(model)
-    check_examples(train, "training")
-    check_examples(test, "test")
+    plan = JobPlan(model, train, jobs)
     metas = checkpoint_metas(model, checkpoints)
-    languages = sorted({ex.language for ex in test})
-    groups = mask_groups(model, languages, masks)
     linears = select_linears(model, spec.layers)
     layout = layer_dims(linears, spec.proj_dim)
     projector = Projector(spec.proj_dim, spec.projection_seed) if spec.proj_dim else None
     model.to(device).eval()
-    frames = []
-    total = sum(len(metas) * (len(train) + sum(ex.language in g.languages for ex in test)) for g in groups)
+    total = len(metas) * (len(plan.masks) * len(train) + sum(len(exs) for exs in plan.test_sets.values()))
     done = [0]
 
     def count(n: int) -> None:
         done[0] += n
         on_step(done[0], total)
 
-    for group in groups:
-        group_test = [ex for ex in test if ex.language in group.languages]
-        sk_train, sk_test = [], []
+    tables = Tables(plan, on_done)
+    row_bytes = sum(d for _, d in layout) * DTYPES[spec.dtype].itemsize * len(metas)
+    for p, chunk in enumerate(plan.passes(row_bytes, budget_mb)):
+        sk: dict[tuple, list[Sketches]] = {}  # (mask key, test ids or None for train) -> one Sketches per checkpoint
         for meta in metas:
-            load_checkpoint(model, meta["dir"])
-            for examples, sink in ((train, sk_train), (group_test, sk_test)):
-                ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, group.mask, device, projector,
+            info = load_checkpoint(model, meta["dir"])
+            if p == 0 and on_checkpoint is not None:
+                on_checkpoint(model, info | {"dir": meta["dir"]})
+            for key, ids, examples in plan.sets(chunk):
+                ordered, values = sketch_examples(model, examples, tokenizer, spec, max_length, plan.masks[key], device, projector,
                                                   on_batch=count if on_step else None)
-                sink.append(as_sketches([ex.id for ex in ordered], [ex.language for ex in ordered], values, layout, spec, meta, group.key))
-        frames.append(top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
-    return pd.concat(frames, ignore_index=True)
+                sk.setdefault((key, ids), []).append(
+                    as_sketches([ex.id for ex in ordered], [ex.language for ex in ordered], values, layout, spec, meta, key))
+        for i, part in enumerate(plan.parts):
+            if part.group.key in chunk:
+                tables.add(i, top_influences(sk[part.test_set], sk[(part.group.key, None)], spec.top_k, spec.lr_weighting))
+    return tables.result()

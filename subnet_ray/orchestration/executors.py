@@ -1,13 +1,14 @@
 """Where a wave's nodes run: one small interface, three executors.
 
 `run_sweep` hands each wave's plan (Tune trial name -> its missing nodes, in order) to an
-executor; every executor ends in `stages.execute` for each node, so outputs, the ledger and
+executor; every executor ends in `stages.execute` for each node (`stages.execute_influence` for
+the influence nodes of one fine-tuned model, together), so outputs, the ledger and
 leases are the same whichever ran them.
 - `LocalExecutor`: this process, one node after the other, no Ray.
 - `TuneExecutor`: one Ray Tune trial per plan entry (resources, retries, live epoch metrics).
 - `RayDataInfluence`: the influence wave of paper-sized sweeps (`influence.actors` > 1): the
-  driver runs each variant on a Ray Data actor pool (Ray Data inside a Tune trial would sit
-  in the trial's placement group and starve); other waves go to Tune.
+  driver runs the variants of each fine-tuned model together on a Ray Data actor pool (Ray Data
+  inside a Tune trial would sit in the trial's placement group and starve); other waves go to Tune.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..config import SweepSpec
 from ..graph import Node
-from ..stages import execute
+from ..stages import execute, execute_influence, influence_groups
 from ..store import Store
 from .tracking import epoch_metrics
 
@@ -41,6 +42,8 @@ class LocalExecutor:
         # one bar for the influence wave; training shows its own per-epoch bars
         show_nodes = self.progress and wave == INFLUENCE_WAVE
         for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not show_nodes):
+            for group in influence_groups(trial_nodes):
+                execute_influence(group, self.spec, self.store)
             for n in trial_nodes:
                 execute(n, self.spec, self.store, progress=self.progress and wave != INFLUENCE_WAVE,
                         on_epoch=lambda r, key=n.key: self.trials.live(key, r["epoch"], epoch_metrics(r)))
@@ -61,7 +64,7 @@ class TuneExecutor:
 
 
 class RayDataInfluence:
-    """Tune for training waves; the influence wave from the driver, each variant on a Ray Data actor pool."""
+    """Tune for training waves; the influence wave from the driver, each model's variants on one Ray Data actor pool."""
 
     def __init__(self, tune: TuneExecutor):
         self.tune = tune
@@ -69,11 +72,11 @@ class RayDataInfluence:
     def run_wave(self, wave: int, label: str, plan: dict[str, list[Node]]) -> None:
         if wave != INFLUENCE_WAVE:
             return self.tune.run_wave(wave, label, plan)
-        from .influence_ray import influence_ray
+        from .influence_ray import influence_ray_jobs
 
         for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not self.tune.progress):
-            for n in trial_nodes:
-                execute(n, self.tune.spec, self.tune.store, influence_fn=influence_ray, progress=False)
+            for group in influence_groups(trial_nodes):  # one actor pool per model, not per variant
+                execute_influence(group, self.tune.spec, self.tune.store, engine=influence_ray_jobs)
 
 
 def make_executor(kind: str, spec: SweepSpec, store: Store, root: str, trials, progress: bool) -> Executor:

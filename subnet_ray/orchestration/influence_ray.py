@@ -1,17 +1,18 @@
 """TracIn influence on Ray: sketching on a Ray Data actor pool, scoring as tasks over test shards.
 
-Same inputs and result as pipeline.influence (same ids, scores within float tolerance):
-- one `map_batches` pass over every (checkpoint x example row), where the example rows are
-  every (training example x distinct mask) and every test example (under its language's
-  mask), ordered by checkpoint. One actor pool serves all checkpoints, since starting a pool
+Same inputs and results as pipeline.influence and influence_jobs (same ids, scores within float
+tolerance); with several jobs (the influence variants of one model), each sketch set once for all:
+- one `map_batches` pass (per pass of masks, pipeline.JobPlan.passes) over every (checkpoint x
+  example row), where the example rows are every (training example x distinct mask) and every
+  test set (under its mask), ordered by checkpoint. One actor pool serves all checkpoints, since starting a pool
   (processes importing torch, building the model) costs seconds. A `SketchActor` holds one
   checkpoint at a time and loads another only when a batch needs it; it sets torch threads
   to its CPUs and applies each row's mask (masks may differ within a batch). Weights and
   example texts travel through the object store, so workers need no shared disk. Output
   rows are keyed by checkpoint, example id and mask (optionally written as parquet shards
   per checkpoint);
-- per mask, the training sketches of all checkpoints go into the object store once and each
-  shard of that mask's test examples is scored by a task against them.
+- per job and mask group, the training sketches of all checkpoints go into the object store once
+  and each shard of its test examples is scored by a task against them.
 
 `ray.init` is called with `address` if Ray is not running yet (None = a local instance).
 """
@@ -27,8 +28,8 @@ import torch
 from torch import nn
 
 from ..config import InfluenceSpec
-from ..models import WEIGHTS
-from ..influence.pipeline import as_model, as_sketches, check_examples, checkpoint_metas, mask_groups, sketch_encoded, token_lengths
+from ..models import WEIGHTS, load_checkpoint
+from ..influence.pipeline import Job, JobPlan, Tables, as_model, as_sketches, checkpoint_metas, sketch_encoded, token_lengths
 from ..influence.projection import Projector
 from ..influence.sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, to_numpy
 from ..influence.tracin import top_influences
@@ -62,12 +63,12 @@ class SketchActor:
         # Ray Data may bundle blocks of two checkpoints into a batch: each part is sketched under
         # its own weights, the checkpoint already loaded first so a straddling batch loads once.
         parts = [np.flatnonzero(checkpoint == c) for c in sorted(np.unique(checkpoint), key=lambda c: c != self.loaded)]
-        out = {"checkpoint": [], "row": [], "id": [], "group": [], "sketch": []}
+        out = {"checkpoint": [], "row": [], "id": [], "set": [], "group": [], "sketch": []}
         for idx in parts:
             self._load(int(checkpoint[idx[0]]))
             rows = batch["row"][idx]
-            ids, groups, sketch = self._sketch(rows)
-            for k, v in (("checkpoint", checkpoint[idx]), ("row", rows), ("id", ids), ("group", groups), ("sketch", sketch)):
+            ids, sets, groups, sketch = self._sketch(rows)
+            for k, v in (("checkpoint", checkpoint[idx]), ("row", rows), ("id", ids), ("set", sets), ("group", groups), ("sketch", sketch)):
                 out[k].append(v)
         return {k: np.concatenate(v) for k, v in out.items()}
 
@@ -80,8 +81,8 @@ class SketchActor:
             self.model.load_state_dict(load_safetensors(ray.get(self.weights[checkpoint])))
             self.loaded = checkpoint
 
-    def _sketch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Returns (ids, mask groups, sketches) of example rows `rows` under the loaded checkpoint."""
+    def _sketch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Returns (ids, sketch sets, mask groups, sketches) of example rows `rows` under the loaded checkpoint."""
         from ..data import Example
 
         cols = self.examples.take(rows).to_pydict()
@@ -98,7 +99,8 @@ class SketchActor:
             head_mask = torch.stack([ones if m is None else m for m in groups]).to(self.device)
         values = sketch_encoded(self.model, examples, self.tokenizer, self.max_length, self.linears, self.projector,
                                 head_mask, self.spec, self.device)
-        return np.array(cols["id"], dtype=object), np.array(cols["group"], dtype=np.int64), to_numpy(values)
+        return (np.array(cols["id"], dtype=object), np.array(cols["set"], dtype=np.int64), np.array(cols["group"], dtype=np.int64),
+                to_numpy(values))
 
 
 def task_env() -> dict | None:
@@ -120,19 +122,18 @@ def _score_shard(test: list[Sketches], train: list[Sketches], top_k: int, lr_wei
     return top_influences(test, train, top_k, lr_weighting)
 
 
-def _rows(train: list, test: list, groups, tokenizer, max_length: int) -> list[dict]:
-    """Returns one row per (training example, mask) and per test example, sorted by token count so batches pad little."""
-    lengths = token_lengths(train + test, tokenizer, max_length)
-    length = {("train", ex.id): n for ex, n in zip(train, lengths)} | {("test", ex.id): n for ex, n in zip(test, lengths[len(train):])}
-    rows = []
-    for g, group in enumerate(groups):
-        rows += [("train", g, ex) for ex in train]
-        rows += [("test", g, ex) for ex in test if ex.language in group.languages]
-    rows.sort(key=lambda r: length[(r[0], r[2].id)])
-    has_pair = any(ex.text_pair is not None for ex in train + test)
+def _rows(sets: list[tuple[int, str, list]], tokenizer, max_length: int) -> list[dict]:
+    """Returns one row per example of each sketch set (mask index, role, examples), sorted by token count so batches pad little.
+
+    A row's `set` is the index of its sketch set, its `group` the index of its mask (what the actor applies).
+    """
+    unique = {ex.id: ex for _, _, exs in sets for ex in exs}
+    length = dict(zip(unique, token_lengths(list(unique.values()), tokenizer, max_length)))
+    rows = sorted(((s, g, role, ex) for s, (g, role, exs) in enumerate(sets) for ex in exs), key=lambda r: length[r[3].id])
+    has_pair = any(ex.text_pair is not None for ex in unique.values())
     out = []
-    for i, (role, g, ex) in enumerate(rows):
-        row = {"row": i, "role": role, "group": g, "id": ex.id, "language": ex.language, "text": ex.text, "label": int(ex.label)}
+    for i, (s, g, role, ex) in enumerate(rows):
+        row = {"row": i, "set": s, "role": role, "group": g, "id": ex.id, "language": ex.language, "text": ex.text, "label": int(ex.label)}
         if has_pair:
             row["text_pair"] = ex.text_pair
         out.append(row)
@@ -161,7 +162,33 @@ def influence_ray(
     Extra arguments: address of the cluster if Ray is not initialised yet; CPUs per actor
     and scoring task (torch threads follow it); test examples per scoring task; sketch_dir, a
     local folder or URI Ray can write, to keep each checkpoint's sketches as parquet shards
-    (columns row, id, group, sketch). GPUs per actor and the number of actors come from spec.
+    (columns row, set, id, group, sketch). GPUs per actor and the number of actors come from spec.
+    """
+    return influence_ray_jobs(model, checkpoints, train, [Job("influence", test, masks)], tokenizer, spec, max_length, device,
+                              address=address, cpus_per_actor=cpus_per_actor, shard_size=shard_size, sketch_dir=sketch_dir)["influence"]
+
+
+def influence_ray_jobs(
+    model: nn.Module | Callable[[], nn.Module],
+    checkpoints: list[str | Path],
+    train: list,
+    jobs: list[Job],
+    tokenizer,
+    spec: InfluenceSpec,
+    max_length: int = 128,
+    device: str = "cpu",
+    on_checkpoint: Callable[[nn.Module, dict], None] | None = None,
+    on_done: Callable[[str, pd.DataFrame], None] | None = None,
+    budget_mb: float = 2048.0,
+    address: str | None = None,
+    cpus_per_actor: float = 1.0,
+    shard_size: int = 256,
+    sketch_dir: str | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Returns the same tables as pipeline.influence_jobs, computed on Ray: one actor pool (one `map_batches`)
+    per pass of masks, so several jobs of one model pay its start once; other arguments as influence_ray.
+
+    on_checkpoint(model, meta) runs in this process, each checkpoint loaded once here for it.
     """
     import ray
 
@@ -171,79 +198,87 @@ def influence_ray(
         ray.init(address=address)
     build = model  # actors get the factory if there is one, so no weights are pickled with it
     model = as_model(model)
-    check_examples(train, "training")
-    check_examples(test, "test")
+    plan = JobPlan(model, train, jobs)
     metas = checkpoint_metas(model, checkpoints)
-    groups = mask_groups(model, sorted({ex.language for ex in test}), masks)
     layout = layer_dims(select_linears(model, spec.layers), spec.proj_dim)
-    rows = _rows(train, test, groups, tokenizer, max_length)
-    role = np.array([r["role"] for r in rows])
-    group_of = np.array([r["group"] for r in rows])
+    if on_checkpoint is not None:
+        model.eval()
+        for meta in metas:
+            on_checkpoint(model, load_checkpoint(model, meta["dir"]) | {"dir": meta["dir"]})
     actor_device = "cuda" if spec.gpus_per_actor > 0 else device
-    masks_np = [None if g.mask is None else g.mask.numpy() for g in groups]
     weights = [ray.put((Path(meta["dir"]) / WEIGHTS).read_bytes()) for meta in metas]
-    examples = ray.put(pa.Table.from_pylist(rows))  # once: each input row is only (checkpoint, row index)
-    # Blocks per checkpoint as a pass of one checkpoint had them, in checkpoint order, so an
-    # actor mostly sees one checkpoint after the other and rarely reloads.
-    per = max(1, min(len(rows) // spec.batch_size, 8 * spec.actors))
-    ds = ray.data.from_arrow([pa.table({"checkpoint": np.full(len(part), c), "row": part})
-                              for c in range(len(metas)) for part in np.array_split(np.arange(len(rows)), per)])
-    out = ds.map_batches(
-        SketchActor,
-        fn_constructor_kwargs=dict(model=build, weights=weights, examples=[examples], spec=spec.model_dump(), masks=masks_np,
-                                   tokenizer=tokenizer, max_length=max_length, device=actor_device, cpus=cpus_per_actor),
-        batch_size=spec.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=spec.actors),
-        num_cpus=cpus_per_actor, num_gpus=spec.gpus_per_actor, runtime_env=task_env(),
-    ).materialize()
-    del weights, examples, ds
-    if sketch_dir is not None:
-        from ray.data.expressions import col
-
-        for c, meta in enumerate(metas):
-            out.filter(expr=col("checkpoint") == c).drop_columns(["checkpoint"]).write_parquet(
-                f"{sketch_dir.rstrip('/')}/epoch_{meta['epoch']}")
     score = ray.remote(num_cpus=cpus_per_actor, runtime_env=task_env())(_score_shard)
-    frames = []
-    for g, group in enumerate(groups):
-        idx = np.flatnonzero(group_of == g)
-        per_checkpoint, seen = _collect(out, g, idx, len(metas), len(rows), spec.dtype)
-        sk_train, sk_test = [], []
-        for c, meta in enumerate(metas):
-            values = per_checkpoint[c]
-            per_checkpoint[c] = None  # keep one checkpoint's copy at a time besides the Sketches
-            for what, sink in (("train", sk_train), ("test", sk_test)):
-                pos = np.flatnonzero(role[idx] == what)
-                if not seen[c, pos].all():
-                    lost = [rows[i]["id"] for i in idx[pos[~seen[c, pos]]][:3]]
+    tables = Tables(plan, on_done)
+    row_bytes = sum(d for _, d in layout) * DTYPES[spec.dtype].itemsize * len(metas)
+    for chunk in plan.passes(row_bytes, budget_mb):
+        sets = plan.sets(chunk)
+        rows = _rows([(chunk.index(k), "train" if ids is None else "test", exs) for k, ids, exs in sets], tokenizer, max_length)
+        set_of = np.array([r["set"] for r in rows])
+        masks_np = [None if plan.masks[k] is None else plan.masks[k].numpy() for k in chunk]
+        examples = ray.put(pa.Table.from_pylist(rows))  # once: each input row is only (checkpoint, row index)
+        # Blocks per checkpoint as a pass of one checkpoint had them, in checkpoint order, so an
+        # actor mostly sees one checkpoint after the other and rarely reloads.
+        per = max(1, min(len(rows) // spec.batch_size, 8 * spec.actors))
+        ds = ray.data.from_arrow([pa.table({"checkpoint": np.full(len(part), c), "row": part})
+                                  for c in range(len(metas)) for part in np.array_split(np.arange(len(rows)), per)])
+        out = ds.map_batches(
+            SketchActor,
+            fn_constructor_kwargs=dict(model=build, weights=weights, examples=[examples], spec=spec.model_dump(), masks=masks_np,
+                                       tokenizer=tokenizer, max_length=max_length, device=actor_device, cpus=cpus_per_actor),
+            batch_size=spec.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=spec.actors),
+            num_cpus=cpus_per_actor, num_gpus=spec.gpus_per_actor, runtime_env=task_env(),
+        ).materialize()
+        del examples, ds
+        if sketch_dir is not None:
+            from ray.data.expressions import col
+
+            for c, meta in enumerate(metas):
+                out.filter(expr=col("checkpoint") == c).drop_columns(["checkpoint"]).write_parquet(
+                    f"{sketch_dir.rstrip('/')}/epoch_{meta['epoch']}")
+        sk = {}
+        for s, (key, ids, exs) in enumerate(sets):
+            idx = np.flatnonzero(set_of == s)
+            per_checkpoint, seen = _collect(out, s, idx, len(metas), len(rows), spec.dtype)
+            what = "train" if ids is None else "test"
+            for c, meta in enumerate(metas):
+                if not seen[c].all():
+                    lost = [rows[i]["id"] for i in idx[~seen[c]][:3]]
                     raise RuntimeError(f"checkpoint {meta['epoch']}: the sketching pass lost {what} examples, e.g. {lost}")
-                sink.append(as_sketches([rows[i]["id"] for i in idx[pos]], [rows[i]["language"] for i in idx[pos]],
-                                        values[torch.from_numpy(pos)], layout, spec, meta, group.key))
-        n_test = len(sk_test[0].ids)
-        if n_test <= shard_size:  # one shard: a task would only add a worker start (seconds: imports)
-            frames.append(top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
-            continue
-        train_ref = ray.put(sk_train)
-        shards = [[s.take(s.ids[i : i + shard_size]) for s in sk_test] for i in range(0, n_test, shard_size)]
-        frames += ray.get([score.remote(shard, train_ref, spec.top_k, spec.lr_weighting, cpus_per_actor) for shard in shards])
-        del train_ref
-    return pd.concat(frames, ignore_index=True)
+                sk.setdefault((key, ids), []).append(as_sketches([rows[i]["id"] for i in idx], [rows[i]["language"] for i in idx],
+                                                                 per_checkpoint[c], layout, spec, meta, key))
+                per_checkpoint[c] = None
+        del out
+        for i, part in enumerate(plan.parts):
+            if part.group.key not in chunk:
+                continue
+            sk_test, sk_train = sk[part.test_set], sk[(part.group.key, None)]
+            n_test = len(sk_test[0].ids)
+            if n_test <= shard_size:  # one shard: a task would only add a worker start (seconds: imports)
+                tables.add(i, top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
+                continue
+            train_ref = ray.put(sk_train)
+            shards = [[t.take(t.ids[j : j + shard_size]) for t in sk_test] for j in range(0, n_test, shard_size)]
+            tables.add(i, pd.concat(ray.get([score.remote(shard, train_ref, spec.top_k, spec.lr_weighting, cpus_per_actor)
+                                             for shard in shards]), ignore_index=True))
+            del train_ref
+    return tables.result()
 
 
 def _collect(out, group: int, idx: np.ndarray, n_checkpoints: int, n_rows: int, dtype: str) -> tuple[list[torch.Tensor], np.ndarray]:
-    """Returns (per checkpoint the sketches of rows `idx`, one mask group's, in that order; which arrived [checkpoints, len(idx)]).
+    """Returns (per checkpoint the sketches of rows `idx`, one sketch set's, in that order; which arrived [checkpoints, len(idx)]).
 
-    One pass over the sketched dataset per mask group, holding only that group's sketches.
+    One pass over the sketched dataset per sketch set (`group`: its index, the rows' `set`), holding only that set's sketches.
     """
     pos = np.full(n_rows, -1)
     pos[idx] = np.arange(len(idx))
     values, seen = [None] * n_checkpoints, np.zeros((n_checkpoints, len(idx)), dtype=bool)
     for b in out.iter_batches(batch_format="numpy", batch_size=None):
-        keep = b["group"] == group
+        keep = b["set"] == group
         for c in np.unique(b["checkpoint"][keep]):
             sel = keep & (b["checkpoint"] == c)
             at, sk = pos[b["row"][sel]], b["sketch"][sel]
             if (at < 0).any():
-                raise RuntimeError(f"the sketching pass put rows of another mask group in group {group}, e.g. id {b['id'][sel][at < 0][0]}")
+                raise RuntimeError(f"the sketching pass put rows of another sketch set in set {group}, e.g. id {b['id'][sel][at < 0][0]}")
             if seen[c, at].any():
                 raise RuntimeError(f"the sketching pass returned rows twice, e.g. id {b['id'][sel][seen[c, at]][0]}")
             if values[c] is None:
@@ -251,5 +286,5 @@ def _collect(out, group: int, idx: np.ndarray, n_checkpoints: int, n_rows: int, 
             values[c][torch.from_numpy(at)] = from_numpy(sk, dtype)
             seen[c, at] = True
     if any(v is None for v in values):
-        raise RuntimeError(f"the sketching pass returned no rows for mask group {group}")
+        raise RuntimeError(f"the sketching pass returned no rows for sketch set {group}")
     return values, seen

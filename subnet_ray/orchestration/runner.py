@@ -186,11 +186,12 @@ def report_lease(store: Store, spec: SweepSpec):
 
 def _plan(nodes: list[Node], store: Store, wave: int) -> dict[str, list[Node]]:
     """Returns the wave's missing nodes by Tune trial: a training trial's stages run in order in one
-    trial; each influence node is a trial of its own, so variants score in parallel."""
+    trial; the influence nodes of one fine-tuned model are one trial, which loads each checkpoint
+    once and shares sketches between them (stages.execute_influence), each still published under its own key."""
     plan: dict[str, list[Node]] = defaultdict(list)
     for n in nodes:
         if n.wave == wave and not store.done(n.key):
-            plan[f"{n.trial}/{n.params.variant}" if n.stage == Stage.INFLUENCE else n.trial].append(n)
+            plan[f"{n.trial}/influence" if n.stage == Stage.INFLUENCE else n.trial].append(n)
     return dict(plan)
 
 

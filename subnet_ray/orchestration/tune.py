@@ -114,13 +114,17 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
     from ray import tune
 
     from ..store import Store
-    from ..stages import execute
+    from ..stages import execute, execute_influence, influence_groups
     from .tracking import epoch_metrics
 
     use_cpus(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
     spec = SweepSpec.model_validate_json(spec_json)
     store = Store(store_uri)
     ran = []
+    for group in influence_groups(plan[config["trial"]]):  # influence nodes of one model: shared loads and sketches
+        steps = StepProgress(f"{group[0].trial} influence x{len(group)}", lambda text: tune.report({"progress": text}),
+                             interval=10.0, unit="examples sketched")
+        ran += execute_influence(group, spec, store, on_step=steps)
     restored = tune.get_checkpoint()  # a retried trial on a remote store: its partial folder comes back from Tune
     for node in plan[config["trial"]]:
         if restored is not None and node.stage == "finetune" and not store.done(node.key):
