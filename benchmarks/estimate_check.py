@@ -105,16 +105,21 @@ def measured(root: Path, wall: float) -> tuple[dict[str, float], float]:
     return out, float(np.mean(fractions))
 
 
-def predicted(est: dict) -> tuple[dict[str, float], float]:
-    """Returns the estimate's seconds for the rows `measured` gives, and its present-load slowdown."""
-    st = est["stages"]
-    out = {s: st[s]["seconds"] for s in STAGES if s in st}
+def predicted(est: dict) -> tuple[dict[str, float], dict[str, float]]:
+    """Returns the estimate's seconds for the rows `measured` gives, on an idle machine and at the load it saw."""
+    st, load = est["stages"], est["at_load"]
+    out, at = {}, {}
+    for s in STAGES:
+        if s in st:
+            out[s], at[s] = st[s]["seconds"], load["stages"].get(s, 0.0)
     for k, v in est["waves"].items():
-        out[f"wave:{k}"] = v
+        out[f"wave:{k}"], at[f"wave:{k}"] = v, load["waves"][k]
     out["wave:report"] = st["report"]["seconds"]
     out["setup"] = sum(st[k]["seconds"] for k in ("startup", "data", "ray_start", "tracking") if k in st)
-    out["total"] = est["total_seconds"]
-    return out, est["at_load"]["slowdown"]
+    for k in ("wave:report", "setup"):
+        at[k] = out[k] * load["fixed_slowdown"]
+    out["total"], at["total"] = est["total_seconds"], load["total_seconds"]
+    return out, at
 
 
 def check(sweep: Path, executor: str, args) -> None:
@@ -125,16 +130,15 @@ def check(sweep: Path, executor: str, args) -> None:
     pruned = min(1.0, max(pruned, 1e-3))
     out, est_wall, est_load = cli("estimate", str(sweep), "--executor", executor, "--pruned", f"{pruned:.4f}", nice=args.nice)
     est = json.loads(out.strip().splitlines()[-1])
-    pred, slowdown = predicted(est)
-    for row in [*[r for r in pred if r in meas], "total"][:-1] + ["total"]:
-        p, m = pred[row], meas.get(row, 0.0)
+    pred, at = predicted(est)
+    for row in [r for r in pred if r in meas]:
+        p, a, m = pred[row], at[row], meas[row]
         print(json.dumps({"sweep": sweep.stem, "executor": executor, "row": row, "predicted_s": round(p, 2),
-                          "predicted_at_load_s": round(p * slowdown, 2), "measured_s": round(m, 2),
-                          "ratio": round(p / m, 3) if m else None, "ratio_at_load": round(p * slowdown / m, 3) if m else None}),
-              flush=True)
+                          "predicted_at_load_s": round(a, 2), "measured_s": round(m, 2),
+                          "ratio": round(p / m, 3) if m else None, "ratio_at_load": round(a / m, 3) if m else None}), flush=True)
     print(json.dumps({"sweep": sweep.stem, "executor": executor, "summary": True, "pruned_measured": round(pruned, 4),
                       "run_load_before_after": run_load, "estimate_load_before_after": est_load, "estimate_wall_s": round(est_wall, 1),
-                      "slowdown_at_load": round(slowdown, 3), "calibration_slowdown": round(est["at_load"]["calibration_slowdown"], 3),
+                      "slowdown_at_load": round(est["at_load"]["slowdown"], 3), "calibration_slowdown": round(est["at_load"]["calibration_slowdown"], 3),
                       "fixed_s": {k: round(v, 2) for k, v in est["fixed"].items()}, "tune_s": est["tune"]}), flush=True)
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections import Counter
 from dataclasses import dataclass, field
 
 import torch
@@ -75,15 +74,24 @@ class Estimate:
         return sum(self.fixed.values()) + sum(self.waves().values())
 
     def at_load(self) -> dict:
-        """Returns the slowdown the present load implies for this sweep's run, and its total seconds and hours under it."""
-        from .walltime import cores, run_slowdown
+        """Returns the slowdown the load seen while calibrating implies for each wave (by how many trials it runs side by
+        side) and for the fixed costs (one process), and the run's total seconds and hours under it."""
+        from .walltime import WAVES, cores, run_slowdown
 
-        busy = self.threads * (self.slots if self.executor == "ray" else 1)
-        factor = run_slowdown(self.slowdown, self.threads, busy, cores())
+        def factor(busy_threads: int) -> float:
+            return run_slowdown(self.slowdown, self.threads, busy_threads, cores())
+
+        side_by_side = {WAVES[w]: min(self.slots, len(t)) if self.executor == "ray" else 1 for w, t in self.trials.items() if t}
+        waves = {w: s * factor(self.threads * side_by_side[w]) for w, s in self.waves().items()}
+        wave_of = {k: WAVES[w] for w, t in self.trials.items() for keys in t.values() for k in keys}
+        stages: dict[str, float] = {}
+        for n in self.nodes:
+            stages[n.stage] = stages.get(n.stage, 0.0) + n.seconds * factor(self.threads * side_by_side.get(wave_of.get(n.key), 1))
+        total = sum(self.fixed.values()) * factor(1) + sum(waves.values())
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
-        total = self.total_seconds() * factor
-        return {"slowdown": factor, "calibration_slowdown": self.slowdown, "load_1min": load, "cores": cores(),
-                "total_seconds": total, "total_hours": total / 3600}
+        return {"slowdown": total / max(self.total_seconds(), 1e-9), "calibration_slowdown": self.slowdown, "load_1min": load,
+                "cores": cores(), "fixed_slowdown": factor(1), "stages": stages, "waves": waves, "total_seconds": total,
+                "total_hours": total / 3600}
 
     def by_stage(self, cpus: float, gpus: float) -> dict[str, dict]:
         """Returns per stage and per fixed cost: outputs, seconds, hours, device_hours (GPU), cpu_hours, peak memory,
@@ -117,13 +125,6 @@ class Estimate:
 def param_count(model: torch.nn.Module) -> int:
     """Returns the number of elements of the model's state (parameters and buffers): what a checkpoint holds."""
     return sum(v.numel() for v in model.state_dict().values())
-
-
-def _groups(node: Node) -> list[int]:
-    """Returns the number of test languages of each distinct mask group an influence node sketches under."""
-    refs = node.params.masks
-    keys = Counter(None if r is None else (r["key"], tuple(r["languages"]), r["op"]) for r in refs.values())
-    return list(keys.values())
 
 
 def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibration] | None = None, timed: bool = True,
@@ -194,13 +195,21 @@ def _estimate_into(est: Estimate, spec: SweepSpec, pruned: float, calibration: d
                 calibration[at] = cal
                 model = make()
             params = param_count(model)
+            influence: dict[str, list[Node]] = {}  # fine-tuned model key -> its influence nodes (stages.influence_groups)
             for node in graph(b):
                 if node.key in seen or node.params.task != task.id:
                     continue
                 seen.add(node.key)
+                if node.stage == "influence":
+                    influence.setdefault(node.params.model, []).append(node)
+                    continue
                 cost = _node_cost(node, b, cal, data, model, params, pruned)
                 cost.seconds += cal.node_io
                 est.nodes.append(cost)
+            for group in influence.values():
+                for cost in _influence_costs(group, b, cal, data, model, params):
+                    cost.seconds += cal.node_io
+                    est.nodes.append(cost)
 
 
 def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, params: int, pruned: float) -> StageCost:
@@ -230,23 +239,62 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
         return StageCost(node.key, "subnetworks", seconds, cal.peak_sketch_bytes or 2 * model_bytes)
     if node.stage == "random_masks":
         return StageCost(node.key, "random_masks", len(dev) * cal.mask_io, 0)
-    # influence: per mask group, every checkpoint sketches all training and the group's test examples
+    raise ValueError(f"stage {node.stage}: influence nodes are costed together per fine-tuned model (_influence_costs)")
+
+
+def _influence_costs(nodes: list[Node], b: SweepSpec, cal: Calibration, data: dict, model, params: int) -> list[StageCost]:
+    """Returns the costs of the influence nodes of one fine-tuned model, computed together as stages.execute_influence does.
+
+    pipeline.influence_jobs: one model build; per pass (as many distinct masks as its sketch budget
+    holds) one load per checkpoint; per checkpoint, the training set sketched once per distinct mask
+    and each (mask, test examples) set once; the test predictions of every node under its masks
+    (first pass); then one top_influences call per (node, mask group). Work the nodes share is
+    counted on the first node that needs it (the stage's sum is the group's time).
+    """
+    import inspect
+
+    from .influence.pipeline import influence_jobs
+
+    tr, inf = b.training, b.influence
     ckpts, n_train = tr.epochs, len(data["train"])
     test_of = {l: min(inf.test_per_language, len(v)) for l, v in by_language(data["test"]).items()}
-    per_lang = sum(test_of[l] for l in node.params.masks) / len(node.params.masks)
     dim = sum(d for _, d in layer_dims(select_linears(model, inf.layers), inf.proj_dim))
-    width = torch.tensor([], dtype=DTYPES[inf.dtype]).element_size()
-    seconds, sketch_bytes, held = cal.build, 0, 0
-    for langs in _groups(node):
-        n_test = round(per_lang * langs)
-        seconds += ckpts * (cal.load + (n_train + n_test) * cal.sketch_example)
-        seconds += cal.score_fixed + cal.score_unit * n_test * n_train * ckpts
-        group_bytes = ckpts * (n_train + n_test) * dim * width
-        sketch_bytes, held = sketch_bytes + group_bytes, max(held, group_bytes)
-    seconds += ckpts * (cal.load + sum(test_of[l] for l in node.params.masks) * cal.eval_example[inf.batch_size])
-    seconds += cal.table_io
-    return StageCost(node.key, "influence", seconds, max(cal.peak_sketch_bytes or 2 * model_bytes, held + model_bytes),
-                     sketch_bytes=sketch_bytes)
+    row_bytes = dim * torch.tensor([], dtype=DTYPES[inf.dtype]).element_size() * ckpts  # one example, every checkpoint
+    seconds, sketch_bytes = {n.key: cal.table_io for n in nodes}, {n.key: 0 for n in nodes}
+    seconds[nodes[0].key] += cal.build
+    masks: dict = {}  # distinct mask -> (first node using it, its test sets: languages -> examples)
+    for n in nodes:
+        groups: dict = {}
+        for lang, ref in n.params.masks.items():
+            groups.setdefault(None if ref is None else (ref["key"], tuple(ref["languages"]), ref["op"]), []).append(lang)
+        for mask, langs in groups.items():
+            first, sets = masks.setdefault(mask, (n.key, {}))
+            if tuple(langs) not in sets:
+                sets[tuple(langs)] = (n.key, sum(test_of[l] for l in langs))
+            n_test = sets[tuple(langs)][1]
+            seconds[n.key] += cal.score_fixed + cal.score_unit * n_test * n_train * ckpts
+        seconds[n.key] += ckpts * sum(test_of[l] for l in n.params.masks) * cal.eval_example[inf.batch_size]
+    budget = inspect.signature(influence_jobs).parameters["budget_mb"].default * 2**20
+    need = {m: row_bytes * (n_train + sum(t for _, t in sets.values())) for m, (_, sets) in masks.items()}
+    passes, chunk = [], []
+    for m in masks:  # pipeline.JobPlan.passes: masks in first-seen order, as many per pass as the budget holds
+        if chunk and sum(need[k] for k in chunk + [m]) > budget:
+            passes.append(chunk)
+            chunk = []
+        chunk.append(m)
+    passes.append(chunk)
+    for chunk in passes:
+        seconds[masks[chunk[0]][0]] += ckpts * cal.load
+        for m in chunk:
+            first, sets = masks[m]
+            seconds[first] += ckpts * n_train * cal.sketch_example
+            sketch_bytes[first] += row_bytes * n_train
+            for owner, n_test in sets.values():
+                seconds[owner] += ckpts * n_test * cal.sketch_example
+                sketch_bytes[owner] += row_bytes * n_test
+    held = max(sum(need[m] for m in chunk) for chunk in passes)
+    memory = max(cal.peak_sketch_bytes or 2 * 4 * params, held + 4 * params)
+    return [StageCost(n.key, "influence", seconds[n.key], memory, sketch_bytes=sketch_bytes[n.key]) for n in nodes]
 
 
 def human_bytes(n: float) -> str:

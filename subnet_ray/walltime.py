@@ -2,8 +2,8 @@
 
 `run` computes the graph in waves (pre-training, training, SFT, influence), then writes the report.
 The local executor runs every node in its own process, one after the other. The Ray executor
-runs each wave as Tune trials (a training trial's nodes in order; each influence variant a trial
-of its own), `slots` at a time, each trial in a new worker process (`tune_trial` seconds before
+runs each wave as Tune trials (a training trial's nodes in order; the influence variants of one
+fine-tuned model one trial), `slots` at a time, each trial in a new worker process (`tune_trial` seconds before
 its nodes) and each wave with Tune's own cost (`tune_wave`). Fixed costs (startup, data,
 tracking, report; ray_start with Ray) are paid once per invocation whatever the sweep's size.
 
@@ -69,9 +69,10 @@ def run_slowdown(calibration_slowdown: float, threads: int, busy_threads: int, n
 
 
 def trials(nodes) -> dict[int, dict[str, list]]:
-    """Returns wave -> Tune trial name -> its nodes in order, as runner._plan groups them (each influence variant a trial of its own)."""
+    """Returns wave -> Tune trial name -> its nodes in order, as runner._plan groups them (the influence nodes of one
+    fine-tuned model one trial)."""
     out: dict[int, dict[str, list]] = {}
     for n in nodes:
-        name = f"{n.trial}/{n.params.variant}" if str(n.stage) == "influence" else n.trial
+        name = f"{n.trial}/influence" if str(n.stage) == "influence" else n.trial
         out.setdefault(n.wave, {}).setdefault(name, []).append(n)
     return out

@@ -133,7 +133,7 @@ def test_rows_add_up_to_the_wall_total_and_fixed_costs_are_paid_once_per_invocat
     assert rb["influence"]["outputs"] > ra["influence"]["outputs"] and rb["finetune"]["seconds"] > ra["finetune"]["seconds"]
     if executor == "ray":
         trials = {e: sum(len(t) for t in x.trials.values()) for e, x in (("a", a), ("b", b))}
-        assert trials == {"a": 1 + 2 + 9, "b": 1 + 4 + 13}  # full trial; sft + random-sft per seed; one per influence variant
+        assert trials == {"a": 1 + 2 + 3, "b": 1 + 4 + 5}  # full trial; sft + random-sft per seed; influence: one per fine-tuned model
         for x, n in ((ra, trials["a"]), (rb, trials["b"])):
             assert x["tune"]["seconds"] == pytest.approx(n * FIXED["tune_trial"] + 3 * FIXED["tune_wave"])  # per trial, per wave
             assert x["parallel"]["seconds"] < 0  # two trials at a time on 2 CPUs with resources.cpus 1
