@@ -12,7 +12,7 @@ from subnet_ray.config import load_sweep
 from subnet_ray.estimate import Calibration, estimate, param_count
 from subnet_ray.influence.sketch import layer_dims, select_linears
 from subnet_ray.graph import graph
-from subnet_ray.stages import execute, model_factory, task_data
+from subnet_ray.stages import execute, execute_influence, influence_groups, model_factory, task_data
 from subnet_ray.store import store_for
 from tiny import SMOKE
 
@@ -50,14 +50,19 @@ def test_estimate_prints_a_table_and_json_with_named_fixed_costs(capsys):
 
 
 def _measure(spec, root) -> dict[str, float]:
-    """Returns the CPU seconds each stage of the sweep took, every node computed in this process."""
+    """Returns the CPU seconds each stage of the sweep took, every node computed in this process as the executors do
+    (the influence nodes of one fine-tuned model together)."""
     store, per = store_for(root), {}
-    for wave in (1, 2, 3):
+    for wave in (1, 2):
         for n in graph(spec):
             if n.wave == wave:
                 t = time.process_time()
                 assert execute(n, spec, store, progress=False)
                 per[n.stage] = per.get(n.stage, 0.0) + time.process_time() - t
+    for group in influence_groups([n for n in graph(spec) if n.wave == 3]):
+        t = time.process_time()
+        assert execute_influence(group, spec, store)
+        per["influence"] = per.get("influence", 0.0) + time.process_time() - t
     return per
 
 
@@ -214,3 +219,38 @@ def test_clock_takes_wall_time_where_threads_run_in_parallel_and_cpu_time_where_
     assert c.slowdown > 5
     c = Clock("cpu")
     assert c(lambda: _spin(0.2)) == pytest.approx(0.2, abs=0.05)  # a busy single thread: its CPU time
+
+
+def test_influence_sketches_are_counted_once_per_set_the_pipeline_plans():
+    """Per fine-tuned model, the estimate's sketch rows are those pipeline.JobPlan makes: the training set once per
+    distinct mask, each (mask, test examples) set once, not once per variant."""
+    from subnet_ray.influence.pipeline import Job, JobPlan
+
+    spec = load_sweep(SMOKE)
+    est = estimate(spec, timed=False)
+    task, data, tok = task_data(spec, "babel")
+    model = model_factory(spec, task, tok, 0)()
+    dim = sum(d for _, d in layer_dims(select_linears(model, spec.influence.layers), spec.influence.proj_dim))
+    g, drawn = torch.Generator().manual_seed(0), {}
+
+    def mask(ref):
+        if ref is None:
+            return None
+        key = (ref["key"], tuple(ref["languages"]), ref["op"])
+        drawn.setdefault(key, (torch.rand(model.num_layers, model.num_heads, generator=g) < 0.6).float())
+        return drawn[key]
+
+    cost, groups = {n.key: n for n in est.nodes}, {}
+    for n in graph(spec):
+        if n.stage == "influence":
+            groups.setdefault(n.params.model, []).append(n)
+    assert len(groups) == 3  # full, sft, random-sft:1
+    k = spec.influence.test_per_language
+    for group in groups.values():
+        jobs = [Job(n.key, [e for lang in n.params.masks for e in [x for x in data["test"] if x.language == lang][:k]],
+                    {lang: mask(r) for lang, r in n.params.masks.items()}) for n in group]
+        plan = JobPlan(model, data["train"], jobs)
+        rows = len(plan.masks) * len(data["train"]) + sum(len(v) for v in plan.test_sets.values())
+        assert sum(cost[n.key].sketch_bytes for n in group) == rows * dim * 4 * spec.training.epochs
+    full = groups[next(iter(groups))]
+    assert len(full) == 5 and len({m for n in full for m in map(str, n.params.masks.values())}) == 5  # 5 variants, 5 masks
