@@ -86,10 +86,6 @@ def cmd_validate(args) -> int:
 def cmd_estimate(args) -> int:
     import json
 
-    from .orchestration.workers import WORKER_ENV
-
-    for k, v in WORKER_ENV.items():  # before torch loads: calibrate with the threads' wait policy the trials use
-        os.environ.setdefault(k, v)
     from .estimate import estimate, table
     from .orchestration.overheads import measure
 
@@ -310,6 +306,11 @@ def version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Returns the exit status: 0 done, 2 an error the user can fix (one line each), 130 interrupted."""
     args = parser().parse_args(argv)
+    if args.command in ("run", "demo", "rerun-random", "estimate"):
+        from .orchestration.workers import WORKER_ENV
+
+        for k, v in WORKER_ENV.items():  # before torch loads: the driver's threads wait as the workers' do (and as estimate times them)
+            os.environ.setdefault(k, v)
     try:
         return args.fn(args)
     except ANTICIPATED as e:
