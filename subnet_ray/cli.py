@@ -205,11 +205,43 @@ def cmd_submit(args) -> int:
     return 0
 
 
-def cmd_ui(args) -> int:
-    from .orchestration.tracking_store import open_ui
+def _view_lines(views: dict[str, str], base: str, sweep: str | None) -> tuple[list[str], str | None]:
+    """Returns the lines naming each sweep's runs table and chart view under `base`, and the first runs table's URL."""
+    from .orchestration.runs_view import GROUPED_KEY, runs_url
 
+    if sweep is not None:
+        if sweep not in views:
+            known = ", ".join(views) or "none"
+            raise UsageError(f"sweep {sweep!r}, --sweep: no such sweep in this MLflow store (sweeps with subnet-ray's view: {known})")
+        views = {sweep: views[sweep]}
+    if not views:
+        return ["  no sweep here has subnet-ray's runs view yet: run a sweep again (any rerun adds it)"], None
+    lines = []
+    for name, exp in views.items():
+        lines += [f"  sweep {name}, runs table: {runs_url(base, exp)}",
+                  f"  sweep {name}, charts:     {runs_url(base, exp, chart=True, key=GROUPED_KEY)}"]
+    return lines, runs_url(base, next(iter(views.values())))
+
+
+def cmd_ui(args) -> int:
+    from .orchestration.runs_view import sweep_views
+    from .orchestration.tracking_store import _scheme, check_tracking_uri, default_tracking_uri, open_ui, ui_command, ui_host
+
+    uri = _tracking(args)
+    if uri and _scheme(uri) in ("http", "https"):  # a tracking server serves its own UI: name the views on it
+        check_tracking_uri(uri)
+        lines, first = _view_lines(sweep_views(uri), uri, args.sweep)
+        print(f"MLflow UI: {uri.rstrip('/')}", *lines, sep="\n")
+        if args.open and first:
+            import webbrowser
+
+            if not webbrowser.open(first):
+                print(f"no web browser to open here: open {first}")
+        return 0
     try:
-        return open_ui(_root(args), _tracking(args), host=args.host, port=args.port)
+        ui_command(_root(args), uri, host=args.host, port=args.port)  # no store, bad URI or port: before reading it
+        lines, first = _view_lines(sweep_views(uri or default_tracking_uri(_root(args))), f"http://{ui_host(args.host)}:{args.port}", args.sweep)
+        return open_ui(_root(args), uri, host=args.host, port=args.port, urls=lines, browse=first if args.open else None)
     except (ValueError, FileNotFoundError) as e:  # UIError, a bad port or URI: found before anything starts
         raise UsageError(str(e)) from None
 
@@ -240,7 +272,7 @@ COMMANDS = {
     "status": (cmd_status, "list which stage outputs of a sweep are done and which are missing"),
     "report": (cmd_report, "regenerate the report from the store, without training or scoring"),
     "submit": (cmd_submit, "submit a sweep to a Ray cluster as a Ray job"),
-    "ui": (cmd_ui, "serve the MLflow UI for the sweep root on 127.0.0.1"),
+    "ui": (cmd_ui, "serve the MLflow UI for the sweep root on 127.0.0.1 and print each sweep's runs table and charts"),
     "compare": (cmd_compare, "the sweeps and branches in a root side by side: status, headline results, Tables 1-2"),
 }
 
@@ -289,6 +321,8 @@ def parser() -> argparse.ArgumentParser:
         if name == "ui":
             s.add_argument("--host", default="127.0.0.1")
             s.add_argument("--port", type=int, default=5000)
+            s.add_argument("--sweep", help="name only this sweep's views (default: every sweep in the store)")
+            s.add_argument("--open", action="store_true", help="open the (first) sweep's runs table in a web browser once the UI is up")
     return p
 
 

@@ -250,8 +250,9 @@ def test_ui_command_serves_the_sweep_store(root, tmp_path):
 
 
 @pytest.mark.slow
-def test_ui_serves_the_store_and_a_tracker_writes_through_it(root, cwd, tmp_path):
-    """A real `mlflow ui` on the sweep store: reachable, takes runs over HTTP, stops completely."""
+def test_ui_serves_the_store_and_a_tracker_writes_through_it(root, cwd, tmp_path, capsys):
+    """A real `mlflow ui` on the sweep store: reachable, takes runs and the saved views over HTTP (as a user's own
+    tracking server would), `subnet-ray ui` names the views on it, and it stops completely."""
     Tracker("t-ui", root)
     port = _closed_port()
     uri = f"http://127.0.0.1:{port}"
@@ -273,6 +274,16 @@ def test_ui_serves_the_store_and_a_tracker_writes_through_it(root, cwd, tmp_path
             t.log_epoch(0, {"loss": 0.5})
             t.log_artifact(tmp_path / "report.md", "report")
             t.end()
+            tr.set_view(["xa"], [])
+        from subnet_ray.cli import main
+        from subnet_ray.orchestration.runs_view import GROUPED_KEY, runs_url
+
+        capsys.readouterr()
+        assert main(["ui", "--tracking-uri", uri, "--sweep", "t-http"]) == 0  # a server: nothing started, URLs on it
+        exp = _client(root).get_experiment_by_name("t-http").experiment_id
+        assert capsys.readouterr().out.splitlines() == [
+            f"MLflow UI: {uri}", f"  sweep t-http, runs table: {runs_url(uri, exp)}",
+            f"  sweep t-http, charts:     {runs_url(uri, exp, chart=True, key=GROUPED_KEY)}"]
         runs = _runs(root, "t-http")  # read straight from the SQLite file the server writes
         assert {n: r.info.status for n, r in runs.items()} == {"inv": "FINISHED", "babel/full/seed1": "FINISHED"}
         child = runs["babel/full/seed1"]

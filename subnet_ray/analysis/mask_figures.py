@@ -15,6 +15,7 @@ from subnet_ray.analysis.influence_figures import missing_reason, cells, top_k
 from subnet_ray.analysis.results import TaskResults
 from subnet_ray.analysis.shares import correct_under_all, language_shares
 from subnet_ray.analysis.stats import Correlation, correlate
+from subnet_ray.analysis.tables import p_value
 from subnet_ray.subnetworks.masks import heads_shared_by, layer_similarity, overlap, similarity_matrix
 
 # SFT subnetworks first: Section 7.2 studies how overlap guides sharing under SFT.
@@ -63,8 +64,8 @@ def _corr_text(c: Correlation) -> str:
     def ci(lo_hi: tuple[float, float]) -> str:
         return f" [{lo_hi[0]:+.2f}, {lo_hi[1]:+.2f}]" if np.isfinite(lo_hi[0]) else ""
 
-    return (f"Pearson r={c.pearson_r:.2f}{ci(c.pearson_ci)} (p={c.pearson_p:.2g}), "
-            f"Spearman r={c.spearman_r:.2f}{ci(c.spearman_ci)} (p={c.spearman_p:.2g}), n={c.n}; 95% Fisher-z intervals")
+    return (f"Pearson r={c.pearson_r:.2f}{ci(c.pearson_ci)} ({p_value(c.pearson_p)}), "
+            f"Spearman r={c.spearman_r:.2f}{ci(c.spearman_ci)} ({p_value(c.spearman_p)}), n={c.n}; 95% Fisher-z intervals")
 
 
 def _extremes(table: pd.DataFrame) -> str:

@@ -20,6 +20,7 @@ from subnet_ray.analysis.influence_figures import influence_figures
 from subnet_ray.analysis.mask_figures import mask_figures
 import subnet_ray.analysis.style as style
 from subnet_ray.analysis.results import TaskResults, parse_variant
+from subnet_ray.analysis.tables import interval, p_value, sig
 from subnet_ray.subnetworks.masks import disabled_heads_table
 
 # Files this module writes; older copies are removed first so the folder matches summary.json.
@@ -185,7 +186,59 @@ def describe_variant(name: str) -> str:
 
 
 def _table_html(df: pd.DataFrame) -> str:
-    return df.to_html(index=False, na_rep=NA, float_format=lambda v: f"{v:.3g}", border=0)
+    return df.to_html(index=False, na_rep=NA, float_format=sig, border=0)
+
+
+CORRELATION_IDS = ("variant", "split", "layer")  # what tells a figure's correlations apart, in this order
+
+
+def correlation_groups(correlations: list[dict]) -> list[tuple[str, pd.DataFrame]]:
+    """Returns, per figure and task, its description (once) and its correlations as a table of text cells:
+    what tells the rows apart (variant, layer...), n, then Pearson and Spearman r, 95% interval and p."""
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for c in correlations:
+        groups.setdefault((c["figure"], c["task"]), []).append(c)
+    out = []
+    for (figure, task), rows in groups.items():
+        present = [k for k in CORRELATION_IDS if k in rows[0]]
+        varying = [k for k in present if k == "variant" or len({str(r.get(k)) for r in rows}) > 1]
+        # each row's description names its own identifiers ('layer 3 ...'): without them the figure's rows agree
+        whats = {_drop_ids(r) for r in rows}
+        what = whats.pop() if len(whats) == 1 else None
+        head = f"{figure} ({task}): {what or 'correlations'}"
+        head += "".join(f", per {k}" for k in varying if k not in ("variant", "split"))
+        head += "".join(f"; {k} = {rows[0][k]}" for k in present if k not in varying)
+        if len({(r["x"], r["y"]) for r in rows}) == 1:
+            head += f"; x = {rows[0]['x']}, y = {rows[0]['y']}"
+        records = []
+        for r in rows:
+            rec = {k: r.get(k, NA) for k in varying} | ({} if what else {"what": r["what"]}) | {"n": r["n"]}
+            for m, name in (("pearson", "Pearson"), ("spearman", "Spearman")):
+                rec |= {f"{name} r": sig(r[f"{m}_r"]), f"{name} 95% CI": interval(*r[f"{m}_ci"]),
+                        f"{name} p": p_value(r[f"{m}_p"])}
+            records.append(rec)
+        out.append((head, pd.DataFrame(records)))
+    return out
+
+
+def _drop_ids(row: dict) -> str:
+    """Returns a correlation's description without the identifiers its row names ('layer 3 ' and the like)."""
+    what = row["what"]
+    for k in CORRELATION_IDS:
+        if k in row:
+            what = what.replace(f"{k} {row[k]} ", "")
+    return " ".join(what.split())
+
+
+def correlations_html(correlations: list[dict]) -> list[str]:
+    """Returns the report's correlation section: per figure a one-line description, then its table."""
+    esc = html.escape
+    parts = ["<h2 id='correlations'>Correlations</h2>",
+             "<p class='note'>Pearson and Spearman correlations with two-sided p-values and 95% Fisher-z intervals; "
+             f"<i>{NA}</i>: undefined (fewer than 3 pairs, or a constant sample). Full precision in summary.json.</p>"]
+    for head, table in correlation_groups(correlations):
+        parts += [f"<h3>{esc(head)}</h3>", table.to_html(index=False, border=0)]
+    return parts
 
 
 def _provenance_html(p: dict, esc) -> list[str]:
@@ -259,7 +312,7 @@ def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd
         parts += [f"<h2 id='{tid}'>{title}</h2>", f"<p><a href='{esc(name)}'>{esc(name)}</a></p>", _table_html(table),
                   f"<p class='note'>{notes.get(tid, '')}</p>"]
     if summary["correlations"]:
-        parts += ["<h2>Correlations</h2>", _table_html(pd.DataFrame(summary["correlations"]))]
+        parts += correlations_html(summary["correlations"])
     parts += figures_html(records, summary["skipped"], out)
     parts.append("</body></html>")
     return "\n".join(parts)

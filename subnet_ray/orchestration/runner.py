@@ -252,6 +252,8 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
              "random_seeds": ",".join(map(str, spec.random_seeds)), "last_invocation": time.strftime("%Y-%m-%d %H:%M:%S")},
             identity=run_identity(spec.name, json.dumps(settings, sort_keys=True)),
         )
+        tracker.set_view(list(dict.fromkeys(lang for t in spec.tasks for lang in t.languages)), sorted(spec.grid),
+                         multi_task=len(spec.tasks) > 1)
         if sweep_copy is not None:
             tracker.parent.log_artifact(sweep_copy)
         trials = TrialLog(tracker, nodes, spec)

@@ -9,6 +9,7 @@ The store itself (its URI, the usability check, the local UI) is in tracking_sto
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -268,7 +269,8 @@ class Tracker:
     def _experiment(self, artifact_location: str | None) -> str:
         exp = self.client.get_experiment_by_name(self.sweep_name)
         if exp is None:
-            # experimentKind: MLflow 3's UI then opens on the runs table (model training), not on GenAI traces
+            # experimentKind: MLflow's experiment list shows it as a machine-learning one (the mode the UI opens in
+            # is the URL's workflowType in 3.17, not this tag: runs_view.py)
             return self.client.create_experiment(self.sweep_name, artifact_location=artifact_location,
                                                  tags={"subnet_ray.sweep": self.sweep_name, **EXPERIMENT_KIND})
         if exp.lifecycle_stage == "deleted":
@@ -281,6 +283,27 @@ class Tracker:
                 stacklevel=3,
             )
         return exp.experiment_id
+
+    def set_view(self, languages: list[str], grid_keys: list[str], multi_task: bool = False) -> str:
+        """Returns the runs view's tag key after storing on the experiment the saved views `subnet-ray ui` opens:
+        headline columns, child runs as rows, comparison charts, and the same grouped by method and branch
+        (runs_view.py). Each invocation rewrites them, so a sweep that gained languages or grid settings shows them."""
+        from .runs_view import SWEEP_TAG, TAG_LIMIT, TAG_PREFIX, VIEW_NAMES, VIEW_TAG, view_tag
+
+        tags = self.client.get_experiment(self.experiment_id).tags
+        for key in VIEW_NAMES:
+            try:
+                created = json.loads(tags[TAG_PREFIX + key])["createdAt"] if TAG_PREFIX + key in tags else None
+            except (ValueError, KeyError, TypeError):
+                created = None  # not our envelope (edited by hand): start afresh
+            tag, value = view_tag(languages, grid_keys, multi_task, key, created_ms=created)
+            if len(value) > TAG_LIMIT:  # hundreds of languages: the runs are all there, only the view is not
+                warnings.warn(f"MLflow saved view {key} of sweep {self.sweep_name}: {len(value)} characters, over MLflow's "
+                              f"{TAG_LIMIT}; not stored", stacklevel=2)
+                continue
+            self.client.set_experiment_tag(self.experiment_id, tag, value)
+        self.client.set_experiment_tag(self.experiment_id, SWEEP_TAG, self.sweep_name)  # experiments made before the tag
+        return VIEW_TAG
 
     @property
     def artifact_location(self) -> str:

@@ -226,17 +226,45 @@ def check_port(host: str, port: int) -> None:
             raise UIError(f"cannot listen on {host}:{port} ({e.strerror or e}), --host / --port; expected an address of this machine") from None
 
 
+def ui_host(host: str) -> str:
+    """Returns the address a browser on this machine reaches a server listening on `host` at."""
+    return "127.0.0.1" if host in ("", "0.0.0.0", "::") else host
+
+
 class _Stop(Exception):
     """SIGTERM or SIGHUP arrived while the UI ran."""
 
 
+def open_when_up(base: str, url: str, timeout: float = 300, out=None) -> threading.Thread:
+    """Returns the (daemon) thread that opens `url` in the user's web browser once the MLflow UI at `base` answers."""
+    import webbrowser
+
+    def run() -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                check_tracking_uri(base, timeout=5)
+                break
+            except TrackingUnreachable:
+                time.sleep(0.5)
+        else:
+            return
+        if not webbrowser.open(url):
+            print(f"no web browser to open here: open {url}", file=out or sys.stdout, flush=True)
+
+    t = threading.Thread(target=run, daemon=True, name="open-ui")
+    t.start()
+    return t
+
+
 def open_ui(root: str | os.PathLike, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000,
-            out=None) -> int:
+            out=None, urls: list[str] = (), browse: str | None = None) -> int:
     """Returns the exit status of the MLflow UI, run in the foreground until it stops, Ctrl-C, SIGTERM or SIGHUP.
 
-    Raises UIError / FileNotFoundError before starting anything when the port is taken or there
-    is no store. A signal stops the server's whole process group (130 for Ctrl-C, 128 + signal
-    otherwise); a server that exits by itself failed, so its status is never 0.
+    Prints the UI's address and then `urls` (lines naming the sweeps' views); with `browse`, opens that URL
+    in a web browser once the server answers. Raises UIError / FileNotFoundError before starting anything
+    when the port is taken or there is no store. A signal stops the server's whole process group (130 for
+    Ctrl-C, 128 + signal otherwise); a server that exits by itself failed, so its status is never 0.
     """
     ui_command(root, tracking_uri, host, port)  # no store, bad URI or port: fail before starting anything
     check_port(host, port)
@@ -250,7 +278,9 @@ def open_ui(root: str | os.PathLike, tracking_uri: str | None = None, host: str 
     try:
         proc = start_ui(root, tracking_uri, host, port)
         print(f"MLflow UI: http://{host}:{port} (store {tracking_uri or default_tracking_uri(root)}); "
-              "Ctrl-C stops it", file=out or sys.stdout, flush=True)
+              "Ctrl-C stops it", *urls, sep="\n", file=out or sys.stdout, flush=True)
+        if browse:
+            open_when_up(f"http://{ui_host(host)}:{port}", browse, out=out)
         rc = proc.wait()
         return rc or 1  # it stopped unasked (mlflow exits 0 when it cannot bind): that is a failure
     except (KeyboardInterrupt, _Stop):
