@@ -87,13 +87,19 @@ def cmd_estimate(args) -> int:
     import json
 
     from .estimate import estimate, table
+    from .orchestration.overheads import measure
 
     spec, _ = _load(args.sweep)
-    est = estimate(spec, pruned=args.pruned)
+    fixed = measure(spec, args.executor)
+    est = estimate(spec, pruned=args.pruned, executor=args.executor, fixed=fixed)
     stages = est.by_stage(spec.resources.cpus, spec.resources.gpus)
-    print(f"sweep {spec.name}: projected cost on {est.device} (calibrated here)")
+    total = stages["total"]["seconds"]
+    print(f"sweep {spec.name}: projected cost on {est.device}, executor {args.executor} (calibrated here)")
     print(table(est, spec.resources.cpus, spec.resources.gpus))
-    print(json.dumps({"sweep": spec.name, "device": est.device, "stages": stages, "assumptions": est.assumptions}))
+    print(json.dumps({"sweep": spec.name, "device": est.device, "executor": args.executor, "pruned": args.pruned,
+                      "total_seconds": total, "total_hours": total / 3600, "stages": stages,
+                      "fixed": {k: stages[k]["seconds"] for k in est.fixed}, "tune": est.tune, "waves": est.waves(),
+                      "at_load": est.at_load(), "assumptions": est.assumptions}))
     return 0
 
 
@@ -305,6 +311,8 @@ def parser() -> argparse.ArgumentParser:
         if name == "estimate":
             s.add_argument("--pruned", type=float, default=1.0,
                            help="fraction of heads the subnetwork search is assumed to disable before stopping (default 1.0: an upper bound)")
+            s.add_argument("--executor", choices=["ray", "local"], default="ray",
+                           help="the executor `run` will use: local Ray (default; Ray start, Tune trials) or this process")
         if name == "rerun-random":
             s.add_argument("--seeds", type=int, nargs="+", required=True, help="random-mask seeds to add")
         if name == "submit":
@@ -332,6 +340,11 @@ def version() -> str:
 def main(argv: list[str] | None = None) -> int:
     """Returns the exit status: 0 done, 2 an error the user can fix (one line each), 130 interrupted."""
     args = parser().parse_args(argv)
+    if args.command in ("run", "demo", "rerun-random", "estimate"):
+        from .orchestration.workers import WORKER_ENV
+
+        for k, v in WORKER_ENV.items():  # before torch loads: the driver's threads wait as the workers' do (and as estimate times them)
+            os.environ.setdefault(k, v)
     try:
         return args.fn(args)
     except ANTICIPATED as e:

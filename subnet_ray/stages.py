@@ -115,6 +115,7 @@ def execute(node: Node, spec: SweepSpec, store: Store, on_wait: Callable[[str], 
     """
     if store.done(node.key):
         return False
+    started = time.perf_counter()  # the ledger's `seconds`: what `estimate` is checked against, per stage
     with lease(store, node.key, on_wait=on_wait):
         if store.done(node.key):
             on_wait(f"stage output {node.key} was computed by another invocation meanwhile: using it")
@@ -127,7 +128,7 @@ def execute(node: Node, spec: SweepSpec, store: Store, on_wait: Callable[[str], 
                 on_wait(f"{e}; moved aside to {store.set_aside(e.key, e.problems)}")
             raise
     store.record({"key": node.key, "stage": str(node.stage), "trial": node.trial, "variant": getattr(node.params, "variant", None),
-                  "time": time.time(), "pid": os.getpid()})
+                  "time": time.time(), "seconds": time.perf_counter() - started, "pid": os.getpid()})
     return True
 
 
@@ -249,6 +250,7 @@ def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait:
     todo = sorted((n for n in nodes if not store.done(n.key)), key=lambda n: n.key)
     if not todo:
         return []
+    since = [time.perf_counter()]  # the ledger's `seconds`: each node's share of the group's time, summing to all of it
     with contextlib.ExitStack() as held:
         for n in todo:
             held.enter_context(lease(store, n.key, on_wait=on_wait))
@@ -282,8 +284,10 @@ def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait:
                 topk.to_parquet(out / TOPK, index=False)
                 pd.DataFrame(rows[key]).to_parquet(out / PREDICTIONS, index=False)
             n = by_key[key]
+            now = time.perf_counter()
             store.record({"key": key, "stage": str(n.stage), "trial": n.trial, "variant": n.params.variant,
-                          "time": time.time(), "pid": os.getpid()})
+                          "time": time.time(), "seconds": now - since[0], "pid": os.getpid()})
+            since[0] = now
 
         jobs = [Job(n.key, inputs[n.key][0], inputs[n.key][1]) for n in todo]
         local = engine is influence_jobs

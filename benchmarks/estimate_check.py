@@ -1,0 +1,172 @@
+"""Predicted vs measured wall time of whole sweeps: `subnet-ray estimate` against `subnet-ray run`, per stage and in total.
+
+Two sweeps, at the two ends of the cost model: the smoke sweep (fixed costs dominate) and a
+sweep on a local 12-layer encoder directory (benchmarks/encoder12.py: 12x12 heads, hidden 384,
+a 250,002-row embedding; compute dominates), of the issue's structure at a size that runs in
+minutes here (`--langs/--train/--epochs/...` scale it up).
+
+Each sweep is run first (a fresh root, `subnet-ray run`, wall time of the whole process), then
+estimated with `--pruned` set to the fraction of heads its subnetwork search actually disabled
+(mean over languages): how many pruning steps the search takes is the one input no estimate
+can know in advance. Measured, from what the run records:
+- per stage: the store ledger's `seconds` of each stage output (`store/_ledger/`), summed per stage;
+- per wave and the report: the runner's wave seconds (MLflow parent-run metrics `seconds/<wave>`);
+- setup: the rest of the process's wall time (start, imports, data check, Ray start, MLflow store).
+Each line is JSON: the row, predicted seconds on an idle machine and at the load the estimate
+saw, measured seconds, their ratios, and `uptime`'s load average before and after each command.
+
+    python benchmarks/estimate_check.py [--sweeps smoke enc12] [--executors ray local] [--out /tmp/estimate_check]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+STAGES = ("finetune", "subnetworks", "random_masks", "influence")
+
+
+def load() -> float:
+    """Returns the 1-minute load average."""
+    return round(os.getloadavg()[0], 2)
+
+
+def cli(*args: str, nice: int) -> tuple[str, float, tuple[float, float]]:
+    """Returns (stdout, wall seconds, (load before, load after)) of `subnet-ray ARGS` in a fresh process."""
+    before, t = load(), time.perf_counter()
+    env = os.environ | {"PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    out = subprocess.run(["nice", "-n", str(nice), sys.executable, "-m", "subnet_ray.cli", *args], capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if out.returncode != 0:
+        raise SystemExit(f"subnet-ray {' '.join(args)} failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    return out.stdout, wall, (before, load())
+
+
+def enc12_sweep(args) -> Path:
+    """Returns a sweep file on the 12-layer encoder directory (built by benchmarks/encoder12.py if missing) of the asked size."""
+    base = Path(args.enc12)
+    if not (base / "encoder12" / "model.safetensors").exists():
+        subprocess.run([sys.executable, str(HERE / "encoder12.py"), str(base)], check=True)
+    langs = ["en", "de", "fr", "es", "ru"][: args.langs]
+    methods = ", ".join(args.methods)
+    text = f"""name: enc12check
+tasks:
+  - id: xnli
+    source: {base / 'data'}
+    languages: [{', '.join(langs)}]
+    train_size: {args.train}
+    dev_size: {args.dev}
+    test_size: {args.test}
+model: {{name: {base / 'encoder12'}}}
+training: {{lr: 2.0e-5, epochs: {args.epochs}, batch_size: 16, max_length: 64, seeds: [1]}}
+subnetworks: {{step_fraction: 0.1, threshold: 0.95}}
+influence: {{proj_dim: {args.proj_dim}, top_k: 10, test_per_language: {args.test}, batch_size: 16}}
+methods: [{methods}]
+random_seeds: [{', '.join(str(s) for s in range(1, args.random_seeds + 1))}]
+analysis: {{random_test_language: {langs[0]}}}
+resources: {{cpus: {args.cpus}, gpus: 0, max_failures: 1}}
+"""
+    path = Path(args.out) / "enc12check.yaml"
+    path.write_text(text)
+    return path
+
+
+def measured(root: Path, wall: float) -> tuple[dict[str, float], float]:
+    """Returns measured seconds per stage, wave, report and setup (and total) from the run's records, and the pruned fraction."""
+    from subnet_ray.store import store_for
+    from subnet_ray.subnetworks.masks import load_mask
+
+    store = store_for(str(root))
+    out = {s: 0.0 for s in STAGES}
+    for e in store.ledger():
+        out[e["stage"]] = out.get(e["stage"], 0.0) + e["seconds"]
+    with sqlite3.connect(root / "mlflow.db") as db:
+        waves = dict(db.execute("select key, value from metrics where key like 'seconds/%'").fetchall())
+    for k, v in waves.items():
+        out[f"wave:{k.split('/')[1]}"] = v
+    out["setup"] = wall - sum(waves.values())
+    out["total"] = wall
+    fractions = []
+    for sub in (root / "store" / "subnetworks").iterdir():
+        for lang in sub.iterdir():
+            if lang.is_dir():
+                mask = load_mask(lang)[0].numpy()
+                fractions.append(1 - mask.mean())
+    return out, float(np.mean(fractions))
+
+
+def predicted(est: dict) -> tuple[dict[str, float], dict[str, float]]:
+    """Returns the estimate's seconds for the rows `measured` gives, on an idle machine and at the load it saw."""
+    st, load = est["stages"], est["at_load"]
+    out, at = {}, {}
+    for s in STAGES:
+        if s in st:
+            out[s], at[s] = st[s]["seconds"], load["stages"].get(s, 0.0)
+    for k, v in est["waves"].items():
+        out[f"wave:{k}"], at[f"wave:{k}"] = v, load["waves"][k]
+    out["wave:report"] = st["report"]["seconds"]
+    out["setup"] = sum(st[k]["seconds"] for k in ("startup", "data", "ray_start", "tracking") if k in st)
+    for k in ("wave:report", "setup"):
+        at[k] = out[k] * load["fixed_slowdown"]
+    out["total"], at["total"] = est["total_seconds"], load["total_seconds"]
+    return out, at
+
+
+def check(sweep: Path, executor: str, args) -> None:
+    root = Path(args.out) / f"{sweep.stem}-{executor}"
+    subprocess.run(["rm", "-rf", str(root)], check=True)
+    _, wall, run_load = cli("run", str(sweep), "--root", str(root), "--executor", executor, "--quiet", nice=args.nice)
+    meas, pruned = measured(root, wall)
+    pruned = min(1.0, max(pruned, 1e-3))
+    out, est_wall, est_load = cli("estimate", str(sweep), "--executor", executor, "--pruned", f"{pruned:.4f}", nice=args.nice)
+    est = json.loads(out.strip().splitlines()[-1])
+    pred, at = predicted(est)
+    for row in [r for r in pred if r in meas]:
+        p, a, m = pred[row], at[row], meas[row]
+        print(json.dumps({"sweep": sweep.stem, "executor": executor, "row": row, "predicted_s": round(p, 2),
+                          "predicted_at_load_s": round(a, 2), "measured_s": round(m, 2),
+                          "ratio": round(p / m, 3) if m else None, "ratio_at_load": round(a / m, 3) if m else None}), flush=True)
+    print(json.dumps({"sweep": sweep.stem, "executor": executor, "summary": True, "pruned_measured": round(pruned, 4),
+                      "run_load_before_after": run_load, "estimate_load_before_after": est_load, "estimate_wall_s": round(est_wall, 1),
+                      "slowdown_at_load": round(est["at_load"]["slowdown"], 3), "calibration_slowdown": round(est["at_load"]["calibration_slowdown"], 3),
+                      "fixed_s": {k: round(v, 2) for k, v in est["fixed"].items()}, "tune_s": est["tune"]}), flush=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--sweeps", nargs="+", default=["smoke", "enc12"], choices=["smoke", "enc12"])
+    p.add_argument("--executors", nargs="+", default=["ray"], choices=["ray", "local"])
+    p.add_argument("--out", default="/tmp/estimate_check", help="roots and the generated sweep file go here")
+    p.add_argument("--enc12", default="/tmp/enc12", help="folder of benchmarks/encoder12.py's output (built if missing)")
+    p.add_argument("--langs", type=int, default=3)
+    p.add_argument("--train", type=int, default=60, help="training examples per language")
+    p.add_argument("--dev", type=int, default=40, help="dev examples per language (pruning)")
+    p.add_argument("--test", type=int, default=20, help="test examples per language (influence)")
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--methods", nargs="+", default=["full", "sft", "random-sft"])
+    p.add_argument("--random-seeds", type=int, default=2)
+    p.add_argument("--proj-dim", type=int, default=256)
+    p.add_argument("--cpus", type=float, default=1, help="resources.cpus: torch threads per trial")
+    p.add_argument("--nice", type=int, default=10)
+    args = p.parse_args(argv)
+    Path(args.out).mkdir(parents=True, exist_ok=True)
+    sweeps = {"smoke": ROOT / "sweeps" / "smoke.yaml"}
+    if "enc12" in args.sweeps:
+        sweeps["enc12"] = enc12_sweep(args)
+    for name in args.sweeps:
+        for executor in args.executors:
+            check(sweeps[name], executor, args)
+
+
+if __name__ == "__main__":
+    main()

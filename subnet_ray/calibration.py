@@ -1,0 +1,265 @@
+"""Per-batch costs of every pass of a sweep, timed on the present device: what `estimate` multiplies by batch counts.
+
+`calibrate` times a few real batches of each pass at the sweep's model, batch sizes and the
+task's real token lengths (the same library calls the stages make: encode + train_step,
+evaluate, importance_pass, sketch_examples, checkpoint saves and loads, top_influences, the
+store's publish), with the torch threads the sweep's trials use (resources.cpus). `Clock` makes
+each time what an idle machine takes, whatever else runs here, and says how much slower the
+machine ran them now.
+"""
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .config import SweepSpec
+from .graph import influence_precision
+from .influence.pipeline import sketch_examples
+from .influence.projection import Projector
+from .influence.sketch import DTYPES, Sketches, layer_dims, select_linears
+from .influence.tracin import top_influences
+from .models import build_model, load_checkpoint, save_checkpoint
+from .precision import grad_scaler
+from .sizes import KNOWN_SHAPES
+from .stages import model_factory, task_data
+from .store import Store
+from .subnetworks.importance import importance_pass
+from .subnetworks.masks import load_mask, random_mask, save_mask
+from .subnetworks.pruning import make_batches
+from .tokenization import encode
+from .train import _save_resume, epoch_plan, evaluate, train_step
+
+
+@dataclass
+class Calibration:
+    """Seconds per batch (or per call) of each pass, measured on one device for one task."""
+
+    device: str
+    build: float  # build the model
+    train_batch: float  # encode + one train_step at training.batch_size
+    eval_example: dict[int, float]  # evaluate, per example, by batch size
+    save_epoch: float  # checkpoint + resume state after an epoch
+    load: float  # load a checkpoint
+    importance_batch: float  # one importance_pass batch at subnetworks.batch_size
+    encode_example: float  # tokenizing one example (importance encodes each language once)
+    sketch_example: float  # sketch_examples, per example at influence.batch_size
+    score_unit: float  # top_influences seconds per (test x train x checkpoint)
+    score_fixed: float  # top_influences seconds per call besides that
+    mask_io: float  # a random_masks node: load + shuffle + save one language's mask
+    node_io: float  # any node: the store's atomic write and ledger record
+    table_io: float  # an influence node: writing its top-k and predictions tables
+    peak_train_bytes: int | None  # device memory of a training step (CUDA only)
+    peak_sketch_bytes: int | None  # device memory of a sketch batch (CUDA only)
+    slowdown: float = 1.0  # how much slower than on an idle machine the passes ran while calibrating (Clock.slowdown)
+
+    @classmethod
+    def zero(cls, device: str, batch_sizes: list[int]) -> "Calibration":
+        """Returns a calibration where everything takes no time (for counting bytes alone)."""
+        times = {f.name: 0.0 for f in fields(cls) if f.type == "float" and f.name != "slowdown"}
+        return cls(device=device, eval_example={bs: 0.0 for bs in batch_sizes}, peak_train_bytes=None, peak_sketch_bytes=None, **times)
+
+
+class Clock:
+    """Times calls of a pass: the seconds an idle machine takes, and how much slower this machine runs them now.
+
+    On a GPU: wall time after a sync. On a CPU: the smaller of wall time and this process's CPU time.
+    Both bound what an idle machine takes from above (wall time counts waiting for a core others hold,
+    CPU time counts every thread's work, and busy-waiting OpenMP threads, so it exceeds wall time when
+    threads run in parallel); a single thread (resources.cpus: 1), under OMP_WAIT_POLICY=PASSIVE, has
+    CPU time equal to its idle-machine wall time whatever else runs. `slowdown` is the summed wall time
+    over the summed idle-machine time of every call: how much slower the passes ran under the present load.
+    """
+
+    def __init__(self, device: str):
+        self.device, self.wall, self.quiet = device, 0.0, 0.0
+
+    def __call__(self, fn) -> float:
+        """Returns the idle-machine seconds of one call of `fn`."""
+        cuda = self.device.startswith("cuda")
+        if cuda:
+            torch.cuda.synchronize()
+        w, c = time.perf_counter(), time.process_time()
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+        wall, cpu = time.perf_counter() - w, time.process_time() - c
+        quiet = wall if cuda else min(wall, cpu)
+        self.wall, self.quiet = self.wall + wall, self.quiet + quiet
+        return quiet
+
+    @property
+    def slowdown(self) -> float:
+        """Returns summed wall time / summed idle-machine time of the calls so far (1.0: none yet)."""
+        return max(1.0, self.wall / self.quiet) if self.quiet > 0 else 1.0
+
+
+def _timed(fn, clock: Clock, min_seconds: float = 0.3, max_repeats: int = 15) -> float:
+    """Returns the least idle-machine seconds of repeated calls of `fn` (until `min_seconds` in all, at most `max_repeats`),
+    after a warm-up call.
+
+    The least, not the median: other work on the machine only ever adds time to a call.
+    """
+    fn()
+    times, start = [], time.perf_counter()
+    while len(times) < max_repeats and (not times or time.perf_counter() - start < min_seconds):
+        times.append(clock(fn))
+    return min(times)
+
+
+def _peak(device: str, fn) -> int | None:
+    if not device.startswith("cuda"):
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    fn()
+    torch.cuda.synchronize()
+    return int(torch.cuda.max_memory_allocated())
+
+
+def setup(spec: SweepSpec, task_id: str) -> tuple[dict, object, object, list[str]]:
+    """Returns ({split: examples}, tokenizer, model factory, notes) for task `task_id`: the real ones where at hand.
+
+    Nothing is downloaded. Where the task's data or the model's tokenizer is not on this
+    machine (a hub id), a synthetic babel task of the same languages and sizes, with sentences
+    of max_length / 2 tokens, stands in; where the model is a hub id, a randomly initialised
+    BERT of its shape (KNOWN_SHAPES). `notes` says which.
+    """
+    from .config import BabelSpec, ConfigError, ModelSpec, TinySpec
+    from .data import num_labels
+
+    task = next(t for t in spec.tasks if t.id == task_id)
+    local_model = spec.model.name == "tiny" or Path(spec.model.name).is_dir()
+    local_data = task.id == "babel" or (task.source is not None and Path(task.source).exists())
+    if local_model and local_data:
+        _, data, tok = task_data(spec, task_id)
+        return data, tok, model_factory(spec, task, tok, seed=0), []
+    notes = []
+    words = max(2, spec.training.max_length // 2 - 2)
+    stand_in = task.model_copy(update={"id": "babel", "source": None, "babel": BabelSpec(length=words, morphology="isolating")})
+    _, data, tok = task_data(spec.model_copy(update={"tasks": [stand_in], "model": ModelSpec(name="tiny")}), "babel")
+    why = "the model's tokenizer is on the hub" if local_data else "its data is on the hub"
+    notes.append(f"task {task_id}: {why} (nothing is downloaded): synthetic sentences of {words + 2} tokens, same sizes")
+    if local_model:
+        return data, tok, model_factory(spec, task, tok, seed=0), notes
+    if spec.model.name not in KNOWN_SHAPES:
+        raise ConfigError(f"model {spec.model.name!r}: not a local directory and its shape is unknown; estimate knows {', '.join(KNOWN_SHAPES)}")
+    layers, heads, hidden, inter, positions, vocab, _ = KNOWN_SHAPES[spec.model.name]
+    shape = ModelSpec(name="tiny", dropout=spec.model.dropout, tiny=TinySpec(
+        layers=layers, heads=heads, hidden=hidden, intermediate=inter, max_positions=positions))
+    notes.append(f"model {spec.model.name}: a random BERT of its shape ({layers}x{heads} heads, hidden {hidden}, vocab {vocab})")
+    labels = num_labels(task)
+    return data, tok, lambda: build_model(shape, labels, vocab, seed=0), notes
+
+
+def spread(examples: list, n: int) -> list:
+    """Returns about `n` examples taken evenly across `examples`: every language and length, not only the first language's."""
+    return examples[:: max(1, len(examples) // n)][:n]
+
+
+def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
+    """Returns per-batch costs of every pass for task `task_id` of the branch `spec`, timed on training.device."""
+    data, tok, make, _ = setup(spec, task_id)
+    device, precision, ml = spec.training.device, spec.training.precision, spec.training.max_length
+    clock = Clock(device)
+    build = _timed(make, clock)
+    model = make().to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=spec.training.lr)
+    scaler = grad_scaler(device, precision)
+    plan = epoch_plan(data["train"], spec.training.batch_size, 0, 1, False)[:batches]
+
+    def steps():
+        for chunk in plan:
+            b = {k: v.to(device) for k, v in encode(chunk, tok, ml).items()}
+            train_step(model, b, opt, precision=precision, scaler=scaler, max_grad_norm=spec.training.max_grad_norm)
+    train_batch = _timed(steps, clock) / len(plan)
+    peak_train = _peak(device, steps)
+    eval_example = {}
+    for bs in {spec.training.batch_size, spec.influence.batch_size}:
+        sample = spread(data["dev"], bs * batches)
+        eval_example[bs] = _timed(lambda: evaluate(model, sample, tok, ml, bs, None, device, precision), clock) / len(sample)
+    with tempfile.TemporaryDirectory() as tmp:
+        save_epoch = _timed(lambda: (save_checkpoint(model, Path(tmp) / "epoch_1", {"epoch": 1}),
+                                     _save_resume(Path(tmp), opt, {p: n for n, p in model.named_parameters()}, 1, 1, scaler)), clock)
+        load = _timed(lambda: load_checkpoint(model, Path(tmp) / "epoch_1"), clock)
+        mask = torch.ones(model.num_layers, model.num_heads, dtype=torch.bool)
+        meta = {"task": task_id, "language": "x", "seed": 0, "checkpoint": "-", "full_accuracy": 1.0, "masked_accuracy": 1.0,
+                "threshold": 1.0, "step_fraction": 1.0}
+        # per language, as the stage does it: the input checked against its manifest, the shuffle,
+        # the save, and its share of the output's manifest (hash, fsync); the difference of a 3- and
+        # a 1-language publish leaves out what every node pays once (node_io)
+        masks_store = Store(Path(tmp) / "masks")
+        source = f"subnetworks/{0:020x}"
+        with masks_store.writing(source) as out:
+            for lang in ("a", "b", "c"):
+                save_mask(out / lang, mask, meta)
+        three = _timed(lambda: _publish_random_masks(masks_store, source, ("a", "b", "c"), meta), clock)
+        one = _timed(lambda: _publish_random_masks(masks_store, source, ("a",), meta), clock)
+        # both publishes check the same 3-language input, so the difference drops that check: add its share back
+        check = _timed(lambda: masks_store.path(source, hashes="all"), clock)
+        mask_io = max(0.0, three - one) / 2 + check / 3
+        # execute() also resolves the node's grid branch (pydantic validation of the sweep) for every node
+        from .config import branches
+        from .graph import branch_of
+
+        values = branches(spec)[0][0]
+        node_io = _timed(lambda: _store_write(Store(Path(tmp) / "store")), clock) + _timed(lambda: branch_of(spec, values), clock)
+    dev = spread(data["dev"], spec.subnetworks.batch_size * batches)
+    encode_example = _timed(lambda: encode(dev, tok, ml), clock) / len(dev)
+    imp = make_batches(encode(dev, tok, ml), spec.subnetworks.batch_size)
+    imp = [{k: v.to(device) for k, v in b.items()} for b in imp]
+    importance_batch = _timed(lambda: importance_pass(model, imp, None, "example", device, precision), clock) / len(imp)
+    inf = spec.influence.model_copy(update={"precision": influence_precision(spec)})
+    sample = spread(data["train"], inf.batch_size * batches)
+    model.eval()
+    projector = Projector(inf.proj_dim, inf.projection_seed) if inf.proj_dim else None
+    sketch = lambda: sketch_examples(model, sample, tok, inf, ml, None, device, projector)  # noqa: E731
+    sketch_example = _timed(sketch, clock) / len(sample)
+    peak_sketch = _peak(device, sketch)
+    score_unit, score_fixed, table_io = _calibrate_scoring(model, inf, len(data["train"]), spec.training.epochs, clock)
+    return Calibration(device, build, train_batch, eval_example, save_epoch, load, importance_batch, encode_example, sketch_example,
+                       score_unit, score_fixed, mask_io, node_io, table_io, peak_train, peak_sketch, clock.slowdown)
+
+
+def _publish_random_masks(store: Store, source: str, languages: tuple[str, ...], meta: dict) -> None:
+    src = store.path(source, hashes="all")
+    with store.writing(f"random_masks/{time.perf_counter_ns() % 16**20:020x}") as out:
+        for lang in languages:
+            save_mask(out / lang, random_mask(load_mask(src / lang)[0], 1, "t", lang), meta)
+
+
+def _store_write(store: Store) -> None:
+    # what stages.execute does around every node's compute: done check, lease, atomic publish, ledger
+    from .lease import lease
+
+    key = f"calibration/{time.perf_counter_ns() % 16**20:020x}"  # a store key is <stage>/<20 hex digits>
+    store.done(key)
+    with lease(store, key):
+        store.done(key)
+        with store.writing(key) as out:
+            (out / "done").write_text("")
+    store.record({"key": key, "stage": "calibration", "time": time.time()})
+
+
+def _calibrate_scoring(model, inf, n_train: int, checkpoints: int, clock: Clock) -> tuple[float, float, float]:
+    """Returns (seconds per test x train x checkpoint, seconds per call) of top_influences, from two sizes, and
+    the seconds to write a top-k table of 32 test examples and `checkpoints` checkpoints as parquet."""
+    dim = sum(d for _, d in layer_dims(select_linears(model, inf.layers), inf.proj_dim))
+    g = torch.Generator().manual_seed(0)
+    n_train = min(n_train, 2048)
+
+    def run(n_test):
+        sk = lambda n, w: [Sketches([f"{w}{i}" for i in range(n)], ["x"] * n, torch.randn(n, dim, generator=g).to(DTYPES[inf.dtype]),  # noqa: E731
+                                    layer_dims(select_linears(model, inf.layers), inf.proj_dim), inf.proj_dim, 0, 1)]
+        te, tr = sk(n_test, "te"), sk(n_train, "tr")
+        return _timed(lambda: top_influences(te, tr, min(inf.top_k, n_train)), clock), te, tr  # scoring runs on CPU
+    (small, _, _), (big, te, tr) = run(2), run(34)
+    unit = max(0.0, (big - small) / (32 * n_train))
+    frame = pd.concat([top_influences(te, tr, min(inf.top_k, n_train))] * checkpoints)  # about the rows of a real table
+    with tempfile.TemporaryDirectory() as tmp:
+        table_io = 2 * _timed(lambda: frame.to_parquet(Path(tmp) / "t.parquet", index=False), clock)
+    return unit, max(0.0, small - 2 * n_train * unit), table_io

@@ -1,0 +1,78 @@
+"""A sweep invocation's wall time from its stages' costs and its fixed costs: the executor's schedule and the present load.
+
+`run` computes the graph in waves (pre-training, training, SFT, influence), then writes the report.
+The local executor runs every node in its own process, one after the other. The Ray executor
+runs each wave as Tune trials (a training trial's nodes in order; the influence variants of one
+fine-tuned model one trial), `slots` at a time, each trial in a new worker process (`tune_trial` seconds before
+its nodes) and each wave with Tune's own cost (`tune_wave`). Fixed costs (startup, data,
+tracking, report; ray_start with Ray) are paid once per invocation whatever the sweep's size.
+
+Under load, every process gets a share of the cores: `at_load` scales an idle machine's seconds
+by the slowdown the calibration saw, adjusted for how many threads the sweep keeps busy at once.
+"""
+from __future__ import annotations
+
+import heapq
+import os
+
+FIXED = ("startup", "data", "ray_start", "tracking", "report")  # once per invocation, in the order they happen
+WAVES = {0: "pretrain", 1: "train", 2: "sft", 3: "influence"}  # runner.run_sweep's wave labels
+
+
+def cores() -> int:
+    """Returns the CPU cores this process may use (a local Ray instance sees the same)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def slots(cpus_per_trial: float, executor: str, cluster_cpus: int | None = None) -> int:
+    """Returns how many trials run at once: 1 in one process; on local Ray, its CPUs over each trial's CPUs."""
+    if executor == "local":
+        return 1
+    return max(1, int((cluster_cpus or cores()) // max(cpus_per_trial, 1e-9)))
+
+
+def makespan(durations: list[float], n: int) -> float:
+    """Returns when the last of `durations` ends, each started in order on the first of `n` free slots (Tune's FIFO order)."""
+    free = [0.0] * max(1, n)
+    for d in durations:
+        heapq.heapreplace(free, free[0] + d)
+    return max(free)
+
+
+def wave_seconds(trials: dict[int, dict[str, list[float]]], executor: str, n_slots: int, tune_wave: float = 0.0,
+                 tune_trial: float = 0.0) -> dict[str, float]:
+    """Returns each wave's wall seconds: wave -> {trial name: its nodes' seconds} scheduled as the executor runs it.
+
+    Tune starts a wave's trials in the order of their sorted names (grid_search(sorted(plan))).
+    """
+    out = {}
+    for wave, plan in sorted(trials.items()):
+        work = [sum(plan[name]) for name in sorted(plan)]
+        if not work:
+            continue
+        if executor == "local":
+            out[WAVES[wave]] = sum(work)
+        else:
+            out[WAVES[wave]] = tune_wave + makespan([tune_trial + w for w in work], n_slots)
+    return out
+
+
+def run_slowdown(calibration_slowdown: float, threads: int, busy_threads: int, n_cores: int) -> float:
+    """Returns how much slower than on an idle machine the sweep will run, from the slowdown its calibration saw.
+
+    The calibration kept `threads` threads busy and ran `calibration_slowdown` times slower: other
+    work then wanted about slowdown x cores - threads cores (none where it ran at full speed). The
+    sweep keeps `busy_threads` busy (trials side by side x threads each); all share the cores evenly.
+    """
+    others = calibration_slowdown * n_cores - threads if calibration_slowdown > 1.05 else 0.0
+    return max(1.0, calibration_slowdown if busy_threads <= threads else 0.0, (max(0.0, others) + busy_threads) / n_cores)
+
+
+def trials(nodes) -> dict[int, dict[str, list]]:
+    """Returns wave -> Tune trial name -> its nodes in order, as runner._plan groups them (the influence nodes of one
+    fine-tuned model one trial)."""
+    out: dict[int, dict[str, list]] = {}
+    for n in nodes:
+        name = f"{n.trial}/influence" if str(n.stage) == "influence" else n.trial
+        out.setdefault(n.wave, {}).setdefault(name, []).append(n)
+    return out
