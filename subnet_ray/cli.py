@@ -225,7 +225,7 @@ def _view_lines(views: dict[str, str], base: str, sweep: str | None) -> tuple[li
 
 def cmd_ui(args) -> int:
     from .orchestration.runs_view import sweep_views
-    from .orchestration.tracking_store import _scheme, check_tracking_uri, default_tracking_uri, open_ui, ui_command, ui_host
+    from .orchestration.tracking_store import _scheme, check_port, check_tracking_uri, default_tracking_uri, open_ui, ui_command, ui_host
 
     uri = _tracking(args)
     if uri and _scheme(uri) in ("http", "https"):  # a tracking server serves its own UI: name the views on it
@@ -240,6 +240,7 @@ def cmd_ui(args) -> int:
         return 0
     try:
         ui_command(_root(args), uri, host=args.host, port=args.port)  # no store, bad URI or port: before reading it
+        check_port(ui_host(args.host), args.port)  # a host or port the server cannot take: before reading the store
         lines, first = _view_lines(sweep_views(uri or default_tracking_uri(_root(args))), f"http://{ui_host(args.host)}:{args.port}", args.sweep)
         return open_ui(_root(args), uri, host=args.host, port=args.port, urls=lines, browse=first if args.open else None)
     except (ValueError, FileNotFoundError) as e:  # UIError, a bad port or URI: found before anything starts

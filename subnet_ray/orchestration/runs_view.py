@@ -129,10 +129,13 @@ def runs_url(base: str, experiment_id: str, chart: bool = False, key: str = VIEW
 
 def sweep_views(tracking_uri: str) -> dict[str, str]:
     """Returns {sweep name: experiment id} of the live experiments in the store that carry the saved view."""
+    import logging
     import os
 
     os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
     from mlflow import MlflowClient
+
+    logging.getLogger("mlflow").setLevel(logging.WARNING)  # a store's first opening logs its table creation at INFO
 
     client = MlflowClient(tracking_uri=tracking_uri)
     found = client.search_experiments(filter_string=f"tags.`{VIEW_TAG}` LIKE '%'", max_results=1000)
