@@ -12,7 +12,9 @@ import functools
 import json
 from dataclasses import dataclass
 import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -121,15 +123,43 @@ def execute(node: Node, spec: SweepSpec, store: Store, on_wait: Callable[[str], 
             on_wait(f"stage output {node.key} was computed by another invocation meanwhile: using it")
             return False
         try:
-            with store.writing(node.key) as out:
-                compute(node, branch_of(spec, node.params.branch), store, out, **kwargs)
+            compute(node, branch_of(spec, node.params.branch), store, store.partial(node.key), **kwargs)
         except DamagedOutput as e:
             if store.done(e.key):
                 on_wait(f"{e}; moved aside to {store.set_aside(e.key, e.problems)}")
             raise
-    store.record({"key": node.key, "stage": str(node.stage), "trial": node.trial, "variant": getattr(node.params, "variant", None),
-                  "time": time.time(), "seconds": time.perf_counter() - started, "pid": os.getpid()})
+        _publish(store, node, time.perf_counter() - started)
     return True
+
+
+@contextlib.contextmanager
+def _signals_held() -> Any:
+    """Runs the block with Ctrl-C, SIGTERM and SIGHUP held back, then delivers the first that came
+    (in the main thread; elsewhere a signal is not delivered to this code anyway)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    previous = {s: h for s, h in previous.items() if h is not None}  # None: a handler not set from Python
+    held: list[int] = []
+    for s in previous:
+        signal.signal(s, lambda signum, _: held.append(signum))
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        if held:
+            signal.raise_signal(held[0])
+
+
+def _publish(store: Store, node: Node, seconds: float) -> None:
+    """Publishes `node`'s partial folder and records it in the ledger, both or neither: a Ctrl-C between
+    the two would leave a finished output that no rerun records (it is not recomputed)."""
+    with _signals_held():
+        store.commit(node.key)
+        store.record({"key": node.key, "stage": str(node.stage), "trial": node.trial, "variant": getattr(node.params, "variant", None),
+                      "time": time.time(), "seconds": seconds, "pid": os.getpid()})
 
 
 @dataclass
@@ -280,13 +310,11 @@ def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait:
                 rows[key] += _predictions(model, test, masks, b, tok, epoch)
 
         def publish(key: str, topk: pd.DataFrame) -> None:
-            with store.writing(key) as out:
-                topk.to_parquet(out / TOPK, index=False)
-                pd.DataFrame(rows[key]).to_parquet(out / PREDICTIONS, index=False)
-            n = by_key[key]
+            out = store.partial(key)
+            topk.to_parquet(out / TOPK, index=False)
+            pd.DataFrame(rows[key]).to_parquet(out / PREDICTIONS, index=False)
             now = time.perf_counter()
-            store.record({"key": key, "stage": str(n.stage), "trial": n.trial, "variant": n.params.variant,
-                          "time": time.time(), "seconds": now - since[0], "pid": os.getpid()})
+            _publish(store, by_key[key], now - since[0])
             since[0] = now
 
         jobs = [Job(n.key, inputs[n.key][0], inputs[n.key][1]) for n in todo]

@@ -392,6 +392,53 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
     assert len(list((tmp_path / "sketches" / "epoch_1").glob("*.parquet"))) >= 1
 
 
+def _fails_once(marker: str, driver: int, factory):
+    """A model factory whose first call outside the driver, in whichever process claims `marker`, raises (so that
+    actor dies in its creation task, which Ray does not restart)."""
+    import os
+
+    if os.getpid() == driver:
+        return factory()
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        return factory()
+    raise RuntimeError("this actor is lost while it starts")
+
+
+@pytest.mark.slow  # ~20 s: Ray start-up, an actor that dies and its replacement
+def test_ray_data_pass_replaces_an_actor_that_dies_while_starting(tmp_path, tmp_path_factory, monkeypatch):
+    """A sketching actor lost while it starts (as one was on a busy CI node) is replaced and the tables are
+    the single-process ones; Ray Data's default fails the whole pass on the first such death."""
+    import os
+    import sys
+
+    from ray import cloudpickle  # Ray pickles with its own copy
+
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    from subnet_ray.orchestration.influence_ray import influence_ray
+
+    dirs = _checkpoints(tmp_path)
+    tok = word_tokenizer()
+    train, test = examples(12, "train", 2), examples(4, "test", 2)
+    spec = InfluenceSpec(proj_dim=16, top_k=3, batch_size=4, actors=1, projection_seed=1)
+    ref = influence(tiny_model, dirs, train, test, tok, spec, max_length=16)
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this file
+    ray.init(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("r")), include_dashboard=False, log_to_driver=False)
+    try:
+        factory = functools.partial(_fails_once, str(tmp_path / "died"), os.getpid(), functools.partial(build_model, TINY, num_labels=2, vocab_size=VOCAB))
+        got = influence_ray(factory, dirs, train, test, tok, spec, max_length=16)
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert (tmp_path / "died").exists()
+    key = ["test_id", "checkpoint", "sign", "rank"]
+    got, ref = got.sort_values(key).reset_index(drop=True), ref.sort_values(key).reset_index(drop=True)
+    assert got[key + ["train_id"]].equals(ref[key + ["train_id"]])
+    np.testing.assert_allclose(got.score.to_numpy(), ref.score.to_numpy(), rtol=1e-4, atol=1e-6)
+
+
 def _old_influence(model, dirs, train, test, tok, spec, masks, max_length):
     """The single-job loop as it was before jobs shared work (mask group, then checkpoint, then train and test)."""
     from subnet_ray.influence.pipeline import as_sketches, sketch_examples

@@ -90,3 +90,29 @@ def test_local_ledger_reads_entries_of_the_old_single_file_first(tmp_path):
     store.record({"key": "new/3"})
     assert [e["key"] for e in Store(tmp_path).ledger()] == ["old/1", "old/2", "new/3"]
     assert not list((tmp_path / "_ledger").glob("*.tmp"))
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_signal_while_publishing_is_delivered_after_the_ledger_entry(tmp_path, monkeypatch, sig):
+    """A Ctrl-C (or SIGTERM) between publishing an output and recording it would leave a finished key
+    that no rerun records; _publish holds it back until both are done, then delivers it."""
+    import signal
+    from types import SimpleNamespace
+
+    from subnet_ray.orchestration.interrupts import Interrupted, handling
+    from subnet_ray.stages import _publish
+
+    store = Store(tmp_path)
+    key = "finetune/" + "ab" * 10
+    node = SimpleNamespace(key=key, stage="finetune", trial="t/full/seed1", params=SimpleNamespace(variant=None))
+    (store.partial(key) / "x.txt").write_text("1")
+    commit = store.commit
+    monkeypatch.setattr(store, "commit", lambda k: (commit(k), signal.raise_signal(getattr(signal, sig)))[0])
+    with handling():  # as a sweep driver has it: the signal raises Interrupted
+        before = signal.getsignal(getattr(signal, sig))
+        with pytest.raises(Interrupted) as stopped:
+            _publish(store, node, 1.5)
+        assert signal.getsignal(getattr(signal, sig)) is before
+    assert stopped.value.signum == getattr(signal, sig)
+    assert store.done(key)
+    assert [(e["key"], e["seconds"]) for e in store.ledger()] == [(key, 1.5)]

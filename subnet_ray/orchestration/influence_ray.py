@@ -18,6 +18,7 @@ tolerance); with several jobs (the influence variants of one model), each sketch
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -114,6 +115,26 @@ def task_env() -> dict | None:
     job = (ray.get_runtime_context().runtime_env or {}).get("env_vars") or {}
     missing = {k: v for k, v in WORKER_ENV.items() if job.get(k) != v}
     return {"env_vars": missing} if missing else None
+
+
+ACTOR_INIT_DEATHS = 2  # consecutive sketching actors that may die while starting, each replaced, before the pass fails
+
+
+@contextmanager
+def _replacing_dead_actors():
+    """Within the block, a Ray Data actor that dies while it starts is replaced (up to ACTOR_INIT_DEATHS in a
+    row) rather than failing the pass: Ray's default is to fail on the first, and a busy node occasionally
+    loses a pending actor. A constructor that always fails still fails the pass, after that many tries."""
+    import ray
+
+    ctx = ray.data.DataContext.get_current()
+    before = ctx.max_consecutive_actor_init_deaths
+    if 0 <= before < ACTOR_INIT_DEATHS:
+        ctx.max_consecutive_actor_init_deaths = ACTOR_INIT_DEATHS
+    try:
+        yield
+    finally:
+        ctx.max_consecutive_actor_init_deaths = before
 
 
 def _score_shard(test: list[Sketches], train: list[Sketches], top_k: int, lr_weighting: bool, cpus: float) -> pd.DataFrame:
@@ -219,15 +240,16 @@ def influence_ray_jobs(
         # Blocks per checkpoint as a pass of one checkpoint had them, in checkpoint order, so an
         # actor mostly sees one checkpoint after the other and rarely reloads.
         per = max(1, min(len(rows) // spec.batch_size, 8 * spec.actors))
-        ds = ray.data.from_arrow([pa.table({"checkpoint": np.full(len(part), c), "row": part})
-                                  for c in range(len(metas)) for part in np.array_split(np.arange(len(rows)), per)])
-        out = ds.map_batches(
-            SketchActor,
-            fn_constructor_kwargs=dict(model=build, weights=weights, examples=[examples], spec=spec.model_dump(), masks=masks_np,
-                                       tokenizer=tokenizer, max_length=max_length, device=actor_device, cpus=cpus_per_actor),
-            batch_size=spec.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=spec.actors),
-            num_cpus=cpus_per_actor, num_gpus=spec.gpus_per_actor, runtime_env=task_env(),
-        ).materialize()
+        with _replacing_dead_actors():
+            ds = ray.data.from_arrow([pa.table({"checkpoint": np.full(len(part), c), "row": part})
+                                      for c in range(len(metas)) for part in np.array_split(np.arange(len(rows)), per)])
+            out = ds.map_batches(
+                SketchActor,
+                fn_constructor_kwargs=dict(model=build, weights=weights, examples=[examples], spec=spec.model_dump(), masks=masks_np,
+                                           tokenizer=tokenizer, max_length=max_length, device=actor_device, cpus=cpus_per_actor),
+                batch_size=spec.batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=spec.actors),
+                num_cpus=cpus_per_actor, num_gpus=spec.gpus_per_actor, runtime_env=task_env(),
+            ).materialize()
         del examples, ds
         if sketch_dir is not None:
             from ray.data.expressions import col
