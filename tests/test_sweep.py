@@ -123,50 +123,6 @@ def test_sigint_then_rerun_recomputes_no_finished_stage(sweep_file, tmp_path):
     assert_same_influence(topk_tables(ref_root, spec), topk_tables(root, spec))
 
 
-@pytest.mark.slow
-def test_ray_two_node_cluster_survives_a_killed_worker(sweep_file, tmp_path):
-    import ray
-    from ray.cluster_utils import Cluster
-
-    # influence with 2 actors: each variant's sketching is sharded on a Ray Data pool inside its trial
-    sweep_file.write_text(TINY_SWEEP.replace("batch_size: 16}", "batch_size: 16, actors: 2}"))
-    spec = load_sweep(sweep_file)
-    assert spec.influence.actors == 2
-    run_sweep(spec, tmp_path / "ref", executor="local", progress=False)
-    # the head takes no trials, so the training trial runs on the worker that gets killed
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
-    worker = cluster.add_node(num_cpus=2)
-    root = tmp_path / "root"
-    outcome = {}
-
-    def sweep():  # Ray's node management needs the main thread, so the sweep runs beside it
-        try:
-            outcome["run"] = run_sweep(spec, root, address=cluster.address, progress=False)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
-            outcome["error"] = e
-
-    t = threading.Thread(target=sweep)
-    t.start()
-    try:
-        partial = root / "store" / "_partial" / "finetune"
-        deadline = time.monotonic() + 600
-        while not (partial.exists() and any(partial.glob("*/epoch_1"))) and time.monotonic() < deadline and t.is_alive():
-            time.sleep(0.05)
-        assert t.is_alive(), f"the sweep ended before any epoch finished: {outcome}"
-        cluster.remove_node(worker, allow_graceful=False)  # killed mid-training
-        killed_at = time.time()
-        cluster.add_node(num_cpus=2)  # where the retried trial goes
-        t.join(timeout=900)
-    finally:
-        ray.shutdown()
-        cluster.shutdown()
-    assert not t.is_alive() and "error" not in outcome, outcome.get("error")
-    first = ledger(store_for(root))
-    assert len({e["key"] for e in first}) == len(first) == len(graph(spec))  # each stage published once
-    assert first[0]["stage"] == "finetune" and first[0]["time"] > killed_at  # the kill hit unfinished training
-    assert_same_influence(topk_tables(tmp_path / "ref", spec), topk_tables(root, spec), exact=False)
-
-
 def test_grid_branches_share_stages_and_each_report_has_them(sweep_file, tmp_path):
     text = TINY_SWEEP.replace("methods: [full, sft, random-sft]", "methods: [full]").replace(
         "resources:", "grid: {subnetworks.threshold: [0.9, 0.8]}\nresources:")
@@ -256,3 +212,48 @@ def test_ray_data_influence_of_one_model_equals_local(sweep_file, tmp_path, tmp_
     assert_same_influence(a, b, exact=False)
     for n in full:
         pd.testing.assert_frame_equal(pd.read_parquet(distributed.path(n.key) / PREDICTIONS), pd.read_parquet(local.path(n.key) / PREDICTIONS))
+
+
+@pytest.mark.slow  # last in this file: after its cluster, a later Ray session in this process is handed an object
+# ref of the old one ("owner is unknown", seen in Ray Data's actor submits; not found where it is kept, see NOTES)
+def test_ray_two_node_cluster_survives_a_killed_worker(sweep_file, tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    # influence with 2 actors: each variant's sketching is sharded on a Ray Data pool inside its trial
+    sweep_file.write_text(TINY_SWEEP.replace("batch_size: 16}", "batch_size: 16, actors: 2}"))
+    spec = load_sweep(sweep_file)
+    assert spec.influence.actors == 2
+    run_sweep(spec, tmp_path / "ref", executor="local", progress=False)
+    # the head takes no trials, so the training trial runs on the worker that gets killed
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    worker = cluster.add_node(num_cpus=2)
+    root = tmp_path / "root"
+    outcome = {}
+
+    def sweep():  # Ray's node management needs the main thread, so the sweep runs beside it
+        try:
+            outcome["run"] = run_sweep(spec, root, address=cluster.address, progress=False)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+            outcome["error"] = e
+
+    t = threading.Thread(target=sweep)
+    t.start()
+    try:
+        partial = root / "store" / "_partial" / "finetune"
+        deadline = time.monotonic() + 600
+        while not (partial.exists() and any(partial.glob("*/epoch_1"))) and time.monotonic() < deadline and t.is_alive():
+            time.sleep(0.05)
+        assert t.is_alive(), f"the sweep ended before any epoch finished: {outcome}"
+        cluster.remove_node(worker, allow_graceful=False)  # killed mid-training
+        killed_at = time.time()
+        cluster.add_node(num_cpus=2)  # where the retried trial goes
+        t.join(timeout=900)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert not t.is_alive() and "error" not in outcome, outcome.get("error")
+    first = ledger(store_for(root))
+    assert len({e["key"] for e in first}) == len(first) == len(graph(spec))  # each stage published once
+    assert first[0]["stage"] == "finetune" and first[0]["time"] > killed_at  # the kill hit unfinished training
+    assert_same_influence(topk_tables(tmp_path / "ref", spec), topk_tables(root, spec), exact=False)
