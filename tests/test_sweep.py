@@ -185,9 +185,6 @@ def test_ray_data_influence_of_one_model_equals_local(sweep_file, tmp_path, tmp_
     the actors, predictions in the driver) publishes every node of a model with the local tables."""
     import shutil
 
-    import ray
-
-    from subnet_ray.orchestration.influence_ray import influence_ray_jobs
     from subnet_ray.stages import PREDICTIONS, execute, execute_influence, influence_groups
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
@@ -202,11 +199,27 @@ def test_ray_data_influence_of_one_model_equals_local(sweep_file, tmp_path, tmp_
     groups = influence_groups([n for n in nodes if n.stage == "influence"])
     full = max(groups, key=len)  # the full model's variants: several masks, one actor pool
     execute_influence(full, spec, local)
-    ray.init(num_cpus=2, _temp_dir=str(tmp_path_factory.mktemp("r")), include_dashboard=False, log_to_driver=False)
-    try:
-        assert sorted(execute_influence(full, spec, distributed, engine=influence_ray_jobs)) == sorted(n.key for n in full)
-    finally:
-        ray.shutdown()
+    # Ray in a fresh interpreter: Ray sessions earlier in this pytest process leave state that made a later
+    # Ray Data pass fail (actors cancelled before they started; see notes/NOTES.md, session 7)
+    script = f"""
+import ray
+from subnet_ray.config import load_sweep
+from subnet_ray.graph import graph
+from subnet_ray.orchestration.influence_ray import influence_ray_jobs
+from subnet_ray.stages import execute_influence, influence_groups
+from subnet_ray.store import store_for
+spec = load_sweep({str(sweep_file)!r})
+full = max(influence_groups([n for n in graph(spec) if n.stage == "influence"]), key=len)
+ray.init(num_cpus=2, _temp_dir={str(tmp_path_factory.mktemp("r"))!r}, include_dashboard=False, log_to_driver=False)
+try:
+    done = execute_influence(full, spec, store_for({str(tmp_path / "ray")!r}), engine=influence_ray_jobs)
+finally:
+    ray.shutdown()
+print(sorted(done) == sorted(n.key for n in full))
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "True"  # every node of the model computed by this call
     a = {n.params.variant: pd.read_parquet(local.path(n.key) / TOPK) for n in full}
     b = {n.params.variant: pd.read_parquet(distributed.path(n.key) / TOPK) for n in full}
     assert_same_influence(a, b, exact=False)
@@ -214,8 +227,8 @@ def test_ray_data_influence_of_one_model_equals_local(sweep_file, tmp_path, tmp_
         pd.testing.assert_frame_equal(pd.read_parquet(distributed.path(n.key) / PREDICTIONS), pd.read_parquet(local.path(n.key) / PREDICTIONS))
 
 
-@pytest.mark.slow  # last in this file: after its cluster, a later Ray session in this process is handed an object
-# ref of the old one ("owner is unknown", seen in Ray Data's actor submits; not found where it is kept, see NOTES)
+@pytest.mark.slow  # last in this file: after its cluster, a later Ray session in this process was handed an object
+# ref of the old one ("owner is unknown", seen in Ray Data's actor submits; see notes/NOTES.md, session 7)
 def test_ray_two_node_cluster_survives_a_killed_worker(sweep_file, tmp_path):
     import ray
     from ray.cluster_utils import Cluster
