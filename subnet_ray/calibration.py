@@ -42,10 +42,11 @@ class Calibration:
     device: str
     build: float  # build the model
     train_batch: float  # encode + one train_step at training.batch_size
+    first_steps: float  # what a fine-tuning's first steps take beyond train_batch each (gradients, optimizer state allocated)
     eval_example: dict[int, float]  # evaluate, per example, by batch size
     save_epoch: float  # checkpoint + resume state after an epoch
     load: float  # load a checkpoint
-    importance_batch: float  # one importance_pass batch at subnetworks.batch_size
+    importance_example: float  # importance_pass per example at subnetworks.batch_size (a language's last batch is short)
     encode_example: float  # tokenizing one example (importance encodes each language once)
     sketch_example: float  # sketch_examples, per example at influence.batch_size
     score_unit: float  # top_influences seconds per (test x train x checkpoint)
@@ -98,13 +99,14 @@ class Clock:
         return max(1.0, self.wall / self.quiet) if self.quiet > 0 else 1.0
 
 
-def _timed(fn, clock: Clock, min_seconds: float = 0.3, max_repeats: int = 15) -> float:
+def _timed(fn, clock: Clock, min_seconds: float = 0.3, max_repeats: int = 15, warm_up: bool = True) -> float:
     """Returns the least idle-machine seconds of repeated calls of `fn` (until `min_seconds` in all, at most `max_repeats`),
-    after a warm-up call.
+    after a warm-up call (unless `warm_up` is False).
 
     The least, not the median: other work on the machine only ever adds time to a call.
     """
-    fn()
+    if warm_up:
+        fn()
     times, start = [], time.perf_counter()
     while len(times) < max_repeats and (not times or time.perf_counter() - start < min_seconds):
         times.append(clock(fn))
@@ -176,15 +178,20 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
         for chunk in plan:
             b = {k: v.to(device) for k, v in encode(chunk, tok, ml).items()}
             train_step(model, b, opt, precision=precision, scaler=scaler, max_grad_norm=spec.training.max_grad_norm)
-    train_batch = _timed(steps, clock) / len(plan)
+    first = clock(steps)  # a fresh model and optimizer, as every fine-tuning starts
+    train_batch = _timed(steps, clock, warm_up=False) / len(plan)
+    first_steps = max(0.0, first - len(plan) * train_batch)
     peak_train = _peak(device, steps)
     eval_example = {}
     for bs in {spec.training.batch_size, spec.influence.batch_size}:
         sample = spread(data["dev"], bs * batches)
         eval_example[bs] = _timed(lambda: evaluate(model, sample, tok, ml, bs, None, device, precision), clock) / len(sample)
     with tempfile.TemporaryDirectory() as tmp:
-        save_epoch = _timed(lambda: (save_checkpoint(model, Path(tmp) / "epoch_1", {"epoch": 1}),
-                                     _save_resume(Path(tmp), opt, {p: n for n, p in model.named_parameters()}, 1, 1, scaler)), clock)
+        # as finetune does after each epoch: a new checkpoint folder, the resume state replaced; the mean of two
+        # epochs, no warm-up (a first write and a rewrite of the same file differ; so do the kernel's dirty pages after one)
+        names = {p: n for n, p in model.named_parameters()}
+        save_epoch = sum(clock(lambda e=e: (save_checkpoint(model, Path(tmp) / f"epoch_{e}", {"epoch": e}),
+                                            _save_resume(Path(tmp), opt, names, e, e, scaler))) for e in (1, 2)) / 2
         load = _timed(lambda: load_checkpoint(model, Path(tmp) / "epoch_1"), clock)
         mask = torch.ones(model.num_layers, model.num_heads, dtype=torch.bool)
         meta = {"task": task_id, "language": "x", "seed": 0, "checkpoint": "-", "full_accuracy": 1.0, "masked_accuracy": 1.0,
@@ -212,7 +219,7 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     encode_example = _timed(lambda: encode(dev, tok, ml), clock) / len(dev)
     imp = make_batches(encode(dev, tok, ml), spec.subnetworks.batch_size)
     imp = [{k: v.to(device) for k, v in b.items()} for b in imp]
-    importance_batch = _timed(lambda: importance_pass(model, imp, None, "example", device, precision), clock) / len(imp)
+    importance_example = _timed(lambda: importance_pass(model, imp, None, "example", device, precision), clock) / len(dev)
     inf = spec.influence.model_copy(update={"precision": influence_precision(spec)})
     sample = spread(data["train"], inf.batch_size * batches)
     model.eval()
@@ -221,7 +228,7 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     sketch_example = _timed(sketch, clock) / len(sample)
     peak_sketch = _peak(device, sketch)
     score_unit, score_fixed, table_io = _calibrate_scoring(model, inf, len(data["train"]), spec.training.epochs, clock)
-    return Calibration(device, build, train_batch, eval_example, save_epoch, load, importance_batch, encode_example, sketch_example,
+    return Calibration(device, build, train_batch, first_steps, eval_example, save_epoch, load, importance_example, encode_example, sketch_example,
                        score_unit, score_fixed, mask_io, node_io, table_io, peak_train, peak_sketch, clock.slowdown)
 
 

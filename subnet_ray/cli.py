@@ -88,10 +88,12 @@ def cmd_estimate(args) -> int:
 
     from .estimate import estimate, table
     from .orchestration.overheads import measure
+    from .walltime import others_running
 
     spec, _ = _load(args.sweep)
+    others = others_running()  # the load as it is, before measuring the fixed costs (Ray's processes) adds to it
     fixed = measure(spec, args.executor)
-    est = estimate(spec, pruned=args.pruned, executor=args.executor, fixed=fixed)
+    est = estimate(spec, pruned=args.pruned, executor=args.executor, fixed=fixed, others=others)
     stages = est.by_stage(spec.resources.cpus, spec.resources.gpus)
     total = stages["total"]["seconds"]
     print(f"sweep {spec.name}: projected cost on {est.device}, executor {args.executor} (calibrated here)")

@@ -60,6 +60,7 @@ class Estimate:
     slots: int = 1  # trials at a time
     threads: int = 1  # torch threads per trial (resources.cpus)
     slowdown: float = 1.0  # how much slower than idle the calibration ran (Clock.slowdown)
+    others: float | None = None  # threads of other processes wanting a core before calibrating (walltime.others_running)
 
     def waves(self) -> dict[str, float]:
         """Returns each wave's wall seconds, trials scheduled as the executor runs them."""
@@ -79,7 +80,7 @@ class Estimate:
         from .walltime import WAVES, cores, run_slowdown
 
         def factor(busy_threads: int) -> float:
-            return run_slowdown(self.slowdown, self.threads, busy_threads, cores())
+            return run_slowdown(self.slowdown, self.threads, busy_threads, cores(), self.others)
 
         side_by_side = {WAVES[w]: min(self.slots, len(t)) if self.executor == "ray" else 1 for w, t in self.trials.items() if t}
         waves = {w: s * factor(self.threads * side_by_side[w]) for w, s in self.waves().items()}
@@ -90,6 +91,7 @@ class Estimate:
         total = sum(self.fixed.values()) * factor(1) + sum(waves.values())
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         return {"slowdown": total / max(self.total_seconds(), 1e-9), "calibration_slowdown": self.slowdown, "load_1min": load,
+                "others_running": self.others,
                 "cores": cores(), "fixed_slowdown": factor(1), "stages": stages, "waves": waves, "total_seconds": total,
                 "total_hours": total / 3600}
 
@@ -128,16 +130,18 @@ def param_count(model: torch.nn.Module) -> int:
 
 
 def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibration] | None = None, timed: bool = True,
-             executor: str = "local", fixed: dict[str, float] | None = None, cluster_cpus: int | None = None) -> Estimate:
+             executor: str = "local", fixed: dict[str, float] | None = None, cluster_cpus: int | None = None,
+             others: float | None = None) -> Estimate:
     """Returns the projected cost of every stage output of the sweep (calibrating per task unless given), and its wall
     time on `executor` ('local' or 'ray') with the named fixed costs `fixed` (orchestration.overheads.measure).
 
     Ray's costs in `fixed` (ray_start, tune_wave, tune_trial) are wall times under the load they
     were measured at: they are scaled to an idle machine by the calibration's slowdown.
     timed=False: bytes and counts only, every time 0, no compute (the model is built on torch's
-    meta device): what `validate` prints.
+    meta device): what `validate` prints. others: threads of other processes wanting a core
+    (walltime.others_running; counted here before calibrating if not given).
     """
-    from .walltime import FIXED, cores, slots, trials
+    from .walltime import FIXED, cores, others_running, slots, trials
 
     if not 0.0 < pruned <= 1.0:
         raise ValueError(f"pruned must be a fraction of the heads in (0, 1], got {pruned}")
@@ -152,7 +156,7 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
            f"Tune trials {n_slots} at a time ({cluster_cpus or cores()} CPUs / resources.cpus {spec.resources.cpus}), each in a new worker process")
     est = Estimate(spec.name, spec.training.device, executor=executor, slots=n_slots, threads=threads, assumptions=notes + [
         f"subnetwork search disables {pruned:.0%} of the heads before it stops (pruning steps are not known in advance)",
-        f"executor {executor}: {how}; seconds are an idle machine's (at_load: under the load seen while calibrating)",
+        f"executor {executor}: {how}; seconds are an idle machine's (at_load: under the load seen before and while calibrating)",
     ] + (["a masked-LM pre-training step costs a fine-tuning step of the same batch size (not timed on its own)"]
          if spec.model.pretrain is not None else []))
     if fixed is None:
@@ -161,6 +165,7 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
         est.assumptions.append("influence.actors > 1: the influence wave runs on Ray Data actor pools from the driver; "
                                "estimated as Tune trials (the pools' own start per call is not counted)")
     seen, calibration = set(), dict(calibration or {})
+    est.others = others if others is not None or not timed or calibration else others_running()  # before calibrating
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # as the sweep's trials run (runner.run_sweep, tune._trainable: workers.use_cpus)
     try:
@@ -222,19 +227,20 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
         # tiny LM head is small next to the encoder): not calibrated on its own
         pt = b.model.pretrain
         steps = pt.epochs * math.ceil(pt.sentences * len(by_language(data["train"])) / pt.batch_size)
-        return StageCost(node.key, "pretrain", cal.build + steps * cal.train_batch * pt.batch_size / tr.batch_size, train_mem,
+        return StageCost(node.key, "pretrain", cal.build + cal.first_steps + steps * cal.train_batch * pt.batch_size / tr.batch_size, train_mem,
                          checkpoint_bytes=model_bytes)
     if node.stage == "finetune":
         sparse = node.params.method != "full"
         steps = len(epoch_plan(data["train"], tr.batch_size, node.params.seed, 1, sparse))
         per_epoch = steps * cal.train_batch + len(data["dev"]) * cal.eval_example[tr.batch_size] + cal.save_epoch
-        return StageCost(node.key, "finetune", cal.build + tr.epochs * per_epoch, train_mem, checkpoint_bytes=tr.epochs * model_bytes)
+        return StageCost(node.key, "finetune", cal.build + cal.first_steps + tr.epochs * per_epoch, train_mem,
+                         checkpoint_bytes=tr.epochs * model_bytes)
     if node.stage == "subnetworks":
         heads = model.num_layers * model.num_heads
         per_step = step_size(heads, b.subnetworks.step_fraction)
         steps = min(math.ceil((heads - 1) / per_step), math.ceil(pruned * (heads - 1) / per_step) + 1)
         seconds = cal.build + cal.load + sum(
-            len(v) * cal.encode_example + (1 + steps) * math.ceil(len(v) / b.subnetworks.batch_size) * cal.importance_batch
+            len(v) * (cal.encode_example + (1 + steps) * cal.importance_example)
             + cal.mask_io for v in dev.values())  # mask_io: about the cost of saving the language's mask
         return StageCost(node.key, "subnetworks", seconds, cal.peak_sketch_bytes or 2 * model_bytes)
     if node.stage == "random_masks":
@@ -321,7 +327,8 @@ def table(est: Estimate, cpus: float, gpus: float) -> str:
     waves = ", ".join(f"{k} {v:.1f} s" for k, v in est.waves().items())
     load = est.at_load()
     rows.append(f"waves (wall, {est.slots} trial(s) at a time): {waves}")
-    rows.append(f"at the present load ({load['load_1min']:.2f} on {load['cores']} cores; calibration ran "
+    others = f", {load['others_running']:g} other thread(s) running" if load["others_running"] is not None else ""
+    rows.append(f"at the present load ({load['load_1min']:.2f} on {load['cores']} cores{others}; calibration ran "
                 f"{load['calibration_slowdown']:.2f}x slower than idle, this run ~{load['slowdown']:.2f}x): "
                 f"{load['total_seconds']:.1f} s ({load['total_hours']:.3g} h)")
     return "\n".join(rows + [f"assumes: {a}" for a in est.assumptions])

@@ -57,15 +57,40 @@ def wave_seconds(trials: dict[int, dict[str, list[float]]], executor: str, n_slo
     return out
 
 
-def run_slowdown(calibration_slowdown: float, threads: int, busy_threads: int, n_cores: int) -> float:
-    """Returns how much slower than on an idle machine the sweep will run, from the slowdown its calibration saw.
-
-    The calibration kept `threads` threads busy and ran `calibration_slowdown` times slower: other
-    work then wanted about slowdown x cores - threads cores (none where it ran at full speed). The
-    sweep keeps `busy_threads` busy (trials side by side x threads each); all share the cores evenly.
+def others_running(samples: int = 20, interval: float = 0.05) -> float | None:
+    """Returns how many threads of other processes want a core now: the median over `samples` reads of the machine's
+    runnable threads (/proc/stat procs_running), less the reader. None where that count is not this machine's
+    cores' (not Linux, or a container that sees only some of the host's CPUs: the count is the host's).
     """
-    others = calibration_slowdown * n_cores - threads if calibration_slowdown > 1.05 else 0.0
-    return max(1.0, calibration_slowdown if busy_threads <= threads else 0.0, (max(0.0, others) + busy_threads) / n_cores)
+    import statistics
+    import time
+
+    if os.cpu_count() != cores():
+        return None
+    counts = []
+    try:
+        for i in range(samples):
+            if i:
+                time.sleep(interval)
+            with open("/proc/stat") as f:
+                counts += [int(line.split()[1]) for line in f if line.startswith("procs_running ")]
+    except OSError:
+        return None
+    return max(0.0, statistics.median(counts) - 1) if counts else None
+
+
+def run_slowdown(calibration_slowdown: float, threads: int, busy_threads: int, n_cores: int, others: float | None = None) -> float:
+    """Returns how much slower than on an idle machine the sweep will run, from the load before and during its calibration.
+
+    `others`: threads of other processes that wanted a core before calibrating (others_running), if
+    known. The calibration kept `threads` threads busy and ran `calibration_slowdown` times slower:
+    other work then wanted about slowdown x cores - threads cores (none where it ran at full speed; a
+    single thread on a machine with a free core sees no slowdown whatever the others, hence `others`).
+    The sweep keeps `busy_threads` busy (trials side by side x threads each); all share the cores evenly.
+    """
+    inferred = calibration_slowdown * n_cores - threads if calibration_slowdown > 1.05 else 0.0
+    wanting = max(0.0, inferred, others or 0.0)
+    return max(1.0, calibration_slowdown if busy_threads <= threads else 0.0, (wanting + busy_threads) / n_cores)
 
 
 def trials(nodes) -> dict[int, dict[str, list]]:

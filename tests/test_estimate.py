@@ -174,6 +174,47 @@ def test_run_slowdown_follows_the_load_the_calibration_saw():
     assert run_slowdown(1.0, 1, 4, 2) == 2.0  # four busy threads on two cores
     assert run_slowdown(2.0, 1, 1, 2) == 2.0  # the same single thread as the calibration: its slowdown
     assert run_slowdown(2.0, 1, 2, 2) == pytest.approx(2.5)  # others wanted 3 cores; with our 2 threads, 5 on 2
+    # one busy process on two cores: a one-thread calibration ran at full speed on the free core, but two trials
+    # side by side share the cores with it (the load counted before calibrating says so)
+    assert run_slowdown(1.0, 1, 2, 2, others=1) == pytest.approx(1.5)
+    assert run_slowdown(1.0, 1, 1, 2, others=1) == 1.0 and run_slowdown(1.0, 1, 2, 2, others=0) == 1.0
+    assert run_slowdown(2.0, 1, 2, 2, others=1) == pytest.approx(2.5)  # the larger of the two counts of others
+
+
+def test_others_running_counts_busy_processes_of_this_machine():
+    import multiprocessing as mp
+
+    from subnet_ray.walltime import others_running
+
+    if others_running() is None:
+        pytest.skip("no /proc/stat of this machine's cores")
+    ctx = mp.get_context("spawn")
+    busy = [ctx.Process(target=_spin, args=(30,), daemon=True) for _ in range(3)]
+    for p in busy:
+        p.start()
+    try:
+        time.sleep(1.0)  # spawned interpreters started and spinning
+        assert others_running() >= 3  # more where other work runs too; never fewer
+    finally:
+        for p in busy:
+            p.kill()
+
+
+def test_every_fine_tuning_pays_its_first_steps_once_and_importance_is_per_dev_example():
+    from subnet_ray.train import by_language
+
+    spec = load_sweep(SMOKE)
+    _, data, _ = task_data(spec, "babel")
+    base = estimate(spec, calibration={"babel": _calibration()}).by_stage(1, 0)
+    first = estimate(spec, calibration={"babel": _calibration(first_steps=10.01)}).by_stage(1, 0)
+    assert first["finetune"]["seconds"] - base["finetune"]["seconds"] == pytest.approx(10 * first["finetune"]["outputs"])
+    assert {k: r["seconds"] for k, r in first.items() if k not in ("finetune", "total")} == \
+        {k: r["seconds"] for k, r in base.items() if k not in ("finetune", "total")}
+    # a language's dev set in passes of subnetworks.batch_size: the last one short, so the cost is per example
+    imp = estimate(spec, calibration={"babel": _calibration(importance_example=1.01)}).by_stage(1, 0)
+    passes = 1 + 4  # smoke: 2 layers x 4 heads, step_fraction 0.25: 2 heads a step, 4 steps until one is left (pruned 1.0)
+    dev = sum(len(v) for v in by_language(data["dev"]).values())
+    assert imp["subnetworks"]["seconds"] - base["subnetworks"]["seconds"] == pytest.approx(passes * dev * 1.0)
 
 
 def _spin(seconds: float) -> None:
