@@ -139,6 +139,7 @@ def check(sweep: Path, executor: str, args) -> None:
     print(json.dumps({"sweep": sweep.stem, "executor": executor, "summary": True, "pruned_measured": round(pruned, 4),
                       "run_load_before_after": run_load, "estimate_load_before_after": est_load, "estimate_wall_s": round(est_wall, 1),
                       "slowdown_at_load": round(est["at_load"]["slowdown"], 3), "calibration_slowdown": round(est["at_load"]["calibration_slowdown"], 3),
+                      "others_running": est["at_load"].get("others_running"),
                       "fixed_s": {k: round(v, 2) for k, v in est["fixed"].items()}, "tune_s": est["tune"]}), flush=True)
 
 
