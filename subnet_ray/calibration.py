@@ -1,7 +1,7 @@
 """Per-batch costs of every pass of a sweep, timed on the present device: what `estimate` multiplies by batch counts.
 
 `calibrate` times a few real batches of each pass at the sweep's model, batch sizes and the
-task's real token lengths (the same library calls the stages make: encode + train_step,
+task's real token lengths (the same library calls the stages make: train.fit_step (full and SFT),
 evaluate, importance_pass, sketch_examples, checkpoint saves and loads, top_influences, the
 store's publish), with the torch threads the sweep's trials use (resources.cpus). `Clock` makes
 each time what an idle machine takes, whatever else runs here, and says how much slower the
@@ -23,7 +23,7 @@ from .influence.pipeline import sketch_examples
 from .influence.projection import Projector
 from .influence.sketch import DTYPES, Sketches, layer_dims, select_linears
 from .influence.tracin import top_influences
-from .models import build_model, load_checkpoint, save_checkpoint
+from .models import HeadMask, build_model, head_parameter_masks, load_checkpoint, save_checkpoint
 from .precision import grad_scaler
 from .sizes import KNOWN_SHAPES
 from .stages import model_factory, task_data
@@ -32,7 +32,7 @@ from .subnetworks.importance import importance_pass
 from .subnetworks.masks import load_mask, random_mask, save_mask
 from .subnetworks.pruning import make_batches
 from .tokenization import encode
-from .train import _save_resume, epoch_plan, evaluate, train_step
+from .train import _save_resume, epoch_plan, evaluate, fit_step
 
 
 @dataclass
@@ -41,7 +41,8 @@ class Calibration:
 
     device: str
     build: float  # build the model
-    train_batch: float  # encode + one train_step at training.batch_size
+    train_batch: float  # one step of full fine-tuning at training.batch_size (train.fit_step: encode, train_step)
+    train_batch_sft: float  # one SFT step (the language's head mask in the forward pass, its gradients masked)
     first_steps: float  # what a fine-tuning's first steps take beyond train_batch each (gradients, optimizer state allocated)
     eval_example: dict[int, float]  # evaluate, per example, by batch size
     save_epoch: float  # checkpoint + resume state after an epoch
@@ -169,25 +170,36 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     device, precision, ml = spec.training.device, spec.training.precision, spec.training.max_length
     clock = Clock(device)
     build = _timed(make, clock)
-    plan = epoch_plan(data["train"], spec.training.batch_size, 0, 1, False)[:batches]
+    tr = spec.training
     state: dict = {}
 
     def fresh():  # a new model and optimizer, as every fine-tuning starts
-        state.update(model=make().to(device), scaler=grad_scaler(device, precision))
-        state["opt"] = torch.optim.AdamW(state["model"].parameters(), lr=spec.training.lr)
+        state.update(model=make().to(device).train(), scaler=grad_scaler(device, precision))
+        state["opt"] = torch.optim.AdamW(state["model"].parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
+        state["hm"] = HeadMask(state["model"])
 
-    def steps():
-        for chunk in plan:
-            b = {k: v.to(device) for k, v in encode(chunk, tok, ml).items()}
-            train_step(state["model"], b, state["opt"], precision=precision, scaler=state["scaler"],
-                       max_grad_norm=spec.training.max_grad_norm)
+    plans = {sparse: epoch_plan(data["train"], tr.batch_size, 0, 1, sparse)[:batches] for sparse in (False, True)}
+
+    def steps(sparse=False):  # finetune's own step (train.fit_step), its loss read back as finetune does
+        masks = state["masks"] if sparse else None
+        pm = {lang: head_parameter_masks(state["model"], m) for lang, m in masks.items()} if sparse else {}
+        for chunk in plans[sparse]:
+            fit_step(state["model"], state["hm"], state["opt"], chunk, tok, tr, tr.lr, masks, pm, state["scaler"]).item()
+        state["hm"].set(None)
     firsts, start = [], time.perf_counter()
     while len(firsts) < 5 and (not firsts or time.perf_counter() - start < 0.3):  # a large model: once
+        if firsts:
+            state["hm"].remove()
         fresh()
         firsts.append(clock(steps))
-    train_batch = _timed(steps, clock, warm_up=False) / len(plan)
-    first_steps = max(0.0, min(firsts) - len(plan) * train_batch)
+    train_batch = _timed(steps, clock, warm_up=False) / len(plans[False])
+    first_steps = max(0.0, min(firsts) - len(plans[False]) * train_batch)
     model, opt, scaler = state["model"], state["opt"], state["scaler"]
+    g = torch.Generator().manual_seed(0)  # SFT's cost does not depend on which heads are off: half of them, at random
+    shape = (model.num_layers, model.num_heads)
+    state["masks"] = {lang: (torch.rand(shape, generator=g) < 0.5).float() for lang in {e.language for e in data["train"]}}
+    train_batch_sft = _timed(lambda: steps(True), clock, warm_up=False) / len(plans[True])  # the model is warm already
+    state["hm"].remove()
     peak_train = _peak(device, steps)
     eval_example = {}
     for bs in {spec.training.batch_size, spec.influence.batch_size}:
@@ -235,7 +247,7 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     sketch_example = _timed(sketch, clock) / len(sample)
     peak_sketch = _peak(device, sketch)
     score_unit, score_fixed, table_io = _calibrate_scoring(model, inf, len(data["train"]), spec.training.epochs, clock)
-    return Calibration(device, build, train_batch, first_steps, eval_example, save_epoch, load, importance_example, encode_example, sketch_example,
+    return Calibration(device, build, train_batch, train_batch_sft, first_steps, eval_example, save_epoch, load, importance_example, encode_example, sketch_example,
                        score_unit, score_fixed, mask_io, node_io, table_io, peak_train, peak_sketch, clock.slowdown)
 
 

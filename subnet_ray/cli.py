@@ -84,13 +84,18 @@ def cmd_validate(args) -> int:
 
 
 def cmd_estimate(args) -> int:
+    import importlib
     import json
 
     from .estimate import estimate, table
-    from .orchestration.overheads import measure
+    from .orchestration.overheads import RUN_IMPORTS, measure
+    from .orchestration.workers import freeze_heap
     from .walltime import others_running
 
     spec, _ = _load(args.sweep)
+    for module in RUN_IMPORTS:
+        importlib.import_module(module)
+    freeze_heap()  # as `run` does before its waves: the report and the passes are timed with the same collector cost
     others = others_running()  # the load as it is, before measuring the fixed costs (Ray's processes) adds to it
     fixed = measure(spec, args.executor)
     est = estimate(spec, pruned=args.pruned, executor=args.executor, fixed=fixed, others=others)

@@ -173,6 +173,10 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
     finally:
         torch.set_num_threads(before)
     est.slowdown = max([c.slowdown for c in calibration.values()] or [1.0]) if timed else 1.0
+    if fixed and "finetune_log" in fixed:  # MLflow epochs logged while each fine-tuning waits (overheads.measure)
+        for n in est.nodes:
+            if n.stage == "finetune":
+                n.seconds += fixed["finetune_log"]
     keys = {n.key for n in est.nodes}
     est.trials = {w: {t: [n.key for n in ns if n.key in keys] for t, ns in plan.items()} for w, plan in trials(graph(spec)).items()}
     fixed = dict(fixed or {})
@@ -232,7 +236,7 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
     if node.stage == "finetune":
         sparse = node.params.method != "full"
         steps = len(epoch_plan(data["train"], tr.batch_size, node.params.seed, 1, sparse))
-        per_epoch = steps * cal.train_batch + len(data["dev"]) * cal.eval_example[tr.batch_size] + cal.save_epoch
+        per_epoch = steps * (cal.train_batch_sft if sparse else cal.train_batch) + len(data["dev"]) * cal.eval_example[tr.batch_size] + cal.save_epoch
         return StageCost(node.key, "finetune", cal.build + cal.first_steps + tr.epochs * per_epoch, train_mem,
                          checkpoint_bytes=tr.epochs * model_bytes)
     if node.stage == "subnetworks":

@@ -162,6 +162,20 @@ def train_step(
     return loss.detach()
 
 
+def fit_step(model, hm: HeadMask, optimizer, chunk: list[Example], tokenizer, cfg: TrainSpec, lr: float,
+             masks: dict[str, torch.Tensor] | None, param_masks: dict, scaler) -> torch.Tensor:
+    """Returns the loss of one step of `finetune` on `chunk` (one language under SFT): the language's head mask set
+    (`masks`, or every head on), the learning rate, the batch encoded, train_step with its head-owned parameter masks.
+    estimate's calibration times this same call."""
+    lang = chunk[0].language
+    device = next(model.parameters()).device
+    hm.set(masks[lang].to(device) if masks is not None else None)
+    for g in optimizer.param_groups:
+        g["lr"] = lr
+    b = _to(encode(chunk, tokenizer, cfg.max_length), device)
+    return train_step(model, b, optimizer, param_masks.get(lang), cfg.sft_mode == "strict", cfg.precision, scaler, cfg.max_grad_norm)
+
+
 def linear_schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
     """Returns step -> learning-rate factor: linear warm-up over the first `warmup` of the steps, then linear decay to 0."""
     warm = int(total_steps * warmup)
@@ -259,13 +273,8 @@ def finetune(
             bar = tqdm(plan, desc=f"{'sft' if sparse else 'full'} epoch {epoch}/{cfg.epochs}", disable=not progress, leave=False)
             for chunk in bar:
                 lang = chunk[0].language
-                hm.set(masks[lang].to(device) if sparse else None)
-                for g in optimizer.param_groups:
-                    g["lr"] = cfg.lr * schedule(step)
                 lr_sum += cfg.lr * schedule(step)
-                b = _to(encode(chunk, tokenizer, cfg.max_length), device)
-                loss = train_step(model, b, optimizer, param_masks.get(lang), cfg.sft_mode == "strict", cfg.precision, scaler,
-                                  cfg.max_grad_norm)
+                loss = fit_step(model, hm, optimizer, chunk, tokenizer, cfg, cfg.lr * schedule(step), masks, param_masks, scaler)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"loss is {loss.item()} at epoch {epoch}, step {step} (batch language {lang}); "

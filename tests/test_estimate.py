@@ -295,3 +295,42 @@ def test_influence_sketches_are_counted_once_per_set_the_pipeline_plans():
         assert sum(cost[n.key].sketch_bytes for n in group) == rows * dim * 4 * spec.training.epochs
     full = groups[next(iter(groups))]
     assert len(full) == 5 and len({m for n in full for m in map(str, n.params.masks.values())}) == 5  # 5 variants, 5 masks
+
+
+def test_freeze_heap_collects_garbage_first_and_still_collects_what_comes_after():
+    # in a fresh interpreter: a frozen pytest process would keep every later test's garbage cycles
+    import subprocess
+    import sys
+
+    code = """
+import gc, weakref
+from subnet_ray.orchestration.workers import freeze_heap
+class C: pass
+def cycle():
+    a, b = C(), C(); a.b, b.a = b, a
+    return weakref.ref(a)
+kept = C()
+before = cycle()  # garbage when the heap is frozen: collected by freeze_heap, not kept forever
+freeze_heap()
+assert before() is None, "a cycle that was garbage at the freeze was frozen"
+assert gc.get_freeze_count() > 0 and kept not in gc.get_objects(), "live objects were not frozen"
+after = cycle()
+gc.collect()
+assert after() is None, "a cycle made after the freeze was not collected"
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_mlflow_epochs_a_fine_tuning_waits_for_count_in_its_stage_output_not_as_fixed():
+    spec = load_sweep(SMOKE)
+    costs = {}
+    for executor in ("local", "ray"):
+        for log in (0.0, 0.5):
+            est = estimate(spec, calibration={"babel": _calibration()}, executor=executor, fixed=FIXED | {"finetune_log": log})
+            costs[executor, log] = est
+            assert "finetune_log" not in est.fixed
+    for executor in ("local", "ray"):  # a Tune trial's tune.report returns after the driver's callback logged the epoch
+        a, b = ({n.key: n for n in costs[executor, log].nodes} for log in (0.0, 0.5))
+        assert {k: b[k].seconds - a[k].seconds for k in a} == pytest.approx({k: 0.5 * (a[k].stage == "finetune") for k in a})

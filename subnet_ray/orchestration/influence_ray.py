@@ -34,7 +34,7 @@ from ..influence.pipeline import Job, JobPlan, Tables, as_model, as_sketches, ch
 from ..influence.projection import Projector
 from ..influence.sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, to_numpy
 from ..influence.tracin import top_influences
-from .workers import WORKER_ENV, use_cpus
+from .workers import WORKER_ENV, freeze_heap, use_cpus
 
 
 class SketchActor:
@@ -55,6 +55,7 @@ class SketchActor:
         self.masks = [None if m is None else torch.as_tensor(m, dtype=torch.float32) for m in masks]
         self.tokenizer = tokenizer
         self.max_length = max_length
+        freeze_heap()  # the worker's imports and the model: not rescanned by every full collection while sketching
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         n = len(batch["row"])

@@ -8,6 +8,9 @@ top of them, once per invocation or once per Tune wave or trial, never per stage
 - data: loading every task's data and tokenizer (the driver checks them before anything starts);
 - tracking: MLflow: a new SQLite store and experiment, the parent run, one child run per trial
   with its params and per-epoch metrics, the runs ended (stores_fixed: the same on a new root);
+  finetune_log: the part each fine-tuning waits for while it runs (its child run opened on its first
+  epoch, its epochs logged: in-process with the local executor; with Ray, in the driver's Tune
+  callback before the trial's tune.report returns), counted in its stage output's time;
 - ray_start: starting a local Ray instance and shutting it down (Ray executor);
 - tune_wave, tune_trial: Tune's cost of a wave, and of each trial on top of it (a worker process
   that imports the stages and loads the task data: what `tune._trainable` does before its nodes);
@@ -71,26 +74,29 @@ def data_load(spec: SweepSpec) -> float:
     return total
 
 
-def tracking(spec: SweepSpec) -> float:
-    """Returns the seconds of the sweep's MLflow bookkeeping on a new root: store, parent run, child runs with params and epochs."""
+def tracking(spec: SweepSpec) -> tuple[float, float]:
+    """Returns the seconds of the sweep's MLflow bookkeeping on a new root (store, parent run, child runs with params
+    and epochs), and the part of it each fine-tuning pays while it runs (its child run opened, its epochs logged)."""
     from .tracking import Tracker, flat_params
     from .trial_runs import TrialLog
 
     nodes = graph(spec)
+    live, finetunes = 0.0, [n for n in nodes if n.stage == Stage.FINETUNE]
     with tempfile.TemporaryDirectory() as tmp:
         t = time.perf_counter(), time.process_time()
         with Tracker(spec.name, tmp) as tracker:
             tracker.start(spec.name, flat_params(spec.model_dump(mode="json", exclude={"random_seeds"})), {"executor": "estimate"})
             log = TrialLog(tracker, nodes, spec)
+            for n in finetunes:  # as the executor's on_epoch does: the run opened on the first epoch
+                live += _quiet(lambda n=n: [log.epoch(n.key, epoch, {"train_loss": 1.0, "dev_accuracy_mean": 0.5})
+                                            for epoch in range(1, spec.training.epochs + 1)])
             for n in nodes:
                 log.run(n.trial)
-                if n.stage == Stage.FINETUNE:
-                    for epoch in range(1, spec.training.epochs + 1):
-                        log.epoch(n.key, epoch, {"train_loss": 1.0, "dev_accuracy_mean": 0.5})
             for trial in log.by_trial:
                 log.run(trial).end("FINISHED")
             tracker.link_children()
-        return min(time.perf_counter() - t[0], time.process_time() - t[1])
+        total = min(time.perf_counter() - t[0], time.process_time() - t[1])
+    return total, live / max(1, len(finetunes))
 
 
 def synthetic_results(spec: SweepSpec, task, nodes, seed: int, layers: int, heads: int):
@@ -196,15 +202,17 @@ def _trial_artifacts(log, nodes, results: dict, seed: int, tmp: Path) -> float:
 
 
 def _probe_trial(config: dict) -> None:
-    """A Tune trial doing what tune._trainable does before its nodes: threads, the sweep, the stages' imports, the task data."""
+    """A Tune trial doing what tune._trainable does before its nodes: threads, the sweep, the stages' imports, the heap
+    frozen, the task data."""
     from ray import tune
 
-    from .workers import use_cpus
+    from .workers import freeze_heap, use_cpus
 
     use_cpus(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
     spec = SweepSpec.model_validate_json(config["spec"])
     from ..stages import task_data
 
+    freeze_heap()
     for task in spec.tasks:
         task_data(spec, task.id)
     tune.report({"end": time.time()})
@@ -251,7 +259,12 @@ def _measure_ray(spec: SweepSpec) -> dict[str, float]:
 
 def measure(spec: SweepSpec, executor: str) -> dict[str, float]:
     """Returns the named fixed costs (seconds on an idle machine, as far as this machine shows it) of one `run` of the sweep."""
-    costs = {"startup": startup(executor), "data": data_load(spec), "tracking": tracking(spec), "report": report(spec)}
+    total, per_finetune = tracking(spec)
+    # each fine-tuning waits for its epochs to be logged: in this process (local), or in the driver's Tune callback
+    # before its tune.report returns (Ray)
+    n = sum(n.stage == Stage.FINETUNE for n in graph(spec))
+    costs = {"startup": startup(executor), "data": data_load(spec), "tracking": max(0.0, total - n * per_finetune),
+             "finetune_log": per_finetune, "report": report(spec)}
     if executor == "ray":
         costs |= ray_costs(spec)
     return costs

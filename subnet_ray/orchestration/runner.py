@@ -26,7 +26,7 @@ from ..stages import task_data
 from ..store import Store, store_for
 from .executors import make_executor
 from .trial_runs import TrialLog, branch_label, run_identity
-from .workers import use_cpus
+from .workers import freeze_heap, use_cpus
 
 
 def _say(message: str) -> None:
@@ -258,6 +258,7 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
             tracker.parent.log_artifact(sweep_copy)
         trials = TrialLog(tracker, nodes, spec)
         executor_ = make_executor(executor, spec, store, root_s, trials, progress)
+        freeze_heap()  # every import is done: full collections no longer rescan them inside a stage
         for wave, label in ((0, "pretrain"), (1, "train"), (2, "sft"), (3, "influence")):
             raise_if_interrupted()
             t0 = time.perf_counter()

@@ -24,7 +24,7 @@ from ..graph import Node
 from ..progress import StepProgress
 
 from .interrupts import graceful, raise_if_interrupted
-from .workers import WORKER_ENV, use_cpus
+from .workers import WORKER_ENV, freeze_heap, use_cpus
 
 
 _WATCHDOG = None  # the watchdog of the local Ray instance this process started
@@ -120,6 +120,7 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
     use_cpus(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
     spec = SweepSpec.model_validate_json(spec_json)
     store = Store(store_uri)
+    freeze_heap()  # the worker's imports: not rescanned by every full collection inside a stage output
     ran = []
     for group in influence_groups(plan[config["trial"]]):  # influence nodes of one model: shared loads and sketches
         steps = StepProgress(f"{group[0].trial} influence x{len(group)}", lambda text: tune.report({"progress": text}),

@@ -19,3 +19,17 @@ def use_cpus(cpus: float) -> int:
     threads = max(1, int(cpus))
     torch.set_num_threads(threads)
     return threads
+
+
+def freeze_heap() -> None:
+    """Moves every object alive now (mostly the modules torch, transformers, MLflow and Ray imported) out of the
+    garbage collector's reach, after one last collection.
+
+    Python's full collections rescan every object; with those imports alive each took 0.03-0.34 s in a
+    smoke run (1.4 s of its 18), landing inside whichever stage output ran then. Frozen objects are
+    never scanned again; what the stages create later is collected as before.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
