@@ -174,6 +174,8 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     state: dict = {}
 
     def fresh():  # a new model and optimizer, as every fine-tuning starts
+        if "hm" in state:
+            state["hm"].remove()
         state.update(model=make().to(device).train(), scaler=grad_scaler(device, precision))
         state["opt"] = torch.optim.AdamW(state["model"].parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
         state["hm"] = HeadMask(state["model"])
@@ -181,15 +183,12 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     plans = {sparse: epoch_plan(data["train"], tr.batch_size, 0, 1, sparse)[:batches] for sparse in (False, True)}
 
     def steps(sparse=False):  # finetune's own step (train.fit_step), its loss read back as finetune does
-        masks = state["masks"] if sparse else None
-        pm = {lang: head_parameter_masks(state["model"], m) for lang, m in masks.items()} if sparse else {}
+        masks, pm = (state["masks"], state["pm"]) if sparse else (None, {})
         for chunk in plans[sparse]:
             fit_step(state["model"], state["hm"], state["opt"], chunk, tok, tr, tr.lr, masks, pm, state["scaler"]).item()
         state["hm"].set(None)
     firsts, start = [], time.perf_counter()
     while len(firsts) < 5 and (not firsts or time.perf_counter() - start < 0.3):  # a large model: once
-        if firsts:
-            state["hm"].remove()
         fresh()
         firsts.append(clock(steps))
     train_batch = _timed(steps, clock, warm_up=False) / len(plans[False])
@@ -198,6 +197,7 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     g = torch.Generator().manual_seed(0)  # SFT's cost does not depend on which heads are off: half of them, at random
     shape = (model.num_layers, model.num_heads)
     state["masks"] = {lang: (torch.rand(shape, generator=g) < 0.5).float() for lang in {e.language for e in data["train"]}}
+    state["pm"] = {lang: head_parameter_masks(model, m) for lang, m in state["masks"].items()}  # once, as finetune makes them
     train_batch_sft = _timed(lambda: steps(True), clock, warm_up=False) / len(plans[True])  # the model is warm already
     state["hm"].remove()
     peak_train = _peak(device, steps)

@@ -76,7 +76,8 @@ def data_load(spec: SweepSpec) -> float:
 
 def tracking(spec: SweepSpec) -> tuple[float, float]:
     """Returns the seconds of the sweep's MLflow bookkeeping on a new root (store, parent run, child runs with params
-    and epochs), and the part of it each fine-tuning pays while it runs (its child run opened, its epochs logged)."""
+    and epochs) that no fine-tuning waits for, and what each fine-tuning waits for while it runs (its child run opened,
+    its epochs logged)."""
     from .tracking import Tracker, flat_params
     from .trial_runs import TrialLog
 
@@ -96,7 +97,7 @@ def tracking(spec: SweepSpec) -> tuple[float, float]:
                 log.run(trial).end("FINISHED")
             tracker.link_children()
         total = min(time.perf_counter() - t[0], time.process_time() - t[1])
-    return total, live / max(1, len(finetunes))
+    return max(0.0, total - live), live / max(1, len(finetunes))
 
 
 def synthetic_results(spec: SweepSpec, task, nodes, seed: int, layers: int, heads: int):
@@ -259,12 +260,11 @@ def _measure_ray(spec: SweepSpec) -> dict[str, float]:
 
 def measure(spec: SweepSpec, executor: str) -> dict[str, float]:
     """Returns the named fixed costs (seconds on an idle machine, as far as this machine shows it) of one `run` of the sweep."""
-    total, per_finetune = tracking(spec)
+    rest, per_finetune = tracking(spec)
     # each fine-tuning waits for its epochs to be logged: in this process (local), or in the driver's Tune callback
     # before its tune.report returns (Ray)
-    n = sum(n.stage == Stage.FINETUNE for n in graph(spec))
-    costs = {"startup": startup(executor), "data": data_load(spec), "tracking": max(0.0, total - n * per_finetune),
-             "finetune_log": per_finetune, "report": report(spec)}
+    costs = {"startup": startup(executor), "data": data_load(spec), "tracking": rest, "finetune_log": per_finetune,
+             "report": report(spec)}
     if executor == "ray":
         costs |= ray_costs(spec)
     return costs
