@@ -15,7 +15,7 @@ can know in advance. Measured, from what the run records:
 Each line is JSON: the row, predicted seconds on an idle machine and at the load the estimate
 saw, measured seconds, their ratios, and `uptime`'s load average before and after each command.
 
-    python benchmarks/estimate_check.py [--sweeps smoke enc12] [--executors ray local] [--out /tmp/estimate_check]
+    python benchmarks/estimate_check.py [--sweeps smoke enc12] [--executors ray local] [--out /tmp/estimate_check] [--busy 1]
 """
 from __future__ import annotations
 
@@ -123,6 +123,17 @@ def predicted(est: dict) -> tuple[dict[str, float], dict[str, float]]:
 
 
 def check(sweep: Path, executor: str, args) -> None:
+    """Runs then estimates the sweep, with `args.busy` processes of `yes` (niceness 0) running during both: a shared machine."""
+    busy = [subprocess.Popen(["nice", "-n", "0", "yes"], stdout=subprocess.DEVNULL) for _ in range(args.busy)]
+    try:
+        _check(sweep, executor, args)
+    finally:
+        for p in busy:
+            p.kill()
+            p.wait()
+
+
+def _check(sweep: Path, executor: str, args) -> None:
     root = Path(args.out) / f"{sweep.stem}-{executor}"
     subprocess.run(["rm", "-rf", str(root)], check=True)
     _, wall, run_load = cli("run", str(sweep), "--root", str(root), "--executor", executor, "--quiet", nice=args.nice)
@@ -130,6 +141,7 @@ def check(sweep: Path, executor: str, args) -> None:
     pruned = min(1.0, max(pruned, 1e-3))
     out, est_wall, est_load = cli("estimate", str(sweep), "--executor", executor, "--pruned", f"{pruned:.4f}", nice=args.nice)
     est = json.loads(out.strip().splitlines()[-1])
+    (Path(args.out) / f"{sweep.stem}-{executor}-estimate.json").write_text(json.dumps(est, indent=1))
     pred, at = predicted(est)
     for row in [r for r in pred if r in meas]:
         p, a, m = pred[row], at[row], meas[row]
@@ -139,7 +151,9 @@ def check(sweep: Path, executor: str, args) -> None:
     print(json.dumps({"sweep": sweep.stem, "executor": executor, "summary": True, "pruned_measured": round(pruned, 4),
                       "run_load_before_after": run_load, "estimate_load_before_after": est_load, "estimate_wall_s": round(est_wall, 1),
                       "slowdown_at_load": round(est["at_load"]["slowdown"], 3), "calibration_slowdown": round(est["at_load"]["calibration_slowdown"], 3),
-                      "others_running": est["at_load"].get("others_running"),
+                      "others_running": est["at_load"].get("others_running"), "busy_processes": args.busy,
+                      "wave_slowdown": {k: round(v, 3) for k, v in est["at_load"]["wave_slowdown"].items()},
+                      "side_by_side": est["at_load"]["side_by_side"],
                       "fixed_s": {k: round(v, 2) for k, v in est["fixed"].items()}, "tune_s": est["tune"]}), flush=True)
 
 
@@ -159,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--proj-dim", type=int, default=256)
     p.add_argument("--cpus", type=float, default=1, help="resources.cpus: torch threads per trial")
     p.add_argument("--nice", type=int, default=10)
+    p.add_argument("--busy", type=int, default=0, help="processes of `yes` running during the run and the estimate (a shared machine)")
     args = p.parse_args(argv)
     Path(args.out).mkdir(parents=True, exist_ok=True)
     sweeps = {"smoke": ROOT / "sweeps" / "smoke.yaml"}

@@ -9,6 +9,8 @@ machine ran them now.
 """
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 import time
 from dataclasses import dataclass, fields
@@ -289,3 +291,124 @@ def _calibrate_scoring(model, inf, n_train: int, checkpoints: int, clock: Clock)
     with tempfile.TemporaryDirectory() as tmp:
         table_io = 2 * _timed(lambda: frame.to_parquet(Path(tmp) / "t.parquet", index=False), clock)
     return unit, max(0.0, small - 2 * n_train * unit), table_io
+
+
+
+
+def side_by_side(spec: SweepSpec, task_id: str, ks: list[int], nice: int | None = None, seconds: float = 2.0,
+                 timeout: float = 900.0) -> dict[int, dict[str, float]]:
+    """Returns, for each k in `ks`, the wall seconds per fine-tuning step ("train") and per sketched example ("sketch") of k
+    fresh processes doing that work at once, as a wave of k Tune trials does, under the present load (the mean over
+    the k processes).
+
+    What slows trials side by side is measured, not modelled: the memory bandwidth large AdamW
+    steps share, other processes' threads taking turns with theirs, and the priority trials run
+    at: Ray starts its workers at niceness 15 (`nice`: what a probe trial saw), so beside a busy
+    process of niceness 0 they get almost none of its core. max(ks) processes (each a new
+    interpreter, as a Ray worker is) import what a trial imports, build the sweep's model with
+    resources.cpus threads, take the first steps (optimizer state allocated) and one sketch pass;
+    then for each k the first k of them time the batches calibrate times (the first training
+    batches, a spread of training examples) for `seconds` each, starting together.
+    """
+    import subprocess
+    import sys
+
+    from .orchestration.workers import WORKER_ENV
+
+    ks = sorted(set(ks), reverse=True)
+    phases = [(name, k) for k in ks for name in ("train", "sketch")]
+    job = {"spec": spec.model_dump(mode="json"), "task": task_id, "seconds": seconds, "nice": nice, "phases": phases}
+    cmd = [sys.executable, "-c", "from subnet_ray.calibration import _probe; _probe()"]
+    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ | WORKER_ENV)
+             for _ in range(ks[0])]
+    deadline = time.monotonic() + timeout
+
+    def send(p, message) -> None:
+        p.stdin.write(json.dumps(message) + "\n")
+        p.stdin.flush()
+
+    def read(p) -> dict:
+        import select
+
+        while not select.select([p.stdout], [], [], 1.0)[0]:
+            if p.poll() is not None or time.monotonic() > deadline:
+                break
+        line = p.stdout.readline()
+        if not line:
+            why = f"exited with code {p.poll()}" if p.poll() is not None else f"gave no result in {timeout:.0f} s"
+            raise RuntimeError(f"side-by-side probe ({ks[0]} processes): a process {why}")
+        out = json.loads(line)
+        if "error" in out:
+            raise RuntimeError(f"side-by-side probe ({ks[0]} processes): {out['error']}")
+        return out
+
+    try:
+        for p in procs:
+            send(p, job)
+        for _, k in phases:
+            for p in procs:
+                read(p)  # ready: warmed up, or done with the previous phase
+            for i, p in enumerate(procs):  # the first k start together, the others wait
+                send(p, i < k)
+        got = [read(p) for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+    return {k: {name: sum(g[f"{name}/{k}"] for g in got[:k]) / k for name in ("train", "sketch")} for k in ks}
+
+
+def _probe() -> None:
+    """One process of side_by_side (JSON lines on stdin and stdout): builds the sweep's model, warms up, then for each phase
+    says it is ready and, if told to, times that phase's work."""
+    import sys
+
+    try:
+        from .orchestration.workers import freeze_heap, use_cpus
+
+        job = json.loads(sys.stdin.readline())
+        spec, task_id, seconds = SweepSpec.model_validate(job["spec"]), job["task"], job["seconds"]
+        if job["nice"] is not None and job["nice"] > os.nice(0):
+            os.nice(job["nice"] - os.nice(0))  # as Ray runs its workers
+        use_cpus(spec.resources.cpus)
+        data, tok, make, _ = setup(spec, task_id)
+        tr, device = spec.training, spec.training.device
+        model = make().to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
+        hm, scaler = HeadMask(model), grad_scaler(device, tr.precision)
+        plan = epoch_plan(data["train"], tr.batch_size, 0, 1, False)[:3]  # calibrate's batches
+        inf = spec.influence.model_copy(update={"precision": influence_precision(spec)})
+        sample = spread(data["train"], inf.batch_size * 3)
+        projector = Projector(inf.proj_dim, inf.projection_seed) if inf.proj_dim else None
+
+        def train():  # calibrate's batches, all of them (their token lengths differ)
+            model.train()
+            for chunk in plan:
+                fit_step(model, hm, opt, chunk, tok, tr, tr.lr, None, {}, scaler).item()
+
+        def sketch():
+            model.eval()
+            sketch_examples(model, sample, tok, inf, tr.max_length, None, device, projector)
+
+        freeze_heap()
+        train()  # first steps: the optimizer's state allocated
+        sketch()
+        out, units = {"nice": os.nice(0)}, {"train": (train, len(plan)), "sketch": (sketch, len(sample))}
+        for name, k in job["phases"]:
+            print(json.dumps({"ready": name}), flush=True)
+            if not json.loads(sys.stdin.readline()):
+                continue
+            fn, n = units[name]
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            t, reps = time.perf_counter(), 0
+            while reps == 0 or time.perf_counter() - t < seconds:
+                fn()
+                reps += 1
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            out[f"{name}/{k}"] = (time.perf_counter() - t) / (reps * n)
+        print(json.dumps(out), flush=True)
+    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+        print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)

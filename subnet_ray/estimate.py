@@ -61,6 +61,9 @@ class Estimate:
     threads: int = 1  # torch threads per trial (resources.cpus)
     slowdown: float = 1.0  # how much slower than idle the calibration ran (Clock.slowdown)
     others: float | None = None  # threads of other processes wanting a core before calibrating (walltime.others_running)
+    # trials side by side -> {"train": ..., "sketch": ...}: how much slower than calibrated a fine-tuning step and a
+    # sketched example ran in that many processes at once under the present load (calibration.side_by_side; Ray)
+    side_by_side: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def waves(self) -> dict[str, float]:
         """Returns each wave's wall seconds, trials scheduled as the executor runs them."""
@@ -74,26 +77,54 @@ class Estimate:
         """Returns the invocation's wall seconds: its fixed costs and its waves."""
         return sum(self.fixed.values()) + sum(self.waves().values())
 
+    def slowdown_at(self, running: int, work: str = "train") -> float:
+        """Returns how much slower than on an idle machine each of `running` trials at once runs now, doing `work` ('train'
+        or 'sketch'): measured (side_by_side; linear between the counts measured) where it was, else each process's
+        fair share of the cores under the load seen while calibrating (walltime.run_slowdown)."""
+        from .walltime import cores, run_slowdown
+
+        if not self.side_by_side:
+            return run_slowdown(self.slowdown, self.threads, self.threads * running, cores(), self.others)
+        ks = sorted(self.side_by_side)
+        lo = max([k for k in ks if k <= running] or ks[:1])
+        hi = min([k for k in ks if k >= running] or ks[-1:])
+        a, b = self.side_by_side[lo][work], self.side_by_side[hi][work]
+        return a if hi == lo else a + (b - a) * (running - lo) / (hi - lo)
+
     def at_load(self) -> dict:
-        """Returns the slowdown the load seen while calibrating implies for each wave (by how many trials it runs side by
-        side) and for the fixed costs (one process), and the run's total seconds and hours under it."""
-        from .walltime import WAVES, cores, run_slowdown
+        """Returns each wave's, stage's and the run's seconds under the present load, and the slowdowns behind them.
 
-        def factor(busy_threads: int) -> float:
-            return run_slowdown(self.slowdown, self.threads, busy_threads, cores(), self.others)
+        A wave's trials are scheduled as in `waves` but, while m of them run at once, each at
+        1 / slowdown_at(m) of its idle pace (walltime.shared_schedule); a trial's nodes take its
+        slowdown. The fixed costs (one process, the driver) take the fair-share slowdown of one thread.
+        """
+        from .walltime import WAVES, cores, run_slowdown, shared_schedule
 
-        side_by_side = {WAVES[w]: min(self.slots, len(t)) if self.executor == "ray" else 1 for w, t in self.trials.items() if t}
-        waves = {w: s * factor(self.threads * side_by_side[w]) for w, s in self.waves().items()}
-        wave_of = {k: WAVES[w] for w, t in self.trials.items() for keys in t.values() for k in keys}
+        ray = self.executor == "ray"
+        fixed = run_slowdown(self.slowdown, self.threads, 1, cores(), self.others)
+        cost = {n.key: n.seconds for n in self.nodes}
+        stage_of = {n.key: n.stage for n in self.nodes}
+        waves: dict[str, float] = {}
         stages: dict[str, float] = {}
-        for n in self.nodes:
-            stages[n.stage] = stages.get(n.stage, 0.0) + n.seconds * factor(self.threads * side_by_side.get(wave_of.get(n.key), 1))
-        total = sum(self.fixed.values()) * factor(1) + sum(waves.values())
+        for w, plan in sorted(self.trials.items()):
+            if not plan:
+                continue
+            names = sorted(plan)  # Tune's start order (wave_seconds)
+            work = [(self.tune.get("tune_trial", 0.0) if ray else 0.0) + sum(cost[k] for k in plan[t]) for t in names]
+            kind = "sketch" if WAVES[w] == "influence" else "train"
+            span, elapsed = shared_schedule(work, self.slots if ray else 1, lambda m, kind=kind: self.slowdown_at(m, kind))
+            waves[WAVES[w]] = (self.tune.get("tune_wave", 0.0) * fixed if ray else 0.0) + span
+            for t, idle, took in zip(names, work, elapsed):
+                for k in plan[t]:
+                    stages[stage_of[k]] = stages.get(stage_of[k], 0.0) + cost[k] * (took / idle if idle > 0 else 1.0)
+        total = sum(self.fixed.values()) * fixed + sum(waves.values())
+        idle = self.waves()
         load = os.getloadavg()[0] if hasattr(os, "getloadavg") else None
         return {"slowdown": total / max(self.total_seconds(), 1e-9), "calibration_slowdown": self.slowdown, "load_1min": load,
-                "others_running": self.others,
-                "cores": cores(), "fixed_slowdown": factor(1), "stages": stages, "waves": waves, "total_seconds": total,
-                "total_hours": total / 3600}
+                "others_running": self.others, "cores": cores(), "fixed_slowdown": fixed,
+                "wave_slowdown": {w: s / idle[w] if idle[w] > 0 else 1.0 for w, s in waves.items()},
+                "side_by_side": {str(k): v for k, v in self.side_by_side.items()}, "stages": stages, "waves": waves,
+                "total_seconds": total, "total_hours": total / 3600}
 
     def by_stage(self, cpus: float, gpus: float) -> dict[str, dict]:
         """Returns per stage and per fixed cost: outputs, seconds, hours, device_hours (GPU), cpu_hours, peak memory,
@@ -131,7 +162,7 @@ def param_count(model: torch.nn.Module) -> int:
 
 def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibration] | None = None, timed: bool = True,
              executor: str = "local", fixed: dict[str, float] | None = None, cluster_cpus: int | None = None,
-             others: float | None = None) -> Estimate:
+             others: float | None = None, side_by_side: dict[int, dict[str, float]] | None = None) -> Estimate:
     """Returns the projected cost of every stage output of the sweep (calibrating per task unless given), and its wall
     time on `executor` ('local' or 'ray') with the named fixed costs `fixed` (orchestration.overheads.measure).
 
@@ -139,7 +170,10 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
     were measured at: they are scaled to an idle machine by the calibration's slowdown.
     timed=False: bytes and counts only, every time 0, no compute (the model is built on torch's
     meta device): what `validate` prints. others: threads of other processes wanting a core
-    (walltime.others_running; counted here before calibrating if not given).
+    (walltime.others_running; counted here before calibrating if not given). side_by_side: for the Ray
+    executor, trials at a time -> slowdown of a training step and a sketched example against the
+    calibration (Estimate.side_by_side); measured here (calibration.side_by_side, at the niceness
+    `fixed['worker_nice']` Ray's trials ran at) when this call calibrates and none are given.
     """
     from .walltime import FIXED, cores, others_running, slots, trials
 
@@ -164,6 +198,7 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
     if executor == "ray" and spec.influence.actors > 1:
         est.assumptions.append("influence.actors > 1: the influence wave runs on Ray Data actor pools from the driver; "
                                "estimated as Tune trials (the pools' own start per call is not counted)")
+    probe = timed and executor == "ray" and side_by_side is None and not calibration
     seen, calibration = set(), dict(calibration or {})
     est.others = others if others is not None or not timed or calibration else others_running()  # before calibrating
     before = torch.get_num_threads()
@@ -186,7 +221,31 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
     est.fixed = {name: fixed[name] for name in FIXED if name in fixed and (executor == "ray" or name != "ray_start")}
     if executor == "ray":
         est.tune = {name: fixed.get(name, 0.0) for name in ("tune_wave", "tune_trial")}
+        est.side_by_side = dict(side_by_side or {})
+        if probe:
+            est.side_by_side = _side_by_side(est, spec, calibration, fixed.get("worker_nice"))
     return est
+
+
+def _side_by_side(est: Estimate, spec: SweepSpec, calibration: dict, nice: int | None) -> dict[int, dict[str, float]]:
+    """Returns trials at a time -> how much slower than calibrated a training step and a sketched example run in that many
+    processes at once, for each count of trials side by side the sweep's waves have (the first branch's first task)."""
+    from .calibration import side_by_side
+
+    ks = sorted({1, max(min(est.slots, len(t)) for t in est.trials.values() if t)})  # slowdown_at interpolates between
+    values, b = branches(spec)[0]
+    task = b.tasks[0].id
+    cal = calibration[(task, json.dumps(values, sort_keys=True))]
+    try:
+        measured = side_by_side(b, task, ks, nice=nice)
+    except RuntimeError as e:  # the estimate stands without it, said so
+        est.assumptions.append(f"trials side by side (at_load): not measured ({e}); each thread's fair share of the cores instead")
+        return {}
+    out = {k: {"train": m["train"] / cal.train_batch, "sketch": m["sketch"] / cal.sketch_example} for k, m in measured.items()}
+    est.assumptions.append("trials side by side (at_load): " + "; ".join(
+        f"{k} at a time ran a training step {f['train']:.2f}x and a sketched example {f['sketch']:.2f}x the calibrated time"
+        for k, f in sorted(out.items())) + (f" (measured at niceness {nice}, as Ray runs its trials)" if nice is not None else ""))
+    return out
 
 
 def _estimate_into(est: Estimate, spec: SweepSpec, pruned: float, calibration: dict, timed: bool, seen: set) -> None:

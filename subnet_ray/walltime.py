@@ -7,8 +7,10 @@ fine-tuned model one trial), `slots` at a time, each trial in a new worker proce
 its nodes) and each wave with Tune's own cost (`tune_wave`). Fixed costs (startup, data,
 tracking, report; ray_start with Ray) are paid once per invocation whatever the sweep's size.
 
-Under load, every process gets a share of the cores: `at_load` scales an idle machine's seconds
-by the slowdown the calibration saw, adjusted for how many threads the sweep keeps busy at once.
+Under load (Estimate.at_load), while m trials run at once each goes at 1 / slowdown(m) of its idle
+pace (shared_schedule): with Ray, slowdown(m) is measured by m processes side by side at the
+niceness Ray gives its trials (calibration.side_by_side); otherwise (and for the driver's fixed
+costs) it is each thread's fair share of the cores, from the load seen while calibrating (run_slowdown).
 """
 from __future__ import annotations
 
@@ -37,6 +39,30 @@ def makespan(durations: list[float], n: int) -> float:
     for d in durations:
         heapq.heapreplace(free, free[0] + d)
     return max(free)
+
+
+def shared_schedule(durations: list[float], n: int, factor) -> tuple[float, list[float]]:
+    """Returns (when the last job ends, each job's elapsed seconds) for jobs started in order on the first of `n` free
+    slots, where each of m jobs running at once progresses at 1 / factor(m) of its own pace (they share the machine).
+
+    factor(m) == 1 for every m: makespan's schedule.
+    """
+    pending, running = list(enumerate(durations)), {}  # job -> idle seconds of work left
+    start, elapsed, now = {}, [0.0] * len(durations), 0.0
+    while pending or running:
+        while pending and len(running) < max(1, n):
+            i, d = pending.pop(0)
+            running[i], start[i] = d, now
+        f = factor(len(running))
+        first = min(running, key=running.get)
+        step = running[first]  # idle seconds of work every running job does until the first of them ends
+        now += step * f
+        for i in list(running):
+            running[i] -= step
+            if i == first or running[i] <= 1e-12 * max(1.0, durations[i]):
+                elapsed[i] = now - start[i]
+                del running[i]
+    return now, elapsed
 
 
 def wave_seconds(trials: dict[int, dict[str, list[float]]], executor: str, n_slots: int, tune_wave: float = 0.0,

@@ -14,6 +14,7 @@ from subnet_ray.influence.sketch import layer_dims, select_linears
 from subnet_ray.graph import graph
 from subnet_ray.stages import execute, execute_influence, influence_groups, model_factory, task_data
 from subnet_ray.store import store_for
+from subnet_ray.walltime import cores, run_slowdown
 from tiny import SMOKE
 
 
@@ -334,3 +335,100 @@ def test_mlflow_epochs_a_fine_tuning_waits_for_count_in_its_stage_output_not_as_
     for executor in ("local", "ray"):  # a Tune trial's tune.report returns after the driver's callback logged the epoch
         a, b = ({n.key: n for n in costs[executor, log].nodes} for log in (0.0, 0.5))
         assert {k: b[k].seconds - a[k].seconds for k in a} == pytest.approx({k: 0.5 * (a[k].stage == "finetune") for k in a})
+
+
+def test_at_load_slows_each_trial_by_how_many_run_at_once():
+    from subnet_ray.estimate import Estimate, StageCost
+
+    nodes = [StageCost("a", "finetune", 10.0, 0), StageCost("b", "finetune", 10.0, 0), StageCost("c", "finetune", 4.0, 0),
+             StageCost("i", "influence", 6.0, 0)]
+    measured = {1: {"train": 1.0, "sketch": 1.5}, 2: {"train": 2.0, "sketch": 3.0}}
+    est = Estimate("s", "cpu", nodes=nodes, executor="ray", slots=2, trials={2: {"a": ["a"], "b": ["b"], "c": ["c"]}, 3: {"i": ["i"]}},
+                   fixed={"startup": 5.0}, tune={"tune_wave": 0.0, "tune_trial": 0.0}, side_by_side=measured)
+    assert est.waves() == {"sft": 14.0, "influence": 6.0}  # idle: a and b together, then c
+    load = est.at_load()
+    # a and b side by side, each at half pace: both end at 20; then c alone at full pace: 24. One influence trial: 1.5x
+    assert load["waves"] == pytest.approx({"sft": 24.0, "influence": 9.0})
+    assert load["stages"] == pytest.approx({"finetune": 20.0 + 20.0 + 4.0, "influence": 9.0})
+    assert load["fixed_slowdown"] == 1.0 and load["total_seconds"] == pytest.approx(5.0 + 33.0)
+    assert load["wave_slowdown"] == pytest.approx({"sft": 24.0 / 14.0, "influence": 1.5})
+    # counts between those measured: linear between them
+    est.slots, est.side_by_side = 3, {1: {"train": 1.0, "sketch": 1.0}, 3: {"train": 3.0, "sketch": 2.0}}
+    assert est.slowdown_at(2) == pytest.approx(2.0) and est.slowdown_at(2, "sketch") == pytest.approx(1.5)
+    # nothing measured: each process's fair share of the cores
+    est.side_by_side, est.others = {}, 1.0
+    assert est.slowdown_at(2) == pytest.approx(run_slowdown(1.0, 1, 2, cores(), 1.0))
+
+
+def test_shared_schedule_agrees_with_a_step_by_step_simulation():
+    from subnet_ray.walltime import makespan, shared_schedule
+
+    g = np.random.default_rng(1)
+    for _ in range(30):
+        jobs, n = [float(x) for x in g.uniform(0.5, 5, g.integers(1, 7))], int(g.integers(1, 4))
+        f = {m: float(g.uniform(1, 3)) for m in range(1, n + 1)}
+        span, elapsed = shared_schedule(jobs, n, f.__getitem__)
+        assert shared_schedule(jobs, n, lambda m: 1.0) == (pytest.approx(makespan(jobs, n)), pytest.approx(jobs))
+        dt, clock, left, started, ends, queue = 1e-3, 0.0, {}, {}, {}, list(range(len(jobs)))
+        while queue or left:  # every dt, each running job does dt / f(running) of its work
+            while queue and len(left) < n:
+                i = queue.pop(0)
+                left[i], started[i] = jobs[i], clock
+            rate = 1 / f[len(left)]
+            clock += dt
+            for i in list(left):
+                left[i] -= dt * rate
+                if left[i] <= 0:
+                    ends[i] = clock
+                    del left[i]
+        assert span == pytest.approx(clock, abs=0.02 * len(jobs))
+        assert elapsed == pytest.approx([ends[i] - started[i] for i in range(len(jobs))], abs=0.02 * len(jobs))
+
+
+def test_estimate_takes_the_side_by_side_measurement_for_ray_only():
+    spec = load_sweep(SMOKE)
+    measured = {1: {"train": 1.5, "sketch": 1.75}, 2: {"train": 2.0, "sketch": 3.0}}
+    est = estimate(spec, calibration={"babel": _calibration()}, executor="ray", fixed=FIXED, cluster_cpus=2, side_by_side=measured)
+    assert est.side_by_side == measured and est.slowdown == 1.0 and est.others is None  # nothing measured here
+    one = [w for w, t in est.trials.items() if len(t) == 1]
+    assert one  # smoke: one full trial in the training wave
+    idle, load = est.waves(), est.at_load()
+    from subnet_ray.walltime import WAVES
+
+    for w in one:  # a wave of one trial: its idle time at one trial's measured slowdown (Tune's wave start in the driver)
+        assert load["waves"][WAVES[w]] == pytest.approx(est.tune["tune_wave"] + (idle[WAVES[w]] - est.tune["tune_wave"]) * 1.5)
+    assert all(load["waves"][w] > s for w, s in idle.items())
+    # the local executor runs every node in one process: a Ray measurement does not apply
+    local = estimate(spec, calibration={"babel": _calibration()}, executor="local", fixed=FIXED, side_by_side=measured)
+    assert local.side_by_side == {} and local.at_load()["waves"] == pytest.approx(local.waves())
+
+
+def _probe_job(spec, **job) -> dict:
+    import subprocess
+    import sys
+
+    base = {"spec": spec.model_dump(mode="json"), "task": "babel", "seconds": 0.2, "nice": None, "phases": []}
+    out = subprocess.run([sys.executable, "-c", "from subnet_ray.calibration import _probe; _probe()"], capture_output=True,
+                         text=True, input=json.dumps(base | job) + "\n", timeout=300)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.slow
+def test_side_by_side_probe_times_the_calibrated_step_in_k_processes_at_the_trials_niceness():
+    import os
+
+    from subnet_ray.calibration import calibrate, side_by_side
+
+    spec = load_sweep(SMOKE)
+    # a probe process runs at the niceness Ray gives its trials; it never asks for a higher priority than it has
+    assert _probe_job(spec, nice=os.nice(0) + 3)["nice"] == os.nice(0) + 3
+    assert _probe_job(spec, nice=os.nice(0) - 1)["nice"] == os.nice(0)
+    assert "error" in _probe_job(spec, task="nope")
+    out = side_by_side(spec, "babel", [2, 1, 2], seconds=0.5)
+    assert set(out) == {1, 2} and all(set(v) == {"train", "sketch"} for v in out.values())
+    torch.set_num_threads(1)
+    cal = calibrate(spec, "babel")
+    # one process alone runs the calibrated step at about the calibrated time (the least of a few, so a little less)
+    assert 0.5 < out[1]["train"] / cal.train_batch < 3 and 0.5 < out[1]["sketch"] / cal.sketch_example < 3
+    with pytest.raises(RuntimeError, match="side-by-side probe"):
+        side_by_side(spec, "nope", [2], seconds=0.1)

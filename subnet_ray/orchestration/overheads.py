@@ -204,7 +204,7 @@ def _trial_artifacts(log, nodes, results: dict, seed: int, tmp: Path) -> float:
 
 def _probe_trial(config: dict) -> None:
     """A Tune trial doing what tune._trainable does before its nodes: threads, the sweep, the stages' imports, the heap
-    frozen, the task data."""
+    frozen, the task data; it reports the niceness Ray runs its workers at."""
     from ray import tune
 
     from .workers import freeze_heap, use_cpus
@@ -216,11 +216,12 @@ def _probe_trial(config: dict) -> None:
     freeze_heap()
     for task in spec.tasks:
         task_data(spec, task.id)
-    tune.report({"end": time.time()})
+    tune.report({"end": time.time(), "nice": os.nice(0)})
 
 
 def ray_costs(spec: SweepSpec) -> dict[str, float]:
-    """Returns {ray_start, tune_wave, tune_trial} wall seconds, measured in a fresh process (a local Ray of its own)."""
+    """Returns {ray_start, tune_wave, tune_trial} wall seconds and worker_nice, measured in a fresh process (a local Ray of
+    its own)."""
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         f.write(spec.model_dump_json())
     try:
@@ -232,7 +233,8 @@ def ray_costs(spec: SweepSpec) -> dict[str, float]:
 
 
 def _measure_ray(spec: SweepSpec) -> dict[str, float]:
-    """Returns Ray's start, Tune's per-wave and per-trial wall seconds: two probe trials that hold every CPU run one after the other."""
+    """Returns Ray's start, Tune's per-wave and per-trial wall seconds (two probe trials that hold every CPU run one after
+    the other), and `worker_nice`, the niceness the trials ran at (Ray's default: 15)."""
     import ray
     from ray import tune
 
@@ -255,7 +257,8 @@ def _measure_ray(spec: SweepSpec) -> dict[str, float]:
     t = time.perf_counter()
     ray.shutdown()  # `run` pays it too, at exit
     ray_start += time.perf_counter() - t
-    return {"ray_start": ray_start, "tune_wave": max(0.0, wave - 2 * trial), "tune_trial": trial}
+    return {"ray_start": ray_start, "tune_wave": max(0.0, wave - 2 * trial), "tune_trial": trial,
+            "worker_nice": max(r.metrics["nice"] for r in results)}
 
 
 def measure(spec: SweepSpec, executor: str) -> dict[str, float]:
