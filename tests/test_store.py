@@ -116,3 +116,26 @@ def test_signal_while_publishing_is_delivered_after_the_ledger_entry(tmp_path, m
     assert stopped.value.signum == getattr(signal, sig)
     assert store.done(key)
     assert [(e["key"], e["seconds"]) for e in store.ledger()] == [(key, 1.5)]
+
+
+def test_an_error_native_code_raises_in_place_of_the_interrupt_is_still_an_interrupt():
+    """safetensors' loader swallowed the Interrupted that SIGTERM raised inside it and raised
+    ValueError("could not determine the shape ..."): the sweep must still stop as interrupted (143)."""
+    import signal
+
+    from subnet_ray.orchestration.interrupts import Interrupted, handling, signalled
+
+    def native_call():
+        try:
+            signal.raise_signal(signal.SIGTERM)
+        except Interrupted:
+            raise ValueError("could not determine the shape of object type 'torch.storage.UntypedStorage'") from None
+
+    with pytest.raises(Interrupted) as stopped:
+        with handling():
+            native_call()
+    assert stopped.value.exit_code == 143 and isinstance(stopped.value.__cause__, ValueError)
+    assert signalled() is None  # the invocation is over
+    with pytest.raises(ValueError):  # without a signal an error stays what it is
+        with handling():
+            raise ValueError("a real bug")

@@ -45,8 +45,8 @@ def _handler(signum, frame) -> None:
 
 
 def signalled() -> int | None:
-    """Returns the signal that interrupted this invocation, None if none did."""
-    return _state["signum"]
+    """Returns the signal that interrupted the running invocation, None if none did (or none runs)."""
+    return _state["signum"] if _state.get("active") else None
 
 
 def raise_if_interrupted() -> None:
@@ -57,7 +57,12 @@ def raise_if_interrupted() -> None:
 
 @contextmanager
 def handling() -> Iterator[None]:
-    """Within the block, SIGINT and SIGTERM raise Interrupted (main thread only; elsewhere nothing changes)."""
+    """Within the block, SIGINT and SIGTERM raise Interrupted (main thread only; elsewhere nothing changes).
+
+    An error that ends the block after a signal came is raised as Interrupted too: native code
+    (safetensors, say) may swallow the Interrupted raised inside one of its callbacks and raise its
+    own error instead (seen: "could not determine the shape of object type ...").
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -67,6 +72,12 @@ def handling() -> Iterator[None]:
         signal.signal(s, _handler)
     try:
         yield
+    except KeyboardInterrupt:
+        raise
+    except BaseException as e:
+        if _state["signum"] is None:
+            raise
+        raise Interrupted(_state["signum"]) from e
     finally:
         _state["active"] = False
         for s, h in old.items():

@@ -431,7 +431,11 @@ class Tracker:
     def __exit__(self, exc_type, exc, tb) -> bool:
         # an interrupt (SIGINT, SIGTERM: KeyboardInterrupt) is KILLED; a second one while the runs end is
         # ignored so they still end
-        status = "FINISHED" if exc_type is None else "KILLED" if issubclass(exc_type, KeyboardInterrupt) else "FAILED"
+        # (or any error after a signal: native code may have replaced the interrupt with its own error)
+        from .interrupts import signalled
+
+        killed = exc_type is not None and (issubclass(exc_type, KeyboardInterrupt) or signalled() is not None)
+        status = "FINISHED" if exc_type is None else "KILLED" if killed else "FAILED"
         for _ in range(3):
             try:
                 self.finish(status)
