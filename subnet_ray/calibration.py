@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass, fields
@@ -49,7 +50,9 @@ class Calibration:
     eval_example: dict[int, float]  # evaluate, per example, by batch size
     save_epoch: float  # checkpoint + resume state after an epoch
     load: float  # load a checkpoint
-    importance_example: float  # importance_pass per example at subnetworks.batch_size (a language's last batch is short)
+    importance_example: float  # importance_pass per example at subnetworks.batch_size
+    importance_batch: float  # importance_pass per batch besides its examples
+    importance_call: float  # importance_pass per call besides its batches (hooks, train/eval switches: a tiny model's passes are mostly this)
     encode_example: float  # tokenizing one example (importance encodes each language once)
     sketch_example: float  # sketch_examples, per example at influence.batch_size
     score_unit: float  # top_influences seconds per (test x train x checkpoint)
@@ -103,17 +106,19 @@ class Clock:
 
 
 def _timed(fn, clock: Clock, min_seconds: float = 0.3, max_repeats: int = 15, warm_up: bool = True) -> float:
-    """Returns the least idle-machine seconds of repeated calls of `fn` (until `min_seconds` in all, at most `max_repeats`),
+    """Returns the median idle-machine seconds of repeated calls of `fn` (until `min_seconds` in all, at most `max_repeats`),
     after a warm-up call (unless `warm_up` is False).
 
-    The least, not the median: other work on the machine only ever adds time to a call.
+    The median, not the least: the Clock already takes out what other work adds, and what is left
+    varies from call to call in a run too (caches, the allocator), so a stage's many calls sum to
+    about n x the median; n x the least came out 5-20% short on the smoke sweep's passes.
     """
     if warm_up:
         fn()
     times, start = [], time.perf_counter()
     while len(times) < max_repeats and (not times or time.perf_counter() - start < min_seconds):
         times.append(clock(fn))
-    return min(times)
+    return float(statistics.median(times))
 
 
 def _peak(device: str, fn) -> int | None:
@@ -137,7 +142,9 @@ def setup(spec: SweepSpec, task_id: str) -> tuple[dict, object, object, list[str
     from .config import BabelSpec, ConfigError, ModelSpec, TinySpec
     from .data import num_labels
 
-    task = next(t for t in spec.tasks if t.id == task_id)
+    task = next((t for t in spec.tasks if t.id == task_id), None)
+    if task is None:
+        raise ValueError(f"no task {task_id!r} in sweep {spec.name!r} (its tasks: {[t.id for t in spec.tasks]})")
     local_model = spec.model.name == "tiny" or Path(spec.model.name).is_dir()
     local_data = task.id == "babel" or (task.source is not None and Path(task.source).exists())
     if local_model and local_data:
@@ -240,7 +247,15 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     encode_example = _timed(lambda: encode(dev, tok, ml), clock) / len(dev)
     imp = make_batches(encode(dev, tok, ml), spec.subnetworks.batch_size)
     imp = [{k: v.to(device) for k, v in b.items()} for b in imp]
-    importance_example = _timed(lambda: importance_pass(model, imp, None, "example", device, precision), clock) / len(dev)
+    # three points: the batches as they are, as many batches of one example each, and one such batch, so a language's
+    # pass costs importance_call + its batches x importance_batch + its examples x importance_example (a last batch is short)
+    singles = [{k: v[:1] for k, v in b.items()} for b in imp]
+    full, ones, one = (_timed(lambda bs=bs: importance_pass(model, bs, None, "example", device, precision), clock)
+                       for bs in (imp, singles, singles[:1]))
+    importance_example = max(0.0, full - ones) / (len(dev) - len(imp)) if len(dev) > len(imp) else full / len(dev)
+    per_batch = max(0.0, ones - one) / (len(imp) - 1) if len(imp) > 1 else ones  # one batch of one example
+    importance_batch = max(0.0, per_batch - importance_example)
+    importance_call = max(0.0, one - per_batch)
     inf = spec.influence.model_copy(update={"precision": influence_precision(spec)})
     sample = spread(data["train"], inf.batch_size * batches)
     model.eval()
@@ -249,7 +264,7 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     sketch_example = _timed(sketch, clock) / len(sample)
     peak_sketch = _peak(device, sketch)
     score_unit, score_fixed, table_io = _calibrate_scoring(model, inf, len(data["train"]), spec.training.epochs, clock)
-    return Calibration(device, build, train_batch, train_batch_sft, first_steps, eval_example, save_epoch, load, importance_example, encode_example, sketch_example,
+    return Calibration(device, build, train_batch, train_batch_sft, first_steps, eval_example, save_epoch, load, importance_example, importance_batch, importance_call, encode_example, sketch_example,
                        score_unit, score_fixed, mask_io, node_io, table_io, peak_train, peak_sketch, clock.slowdown)
 
 
@@ -293,122 +308,141 @@ def _calibrate_scoring(model, inf, n_train: int, checkpoints: int, clock: Clock)
     return unit, max(0.0, small - 2 * n_train * unit), table_io
 
 
-
-
-def side_by_side(spec: SweepSpec, task_id: str, ks: list[int], nice: int | None = None, seconds: float = 2.0,
-                 timeout: float = 900.0) -> dict[int, dict[str, float]]:
+def side_by_side(spec: SweepSpec, task_id: str, ks: list[int], seconds: float = 2.0) -> dict[int, dict[str, float]]:
     """Returns, for each k in `ks`, the wall seconds per fine-tuning step ("train") and per sketched example ("sketch") of k
-    fresh processes doing that work at once, as a wave of k Tune trials does, under the present load (the mean over
-    the k processes).
+    Tune trials doing that work at once, as a wave of k trials does, under the present load (the mean over the k trials).
 
     What slows trials side by side is measured, not modelled: the memory bandwidth large AdamW
-    steps share, other processes' threads taking turns with theirs, and the priority trials run
-    at: Ray starts its workers at niceness 15 (`nice`: what a probe trial saw), so beside a busy
-    process of niceness 0 they get almost none of its core. max(ks) processes (each a new
-    interpreter, as a Ray worker is) import what a trial imports, build the sweep's model with
-    resources.cpus threads, take the first steps (optimizer state allocated) and one sketch pass;
-    then for each k the first k of them time the batches calibrate times (the first training
-    batches, a spread of training examples) for `seconds` each, starting together.
+    steps share, other processes' threads taking turns with theirs, what a wave runs beside its
+    trials (Ray's own processes, the Tune driver) and the priority Ray gives its workers
+    (niceness 15: beside a busy process of niceness 0 they get almost none of its core). A fresh
+    process starts a local Ray of its own, as `run` does, and runs max(ks) trials of
+    resources.cpus CPUs each; every trial imports what a trial imports, builds the sweep's model,
+    takes the first steps (optimizer state allocated) and one sketch pass; then for each k the
+    first k of them time the batches calibrate times (the first training batches, a spread of
+    training examples) for `seconds` each, starting together (a barrier of files in a shared folder).
     """
     import subprocess
     import sys
 
-    from .orchestration.workers import WORKER_ENV
-
     ks = sorted(set(ks), reverse=True)
-    phases = [(name, k) for k in ks for name in ("train", "sketch")]
-    job = {"spec": spec.model_dump(mode="json"), "task": task_id, "seconds": seconds, "nice": nice, "phases": phases}
-    cmd = [sys.executable, "-c", "from subnet_ray.calibration import _probe; _probe()"]
-    procs = [subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=os.environ | WORKER_ENV)
-             for _ in range(ks[0])]
-    deadline = time.monotonic() + timeout
-
-    def send(p, message) -> None:
-        p.stdin.write(json.dumps(message) + "\n")
-        p.stdin.flush()
-
-    def read(p) -> dict:
-        import select
-
-        while not select.select([p.stdout], [], [], 1.0)[0]:
-            if p.poll() is not None or time.monotonic() > deadline:
-                break
-        line = p.stdout.readline()
-        if not line:
-            why = f"exited with code {p.poll()}" if p.poll() is not None else f"gave no result in {timeout:.0f} s"
-            raise RuntimeError(f"side-by-side probe ({ks[0]} processes): a process {why}")
-        out = json.loads(line)
-        if "error" in out:
-            raise RuntimeError(f"side-by-side probe ({ks[0]} processes): {out['error']}")
-        return out
-
-    try:
-        for p in procs:
-            send(p, job)
-        for _, k in phases:
-            for p in procs:
-                read(p)  # ready: warmed up, or done with the previous phase
-            for i, p in enumerate(procs):  # the first k start together, the others wait
-                send(p, i < k)
-        got = [read(p) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-    return {k: {name: sum(g[f"{name}/{k}"] for g in got[:k]) / k for name in ("train", "sketch")} for k in ks}
+    job = {"spec": spec.model_dump(mode="json"), "task": task_id, "seconds": seconds,
+           "phases": [(name, k) for k in ks for name in ("train", "sketch")]}
+    cmd = [sys.executable, "-c", "from subnet_ray.calibration import _side_by_side_driver; _side_by_side_driver()"]
+    out = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, env=os.environ | {"RAY_USAGE_STATS_ENABLED": "0"})
+    last = (out.stdout.strip().splitlines() or [""])[-1]
+    got = json.loads(last) if last.startswith("{") else {}
+    if out.returncode != 0 or not got or "error" in got:
+        why = got.get("error") or (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
+        raise RuntimeError(f"side-by-side probe ({ks[0]} Tune trials): {why}")
+    return {int(k): v for k, v in got.items()}
 
 
-def _probe() -> None:
-    """One process of side_by_side (JSON lines on stdin and stdout): builds the sweep's model, warms up, then for each phase
-    says it is ready and, if told to, times that phase's work."""
+def _side_by_side_driver() -> None:
+    """The driver of side_by_side in a process of its own: the job as JSON on stdin, {k: {train, sketch}} as JSON on stdout."""
+    import math
     import sys
 
+    job = json.loads(sys.stdin.read())
     try:
-        from .orchestration.workers import freeze_heap, use_cpus
+        import ray
+        from ray import tune
 
-        job = json.loads(sys.stdin.readline())
-        spec, task_id, seconds = SweepSpec.model_validate(job["spec"]), job["task"], job["seconds"]
-        if job["nice"] is not None and job["nice"] > os.nice(0):
-            os.nice(job["nice"] - os.nice(0))  # as Ray runs its workers
-        use_cpus(spec.resources.cpus)
-        data, tok, make, _ = setup(spec, task_id)
-        tr, device = spec.training, spec.training.device
-        model = make().to(device).train()
-        opt = torch.optim.AdamW(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
-        hm, scaler = HeadMask(model), grad_scaler(device, tr.precision)
-        plan = epoch_plan(data["train"], tr.batch_size, 0, 1, False)[:3]  # calibrate's batches
-        inf = spec.influence.model_copy(update={"precision": influence_precision(spec)})
-        sample = spread(data["train"], inf.batch_size * 3)
-        projector = Projector(inf.proj_dim, inf.projection_seed) if inf.proj_dim else None
+        from .orchestration.tune import init_ray
 
-        def train():  # calibrate's batches, all of them (their token lengths differ)
-            model.train()
-            for chunk in plan:
-                fit_step(model, hm, opt, chunk, tok, tr, tr.lr, None, {}, scaler).item()
-
-        def sketch():
-            model.eval()
-            sketch_examples(model, sample, tok, inf, tr.max_length, None, device, projector)
-
-        freeze_heap()
-        train()  # first steps: the optimizer's state allocated
-        sketch()
-        out, units = {"nice": os.nice(0)}, {"train": (train, len(plan)), "sketch": (sketch, len(sample))}
-        for name, k in job["phases"]:
-            print(json.dumps({"ready": name}), flush=True)
-            if not json.loads(sys.stdin.readline()):
-                continue
-            fn, n = units[name]
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            t, reps = time.perf_counter(), 0
-            while reps == 0 or time.perf_counter() - t < seconds:
-                fn()
-                reps += 1
-            if device.startswith("cuda"):
-                torch.cuda.synchronize()
-            out[f"{name}/{k}"] = (time.perf_counter() - t) / (reps * n)
-        print(json.dumps(out), flush=True)
-    except Exception as e:  # noqa: BLE001 - reported to the parent, which raises it
+        spec = SweepSpec.model_validate(job["spec"])
+        n = max(k for _, k in job["phases"])
+        init_ray(None, max(os.cpu_count() or 1, math.ceil(n * spec.resources.cpus)))  # all n trials at once
+        try:
+            with tempfile.TemporaryDirectory() as tmp:
+                (Path(tmp) / "sync").mkdir()
+                tuner = tune.Tuner(tune.with_resources(_side_by_side_trial, {"cpu": spec.resources.cpus}),
+                                   param_space={"job": json.dumps(job), "sync": str(Path(tmp) / "sync"), "n": n,
+                                                "i": tune.grid_search(list(range(n)))},
+                                   tune_config=tune.TuneConfig(reuse_actors=False),
+                                   run_config=tune.RunConfig(name="side_by_side", storage_path=tmp, verbose=0))
+                results = tuner.fit()
+        finally:
+            ray.shutdown()
+        got = sorted((r.config["i"], json.loads(r.metrics["probe"]) if "probe" in (r.metrics or {}) else {"error": str(r.error)})
+                     for r in results)
+        errors = [g["error"] for _, g in got if "error" in g]
+        if errors:
+            raise RuntimeError(errors[0])
+        ks = sorted({k for _, k in job["phases"]})
+        print(json.dumps({k: {name: sum(g[f"{name}/{k}"] for _, g in got[:k]) / k for name in ("train", "sketch")} for k in ks}))
+    except Exception as e:  # noqa: BLE001 - reported to side_by_side, which raises it
         print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
+
+
+def _side_by_side_trial(config: dict) -> None:
+    """One Tune trial of side_by_side: the probe's work, its phases started together with the other trials'."""
+    from ray import tune
+
+    from .orchestration.workers import use_cpus
+
+    use_cpus(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
+    sync, n, i = Path(config["sync"]), config["n"], config["i"]
+
+    def together(phase: str, k: int) -> bool:
+        (sync / f"{phase}.{i}").touch()
+        deadline = time.monotonic() + 900
+        while len(list(sync.glob(f"{phase}.*"))) < n:
+            if (sync / "abort").exists():
+                raise RuntimeError("another trial of the probe failed")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the other trials were not ready for {phase} in 900 s")
+            time.sleep(0.02)
+        return i < k  # the first k time it, the others wait for the next phase
+
+    try:
+        out = _probe_work(json.loads(config["job"]), together)
+    except Exception as e:  # noqa: BLE001 - reported to the driver, which raises it
+        (sync / "abort").touch()
+        out = {"error": f"{type(e).__name__}: {e}"}
+    tune.report({"probe": json.dumps(out)})
+
+
+def _probe_work(job: dict, start) -> dict:
+    """Builds the sweep's model, warms up, then for each phase (name, k) times that phase's work if `start(tag, k)` says so;
+    returns {"<name>/<k>": seconds per step or example, "nice": this process's niceness}."""
+    from .orchestration.workers import freeze_heap
+
+    spec, task_id, seconds = SweepSpec.model_validate(job["spec"]), job["task"], job["seconds"]
+    data, tok, make, _ = setup(spec, task_id)
+    tr, device = spec.training, spec.training.device
+    model = make().to(device).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=tr.lr, weight_decay=tr.weight_decay)
+    hm, scaler = HeadMask(model), grad_scaler(device, tr.precision)
+    plan = epoch_plan(data["train"], tr.batch_size, 0, 1, False)[:3]  # calibrate's batches
+    inf = spec.influence.model_copy(update={"precision": influence_precision(spec)})
+    sample = spread(data["train"], inf.batch_size * 3)
+    projector = Projector(inf.proj_dim, inf.projection_seed) if inf.proj_dim else None
+
+    def train():  # calibrate's batches, all of them (their token lengths differ)
+        model.train()
+        for chunk in plan:
+            fit_step(model, hm, opt, chunk, tok, tr, tr.lr, None, {}, scaler).item()
+
+    def sketch():
+        model.eval()
+        sketch_examples(model, sample, tok, inf, tr.max_length, None, device, projector)
+
+    freeze_heap()
+    train()  # first steps: the optimizer's state allocated
+    sketch()
+    out, units = {"nice": os.nice(0)}, {"train": (train, len(plan)), "sketch": (sketch, len(sample))}
+    for name, k in job["phases"]:
+        if not start(f"{name}-{k}", k):
+            continue
+        fn, n = units[name]
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t, reps = time.perf_counter(), 0
+        while reps == 0 or time.perf_counter() - t < seconds:
+            fn()
+            reps += 1
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        out[f"{name}/{k}"] = (time.perf_counter() - t) / (reps * n)
+    return out

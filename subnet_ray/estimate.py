@@ -172,8 +172,8 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
     meta device): what `validate` prints. others: threads of other processes wanting a core
     (walltime.others_running; counted here before calibrating if not given). side_by_side: for the Ray
     executor, trials at a time -> slowdown of a training step and a sketched example against the
-    calibration (Estimate.side_by_side); measured here (calibration.side_by_side, at the niceness
-    `fixed['worker_nice']` Ray's trials ran at) when this call calibrates and none are given.
+    calibration (Estimate.side_by_side); measured here (calibration.side_by_side: Tune trials on a
+    local Ray of the probe's own) when this call calibrates and none are given.
     """
     from .walltime import FIXED, cores, others_running, slots, trials
 
@@ -237,14 +237,15 @@ def _side_by_side(est: Estimate, spec: SweepSpec, calibration: dict, nice: int |
     task = b.tasks[0].id
     cal = calibration[(task, json.dumps(values, sort_keys=True))]
     try:
-        measured = side_by_side(b, task, ks, nice=nice)
+        measured = side_by_side(b, task, ks)
     except RuntimeError as e:  # the estimate stands without it, said so
         est.assumptions.append(f"trials side by side (at_load): not measured ({e}); each thread's fair share of the cores instead")
         return {}
     out = {k: {"train": m["train"] / cal.train_batch, "sketch": m["sketch"] / cal.sketch_example} for k, m in measured.items()}
     est.assumptions.append("trials side by side (at_load): " + "; ".join(
         f"{k} at a time ran a training step {f['train']:.2f}x and a sketched example {f['sketch']:.2f}x the calibrated time"
-        for k, f in sorted(out.items())) + (f" (measured at niceness {nice}, as Ray runs its trials)" if nice is not None else ""))
+        for k, f in sorted(out.items())) + " (measured in Tune trials on a local Ray"
+        + (f", at niceness {nice} as Ray runs its workers)" if nice is not None else ")"))
     return out
 
 
@@ -302,8 +303,9 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
         heads = model.num_layers * model.num_heads
         per_step = step_size(heads, b.subnetworks.step_fraction)
         steps = min(math.ceil((heads - 1) / per_step), math.ceil(pruned * (heads - 1) / per_step) + 1)
+        bs = b.subnetworks.batch_size
         seconds = cal.build + cal.load + sum(
-            len(v) * (cal.encode_example + (1 + steps) * cal.importance_example)
+            len(v) * cal.encode_example + (1 + steps) * (cal.importance_call + math.ceil(len(v) / bs) * cal.importance_batch + len(v) * cal.importance_example)
             + cal.mask_io for v in dev.values())  # mask_io: about the cost of saving the language's mask
         return StageCost(node.key, "subnetworks", seconds, cal.peak_sketch_bytes or 2 * model_bytes)
     if node.stage == "random_masks":

@@ -56,7 +56,9 @@ def _data(task_json: str, model_name: str):
 
 def task_data(spec: SweepSpec, task_id: str) -> tuple[TaskSpec, dict, Any]:
     """Returns (task, {split: examples}, tokenizer) for `task_id` of the sweep branch `spec`."""
-    task = next(t for t in spec.tasks if t.id == task_id)
+    task = next((t for t in spec.tasks if t.id == task_id), None)
+    if task is None:
+        raise ValueError(f"no task {task_id!r} in sweep {spec.name!r} (its tasks: {[t.id for t in spec.tasks]})")
     splits, tok = _data(task.model_dump_json(), spec.model.name)
     return task, splits, tok
 
