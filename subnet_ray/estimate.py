@@ -62,7 +62,7 @@ class Estimate:
     slowdown: float = 1.0  # how much slower than idle the calibration ran (Clock.slowdown)
     others: float | None = None  # threads of other processes wanting a core before calibrating (walltime.others_running)
     # trials side by side -> {"train": ..., "sketch": ...}: how much slower than calibrated a fine-tuning step and a
-    # sketched example ran in that many processes at once under the present load (calibration.side_by_side; Ray)
+    # sketched example ran in that many processes at once under the present load (orchestration.overheads.side_by_side; Ray)
     side_by_side: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def waves(self) -> dict[str, float]:
@@ -172,7 +172,7 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
     meta device): what `validate` prints. others: threads of other processes wanting a core
     (walltime.others_running; counted here before calibrating if not given). side_by_side: for the Ray
     executor, trials at a time -> slowdown of a training step and a sketched example against the
-    calibration (Estimate.side_by_side); measured here (calibration.side_by_side: Tune trials on a
+    calibration (Estimate.side_by_side); measured here (orchestration.overheads.side_by_side: Tune trials on a
     local Ray of the probe's own) when this call calibrates and none are given.
     """
     from .walltime import FIXED, cores, others_running, slots, trials
@@ -230,7 +230,7 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
 def _side_by_side(est: Estimate, spec: SweepSpec, calibration: dict, nice: int | None) -> dict[int, dict[str, float]]:
     """Returns trials at a time -> how much slower than calibrated a training step and a sketched example run in that many
     processes at once, for each count of trials side by side the sweep's waves have (the first branch's first task)."""
-    from .calibration import side_by_side
+    from .orchestration.overheads import side_by_side
 
     ks = sorted({1, max(min(est.slots, len(t)) for t in est.trials.values() if t)})  # slowdown_at interpolates between
     values, b = branches(spec)[0]

@@ -412,7 +412,8 @@ def test_estimate_takes_the_side_by_side_measurement_for_ray_only():
 
 @pytest.mark.slow
 def test_side_by_side_probe_times_the_calibrated_step_in_k_tune_trials():
-    from subnet_ray.calibration import calibrate, side_by_side
+    from subnet_ray.calibration import calibrate
+    from subnet_ray.orchestration.overheads import side_by_side
 
     spec = load_sweep(SMOKE)
     out = side_by_side(spec, "babel", [2, 1, 2], seconds=0.5)
