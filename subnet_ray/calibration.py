@@ -29,7 +29,7 @@ from .influence.tracin import top_influences
 from .models import HeadMask, build_model, head_parameter_masks, load_checkpoint, save_checkpoint
 from .precision import grad_scaler
 from .sizes import KNOWN_SHAPES
-from .stages import model_factory, task_data
+from .stages import model_factory, task_data, task_of
 from .store import Store
 from .subnetworks.importance import importance_pass
 from .subnetworks.masks import load_mask, random_mask, save_mask
@@ -142,9 +142,7 @@ def setup(spec: SweepSpec, task_id: str) -> tuple[dict, object, object, list[str
     from .config import BabelSpec, ConfigError, ModelSpec, TinySpec
     from .data import num_labels
 
-    task = next((t for t in spec.tasks if t.id == task_id), None)
-    if task is None:
-        raise ValueError(f"no task {task_id!r} in sweep {spec.name!r} (its tasks: {[t.id for t in spec.tasks]})")
+    task = task_of(spec, task_id)
     local_model = spec.model.name == "tiny" or Path(spec.model.name).is_dir()
     local_data = task.id == "babel" or (task.source is not None and Path(task.source).exists())
     if local_model and local_data:
@@ -308,7 +306,7 @@ def _calibrate_scoring(model, inf, n_train: int, checkpoints: int, clock: Clock)
     return unit, max(0.0, small - 2 * n_train * unit), table_io
 
 
-def _probe_work(job: dict, start) -> dict:
+def probe_work(job: dict, start) -> dict:
     """Builds the sweep's model, warms up, then for each phase (name, k) times that phase's work if `start(tag, k, fn)` says
     so (it may call fn once first, untimed); returns {"<name>/<k>": seconds per step or example, "nice": this process's
     niceness}."""

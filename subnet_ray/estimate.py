@@ -62,7 +62,7 @@ class Estimate:
     slowdown: float = 1.0  # how much slower than idle the calibration ran (Clock.slowdown)
     others: float | None = None  # threads of other processes wanting a core before calibrating (walltime.others_running)
     # trials side by side -> {"train": ..., "sketch": ...}: how much slower than calibrated a fine-tuning step and a
-    # sketched example ran in that many processes at once under the present load (orchestration.overheads.side_by_side; Ray)
+    # sketched example ran in that many Tune trials at once under the present load (orchestration.overheads.side_by_side)
     side_by_side: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def waves(self) -> dict[str, float]:
@@ -304,9 +304,10 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
         per_step = step_size(heads, b.subnetworks.step_fraction)
         steps = min(math.ceil((heads - 1) / per_step), math.ceil(pruned * (heads - 1) / per_step) + 1)
         bs = b.subnetworks.batch_size
-        seconds = cal.build + cal.load + sum(
-            len(v) * cal.encode_example + (1 + steps) * (cal.importance_call + math.ceil(len(v) / bs) * cal.importance_batch + len(v) * cal.importance_example)
-            + cal.mask_io for v in dev.values())  # mask_io: about the cost of saving the language's mask
+        per_pass = {lang: cal.importance_call + math.ceil(len(v) / bs) * cal.importance_batch + len(v) * cal.importance_example
+                    for lang, v in dev.items()}
+        seconds = cal.build + cal.load + sum(  # mask_io: about the cost of saving the language's mask
+            len(v) * cal.encode_example + (1 + steps) * per_pass[lang] + cal.mask_io for lang, v in dev.items())
         return StageCost(node.key, "subnetworks", seconds, cal.peak_sketch_bytes or 2 * model_bytes)
     if node.stage == "random_masks":
         return StageCost(node.key, "random_masks", len(dev) * cal.mask_io, 0)

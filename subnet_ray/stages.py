@@ -54,11 +54,17 @@ def _data(task_json: str, model_name: str):
     return {s: load_examples(task, s) for s in ("train", "dev", "test")}, tokenizer
 
 
-def task_data(spec: SweepSpec, task_id: str) -> tuple[TaskSpec, dict, Any]:
-    """Returns (task, {split: examples}, tokenizer) for `task_id` of the sweep branch `spec`."""
+def task_of(spec: SweepSpec, task_id: str) -> TaskSpec:
+    """Returns the task `task_id` of the sweep; a ValueError naming the sweep's tasks if it has none of that id."""
     task = next((t for t in spec.tasks if t.id == task_id), None)
     if task is None:
         raise ValueError(f"no task {task_id!r} in sweep {spec.name!r} (its tasks: {[t.id for t in spec.tasks]})")
+    return task
+
+
+def task_data(spec: SweepSpec, task_id: str) -> tuple[TaskSpec, dict, Any]:
+    """Returns (task, {split: examples}, tokenizer) for `task_id` of the sweep branch `spec`."""
+    task = task_of(spec, task_id)
     splits, tok = _data(task.model_dump_json(), spec.model.name)
     return task, splits, tok
 

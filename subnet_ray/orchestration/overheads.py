@@ -344,7 +344,7 @@ def _side_by_side_trial(config: dict) -> None:
     """One Tune trial of side_by_side: the probe's work, its phases started together with the other trials'."""
     from ray import tune
 
-    from ..calibration import _probe_work
+    from ..calibration import probe_work
     from .workers import use_cpus
 
     use_cpus(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
@@ -364,7 +364,7 @@ def _side_by_side_trial(config: dict) -> None:
         return i < k  # the first k time it, the others wait for the next phase
 
     try:
-        out = _probe_work(json.loads(config["job"]), together)
+        out = probe_work(json.loads(config["job"]), together)
     except Exception as e:  # noqa: BLE001 - reported to the driver, which raises it
         (sync / "abort").touch()
         out = {"error": f"{type(e).__name__}: {e}"}
