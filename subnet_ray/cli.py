@@ -147,6 +147,7 @@ def _existing_store(root: str):
 
 
 def cmd_status(args) -> int:
+    from .influence.engines import stale
     from .lease import held
 
     spec, nodes = _load(args.sweep)
@@ -159,8 +160,9 @@ def cmd_status(args) -> int:
             notes[n.key] = [f"being computed by {holder}"] if holder else []
             continue
         problems = store.check(n.key, "all" if args.verify else "small")
-        states[n.key] = "legacy" if problems is None else "damaged" if problems else "done"
-        notes[n.key] = problems or []
+        why = stale(store, n)
+        states[n.key] = "stale" if why else "legacy" if problems is None else "damaged" if problems else "done"
+        notes[n.key] = [why] if why else problems or []
     ok = sum(s in ("done", "legacy") for s in states.values())
     where = store.uri if store is not None else f"{_root(args)} (no store there yet)"
     how = "sizes and every SHA-256" if args.verify else "sizes, and SHA-256 of files up to 4 MiB"
@@ -173,11 +175,14 @@ def cmd_status(args) -> int:
         for note in notes[n.key]:
             print(f"      {n.key}: {note}")
     damaged = [k for k, s in states.items() if s == "damaged"]
+    n_stale = sum(s == "stale" for s in states.values())
     if any(s == "legacy" for s in states.values()):
         print("  legacy: published before manifests, not checked")
     if damaged:
         print(f"{len(damaged)} damaged stage output(s): `subnet-ray run` moves them aside and recomputes them")
-    return 1 if damaged else 0
+    if n_stale:
+        print(f"{n_stale} stale stage output(s), not to be used: `subnet-ray run` moves them aside and recomputes them")
+    return 1 if damaged or n_stale else 0
 
 
 def cmd_report(args) -> int:

@@ -27,6 +27,7 @@ from .data import load_examples, num_labels, tokenizer_for
 from .graph import Node, Stage, branch_of, influence_precision
 from .influence.pipeline import Job, influence_jobs
 from .influence.pipeline import influence as influence_local
+from .influence.engines import write_engine
 from .lease import lease
 from .models import build_model, load_checkpoint
 from .pretrain import corpus, load_pretrained, pretrain
@@ -256,6 +257,7 @@ def _influence(job: _Job, influence_fn: InfluenceFn = influence_local, on_step=N
     topk = influence_fn(make, ckpts, data["train"], test, tok, inf_spec, masks_f, spec.training.max_length,
                         spec.training.device, **progress)
     topk.to_parquet(out / TOPK, index=False)
+    write_engine(out, "single-process")
     rows = []
     for ckpt in ckpts:
         epoch = load_checkpoint(model, ckpt).get("epoch", int(ckpt.name.split("_")[1]))
@@ -273,7 +275,8 @@ def influence_groups(nodes: list[Node]) -> list[list[Node]]:
 
 
 def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait: Callable[[str], None] = _say,
-                      on_step: Callable[[int, int], None] | None = None, engine: Callable[..., dict] = influence_jobs) -> list[str]:
+                      on_step: Callable[[int, int], None] | None = None, engine: Callable[..., dict] = influence_jobs,
+                      engine_name: str = "single-process") -> list[str]:
     """Returns the keys computed: the missing ones of `nodes`, influence nodes of one fine-tuned model and branch, computed together.
 
     What `execute` does for each node (lease, partial folder, publish, ledger), but with one model
@@ -281,7 +284,8 @@ def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait:
     each node's output is the same as `execute` gives it, and is published under its own key as soon
     as its table is complete. Leases are taken in key order, so two invocations cannot deadlock.
     engine: pipeline.influence_jobs (this process), or one of its signature such as
-    orchestration.influence_ray.influence_ray_jobs (given the model's factory, so workers build their own).
+    orchestration.influence_ray.influence_ray_jobs (given the model's factory, so workers build their own);
+    engine_name: its name in influence.engines.ENGINE_VERSION, recorded in each output.
     """
     if any(n.stage != Stage.INFLUENCE for n in nodes) or len(influence_groups(nodes)) > 1:
         raise ValueError(f"execute_influence: the nodes must be influence nodes of one fine-tuned model and branch, got {[n.trial for n in nodes]}")
@@ -321,6 +325,7 @@ def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait:
             out = store.partial(key)
             topk.to_parquet(out / TOPK, index=False)
             pd.DataFrame(rows[key]).to_parquet(out / PREDICTIONS, index=False)
+            write_engine(out, engine_name)
             now = time.perf_counter()
             _publish(store, by_key[key], now - since[0])
             since[0] = now

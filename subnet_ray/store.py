@@ -107,6 +107,15 @@ class Store:
                 problems.append(f"{rel}: {found[rel]} bytes, the manifest says {want['size']}")
         return problems
 
+    def read_text(self, key: str, name: str) -> str | None:
+        """Returns the text of file `name` of the finished `key` (None if it has no such file), without downloading the rest."""
+        try:
+            if self.remote:
+                return self.fs.cat_file(f"{self._remote(key)}/{name}").decode()
+            return (self.inside(_checked_key(key)) / name).read_text()
+        except FileNotFoundError:
+            return None
+
     def path(self, key: str, hashes: str = "none") -> Path:
         """Returns a local folder holding the finished `key` (downloaded once if the root is remote),
         checked against its manifest: sizes, and SHA-256 of the files `hashes` says (none | small | all).
@@ -136,7 +145,7 @@ class Store:
         self._verified[key] = (stamp, level)
 
     def set_aside(self, key: str, problems: list[str]) -> str:
-        """Returns where the damaged `key` was moved (under _damaged/, with a note of its problems), so it is
+        """Returns where the damaged (or stale) `key` was moved (under _damaged/, with a note of its problems), so it is
         missing for every reader and recomputed by the next run."""
         stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{uuid.uuid4().hex[:6]}"
         note = "\n".join(problems) + "\n"

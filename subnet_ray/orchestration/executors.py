@@ -76,7 +76,7 @@ class RayDataInfluence:
 
         for trial_nodes in tqdm(list(plan.values()), desc=label, disable=not self.tune.progress):
             for group in influence_groups(trial_nodes):  # one actor pool per model, not per variant
-                execute_influence(group, self.tune.spec, self.tune.store, engine=influence_ray_jobs)
+                execute_influence(group, self.tune.spec, self.tune.store, engine=influence_ray_jobs, engine_name="ray-data")
 
 
 def make_executor(kind: str, spec: SweepSpec, store: Store, root: str, trials, progress: bool) -> Executor:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from ..config import SweepSpec, branches
 from ..graph import Node, Stage, graph
+from ..influence.engines import stale
 from ..lease import file_lock, held, lease
 from ..stages import task_data
 from ..store import Store, store_for
@@ -118,12 +119,12 @@ def save_sweep(spec: SweepSpec, root) -> Path | None:
 
 
 def verify_store(store: Store, nodes: list[Node], inputs: bool = True, say=_say) -> list[str]:
-    """Returns the keys of damaged outputs found and moved aside (so they count as missing and are recomputed).
+    """Returns the keys of damaged or stale outputs found and moved aside (so they count as missing and are recomputed).
 
     Every finished node is checked against its manifest: sizes, and hashes of small files (masks, JSON,
     tables); with `inputs`, every hash of the finished inputs of nodes still to compute (the
     checkpoints and masks this invocation will load). Outputs without a manifest (legacy) are
-    used unchecked, and said so once.
+    used unchecked, and said so once; stale influence outputs (stages.stale) are moved aside too.
     """
     damaged, level, legacy = [], {}, []
     while True:
@@ -136,7 +137,13 @@ def verify_store(store: Store, nodes: list[Node], inputs: bool = True, say=_say)
                 continue
             problems = store.check(n.key, need)
             level[n.key] = need
-            if problems is None:
+            why = stale(store, n)
+            if why is not None:
+                where = store.set_aside(n.key, [why])
+                say(f"stale stage output {n.key} ({n.stage}, {n.trial}): {why}; moved aside to {where}, recomputing it")
+                damaged.append(n.key)
+                found = True
+            elif problems is None:
                 legacy.append(n.key)
             elif problems:
                 where = store.set_aside(n.key, problems)
