@@ -85,7 +85,7 @@ def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = 
     verify_store(store, graph(spec), inputs=False)  # a damaged output is moved aside: missing, never read
     for values, b in branches(spec):
         nodes = graph(b)  # this branch's own nodes, including those it shares with other branches
-        by_seed, folder = {}, None
+        by_seed, folder, branch_runs = {}, None, {}
         for seed in b.training.seeds:
             results = collect(store, b, nodes, seed)
             if collected is not None:
@@ -96,11 +96,12 @@ def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = 
             mine = {n.trial for n in nodes if n.params.seed == seed}
             prov = provenance(spec, b, values, seed, {t: r for t, r in (runs or {}).items() if t in mine})
             build_report(results, folder, spec.name, provenance=prov)
+            branch_runs |= prov["mlflow_runs"]
             out.append(folder)
             by_seed[seed] = results
         if len(by_seed) >= 2:
             pooled = folder.with_name(folder.name.rsplit("-seed", 1)[0] + "-seeds")
-            build_seeds_report(by_seed, pooled, spec.name, provenance=prov | {"seed": ", ".join(map(str, by_seed)), "mlflow_runs": {}})
+            build_seeds_report(by_seed, pooled, spec.name, provenance=prov | {"seed": ", ".join(map(str, by_seed)), "mlflow_runs": branch_runs})
             out.append(pooled)
     return out
 
