@@ -199,7 +199,7 @@ def _finetune(job: _Job, on_epoch=None, progress: bool = True, on_step=None, **_
         masks = {l: m.float() for l, m in load_masks(job.store, p.masks, job.task.languages, shape).items()}
     history = finetune(model, job.data["train"], job.data["dev"], job.tok, job.spec.training, job.out, p.seed,
                        masks=masks, on_epoch=on_epoch, progress=progress, on_step=on_step)
-    (job.out / HISTORY).write_text(json.dumps(history, indent=2))
+    (job.out / HISTORY).write_text(json.dumps(history, indent=2, sort_keys=True))  # a resumed run reads its first epochs back sorted
 
 
 def _subnetworks(job: _Job, on_step=None, **_) -> None:
