@@ -533,7 +533,12 @@ def test_verdicts_follow_the_intervals_not_the_point_values():
     # one language whose interval includes 0: inconclusive; one below 0: contradicted, whatever the others say
     eff["subnet_in_language_change_ci"]["e"] = [-0.1, 3.7]
     assert paper_verdicts(eff, 5)[0]["subnet_raises_in_language"] == "inconclusive"
-    eff["subnet_in_language_change_ci"]["e"] = [-3.0, -0.1]
+    eff["subnet_in_language_change_ci"]["e"] = [None, None]  # one test example: no interval, the claim is not shown for e
+    assert paper_verdicts(eff, 5)[0]["subnet_raises_in_language"] == "inconclusive"
+    assert paper_verdicts(eff, 5)[1]["subnet_raises_in_language"]["e"]["verdict"] is None
+    eff["subnet_in_language_change_ci"] = {l: [None, None] for l in "abcde"}
+    assert paper_verdicts(eff, 5)[0]["subnet_raises_in_language"] is None
+    eff["subnet_in_language_change_ci"] = {l: [0.2, 3.4] for l in "abcd"} | {"e": [-3.0, -0.1]}
     assert paper_verdicts(eff, 5)[0]["subnet_raises_in_language"] == "contradicted"
     # Fig 11's bound is the paper's chance level 100/K: 4 training languages -> 25
     shares = {"full_in_language_pos": {"a": 30.0, "b": 28.0}, "full_in_language_pos_ci": {"a": [25.5, 34.5], "b": [24.0, 32.0]}}

@@ -2,7 +2,8 @@
 
 Each finding is `holds` (the paper's direction, its interval clear of 0 or of the paper's own
 bound), `inconclusive` (the interval includes it), `contradicted` (the opposite direction, the
-interval clear of it), or None (`null` in JSON: not measured). The only bounds are 0 and the
+interval clear of it), or None (`null` in JSON: not measured, or the interval undefined: one test
+example, fewer than 4 pairs). The only bounds are 0 and the
 paper's chance level (100/K of K training languages, Fig 11); no effect size is required that
 the paper does not state.
 
@@ -31,7 +32,8 @@ RULES = {
     "similarity_tracks_influence": "Fig 8: holds if the Pearson r of mask cosine similarity with positive cross-language share "
                                    "has its 95% interval above 0; contradicted if below 0; else inconclusive.",
 }
-NULL_RULE = "null: not measured (the sweep lacks the variants or languages the figure needs)."
+NULL_RULE = ("null: not measured (the sweep lacks the variants or languages the figure needs) or its interval is undefined "
+             "(fewer than 2 test examples, fewer than 4 pairs).")
 
 
 def _finite(*values) -> bool:
@@ -55,12 +57,14 @@ def below(a: list | None, b: list | None) -> str | None:
 
 
 def every(verdicts: Iterable[str | None]) -> str | None:
-    """Returns the verdict on a claim made for every language: holds if it holds for all measured, contradicted
-    if for any, else inconclusive; None if none is measured."""
+    """Returns the verdict on a claim made for every language: holds if it holds for each, contradicted if for any,
+    else inconclusive (also when some language has no interval: the claim is not shown for it); None if no
+    language has one."""
+    verdicts = list(verdicts)
     got = [v for v in verdicts if v is not None]
     if not got:
         return None
-    return CONTRADICTED if CONTRADICTED in got else HOLDS if all(v == HOLDS for v in got) else INCONCLUSIVE
+    return CONTRADICTED if CONTRADICTED in got else HOLDS if all(v == HOLDS for v in verdicts) else INCONCLUSIVE
 
 
 def paper_verdicts(effects: dict, n_languages: int) -> tuple[dict[str, str | None], dict[str, dict]]:
