@@ -32,7 +32,7 @@ RULES = {
     "similarity_tracks_influence": "Fig 8: holds if the Pearson r of mask cosine similarity with positive cross-language share "
                                    "has its 95% interval above 0; contradicted if below 0; else inconclusive.",
 }
-NULL_RULE = ("null: not measured (the sweep lacks the variants or languages the figure needs) or its interval is undefined "
+NULL_RULE = ("not measured (the sweep lacks the variants or languages the figure needs), or its interval is undefined "
              "(fewer than 2 test examples, fewer than 4 pairs).")
 
 
