@@ -52,7 +52,7 @@ def main() -> None:
             for task, effects in summary["effects"].items():
                 print(json.dumps({"benchmark": "demo_properties", "seed": seed, **effects}), flush=True)
                 for name, ok in effects["checks"].items():
-                    held[name] = held.get(name, 0) + bool(ok)
+                    held[name] = held.get(name, 0) + (ok == "holds")
         for folder in [f for f in run.reports if f.name.endswith("-seeds")]:
             pooled = json.loads((folder / "summary.json").read_text())
             for task, comps in pooled["comparisons"].items():
@@ -65,6 +65,7 @@ def main() -> None:
                 random = next((k for k in comps if k.startswith("full+random")), None)
                 if random:
                     line["random_in_language_change"] = _with_ci(comps[random], "in_language_pos_change")
+                line["verdicts"] = pooled["effects"][task]["checks"]
                 print(json.dumps(line), flush=True)
     print(json.dumps({"benchmark": "demo_properties_summary", "sweep": spec.name, "seeds": seeds, "wall_s": round(wall, 1),
                       "waves_s": {k: round(v, 1) for k, v in run.seconds.items()},

@@ -309,8 +309,9 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
         seconds = cal.build + cal.load + sum(  # mask_io: about the cost of saving the language's mask
             len(v) * cal.encode_example + (1 + steps) * per_pass[lang] + cal.mask_io for lang, v in dev.items())
         return StageCost(node.key, "subnetworks", seconds, cal.peak_sketch_bytes or 2 * model_bytes)
-    if node.stage == "random_masks":
-        return StageCost(node.key, "random_masks", len(dev) * cal.mask_io, 0)
+    if node.stage == "random_masks":  # loads the full model and scores each language's dev data under its random mask
+        seconds = cal.build + cal.load + sum(len(v) * cal.eval_example[tr.batch_size] + cal.mask_io for v in dev.values())
+        return StageCost(node.key, "random_masks", seconds, 2 * model_bytes)
     raise ValueError(f"stage {node.stage}: influence nodes are costed together per fine-tuned model (_influence_costs)")
 
 

@@ -168,9 +168,10 @@ def graph(spec: SweepSpec, random_seeds: list[int] | None = None) -> list[Node]:
                 rnd = {}
                 for rs in rseeds:
                     # "draw" names how masks are drawn (one stream per language), so stores holding masks
-                    # drawn the old way (one permutation shared by all languages) are not reused
-                    rnd[rs] = add(Node(Store.key("random_masks", {"random_seed": rs, "draw": "per-language"}, [sub.key]),
-                                       Stage.RANDOM_MASKS, full_trial, 1, (sub.key,), RandomMaskParams(**common, random_seed=rs)))
+                    # drawn the old way (one permutation shared by all languages) are not reused; the full
+                    # model is an input because each random mask records its own dev accuracy on it
+                    rnd[rs] = add(Node(Store.key("random_masks", {"random_seed": rs, "draw": "per-language"}, [sub.key, full.key]),
+                                       Stage.RANDOM_MASKS, full_trial, 1, (sub.key, full.key), RandomMaskParams(**common, random_seed=rs)))
                 if "sft" in b.methods:
                     cfg = {**ft_cfg, "method": "sft"}
                     models["sft"] = add(Node(Store.key("finetune", cfg, [sub.key]), Stage.FINETUNE,

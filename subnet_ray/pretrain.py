@@ -109,7 +109,7 @@ def pretrain(tiny: TinySpec, tokenizer, texts: list[str], cfg: PretrainSpec, max
         history.append({"epoch": epoch, "mlm_loss": float(np.mean(losses)), "sentences": len(texts)})
     encoder = {k.removeprefix("bert."): v.detach().contiguous().cpu() for k, v in model.state_dict().items() if k.startswith("bert.")}
     save_file(encoder, str(out / ENCODER))
-    (out / HISTORY).write_text(json.dumps(history, indent=2))
+    (out / HISTORY).write_text(json.dumps(history, indent=2, sort_keys=True))
     return history
 
 

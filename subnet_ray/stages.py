@@ -200,7 +200,7 @@ def _finetune(job: _Job, on_epoch=None, progress: bool = True, on_step=None, **_
         masks = {l: m.float() for l, m in load_masks(job.store, p.masks, job.task.languages, shape).items()}
     history = finetune(model, job.data["train"], job.data["dev"], job.tok, job.spec.training, job.out, p.seed,
                        masks=masks, on_epoch=on_epoch, progress=progress, on_step=on_step)
-    (job.out / HISTORY).write_text(json.dumps(history, indent=2))
+    (job.out / HISTORY).write_text(json.dumps(history, indent=2, sort_keys=True))  # a resumed run reads its first epochs back sorted
 
 
 def _subnetworks(job: _Job, on_step=None, **_) -> None:
@@ -217,12 +217,29 @@ def _subnetworks(job: _Job, on_step=None, **_) -> None:
     curve_frame(subs).to_csv(job.out / "pruning_curves.csv", index=False)
 
 
+RANDOM_MADE_BY = ("the source mask's enabled heads moved to heads drawn uniformly at random (same number on), "
+                  "one draw per language from (random_seed, task, language)")
+
+
 def _random_masks(job: _Job, **_) -> None:
-    rs, src = job.node.params.random_seed, job.store.path(job.node.inputs[0], hashes="all")
+    """Each language's identified mask shuffled, with its own dev accuracy on the fine-tuned model (inputs: the
+    subnetworks and that model): a random mask's metadata describes the random mask, its source's goes under `source`."""
+    spec, (sub_key, model_key) = job.spec, job.node.inputs
+    rs, src = job.node.params.random_seed, job.store.path(sub_key, hashes="all")
+    model = job.make()
+    load_checkpoint(model, checkpoints(job.store.path(model_key, hashes="all"))[-1])
+    dev = by_language(job.data["dev"])
     for lang in job.task.languages:
         mask, meta = load_mask(_child(src, lang))
-        save_mask(_child(job.out, lang), random_mask(mask, rs, job.task.id, lang),
-                  meta.model_dump() | {"kind": "random", "random_seed": rs, "source": job.node.inputs[0]})
+        shuffled = random_mask(mask, rs, job.task.id, lang)
+        acc = evaluate(model, dev[lang], job.tok, spec.training.max_length, spec.training.batch_size, shuffled,
+                       spec.training.device, spec.training.precision)["accuracy"]
+        source = {"key": sub_key, "kind": meta.kind, "masked_accuracy": meta.masked_accuracy, "heads_enabled": int(mask.sum()),
+                  "threshold": meta.threshold, "step_fraction": meta.step_fraction}
+        save_mask(_child(job.out, lang), shuffled, {
+            "task": job.task.id, "language": lang, "seed": job.node.params.seed, "checkpoint": model_key,
+            "full_accuracy": meta.full_accuracy, "masked_accuracy": acc, "kind": "random", "random_seed": rs,
+            "made_by": RANDOM_MADE_BY, "source": source})
 
 
 def _influence_inputs(node: Node, spec: SweepSpec, store: Store, data: dict, shape: tuple[int, int]) -> tuple[list, dict, list[Path], InfluenceSpec]:

@@ -197,7 +197,7 @@ def _save_resume(directory: Path, optimizer: torch.optim.Optimizer, names: dict,
     tmp.mkdir(parents=True, exist_ok=True)
     save_file(tensors, str(tmp / "optimizer.safetensors"))
     scale = scaler.state_dict() if scaler is not None and scaler.is_enabled() else None
-    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "step": step, "scaler": scale}))
+    (tmp / "state.json").write_text(json.dumps({"epoch": epoch, "step": step, "scaler": scale}, sort_keys=True))
     shutil.rmtree(directory / RESUME, ignore_errors=True)
     tmp.rename(directory / RESUME)
 

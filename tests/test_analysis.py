@@ -477,40 +477,83 @@ def test_pruning_figure_states_the_sweeps_threshold_not_the_papers(tmp_path):
     caption = w.records[0].caption
     assert "25% of all heads at a time" in caption and "at or above 90% of the full model" in caption
     assert "95%" not in caption.split("(Section 3.1")[0]
-def test_summary_effects_are_the_figures_numbers(report):
+def _diag_ci(csv: pd.DataFrame, sign: str = "most positive") -> dict:
+    """Returns {test language: low, high} of a figure CSV's in-language cells, flat for pytest.approx."""
+    d = csv[(csv["sign"] == sign) & (csv["test_language"] == csv["train_language"])]
+    return {f"{lang} {end}": v for lang, lo, hi in zip(d["test_language"], d["ci_low"], d["ci_high"])
+            for end, v in (("low", lo), ("high", hi))}
+
+
+def _flat(cis: dict) -> dict:
+    return {f"{lang} {end}": v for lang, (lo, hi) in cis.items() for end, v in (("low", lo), ("high", hi))}
+
+
+def test_summary_effects_are_the_figures_numbers_and_intervals(report):
     t, out, summary, _ = report
     eff = summary["effects"]["toy"]
     assert eff["heads_kept"] == pytest.approx({lang: float(m.mean()) for lang, m in t.masks.items()}, abs=1e-4)
     fig11 = pd.read_csv(out / "fig11_toy_full_shares.csv")
     diag = fig11[(fig11["sign"] == "most positive") & (fig11["test_language"] == fig11["train_language"])]
     assert eff["full_in_language_pos"] == pytest.approx(dict(zip(diag["test_language"], diag["share_pct"])), abs=1e-4)
-    fig2 = summary["comparisons"]["toy"]["full+subnet vs full"]["in_language_pos_change"]
-    assert eff["subnet_in_language_change"] == pytest.approx(fig2, abs=1e-4)
+    # the verdicts' intervals are the very intervals the figures plot and their CSVs hold
+    assert _flat(eff["full_in_language_pos_ci"]) == pytest.approx(_diag_ci(fig11), abs=1e-6)
+    fig2 = summary["comparisons"]["toy"]["full+subnet vs full"]
+    assert eff["subnet_in_language_change"] == pytest.approx(fig2["in_language_pos_change"], abs=1e-4)
+    assert eff["subnet_in_language_change_ci"] == fig2["in_language_pos_change_ci"]
+    assert _flat(eff["subnet_in_language_change_ci"]) == pytest.approx(_diag_ci(pd.read_csv(out / "fig02_toy_subnet_vs_full.csv")), abs=1e-6)
+    random = next(v for k, v in summary["comparisons"]["toy"].items() if k.startswith("full+random (mean of"))
     for lang, r in eff["random_in_language_change"].items():
         seeds = {name: summary["comparisons"]["toy"][f"{name} vs full"]["in_language_pos_change"][lang] for name in r["per_seed"]}
         assert r["per_seed"] == pytest.approx(seeds, abs=1e-4) and r["mean"] == pytest.approx(np.mean(list(seeds.values())), abs=1e-4)
         assert r["subnet"] == eff["subnet_in_language_change"][lang]
+        assert r["mean_ci"] == random["in_language_pos_change_ci"][lang] and r["subnet_ci"] == fig2["in_language_pos_change_ci"][lang]
     fig08 = next(x for x in summary["correlations"] if x["figure"] == "fig08")
     assert eff["similarity_vs_positive_share"]["pearson_r"] == pytest.approx(fig08["pearson_r"])
-    assert set(eff["checks"]) == {"full_cross_language", "heads_kept", "subnet_raises_in_language",
-                                  "random_below_subnet", "similarity_tracks_influence"}
+    assert eff["similarity_vs_positive_share"]["pearson_ci"] == pytest.approx(fig08["pearson_ci"])
+    assert set(eff["checks"]) == {"full_cross_language", "subnet_raises_in_language", "random_below_subnet",
+                                  "similarity_tracks_influence"}
+    assert set(eff["checks"].values()) <= {"holds", "inconclusive", "contradicted", None}
+    assert set(summary["verdict_rules"]) == set(eff["checks"]) | {"null"}
+    html = (out / "report.html").read_text()
+    for rule in summary["verdict_rules"].values():  # each rule stated, in one line
+        assert "\n" not in rule and re.sub(r"\s+", " ", rule) in html.replace("&#x27;", "'")
 
 
-def test_effect_checks_follow_the_papers_targets():
-    from subnet_ray.analysis.effects import effect_checks
+def test_verdicts_follow_the_intervals_not_the_point_values():
+    from subnet_ray.analysis.verdicts import paper_verdicts
 
-    good = {"full_in_language_pos": {"a": 26.0, "b": 69.0, "c": 40.0, "d": 30.0}, "heads_kept": {"a": 0.25, "b": 0.75},
-            "subnet_in_language_change": {"a": 5.0, "b": 3.0, "c": 1.0, "d": -0.5},
-            "random_in_language_change": {"a": {"per_seed": {}, "mean": 4.9, "subnet": 5.0}},
-            "similarity_vs_positive_share": {"pearson_r": 0.1}}
-    assert set(effect_checks(good).values()) == {True}
-    bad = {"full_in_language_pos": {"a": 24.9, "b": 40.0, "c": 40.0, "d": 40.0}, "heads_kept": {"a": 0.24, "b": 0.5},
-           "subnet_in_language_change": {"a": 9.0, "b": 3.0, "c": -1.0, "d": -0.5},  # mean +2.6 but 2 of 4 fall
-           "random_in_language_change": {"a": {"per_seed": {}, "mean": 5.0, "subnet": 5.0}},
-           "similarity_vs_positive_share": {"pearson_r": -0.1}}
-    assert set(effect_checks(bad).values()) == {False}
-    assert effect_checks({"subnet_in_language_change": {"a": 1.9, "b": 2.0}})["subnet_raises_in_language"] is False
-    assert set(effect_checks({}).values()) == {None}
+    # the issue's two cases: r = 0.03 in [-0.55, 0.59] was "true"; five rises with mean +1.8 were "false"
+    eff = {"similarity_vs_positive_share": {"variant": "full+subnet", "pearson_r": 0.03, "pearson_ci": [-0.55, 0.59], "n": 12},
+           "subnet_in_language_change": {l: 1.8 for l in "abcde"},
+           "subnet_in_language_change_ci": {l: [0.2, 3.4] for l in "abcde"}}
+    checks, evidence = paper_verdicts(eff, 5)
+    assert checks["similarity_tracks_influence"] == "inconclusive" and checks["subnet_raises_in_language"] == "holds"
+    assert evidence["subnet_raises_in_language"]["c"] == {"value": 1.8, "ci": [0.2, 3.4], "bound": 0.0, "verdict": "holds"}
+    assert checks["full_cross_language"] is None and checks["random_below_subnet"] is None  # not measured: null
+    # one language whose interval includes 0: inconclusive; one below 0: contradicted, whatever the others say
+    eff["subnet_in_language_change_ci"]["e"] = [-0.1, 3.7]
+    assert paper_verdicts(eff, 5)[0]["subnet_raises_in_language"] == "inconclusive"
+    eff["subnet_in_language_change_ci"]["e"] = [None, None]  # one test example: no interval, the claim is not shown for e
+    assert paper_verdicts(eff, 5)[0]["subnet_raises_in_language"] == "inconclusive"
+    assert paper_verdicts(eff, 5)[1]["subnet_raises_in_language"]["e"]["verdict"] is None
+    eff["subnet_in_language_change_ci"] = {l: [None, None] for l in "abcde"}
+    assert paper_verdicts(eff, 5)[0]["subnet_raises_in_language"] is None
+    eff["subnet_in_language_change_ci"] = {l: [0.2, 3.4] for l in "abcd"} | {"e": [-3.0, -0.1]}
+    assert paper_verdicts(eff, 5)[0]["subnet_raises_in_language"] == "contradicted"
+    # Fig 11's bound is the paper's chance level 100/K: 4 training languages -> 25
+    shares = {"full_in_language_pos": {"a": 30.0, "b": 28.0}, "full_in_language_pos_ci": {"a": [25.5, 34.5], "b": [24.0, 32.0]}}
+    assert paper_verdicts(shares, 4)[0]["full_cross_language"] == "inconclusive"
+    assert paper_verdicts(shares, 5)[0]["full_cross_language"] == "holds"  # chance 20
+    shares["full_in_language_pos_ci"]["b"] = [10.0, 24.9]
+    assert paper_verdicts(shares, 4)[0]["full_cross_language"] == "contradicted"
+    # Fig 3: the random masks' interval wholly below the own subnetwork's, overlapping, wholly above
+    r = {"per_seed": {}, "mean": 0.1, "subnet": 4.0}
+    for random_ci, expect in (([-1.0, 1.2], "holds"), ([-1.0, 2.5], "inconclusive"), ([5.5, 7.0], "contradicted")):
+        got = paper_verdicts({"random_in_language_change": {"a": r | {"mean_ci": random_ci, "subnet_ci": [2.0, 5.0]}}}, 3)[0]
+        assert got["random_below_subnet"] == expect, random_ci
+    for ci, expect in (([0.01, 0.5], "holds"), ([-0.5, -0.01], "contradicted"), ([None, None], None)):
+        got = paper_verdicts({"similarity_vs_positive_share": {"variant": "v", "pearson_r": 0.2, "pearson_ci": ci, "n": 3}}, 3)[0]
+        assert got["similarity_tracks_influence"] == expect
 
 
 def toy_seed(full, sub):
@@ -552,9 +595,17 @@ def test_pooled_report_averages_training_seeds_and_its_interval_carries_their_sp
     half = stats.t.ppf(0.975, 1) * np.std([20, 10], ddof=1) / np.sqrt(2)  # two seeds: t with 1 df, ~ +-63.5
     assert lo == pytest.approx(15 - half) and hi == pytest.approx(15 + half)
     assert agree["effects_per_seed"]["toy"]["1"]["subnet_in_language_change"]["a"] == pytest.approx(20)
-    assert agree["seeds_holding"]["toy"]["subnet_raises_in_language"] == 2
+    assert agree["seeds_holding"]["toy"]["subnet_raises_in_language"] == 2  # each seed alone: +20 and +10, clear of 0
+    # pooled, the verdict follows the pooled interval (15 +- 63.5 includes 0), not the seeds' count
+    pooled = agree["effects"]["toy"]
+    assert pooled["subnet_in_language_change_ci"]["a"] == pytest.approx([lo, hi], abs=1e-6)
+    assert pooled["checks"]["subnet_raises_in_language"] == "inconclusive"
+    assert summary["effects"]["toy"]["checks"]["subnet_raises_in_language"] == "inconclusive"
+    assert summary["seeds_holding"]["toy"]["subnet_raises_in_language"] == 1  # +20 holds, -20 contradicted
+    assert [e["checks"]["subnet_raises_in_language"] for e in summary["effects_per_seed"]["toy"].values()] == ["holds", "contradicted"]
     html = (tmp_path / "agree" / "report.html").read_text()
     assert "seeds holding" in html and "2/2" in html and "fig02_toy_subnet_vs_full" in html
+    assert "seeds pooled" in html and "a +15.00 [" in html and "inconclusive" in html
     with pytest.raises(ValueError, match="at least two training seeds"):
         build_seeds_report({1: [up]}, tmp_path / "one", "toy")
 

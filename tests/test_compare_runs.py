@@ -204,3 +204,30 @@ def test_compare_two_sweeps_in_all_formats(world, tmp_path, capsys):
     assert "gridsmoke" not in capsys.readouterr().out
     assert main(["compare", str(root), "nosuch"]) == 2
     assert "sweep 'nosuch'" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_child_runs_carry_their_reports_correlations_and_verdicts(world):
+    """After the sweep, each branch's child runs hold its report's correlations (of the variants their model scores)
+    and its verdicts, under the names the README lists, read back from the SQLite store."""
+    from subnet_ray.analysis.headline import correlation_key, model_of, verdict_model
+
+    root = world["root"] if world["root"].exists() else world["base"] / "elsewhere" / "root"
+    runs = {r.info.run_name: r.data for r in world["after_random"].values()}
+    for lr in LRS:
+        summary = json.loads((root / "reports" / "gridsmoke" / f"lr{lr}-seed1" / "summary.json").read_text())
+        model_run = {"full": runs[f"lr={lr} full s1"], "sft": runs[f"lr={lr} sft s1"],
+                     **{f"random-sft:{r}": runs[f"lr={lr} rsft s1 r{r}"] for r in (1, 2)}}
+        assert summary["correlations"]
+        for c in summary["correlations"]:
+            run, key = model_run[model_of(c["variant"])], correlation_key(c)
+            assert run.metrics[f"{key}/n"] == c["n"], c
+            for m in ("pearson", "spearman"):  # smoke's are often undefined (constant accuracy): then not logged
+                if c[f"{m}_r"] is None:
+                    assert f"{key}/{m}_r" not in run.metrics, c
+                else:
+                    assert run.metrics[f"{key}/{m}_r"] == pytest.approx(c[f"{m}_r"]), c
+        effects = summary["effects"]["babel"]
+        for finding, verdict in effects["checks"].items():
+            run = model_run[verdict_model(finding, effects["evidence"].get(finding))]
+            assert run.tags[f"verdict/{finding}"] == (verdict or "null"), finding

@@ -139,3 +139,24 @@ def test_coverage_holds_when_runs_share_their_test_examples():
     got = bench.coverage("new", 3, 60, 0.0, "shared_baseline", reps=400)
     assert 0.93 <= got["coverage"] <= 0.98, got
     assert bench.coverage("t_runs", 3, 60, 0.0, "shared_baseline", reps=400)["coverage"] < 0.85
+
+
+def test_verdicts_are_right_at_their_stated_rates_on_planted_truth():
+    """benchmarks/verdict_rates.py's simulation, fewer repetitions: a zero correlation or change is called
+    inconclusive ~95% of the time, a real one holds, and a 5-language claim with no effect anywhere is falsely
+    contradicted at 1 - 0.975^5 (the rule documented in verdicts.py)."""
+    spec = importlib.util.spec_from_file_location("verdict_rates", BENCH.with_name("verdict_rates.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    null = bench.correlation_rates(0.0, 20, 1500)
+    assert 0.93 <= null["inconclusive"] <= 0.97 and abs(null["holds"] - null["contradicted"]) < 0.02
+    strong = bench.correlation_rates(0.6, 20, 600)
+    assert strong["holds"] > 0.78 and strong["contradicted"] == 0.0
+    assert bench.correlation_rates(-0.6, 20, 300)["contradicted"] > 0.75
+    one = bench.change_rates(0.0, 100, 1, 1500)
+    assert 0.93 <= one["inconclusive"] <= 0.97
+    five = bench.change_rates(0.0, 100, 5, 800)
+    assert five["holds"] == 0.0 and abs(five["contradicted"] - (1 - 0.975 ** 5)) < 0.04
+    assert bench.change_rates(5.0, 100, 5, 300)["holds"] > 0.95
+    pooled = bench.pooled_change_rates(0.0, 100, 3, 1000)
+    assert 0.93 <= pooled["inconclusive"] <= 0.975

@@ -210,3 +210,52 @@ def test_a_failed_live_write_warns_and_the_epoch_is_logged_after_the_waves(trial
     log.finish(store)
     run = log.run(node.trial)
     assert _history(tracker.client, run.run_id, "train_loss") == [(1, 0.6931), (2, 0.4107)]
+
+
+def _corr(figure, variant, r, task="babel", **ids):
+    """A report correlation as summary.json holds it (FigureWriter.correlation): Spearman's interval undefined."""
+    return {"figure": figure, "task": task, "what": "x vs y", "x": "x", "y": "y", "variant": variant, **ids, "pearson_r": r, "pearson_p": 0.01,
+            "spearman_r": r - 0.125, "spearman_p": 0.02, "n": 12, "pearson_ci": [r - 0.25, r + 0.125], "spearman_ci": [None, None]}
+
+
+def test_report_correlations_and_verdicts_land_on_the_run_of_their_model(trial_log, tmp_path):
+    log, tracker = trial_log
+    summary = {
+        "correlations": [_corr("fig07", "full", -0.5, split="test"), _corr("fig07", "full+subnet", -0.375),
+                         _corr("fig07", "sft+subnet", 0.25), _corr("fig08", "sft+subnet", 0.625),
+                         _corr("fig09", "sft+subnet", 0.125, layer=1), _corr("fig07", "full", 0.875, task="other")],
+        "effects": {"babel": {
+            "checks": {"full_cross_language": "holds", "subnet_raises_in_language": "inconclusive",
+                       "random_below_subnet": None, "similarity_tracks_influence": "contradicted"},
+            "evidence": {"similarity_tracks_influence": {"variant": "sft+subnet"}}}},
+    }
+    pooled = {"effects": {"babel": {
+        "checks": {"subnet_raises_in_language": "holds", "similarity_tracks_influence": "inconclusive"},
+        "evidence": {"similarity_tracks_influence": {"variant": "sft+subnet"}},
+        "similarity_vs_positive_share": {"variant": "sft+subnet", "pearson_r": 0.375, "pearson_p": 0.5, "pearson_ci": [-0.5, 0.875],
+                                         "spearman_r": 0.25, "spearman_p": 0.625, "spearman_ci": [-0.75, 0.875], "n": 24, "seeds": 2}}}}
+    log.finish(store_for(tmp_path / "root"), {}, {("", 1): summary, ("", "pooled"): pooled})
+    client = tracker.client  # read back from the SQLite store
+    runs = {client.get_run(log.run(t).run_id).data.tags["method"]: client.get_run(log.run(t).run_id).data for t in log.by_trial}
+    full, sft = runs["full"], runs["sft"]
+    assert {k: v for k, v in full.metrics.items() if k.startswith("corr/")} == {
+        "corr/fig07/full/pearson_r": -0.5, "corr/fig07/full/pearson_p": 0.01, "corr/fig07/full/pearson_low": -0.75,
+        "corr/fig07/full/pearson_high": -0.375, "corr/fig07/full/spearman_r": -0.625, "corr/fig07/full/spearman_p": 0.02,
+        "corr/fig07/full/n": 12.0,  # Spearman's undefined interval is left out, the other task's correlation too
+        "corr/fig07/full_subnet/pearson_r": -0.375, "corr/fig07/full_subnet/pearson_p": 0.01,
+        "corr/fig07/full_subnet/pearson_low": -0.625, "corr/fig07/full_subnet/pearson_high": -0.25,
+        "corr/fig07/full_subnet/spearman_r": -0.5, "corr/fig07/full_subnet/spearman_p": 0.02, "corr/fig07/full_subnet/n": 12.0}
+    assert {k: v for k, v in sft.metrics.items() if k.endswith("pearson_r")} == {
+        "corr/fig07/sft_subnet/pearson_r": 0.25, "corr/fig08/sft_subnet/pearson_r": 0.625, "corr/fig09/sft_subnet/layer1/pearson_r": 0.125}
+    assert {k: v for k, v in full.tags.items() if k.startswith("verdict/")} == {
+        "verdict/full_cross_language": "holds", "verdict/subnet_raises_in_language": "inconclusive", "verdict/random_below_subnet": "null"}
+    assert {k: v for k, v in full.metrics.items() if k.startswith("verdict/")} == {
+        "verdict/full_cross_language": 1.0, "verdict/subnet_raises_in_language": 0.0}
+    # Fig 8 used the SFT model's subnetworks: its verdict is about the SFT run
+    assert sft.tags["verdict/similarity_tracks_influence"] == "contradicted" and sft.metrics["verdict/similarity_tracks_influence"] == -1.0
+    parent = client.get_run(tracker.parent.run_id).data
+    assert parent.metrics["pooled/babel/corr/fig08/sft_subnet/pearson_r"] == 0.375
+    assert parent.metrics["pooled/babel/corr/fig08/sft_subnet/spearman_low"] == -0.75
+    assert parent.tags["pooled/babel/verdict/subnet_raises_in_language"] == "holds"
+    assert parent.metrics["pooled/babel/verdict/similarity_tracks_influence"] == 0.0
+    assert not [k for k in full.metrics if k.startswith("pooled/")]

@@ -90,6 +90,9 @@ def test_headline_columns_come_first_in_order():
     cols = view_state(["xa", "xb"], ["training.lr"])["selectedColumns"]
     assert cols == ["params.`method`", "params.`seed`", "params.`random_seed`", "params.`grid.training.lr`",
                     "metrics.`test_accuracy_mean`", "metrics.`test_accuracy/xa`", "metrics.`test_accuracy/xb`",
+                    # the headline correlations beside accuracy (names: analysis/headline.correlation_metrics)
+                    "metrics.`corr/fig07/full/pearson_r`", "metrics.`corr/fig07/sft_subnet/pearson_r`",
+                    "metrics.`corr/fig08/sft_subnet/pearson_r`",
                     "metrics.`change_in_pos_mean`", "metrics.`change_in_pos/xa`", "metrics.`change_in_pos/xb`",
                     "metrics.`change_in_neg_mean`", "metrics.`heads_disabled/xa`", "metrics.`heads_disabled/xb`"]
     state = view_state(["xa", "xb"], ["training.lr"])
@@ -108,6 +111,13 @@ def test_headline_columns_come_first_in_order():
         {"mode": "param", "groupByData": "grid.training.lr"}]}
     assert grouped["searchFilter"] == "tags.`subnet_ray.role` = 'trial'" and state["searchFilter"] == ""
     assert "groupBy" not in state
+    # each headline correlation has a chart in both views; a sweep without SFT has Fig 8 of full+subnet
+    for view in (state, grouped):
+        assert {c.get("metricKey") for c in view["compareRunCharts"]} >= {
+            "corr/fig07/full/pearson_r", "corr/fig07/sft_subnet/pearson_r", "corr/fig08/sft_subnet/pearson_r"}
+    full_only = view_state(["xa"], [], methods=["full"])
+    corr = [c for c in full_only["selectedColumns"] if "corr/" in c]
+    assert corr == ["metrics.`corr/fig07/full/pearson_r`", "metrics.`corr/fig08/full_subnet/pearson_r`"]
 
 
 def test_each_invocation_rewrites_the_view_and_ui_names_it(tmp_path, capsys):

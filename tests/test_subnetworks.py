@@ -480,3 +480,49 @@ def test_babel_masks_do_not_follow_families_nothing_relates():
     pairs = family_mask_similarity({"shared_vocab": 0.0, "reorder": False}, SEEDS)
     within, across = (float(np.mean(v)) for v in zip(*pairs))
     assert within - across < 0.1, f"within-family {within:.3f} vs across {across:.3f}; per seed {pairs}"
+
+
+def test_a_random_masks_metadata_describes_the_random_mask_not_its_source(tmp_path):
+    """The random_masks stage on the smoke sweep's fine-tuned model: each random mask's mask.json records its own
+    dev accuracy (recomputed here with train.evaluate under that mask on the model's last checkpoint), how it was
+    made and its source; the identified mask's accuracy and pruning settings appear only under `source`."""
+    from subnet_ray.config import load_sweep
+    from subnet_ray.graph import graph
+    from subnet_ray.models import load_checkpoint
+    from subnet_ray.stages import execute, model_factory, task_data
+    from subnet_ray.store import store_for
+    from subnet_ray.subnetworks import load_mask
+    from subnet_ray.train import by_language, checkpoints, evaluate
+    from tiny import smoke_sweep
+
+    path = tmp_path / "masks.yaml"
+    # more dev data and a lower threshold than smoke's, so random masks (as many heads on, placed anywhere) score
+    # differently from the subnetwork: a copied accuracy would then fail the recomputation below
+    path.write_text(smoke_sweep("maskmeta", ("methods: [full, sft, random-sft]", "methods: [full]"), ("random_seeds: [1]", "random_seeds: [1, 2]"),
+                                ("dev_size: 24", "dev_size: 60"), ("threshold: 0.9", "threshold: 0.7"), ("epochs: 2", "epochs: 4")))
+    spec, store = load_sweep(path), store_for(tmp_path / "root")
+    nodes = [n for n in graph(spec) if n.wave == 1]
+    for n in nodes:
+        assert execute(n, spec, store, progress=False)
+    full, sub = (next(n for n in nodes if n.stage == s) for s in ("finetune", "subnetworks"))
+    randoms = [n for n in nodes if n.stage == "random_masks"]
+    assert len(randoms) == 2 and all(n.inputs == (sub.key, full.key) for n in randoms)  # the model is an input now
+    task, data, tok = task_data(spec, "babel")
+    model = model_factory(spec, task, tok, 1)()
+    load_checkpoint(model, checkpoints(store.path(full.key))[-1])
+    dev = by_language(data["dev"])
+    own_accuracy = []
+    for lang in task.languages:
+        ident, ident_meta = load_mask(store.path(sub.key) / lang)
+        assert ident_meta.kind == "identified" and ident_meta.threshold == 0.7 and ident_meta.source is None
+        for n in randoms:
+            mask, meta = load_mask(store.path(n.key) / lang)
+            got = evaluate(model, dev[lang], tok, spec.training.max_length, spec.training.batch_size, mask)["accuracy"]
+            assert meta.masked_accuracy == got, (lang, n.params.random_seed)
+            assert meta.kind == "random" and meta.random_seed == n.params.random_seed and meta.checkpoint == full.key
+            assert meta.threshold is None and meta.step_fraction is None and meta.made_by
+            assert meta.source == {"key": sub.key, "kind": "identified", "masked_accuracy": ident_meta.masked_accuracy,
+                                   "heads_enabled": int(ident.sum()), "threshold": 0.7, "step_fraction": 0.25}
+            assert int(mask.sum()) == int(ident.sum()) and meta.full_accuracy == ident_meta.full_accuracy
+            own_accuracy.append(meta.masked_accuracy != ident_meta.masked_accuracy)
+    assert any(own_accuracy), own_accuracy  # not the source's number under another name

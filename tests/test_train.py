@@ -187,3 +187,38 @@ def test_train_step_clips_the_masked_gradients_to_max_grad_norm():
     clipped, pmasks = grad_norm_after(0.05, True)
     assert clipped == pytest.approx(0.05, rel=1e-4)
     assert any((m == 0).any() for _, m in pmasks) and all(((1 - m) * p.grad).abs().sum() == 0 for p, m in pmasks)
+
+
+def test_a_resumed_fine_tuning_stage_publishes_the_same_bytes_as_an_uninterrupted_one(tmp_path):
+    """The smoke sweep's full fine-tuning node through stages.execute: once straight through, once stopped after
+    epoch 1 (its partial folder kept, as after a crash or a full disk) and run again, which resumes from the epoch
+    checkpoint. Every published file, history.json and the manifest included, is byte-identical."""
+    from subnet_ray.config import load_sweep
+    from subnet_ray.graph import graph
+    from subnet_ray.stages import execute
+    from subnet_ray.store import store_for
+    from tiny import smoke_sweep
+
+    path = tmp_path / "resume.yaml"
+    path.write_text(smoke_sweep("resume", ("methods: [full, sft, random-sft]", "methods: [full]"), ("epochs: 2", "epochs: 3")))
+    spec = load_sweep(path)
+    node = next(n for n in graph(spec) if n.stage == "finetune")
+    straight, resumed = store_for(tmp_path / "straight"), store_for(tmp_path / "resumed")
+    assert execute(node, spec, straight, progress=False)
+
+    def stop(record):
+        if record["epoch"] == 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        execute(node, spec, resumed, progress=False, on_epoch=stop)
+    assert not resumed.done(node.key) and (resumed.partial(node.key) / RESUME).is_dir()
+    epochs = []
+    assert execute(node, spec, resumed, progress=False, on_epoch=lambda r: epochs.append(r["epoch"]))
+    assert epochs == [2, 3]  # it resumed: epoch 1 was not trained again
+    a, b = straight.path(node.key), resumed.path(node.key)
+    files = sorted(str(p.relative_to(a)) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(str(p.relative_to(b)) for p in b.rglob("*") if p.is_file())
+    assert "history.json" in files and "_manifest.json" in files and "epoch_3/model.safetensors" in files
+    differ = [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()]
+    assert not differ, differ

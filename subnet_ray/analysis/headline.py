@@ -93,3 +93,69 @@ def model_metrics(t: TaskResults, model: str, per_variant: dict[str, dict[str, f
     if model == "full":  # the full model's own specialisation change is its subnetwork's (Fig 2 diagonal)
         out |= {k: v for k, v in per_variant.get("full+subnet", {}).items() if k.startswith("change_in_")}
     return out
+
+
+# ---- correlations and verdicts as run metrics and tags ------------------------------------------------
+
+CORR_STATS = ("r", "p", "low", "high")  # per method (pearson, spearman): r, two-sided p, 95% interval
+VERDICT_CODE = {"holds": 1.0, "inconclusive": 0.0, "contradicted": -1.0}  # the `verdict/<finding>` metric; null: none
+
+
+def slug(variant: str) -> str:
+    """Returns a variant name as a metric-name segment: 'sft+subnet' -> 'sft_subnet', 'random-sft:3' -> 'random-sft_3'."""
+    return variant.replace("+", "_").replace(":", "_")
+
+
+def correlation_key(c: dict) -> str:
+    """Returns the metric prefix of one report correlation: corr/<figNN>/<variant>[/layer<k>]."""
+    return f"corr/{c['figure']}/{slug(c['variant'])}" + (f"/layer{c['layer']}" if c.get("layer") is not None else "")
+
+
+def correlation_metrics(correlations: list[dict], model: str | None = None) -> dict[str, float]:
+    """Returns '<corr key>/{pearson,spearman}_{r,p,low,high}' and '<corr key>/n' of every correlation whose variant
+    the trained `model` scores (all with None); undefined values (NaN, None) are left out."""
+    out: dict[str, float] = {}
+    for c in correlations:
+        if model is not None and model_of(c["variant"]) != model:
+            continue
+        key = correlation_key(c)
+        for m in ("pearson", "spearman"):
+            low, high = c.get(f"{m}_ci") or (None, None)
+            for stat, v in zip(CORR_STATS, (c.get(f"{m}_r"), c.get(f"{m}_p"), low, high)):
+                if v is not None and np.isfinite(v):
+                    out[f"{key}/{m}_{stat}"] = float(v)
+        out[f"{key}/n"] = float(c["n"])
+    return out
+
+
+def verdict_model(finding: str, evidence: dict) -> str:
+    """Returns the trained model a finding is about: Fig 8's is the model of the variant it used, the rest the full model's."""
+    variant = (evidence or {}).get("variant") if finding == "similarity_tracks_influence" else None
+    return model_of(variant) if variant else "full"
+
+
+def verdict_fields(effects: dict, model: str | None = None) -> tuple[dict[str, float], dict[str, str]]:
+    """Returns (metrics, tags) of one task's verdicts on the run of `model` (all with None): tag 'verdict/<finding>'
+    = holds | inconclusive | contradicted | null, metric 'verdict/<finding>' = 1 | 0 | -1 (none for null)."""
+    metrics, tags = {}, {}
+    for finding, v in (effects.get("checks") or {}).items():
+        if model is not None and verdict_model(finding, effects.get("evidence", {}).get(finding)) != model:
+            continue
+        tags[f"verdict/{finding}"] = v or "null"
+        if v is not None:
+            metrics[f"verdict/{finding}"] = VERDICT_CODE[v]
+    return metrics, tags
+
+
+def pooled_fields(summary: dict, prefix: str) -> tuple[dict[str, float], dict[str, str]]:
+    """Returns (metrics, tags) of a pooled report for the sweep's parent run: per task '<prefix><task>/' before
+    the names of `correlation_metrics` (Fig 8 pooled over the seeds) and `verdict_fields`."""
+    metrics, tags = {}, {}
+    for task, effects in (summary.get("effects") or {}).items():
+        corr = effects.get("similarity_vs_positive_share")
+        m, t = verdict_fields(effects)
+        if corr:
+            m |= correlation_metrics([{"figure": "fig08", **corr}])
+        metrics |= {f"{prefix}{task}/{k}": v for k, v in m.items()}
+        tags |= {f"{prefix}{task}/{k}": v for k, v in t.items()}
+    return metrics, tags

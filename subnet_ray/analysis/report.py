@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from subnet_ray.analysis.effects import effect_checks, paper_effects
+from subnet_ray.analysis.effects import paper_effects
 from subnet_ray.analysis.figures import FigureRecord, FigureWriter
 from subnet_ray.analysis.influence_figures import influence_figures
 from subnet_ray.analysis.mask_figures import mask_figures
 import subnet_ray.analysis.style as style
 from subnet_ray.analysis.results import TaskResults, parse_variant
 from subnet_ray.analysis.tables import interval, p_value, sig
+from subnet_ray.analysis.verdicts import NULL_RULE, RULES, evidence_text, with_verdicts
 from subnet_ray.subnetworks.masks import disabled_heads_table
 
 # Files this module writes; older copies are removed first so the folder matches summary.json.
@@ -140,7 +141,8 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
         "shares": w.shares,
         "comparisons": w.comparisons,
         "correlations": w.correlations,
-        "effects": {t.task: (e := paper_effects(t)) | {"checks": effect_checks(e)} for t in results},
+        "effects": {t.task: with_verdicts(paper_effects(t), len(t.languages)) for t in results},
+        "verdict_rules": {**RULES, "null": NULL_RULE},
         "figures": figure_entries(w.records),
         "tables": list(tables),
         "skipped": w.skipped,
@@ -295,14 +297,7 @@ def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd
             splits = summary["accuracy_split"][task]
             acc.insert(1, "split", [splits[v] for v in acc["variant"]])
             parts += [f"<h3>{esc(task)}</h3>", _table_html(acc)]
-    parts.append("<h2>The paper's headline effects</h2><p>Checks as in subnet_ray/analysis/effects.py "
-                 "(full model in-language positive share between chance and 70%; subnetworks keep 25-75% of heads; "
-                 "own subnetwork raises the in-language share (all languages but one, +2 points on average); random "
-                 "masks raise it less; mask similarity correlates positively with cross-language share).</p>")
-    for task in summary["tasks"]:
-        checks = summary["effects"][task]["checks"]
-        parts += [f"<h3>{esc(task)}</h3>", _table_html(pd.DataFrame(
-            [{"effect": k, "as in the paper": {True: "yes", False: "no", None: "n/a"}[v]} for k, v in checks.items()]))]
+    parts += verdicts_html(summary["effects"], summary["tasks"])
     notes = {"table1": f"{NA}: the task has no such language.",
              "table2": f"{NA}: the variant of that column was not run for the language (its method is not in the sweep, "
                        "or its influence stage has not finished)."}
@@ -316,6 +311,22 @@ def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd
     parts += figures_html(records, summary["skipped"], out)
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def verdicts_html(effects: dict, tasks: list[str], title: str = "The paper's headline effects") -> list[str]:
+    """Returns the verdicts section: each rule in one line, then per task each finding's verdict and the
+    values and 95% intervals it was decided from."""
+    esc = html.escape
+    parts = [f"<h2 id='verdicts'>{esc(title)}</h2><p>Each verdict is decided from the 95% intervals the figures show "
+             "(subnet_ray/analysis/verdicts.py):</p><ul class='note'>"]
+    parts += [f"<li><b>{esc(k)}</b>: {esc(v)}</li>" for k, v in {**RULES, "null": NULL_RULE}.items()]
+    parts.append("</ul>")
+    for task in tasks:
+        e = effects[task]
+        rows = [{"finding": k, "verdict": v or "null", "decided from": evidence_text(k, e["evidence"].get(k) or {})}
+                for k, v in e["checks"].items()]
+        parts += [f"<h3>{esc(task)}</h3>", _table_html(pd.DataFrame(rows))]
+    return parts
 
 
 def figures_html(records: list[FigureRecord], skipped: list[dict], out: Path) -> list[str]:

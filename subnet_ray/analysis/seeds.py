@@ -13,8 +13,9 @@ move the numbers. With several training seeds, `build_seeds_report` writes one m
 - Fig 3's comparison, the random masks' mean change in the random test language's
   in-language share beside the identified subnetwork's, pooled the same way (summary.json
   `comparisons`);
-- the paper's headline effects (analysis/effects.py) of every seed, and how many seeds
-  each holds on.
+- the verdicts on the paper's findings (analysis/verdicts.py) from those pooled intervals
+  (summary.json `effects`), and beside them each seed's own verdicts and how many seeds each
+  finding holds on.
 """
 from __future__ import annotations
 
@@ -24,12 +25,23 @@ from pathlib import Path
 
 import pandas as pd
 
-from subnet_ray.analysis.effects import effect_checks, paper_effects
+from subnet_ray.analysis.effects import paper_effects
 from subnet_ray.analysis.figures import FigureWriter
 from subnet_ray.analysis.influence_figures import SIGNS, _record, fig02, fig04, fig05, fig06, fig10, fig11, fig18, fig19, missing_reason
-from subnet_ray.analysis.report import _CSS, _clean, _jsonable, _provenance_html, _table_html, figure_entries, figure_order, figures_html
+from subnet_ray.analysis.report import (
+    _CSS,
+    _clean,
+    _jsonable,
+    _provenance_html,
+    _table_html,
+    figure_entries,
+    figure_order,
+    figures_html,
+    verdicts_html,
+)
 from subnet_ray.analysis.results import TaskResults
 from subnet_ray.analysis.shares import compare_shares
+from subnet_ray.analysis.verdicts import HOLDS, NULL_RULE, RULES, with_verdicts
 
 
 def _random_baseline(w: FigureWriter, runs: list[TaskResults]) -> None:
@@ -45,17 +57,16 @@ def _random_baseline(w: FigureWriter, runs: list[TaskResults]) -> None:
 
 
 def seed_effects(by_seed: dict[int, list[TaskResults]]) -> tuple[dict, dict]:
-    """Returns (effects per task and seed with their checks, seeds holding each check per task)."""
+    """Returns (effects per task and seed with their verdicts, seeds on which each finding holds, per task)."""
     effects: dict[str, dict[str, dict]] = {}
     holding: dict[str, dict[str, int]] = {}
     for seed, results in by_seed.items():
         for t in results:
-            e = paper_effects(t)
-            e["checks"] = effect_checks(e)
+            e = with_verdicts(paper_effects(t), len(t.languages))
             effects.setdefault(t.task, {})[str(seed)] = e
-            for name, ok in e["checks"].items():
+            for name, v in e["checks"].items():
                 holding.setdefault(t.task, {}).setdefault(name, 0)
-                holding[t.task][name] += bool(ok)
+                holding[t.task][name] += v == HOLDS
     return effects, holding
 
 
@@ -78,6 +89,10 @@ def build_seeds_report(by_seed: dict[int, list[TaskResults]], out_dir: str | Pat
             w.attempt(int(make.__name__[3:]), task, lambda: make(w, runs))
         w.attempt(3, task, lambda: _random_baseline(w, runs))
     effects, holding = seed_effects(by_seed)
+    pooled = {}
+    for task in tasks:
+        runs = [t for results in by_seed.values() for t in results if t.task == task]
+        pooled[task] = with_verdicts(paper_effects(runs), len(runs[0].languages))
     summary = _jsonable({
         "sweep": sweep_name,
         "provenance": provenance or {},
@@ -86,6 +101,8 @@ def build_seeds_report(by_seed: dict[int, list[TaskResults]], out_dir: str | Pat
         "seeds_per_task": seeds_of,
         "shares": w.shares,
         "comparisons": w.comparisons,
+        "effects": pooled,
+        "verdict_rules": {**RULES, "null": NULL_RULE},
         "effects_per_seed": effects,
         "seeds_holding": holding,
         "figures": figure_entries(w.records),
@@ -107,11 +124,11 @@ def _html(summary: dict, w: FigureWriter, out: Path) -> str:
              "says how far another training run could move the number. Figures follow Choenni et al. (arXiv "
              "2311.08273); figNN is the paper's Figure NN.</p>",
              "<h2 id='provenance'>Provenance</h2>", *_provenance_html(summary["provenance"], esc),
-             "<h2>The paper's headline effects, seed by seed</h2><p>Checks as in subnet_ray/analysis/effects.py; "
-             "yes: as the paper reports it.</p>"]
+             *verdicts_html(summary["effects"], summary["tasks"], "The paper's headline effects, seeds pooled"),
+             "<h2>The paper's headline effects, seed by seed</h2><p>Each seed's verdicts from its own report's intervals "
+             "(over its test examples), by the same rules; the last row counts the seeds on which each finding holds.</p>"]
     for task, per_seed in summary["effects_per_seed"].items():
-        rows = [{"training seed": s, **{k: {True: "yes", False: "no", None: "n/a"}[v] for k, v in e["checks"].items()}}
-                for s, e in per_seed.items()]
+        rows = [{"training seed": s, **{k: v or "null" for k, v in e["checks"].items()}} for s, e in per_seed.items()]
         rows.append({"training seed": "seeds holding", **{k: f"{v}/{len(per_seed)}" for k, v in summary["seeds_holding"][task].items()}})
         parts += [f"<h3>{esc(task)}</h3>", _table_html(pd.DataFrame(rows))]
     for task, comps in summary["comparisons"].items():

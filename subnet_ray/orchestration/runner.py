@@ -70,12 +70,15 @@ class SweepRun:
     seconds: dict[str, float] = field(default_factory=dict)  # wall time per wave: train, sft, influence, report
 
 
-def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = None, runs: dict | None = None) -> list[Path]:
+def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = None, runs: dict | None = None,
+                  summaries: dict | None = None, parent_run: dict | None = None) -> list[Path]:
     """Returns the report folders written from what the store holds: one per branch and seed, and
     where a branch has several seeds with results, one pooling them (<branch>-seeds, analysis/seeds.py).
 
     `collected`, if given, receives (branch label, seed) -> the TaskResults each report was built
-    from; `runs` (trial name -> MLflow run id) is linked from each report's header.
+    from, and `summaries` (branch label, seed or 'pooled') -> each report's summary.json; `runs`
+    (trial name -> MLflow run id) is linked from each report's header, and `parent_run` (the
+    invocation's parent run, which holds the pooled numbers) from the pooled report's.
     """
     from ..analysis.report import build_report
     from ..analysis.seeds import build_seeds_report
@@ -86,7 +89,7 @@ def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = 
     verify_store(store, graph(spec), inputs=False)  # a damaged output is moved aside: missing, never read
     for values, b in branches(spec):
         nodes = graph(b)  # this branch's own nodes, including those it shares with other branches
-        by_seed, folder = {}, None
+        by_seed, folder, branch_runs = {}, None, {}
         for seed in b.training.seeds:
             results = collect(store, b, nodes, seed)
             if collected is not None:
@@ -96,12 +99,19 @@ def write_reports(spec: SweepSpec, root, store: Store, collected: dict | None = 
             folder = report_dir(root, spec, values, seed)
             mine = {n.trial for n in nodes if n.params.seed == seed}
             prov = provenance(spec, b, values, seed, {t: r for t, r in (runs or {}).items() if t in mine})
-            build_report(results, folder, spec.name, provenance=prov)
+            summary = build_report(results, folder, spec.name, provenance=prov)
+            if summaries is not None:
+                summaries[(branch_label(values), seed)] = summary
+            branch_runs |= prov["mlflow_runs"]
             out.append(folder)
             by_seed[seed] = results
         if len(by_seed) >= 2:
             pooled = folder.with_name(folder.name.rsplit("-seed", 1)[0] + "-seeds")
-            build_seeds_report(by_seed, pooled, spec.name, provenance=prov | {"seed": ", ".join(map(str, by_seed)), "mlflow_runs": {}})
+            summary = build_seeds_report(by_seed, pooled, spec.name,
+                                         provenance=prov | {"seed": ", ".join(map(str, by_seed)),
+                                                            "mlflow_runs": branch_runs | ({"parent": parent_run} if parent_run else {})})
+            if summaries is not None:
+                summaries[(branch_label(values), "pooled")] = summary
             out.append(pooled)
     return out
 
@@ -260,7 +270,7 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
             identity=run_identity(spec.name, json.dumps(settings, sort_keys=True)),
         )
         tracker.set_view(list(dict.fromkeys(lang for t in spec.tasks for lang in t.languages)), sorted(spec.grid),
-                         multi_task=len(spec.tasks) > 1)
+                         multi_task=len(spec.tasks) > 1, methods=list(spec.methods))
         if sweep_copy is not None:
             tracker.parent.log_artifact(sweep_copy)
         trials = TrialLog(tracker, nodes, spec)
@@ -274,11 +284,13 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
             executor_.run_wave(wave, label, plan)
             run.seconds[label] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        collected: dict = {}
+        collected, summaries = {}, {}
         run_ids = trials.run_ids()
         with report_lease(store, spec):  # another invocation may be rewriting these report folders
-            run.reports = write_reports(spec, root, store, collected, run_ids)
-            trials.finish(store, collected)  # the runs' headline metrics come from the reports' results
+            parent = {"name": f"{spec.name} (parent)", "run_id": run.parent_run_id,
+                      "url": f"#/experiments/{tracker.experiment_id}/runs/{run.parent_run_id}"}
+            run.reports = write_reports(spec, root, store, collected, run_ids, summaries, parent)
+            trials.finish(store, collected, summaries)  # the runs' headline metrics come from the reports' results
             tracker.link_children()
             _log_reports(tracker, spec, run.reports)
         run.seconds["report"] = time.perf_counter() - t0

@@ -17,7 +17,9 @@ What MLflow 3.17's UI does (read in its source, mlflow/server/js/src, and its sh
   group's average; group rows are expanded unless `groupsExpanded` says otherwise.
 
 Two views: every run as a row (the runs table `subnet-ray ui` prints), and the runs grouped by
-method and grid branch, averaged over seeds (the chart view it prints).
+method and grid branch, averaged over seeds (the chart view it prints). Beside accuracy, both show
+the headline correlations (analysis/headline.py names them): Fig 7's specialisation vs accuracy
+of the full and SFT models, and Fig 8's mask similarity vs positive cross-language influence.
 """
 from __future__ import annotations
 
@@ -45,22 +47,32 @@ def _column(kind: str, key: str) -> str:
     return f"{kind}.`{key}`"
 
 
-def headline_keys(languages: list[str], grid_keys: list[str], multi_task: bool = False) -> list[tuple[str, str]]:
+def headline_correlations(methods: list[str] | None = None) -> list[str]:
+    """Returns the Pearson r metrics of the headline correlations a sweep with `methods` logs: Fig 7 (specialisation
+    vs accuracy) of the full model and, with SFT, of the SFT model; Fig 8 (mask similarity vs positive
+    cross-language share) of the subnetwork variant the report uses (SFT's when the sweep has it)."""
+    sft = "sft" in (methods or ["full", "sft"])
+    return ["corr/fig07/full/pearson_r", *(["corr/fig07/sft_subnet/pearson_r"] if sft else []),
+            f"corr/fig08/{'sft_subnet' if sft else 'full_subnet'}/pearson_r"]
+
+
+def headline_keys(languages: list[str], grid_keys: list[str], multi_task: bool = False,
+                  methods: list[str] | None = None) -> list[tuple[str, str]]:
     """Returns the runs table's (kind, key) columns in order: task, method and seeds, the gridded settings,
-    test accuracy (mean, per language), in-language change against the full model (top positive: mean, per
-    language; top negative: mean), heads disabled per language."""
+    test accuracy (mean, per language), the headline correlations, in-language change against the full model
+    (top positive: mean, per language; top negative: mean), heads disabled per language."""
     tags = [("tags", "task")] if multi_task else []
     params = [("params", p) for p in ("method", "seed", "random_seed", *(f"grid.{k}" for k in grid_keys))]
-    metrics = [ACCURACY, *(f"test_accuracy/{lang}" for lang in languages),
+    metrics = [ACCURACY, *(f"test_accuracy/{lang}" for lang in languages), *headline_correlations(methods),
                CHANGE, *(f"change_in_pos/{lang}" for lang in languages), "change_in_neg_mean",
                *(f"heads_disabled/{lang}" for lang in languages)]
     return [*tags, *params, *(("metrics", m) for m in metrics)]
 
 
-def _charts(grid_keys: list[str], grouped: bool) -> list[dict]:
+def _charts(grid_keys: list[str], grouped: bool, methods: list[str] | None = None) -> list[dict]:
     """Returns the comparison chart cards: accuracy and in-language change per run (per group), one against
-    the other, and (runs only: with groups MLflow 3.17 left it out of the section, seen in Chromium) method and
-    grid settings against both."""
+    the other, each headline correlation, and (runs only: with groups MLflow 3.17 left it out of the section,
+    seen in Chromium) method and grid settings against both."""
     common = {"deleted": False, "isGenerated": False, "metricSectionId": SECTION, "runsCountToCompare": 100}
     parallel = {**common, "uuid": "subnet-ray-parallel", "type": "PARALLEL", "showAllRuns": True,
                 "selectedParams": ["method", *(f"grid.{k}" for k in grid_keys)], "selectedMetrics": [ACCURACY, CHANGE]}
@@ -69,15 +81,18 @@ def _charts(grid_keys: list[str], grouped: bool) -> list[dict]:
         {**common, "uuid": "subnet-ray-change", "type": "BAR", "metricKey": CHANGE},
         {**common, "uuid": "subnet-ray-scatter", "type": "SCATTER",
          "xaxis": {"key": ACCURACY, "type": "METRIC"}, "yaxis": {"key": CHANGE, "type": "METRIC"}},
+        *({**common, "uuid": f"subnet-ray-{key.replace('/', '-')}", "type": "BAR", "metricKey": key}
+          for key in headline_correlations(methods)),
         *([] if grouped else [parallel]),
     ]
 
 
-def view_state(languages: list[str], grid_keys: list[str], multi_task: bool = False, grouped: bool = False) -> dict:
+def view_state(languages: list[str], grid_keys: list[str], multi_task: bool = False, grouped: bool = False,
+               methods: list[str] | None = None) -> dict:
     """Returns the view's state as MLflow's UI keeps it: search facets (sorted by run name, so child runs
     are rows of their own) and UI state (headline columns first, their widths, the comparison charts);
     `grouped`: runs grouped by task, method and grid values, charts of the groups' means over seeds."""
-    keys = headline_keys(languages, grid_keys, multi_task)
+    keys = headline_keys(languages, grid_keys, multi_task, methods)
     columns = [_column(kind, key) for kind, key in keys]
     group = {}
     if grouped:
@@ -92,7 +107,7 @@ def view_state(languages: list[str], grid_keys: list[str], multi_task: bool = Fa
         "columnOrder": [NAME_COLUMN, *columns],  # MLflow lists metrics before params, each alphabetically
         "columnWidths": {c: min(max(90, 8 * len(key) + 28), 220) for c, (_, key) in zip(columns, keys)},
         "runsHiddenMode": "SHOW_ALL",  # charts plot every run, not MLflow's default first ten
-        "compareRunCharts": _charts(grid_keys, grouped),
+        "compareRunCharts": _charts(grid_keys, grouped, methods),
         "compareRunSections": [{"uuid": SECTION, "name": "subnet-ray: methods and branches", "display": True,
                                 "isReordered": False, "deleted": False, "isGenerated": False}],
         "isAccordionReordered": True,
@@ -102,12 +117,14 @@ def view_state(languages: list[str], grid_keys: list[str], multi_task: bool = Fa
 
 
 def view_tag(languages: list[str], grid_keys: list[str], multi_task: bool = False, key: str = VIEW_KEY,
-             created_ms: int | None = None, now_ms: int | None = None, compress: bool | None = None) -> tuple[str, str]:
+             created_ms: int | None = None, now_ms: int | None = None, compress: bool | None = None,
+             methods: list[str] | None = None) -> tuple[str, str]:
     """Returns (experiment tag key, value) of the saved view `key`: MLflow's saved-view envelope around view_state,
     its state deflated as MLflow's UI writes long ones ('deflate;' + base64 of zlib) when plain JSON would not fit
     an experiment tag (or as `compress` says)."""
     now_ms = int(time.time() * 1000) if now_ms is None else now_ms
-    state = json.dumps(view_state(languages, grid_keys, multi_task, grouped=key == GROUPED_KEY), separators=(",", ":"))
+    state = json.dumps(view_state(languages, grid_keys, multi_task, grouped=key == GROUPED_KEY, methods=methods),
+                       separators=(",", ":"))
 
     def envelope(state: str) -> str:
         return json.dumps({"name": VIEW_NAMES.get(key, key), "createdAt": created_ms or now_ms, "updatedAt": now_ms, "state": state})

@@ -284,7 +284,8 @@ class Tracker:
             )
         return exp.experiment_id
 
-    def set_view(self, languages: list[str], grid_keys: list[str], multi_task: bool = False) -> str:
+    def set_view(self, languages: list[str], grid_keys: list[str], multi_task: bool = False,
+                 methods: list[str] | None = None) -> str:
         """Returns the runs view's tag key after storing on the experiment the saved views `subnet-ray ui` opens:
         headline columns, child runs as rows, comparison charts, and the same grouped by method and branch
         (runs_view.py). Each invocation rewrites them, so a sweep that gained languages or grid settings shows them."""
@@ -296,7 +297,7 @@ class Tracker:
                 created = json.loads(tags[TAG_PREFIX + key])["createdAt"] if TAG_PREFIX + key in tags else None
             except (ValueError, KeyError, TypeError):
                 created = None  # not our envelope (edited by hand): start afresh
-            tag, value = view_tag(languages, grid_keys, multi_task, key, created_ms=created)
+            tag, value = view_tag(languages, grid_keys, multi_task, key, created_ms=created, methods=methods)
             if len(value) > TAG_LIMIT:  # hundreds of languages: the runs are all there, only the view is not
                 warnings.warn(f"MLflow saved view {key} of sweep {self.sweep_name}: {len(value)} characters, over MLflow's "
                               f"{TAG_LIMIT}; not stored", stacklevel=2)

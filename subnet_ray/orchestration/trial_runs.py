@@ -2,8 +2,10 @@
 
 One child run per Tune trial (found again by its identity tag, so a rerun adds no run): every
 resolved setting of its branch as params, per-epoch fine-tuning metrics as the epochs end, and
-after the waves the headline results (test accuracy, heads disabled, shares and their changes)
-and the artifacts of its stage outputs, each logged once per experiment.
+after the waves the headline results (test accuracy, heads disabled, shares and their changes),
+the report's correlations and verdicts on the paper's findings about its model (metric and tag
+names in analysis/headline.py and the README), and the artifacts of its stage outputs, each
+logged once per experiment. A pooled report's correlations and verdicts go on the parent run.
 """
 from __future__ import annotations
 
@@ -138,21 +140,29 @@ class TrialLog:
             metrics = {k: v for k, v in result.items() if k in ("train_loss", "dev_accuracy_mean") or k.startswith("dev_accuracy/")}
             self.live(result["node"], result["epoch"], metrics)
 
-    def _results(self, trial_nodes: list[Node], collected: dict) -> dict[str, float]:
-        """Returns the headline metrics of a trial's model (test accuracy, shares, changes, heads disabled)."""
-        from ..analysis.headline import model_metrics
+    def _results(self, trial_nodes: list[Node], collected: dict, summaries: dict) -> tuple[dict[str, float], dict[str, str]]:
+        """Returns (metrics, tags) of a trial's model: its headline metrics (test accuracy, shares, changes, heads
+        disabled), and from its report (`summaries`: (branch label, seed) -> summary.json) the correlations of the
+        variants it scores and the verdicts on the findings about it."""
+        from ..analysis.headline import correlation_metrics, model_metrics, verdict_fields
 
         first = next((n for n in trial_nodes if n.stage == "finetune"), trial_nodes[0])
         p = first.params
-        results = collected.get((branch_label(p.branch), p.seed), [])
-        t = next((r for r in results if r.task == p.task), None)
-        if t is None:
-            return {}
         method = getattr(p, "method", "full")  # a trial without its own fine-tuning (shared with another branch) is a full one
         if method == "pretrain":
-            return {}
+            return {}, {}
         model = method if method != "random-sft" else f"random-sft:{p.random_seed}"
-        return model_metrics(t, model)
+        results = collected.get((branch_label(p.branch), p.seed), [])
+        t = next((r for r in results if r.task == p.task), None)
+        metrics = model_metrics(t, model) if t is not None else {}
+        tags = {}
+        summary = summaries.get((branch_label(p.branch), p.seed))
+        if summary is not None:
+            metrics |= correlation_metrics([c for c in summary.get("correlations", []) if c["task"] == p.task], model)
+            if p.task in summary.get("effects", {}):
+                m, tags = verdict_fields(summary["effects"][p.task], model)
+                metrics |= m
+        return metrics, tags
 
     def _artifacts(self, child, path: str, folder: Path, masks: bool = False) -> None:
         """Logs a stage folder once (a reused run keeps what it has), with a PNG and JSON view beside each mask."""
@@ -172,9 +182,10 @@ class TrialLog:
             write_mask_views(view)
             child.log_artifacts(view, path)
 
-    def finish(self, store: Store, collected: dict | None = None) -> None:
-        """Logs each trial's epochs not logged live (from history.json), its headline metrics, masks and
-        influence tables; ends its run.
+    def finish(self, store: Store, collected: dict | None = None, summaries: dict | None = None) -> None:
+        """Logs each trial's epochs not logged live (from history.json), its headline metrics, correlations and
+        verdicts (`summaries`: (branch label, seed) -> its report's summary.json; (branch label, 'pooled') -> the
+        pooled report's, logged on the parent run), masks and influence tables; ends its run.
 
         A stage output's artifacts are logged once per experiment: when an earlier finished run holds
         them, this run gets a tag naming that run instead of another copy.
@@ -207,10 +218,26 @@ class TrialLog:
                 elif n.stage == "influence":
                     self._artifacts(child, f"influence/{n.params.variant.replace(':', '_')}", folder)
                 child.set_tags({tag: child.run_id})
-            metrics = self._results(tn, collected or {})
+            metrics, tags = self._results(tn, collected or {}, summaries or {})
+            if tags:
+                child.set_tags(tags)
             if child.reused:  # only what is new or changed: a rerun does not repeat the history
                 have = self.tracker.client.get_run(child.run_id).data.metrics
                 metrics = {k: v for k, v in metrics.items() if have.get(metric_name(k)) != v}
             if metrics:
                 child.log_metrics(metrics)
             child.end("FINISHED")
+        self._pooled(summaries or {})
+
+    def _pooled(self, summaries: dict) -> None:
+        """Logs each pooled report's correlations and verdicts on the parent run, named
+        'pooled/[<setting>_<value>/...]<task>/...' (the branch's grid values, none without a grid)."""
+        from ..analysis.headline import pooled_fields
+
+        for (label, seed), summary in summaries.items():
+            if seed != "pooled":
+                continue
+            prefix = "pooled/" + "".join(f"{part.replace('=', '_')}/" for part in label.split("/") if part)
+            metrics, tags = pooled_fields(summary, prefix)
+            self.tracker.parent.set_tags(tags)
+            self.tracker.parent.log_metrics(metrics)

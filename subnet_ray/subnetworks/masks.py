@@ -15,7 +15,7 @@ import json
 import os
 from itertools import combinations
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -164,17 +164,28 @@ def disabled_heads_table(masks_by_task: dict[str, dict[str, Any]]) -> pd.DataFra
 
 
 class MaskMeta(BaseModel):
-    """Where a stored mask came from and how well it does (extra keys, e.g. kind or random_seed, are kept)."""
+    """Where a stored mask came from and how well it does, each field about this mask itself (extra keys are kept).
+
+    An identified mask (`kind` identified) was found by pruning and records its pruning settings. A mask made
+    from another (`kind` random: the source's enabled heads shuffled) records its own dev accuracy, how it was
+    made (`made_by`, `random_seed`) and its source under `source` (key, and the source's own accuracy and
+    pruning settings, kept there so they are never read as this mask's).
+    """
 
     model_config = ConfigDict(extra="allow")
-    task: str = Field(description="Task id the mask was found on.")
-    language: str = Field(description="Language whose dev data the mask was found on.")
-    seed: int = Field(description="Training seed of the source checkpoint.")
-    checkpoint: str = Field(description="Artifact-store key of the source checkpoint.")
-    full_accuracy: float = Field(description="Dev accuracy of the full model on this language.")
-    masked_accuracy: float = Field(description="Dev accuracy with the mask applied.")
-    threshold: float = Field(description="Pruning threshold (fraction of the full accuracy).")
-    step_fraction: float = Field(description="Fraction of all heads disabled per pruning step.")
+    task: str = Field(description="Task id the mask was made for.")
+    language: str = Field(description="Language whose dev data the mask is applied to (and an identified mask was found on).")
+    seed: int = Field(description="Training seed of the fine-tuned model the mask belongs to.")
+    checkpoint: str = Field(description="Artifact-store key of the fine-tuned model whose last checkpoint the accuracies are of.")
+    full_accuracy: float = Field(description="Dev accuracy of that model on this language, no mask.")
+    masked_accuracy: float = Field(description="Dev accuracy of that model on this language with this mask applied.")
+    kind: Literal["identified", "random"] = Field("identified", description="identified: found by pruning; random: a source mask's heads shuffled.")
+    threshold: float | None = Field(None, description="Pruning threshold (fraction of the full accuracy); identified masks only.")
+    step_fraction: float | None = Field(None, description="Fraction of all heads disabled per pruning step; identified masks only.")
+    random_seed: int | None = Field(None, description="Seed of the shuffle (random masks only).")
+    made_by: str | None = Field(None, description="How a mask made from another was made (random masks only).")
+    source: dict | None = Field(None, description="The mask this one was made from: its artifact-store key, and its own "
+                                "masked_accuracy, heads_enabled, threshold and step_fraction (random masks only).")
 
 
 def _write_atomic(path: Path, write) -> None:
