@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import traceback
@@ -11,6 +12,7 @@ from pathlib import Path
 from .config import ConfigError, SweepSpec, load_sweep
 from .data import DataError
 from .manifest import DamagedOutput
+from .orchestration.slurm import SlurmError
 from .preflight import Preflight, PreflightError, check
 
 
@@ -19,7 +21,7 @@ class UsageError(ValueError):
 
 
 # Errors a user can fix: one line each, exit status 2, no traceback (unless --debug).
-ANTICIPATED = (ConfigError, DataError, PreflightError, UsageError, ConnectionError, TimeoutError)
+ANTICIPATED = (ConfigError, DataError, PreflightError, UsageError, SlurmError, ConnectionError, TimeoutError)
 
 
 def _demo_sweep() -> str:
@@ -197,10 +199,38 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _submit_slurm(args, spec: SweepSpec) -> int:
+    from .orchestration import slurm
+
+    cpus = math.ceil(spec.resources.cpus) if args.cpus_per_node is None else args.cpus_per_node  # default: one trial's
+    gpus = math.ceil(spec.resources.gpus) if args.gpus_per_node is None else args.gpus_per_node
+    job = slurm.SlurmJob(args.nodes, cpus, gpus, args.time, args.partition, args.account)
+    slurm.check(job, spec.resources.cpus, spec.resources.gpus)
+    script, log = slurm.paths(_root(args), spec.name)
+    if not args.dry_run:
+        slurm.sbatch()  # no Slurm here: say so before writing anything
+    # as `validate --remote`: the root and tracking store are checked from here (the root is shared), devices are the nodes'
+    print(_preflight(args, spec, local_run=False).summary(), flush=True)
+    slurm.write(script, slurm.render(job, args.sweep, _root(args), _tracking(args), spec.name))
+    again = slurm.command(args.sweep, job, _root(args), _tracking(args))
+    if args.dry_run:
+        print(f"wrote {script} (not submitted: --dry-run); submit it with `sbatch {script}` or: {again}")
+        return 0
+    job_id = slurm.submit(script)
+    print(f"submitted sweep {spec.name} as Slurm job {job_id}: {job.nodes} node(s) x {job.cpus_per_node} CPU(s), "
+          f"{job.gpus_per_node} GPU(s), time {job.time}; script {script}")
+    print(*slurm.follow_lines(job_id, log, again), sep="\n")
+    return 0
+
+
 def cmd_submit(args) -> int:
     from .orchestration.jobs import entrypoint, submit
 
     spec, _ = _load(args.sweep)
+    if args.slurm:
+        return _submit_slurm(args, spec)
+    if not args.address:
+        raise UsageError("submit needs --address (a Ray dashboard, e.g. http://HEAD:8265) or --slurm")
     try:
         entrypoint(args.sweep, args.root, _tracking(args))
     except ValueError as e:
@@ -324,8 +354,16 @@ def parser() -> argparse.ArgumentParser:
         if name == "rerun-random":
             s.add_argument("--seeds", type=int, nargs="+", required=True, help="random-mask seeds to add")
         if name == "submit":
-            s.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+            s.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265 (or --slurm)")
             s.add_argument("--wait", action="store_true", help="follow the job until it ends")
+            s.add_argument("--slurm", action="store_true", help="submit a Slurm batch job that starts Ray on its nodes and runs the sweep")
+            s.add_argument("--nodes", type=int, default=1, help="--slurm: nodes (default 1)")
+            s.add_argument("--cpus-per-node", type=int, help="--slurm: CPUs per node (default: one trial's, resources.cpus)")
+            s.add_argument("--gpus-per-node", type=int, help="--slurm: GPUs per node (default: one trial's, resources.gpus)")
+            s.add_argument("--time", default="04:00:00", help="--slurm: time limit, e.g. 04:00:00 or 1-00:00:00 (default 04:00:00)")
+            s.add_argument("--partition", help="--slurm: partition (default: the cluster's)")
+            s.add_argument("--account", help="--slurm: account to charge (default: yours)")
+            s.add_argument("--dry-run", action="store_true", help="--slurm: write the batch script under the root, do not submit it")
         if name == "ui":
             s.add_argument("--host", default="127.0.0.1")
             s.add_argument("--port", type=int, default=5000)
