@@ -270,3 +270,27 @@ def test_scancel_stops_ray_and_the_runs_and_the_resubmitted_job_finishes_the_sam
     assert len(keys) == len(set(keys)) and finished <= set(keys)  # every output computed once over both jobs
     assert set(statuses(root)) <= {"FINISHED", "KILLED"} and "RUNNING" not in statuses(root)
     assert again.startswith(f"subnet-ray submit {SMOKE} --slurm --nodes 2")
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_batch_script_stops_the_sweep_in_order(cluster, tmp_path):
+    """What the time limit does (`#SBATCH --signal=B:TERM@120`), and `scancel --batch --signal=TERM`:
+    only the batch script is signalled, so the driver stops while Ray still runs, then Ray stops."""
+    env, where = cluster
+    root = tmp_path / "root"
+    job, log, _ = submit(env, root)
+    deadline = time.monotonic() + 400
+    while not list((root / "store" / "_ledger").glob("*.json")):
+        assert running(env, job) and time.monotonic() < deadline, log.read_text()[-3000:] if log.exists() else "no log"
+        time.sleep(0.5)
+    subprocess.run(["scancel", "--batch", "--signal=TERM", job], env=env, check=True)
+    text = wait_done(env, job, log, timeout=120)
+    assert "interrupted: finished stage outputs are kept; rerun the same command to resume" in text
+    assert "sweep driver exited with status 143" in text and "Ray stopped" in text, text[-3000:]
+    assert "did not exit within" not in text  # the driver stopped by itself: Ray was still there to stop Tune
+    state = subprocess.run(["scontrol", "show", "job", job], env=env, capture_output=True, text=True).stdout
+    assert "ExitCode=143:0" in state, state
+    runs = statuses(root)
+    assert runs and "RUNNING" not in runs and "KILLED" in runs, runs
+    assert not live_processes(marker=f"{where}/subnet-ray-{job}-")
+    assert not list(where.glob(f"subnet-ray-{job}-*"))  # every node's temp dir went with its Ray
