@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import sys
 import traceback
@@ -200,26 +199,12 @@ def cmd_report(args) -> int:
 
 
 def _submit_slurm(args, spec: SweepSpec) -> int:
-    from .orchestration import slurm
+    from .orchestration.slurm import SlurmJob, submit_sweep
 
-    cpus = math.ceil(spec.resources.cpus) if args.cpus_per_node is None else args.cpus_per_node  # default: one trial's
-    gpus = math.ceil(spec.resources.gpus) if args.gpus_per_node is None else args.gpus_per_node
-    job = slurm.SlurmJob(args.nodes, cpus, gpus, args.time, args.partition, args.account)
-    slurm.check(job, spec.resources.cpus, spec.resources.gpus)
-    script, log = slurm.paths(_root(args), spec.name)
-    if not args.dry_run:
-        slurm.sbatch()  # no Slurm here: say so before writing anything
-    # as `validate --remote`: the root and tracking store are checked from here (the root is shared), devices are the nodes'
-    print(_preflight(args, spec, local_run=False).summary(), flush=True)
-    slurm.write(script, slurm.render(job, args.sweep, _root(args), _tracking(args), spec.name))
-    again = slurm.command(args.sweep, job, _root(args), _tracking(args))
-    if args.dry_run:
-        print(f"wrote {script} (not submitted: --dry-run); submit it with `sbatch {script}` or: {again}")
-        return 0
-    job_id = slurm.submit(script)
-    print(f"submitted sweep {spec.name} as Slurm job {job_id}: {job.nodes} node(s) x {job.cpus_per_node} CPU(s), "
-          f"{job.gpus_per_node} GPU(s), time {job.time}; script {script}")
-    print(*slurm.follow_lines(job_id, log, again), sep="\n")
+    job = SlurmJob.for_sweep(spec, args.nodes, args.cpus_per_node, args.gpus_per_node, args.time, args.partition, args.account)
+    # the preflight of `validate --remote`: the root (shared) and tracking store from here, devices are the nodes'
+    submit_sweep(args.sweep, spec, job, _root(args), _tracking(args), dry_run=args.dry_run,
+                 preflight=lambda: print(_preflight(args, spec, local_run=False).summary(), flush=True))
     return 0
 
 

@@ -16,6 +16,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from .jobs import PROJECT
 
@@ -39,6 +40,13 @@ class SlurmJob:
     time: str  # wall-clock limit in Slurm's form, e.g. 04:00:00 or 1-12:00:00
     partition: str | None = None  # None: the cluster's default partition
     account: str | None = None  # None: the user's default account
+
+    @classmethod
+    def for_sweep(cls, spec, nodes: int, cpus: int | None, gpus: int | None, time: str, partition: str | None,
+                  account: str | None) -> "SlurmJob":
+        """Returns the job for `spec`; CPUs and GPUs per node default to what one trial asks for."""
+        return cls(nodes, math.ceil(spec.resources.cpus) if cpus is None else cpus,
+                   math.ceil(spec.resources.gpus) if gpus is None else gpus, time, partition, account)
 
 
 def check(job: SlurmJob, cpus_per_trial: float, gpus_per_trial: float) -> None:
@@ -147,6 +155,29 @@ def follow_lines(job_id: str, log: Path, again: str) -> list[str]:
             f"  follow: tail -F {shlex.quote(out)}   (state: squeue -j {job_id})",
             f"  stop:   scancel {job_id}   (the sweep stops where it is; finished outputs are kept)",
             f"  resume: {again}"]
+
+
+def submit_sweep(sweep: str, spec, job: SlurmJob, root: str, tracking_uri: str | None, dry_run: bool,
+                 preflight: Callable[[], None]) -> str | None:
+    """Returns the Slurm job id (None with `dry_run`) after checking, preflight, writing and submitting; prints what to do next.
+
+    Nothing is written unless every check passes: the options, sbatch being there, then `preflight`.
+    """
+    check(job, spec.resources.cpus, spec.resources.gpus)
+    script, log = paths(root, spec.name)
+    if not dry_run:
+        sbatch()  # no Slurm here: say so before writing anything
+    preflight()
+    write(script, render(job, sweep, root, tracking_uri, spec.name))
+    again = command(sweep, job, root, tracking_uri)
+    if dry_run:
+        print(f"wrote {script} (not submitted: --dry-run); submit it with `sbatch {script}` or: {again}")
+        return None
+    job_id = submit(script)
+    print(f"submitted sweep {spec.name} as Slurm job {job_id}: {job.nodes} node(s) x {job.cpus_per_node} CPU(s), "
+          f"{job.gpus_per_node} GPU(s), time {job.time}; script {script}")
+    print(*follow_lines(job_id, log, again), sep="\n")
+    return job_id
 
 
 def close_runs_of(tracking_uri: str, pid: int) -> int:
