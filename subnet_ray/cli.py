@@ -11,6 +11,7 @@ from pathlib import Path
 from .config import ConfigError, SweepSpec, load_sweep
 from .data import DataError
 from .manifest import DamagedOutput
+from .orchestration.slurm import SlurmError
 from .preflight import Preflight, PreflightError, check
 
 
@@ -19,7 +20,7 @@ class UsageError(ValueError):
 
 
 # Errors a user can fix: one line each, exit status 2, no traceback (unless --debug).
-ANTICIPATED = (ConfigError, DataError, PreflightError, UsageError, ConnectionError, TimeoutError)
+ANTICIPATED = (ConfigError, DataError, PreflightError, UsageError, SlurmError, ConnectionError, TimeoutError)
 
 
 def _demo_sweep() -> str:
@@ -202,10 +203,24 @@ def cmd_report(args) -> int:
     return 0
 
 
+def _submit_slurm(args, spec: SweepSpec) -> int:
+    from .orchestration.slurm import SlurmJob, submit_sweep
+
+    job = SlurmJob.for_sweep(spec, args.nodes, args.cpus_per_node, args.gpus_per_node, args.time, args.partition, args.account)
+    # the preflight of `validate --remote`: the root (shared) and tracking store from here, devices are the nodes'
+    submit_sweep(args.sweep, spec, job, _root(args), _tracking(args), dry_run=args.dry_run,
+                 preflight=lambda: print(_preflight(args, spec, local_run=False).summary(), flush=True))
+    return 0
+
+
 def cmd_submit(args) -> int:
     from .orchestration.jobs import entrypoint, submit
 
     spec, _ = _load(args.sweep)
+    if args.slurm:
+        return _submit_slurm(args, spec)
+    if not args.address:
+        raise UsageError("submit needs --address (a Ray dashboard, e.g. http://HEAD:8265) or --slurm")
     try:
         entrypoint(args.sweep, args.root, _tracking(args))
     except ValueError as e:
@@ -329,8 +344,16 @@ def parser() -> argparse.ArgumentParser:
         if name == "rerun-random":
             s.add_argument("--seeds", type=int, nargs="+", required=True, help="random-mask seeds to add")
         if name == "submit":
-            s.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://HEAD:8265")
+            s.add_argument("--address", help="Ray dashboard address, e.g. http://HEAD:8265 (or --slurm)")
             s.add_argument("--wait", action="store_true", help="follow the job until it ends")
+            s.add_argument("--slurm", action="store_true", help="submit a Slurm batch job that starts Ray on its nodes and runs the sweep")
+            s.add_argument("--nodes", type=int, default=1, help="--slurm: nodes (default 1)")
+            s.add_argument("--cpus-per-node", type=int, help="--slurm: CPUs per node (default: one trial's, resources.cpus)")
+            s.add_argument("--gpus-per-node", type=int, help="--slurm: GPUs per node (default: one trial's, resources.gpus)")
+            s.add_argument("--time", default="04:00:00", help="--slurm: time limit, e.g. 04:00:00 or 1-00:00:00 (default 04:00:00)")
+            s.add_argument("--partition", help="--slurm: partition (default: the cluster's)")
+            s.add_argument("--account", help="--slurm: account to charge (default: yours)")
+            s.add_argument("--dry-run", action="store_true", help="--slurm: write the batch script under the root, do not submit it")
         if name == "ui":
             s.add_argument("--host", default="127.0.0.1")
             s.add_argument("--port", type=int, default=5000)

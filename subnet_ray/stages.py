@@ -13,6 +13,7 @@ import json
 from dataclasses import dataclass
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -168,7 +169,9 @@ def _publish(store: Store, node: Node, seconds: float) -> None:
     with _signals_held():
         store.commit(node.key)
         store.record({"key": node.key, "stage": str(node.stage), "trial": node.trial, "variant": getattr(node.params, "variant", None),
-                      "time": time.time(), "seconds": seconds, "pid": os.getpid()})
+                      "time": time.time(), "seconds": seconds, "pid": os.getpid(), "host": socket.gethostname(),
+                      # the Slurm node, where Slurm started this process: a host may run several slurmd
+                      **({"slurm_node": os.environ["SLURMD_NODENAME"]} if "SLURMD_NODENAME" in os.environ else {})})
 
 
 @dataclass
