@@ -379,12 +379,25 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
         done, seen = [], []
         many = influence_ray_jobs(factory, dirs, train, jobs, tok, spec, max_length=16, budget_mb=0,
                                   on_checkpoint=lambda m, meta: seen.append(meta["epoch"]), on_done=lambda n, t: done.append(n))
+        # A sweep's variants of one model in one pass (issue 33's shape, small): no mask, one mask per language, another
+        # language's mask, random masks; batches of 5 mix masks and straddle blocks and checkpoints, shards of 3 tests.
+        langs = ("aa", "bb", "cc")
+        tri, tri_test = examples(36, "train", 4, langs), examples(15, "test", 5, langs)
+        g = torch.Generator().manual_seed(7)
+        own = {lang: (torch.rand(2, 4, generator=g) > 0.4).float() for lang in langs}
+        rand = {lang: m.flatten()[torch.randperm(8, generator=g)].view(2, 4) for lang, m in own.items()}
+        variants = [Job("full", tri_test, None), Job("subnet", tri_test, own),
+                    Job("subopt", [t for t in tri_test if t.language == "aa"], {"aa": own["cc"]}), Job("random", tri_test, rand)]
+        spec5 = spec.model_copy(update={"batch_size": 5})
+        mixed = influence_ray_jobs(factory, dirs, tri, variants, tok, spec5, max_length=16, shard_size=3)
     finally:
         ray.shutdown()
     assert seen == [1, 2] and sorted(done) == ["a", "b"]
     want = influence_jobs(tiny_model, dirs, train, jobs, tok, spec, max_length=16)
+    want_mixed = influence_jobs(tiny_model, dirs, tri, variants, tok, spec5, max_length=16)
     key = ["test_id", "checkpoint", "sign", "rank"]
-    for got, ref in ((got, ref), (one, ref), (many["a"], want["a"]), (many["b"], want["b"])):
+    for got, ref in ((got, ref), (one, ref), (many["a"], want["a"]), (many["b"], want["b"]),
+                     *((mixed[v.name], want_mixed[v.name]) for v in variants)):
         ref = ref.sort_values(key).reset_index(drop=True)
         got = got.sort_values(key).reset_index(drop=True)
         assert got[key + ["train_id", "train_language", "test_language"]].equals(ref[key + ["train_id", "train_language", "test_language"]])
