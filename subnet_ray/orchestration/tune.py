@@ -113,6 +113,22 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None:
     from ray import tune
 
+    try:
+        _run_trial(config, spec_json, store_uri, plan)
+    except Exception as e:
+        from .faults import NOT_RETRIED, detail, kind_of
+
+        found = kind_of(e)
+        if found is None or found[0] not in NOT_RETRIED:
+            raise  # Tune retries it
+        # a full disk or a read-only root fails every retry the same way: said once, to the driver (run_wave)
+        during = next((n for n in getattr(e, "__notes__", ()) if n.startswith("while ")), f"while running trial {config['trial']}")
+        tune.report({"fault": found[0], "fault_detail": detail(found[1]), "fault_during": during})
+
+
+def _run_trial(config: dict, spec_json: str, store_uri: str, plan: dict) -> None:
+    from ray import tune
+
     from ..store import Store
     from ..stages import execute, execute_influence, influence_groups
     from .tracking import epoch_metrics
@@ -223,8 +239,15 @@ def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], stora
     with graceful(_stop_tune):
         results = tuner.fit()
     raise_if_interrupted()  # Tune returns normally after a stop: no later wave may start
+    faults = [r.metrics for r in results if r.error is None and r.metrics and "fault" in r.metrics]
+    if faults:
+        from .faults import Observed
+
+        raise Observed(faults[0]["fault"], faults[0]["fault_detail"], faults[0]["fault_during"])
     failed = [(r.config["trial"], r.error) for r in results if r.error is not None]
     if failed:
         names = ", ".join(t for t, _ in failed)
-        raise RuntimeError(f"{len(failed)} trial(s) failed after {res.max_failures} retries: {names}; first error: {failed[0][1]}")
+        err = RuntimeError(f"{len(failed)} trial(s) failed after {res.max_failures} retries: {names}; first error: {failed[0][1]}")
+        err.add_note(f"while running trial {failed[0][0]}")  # faults.explain names it if the machine or Ray failed
+        raise err from failed[0][1]
 
