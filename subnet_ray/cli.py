@@ -365,6 +365,8 @@ def main(argv: list[str] | None = None) -> int:
     server / disk / root / Ray cluster / a trial's memory failed mid-run (orchestration/faults.py), 130 / 143 / 129
     interrupted by SIGINT / SIGTERM / SIGHUP."""
     args = parser().parse_args(argv)
+    if args.debug or args.debug_first:
+        os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "1"  # Tune's traceback of every failed trial attempt
     if args.command in ("run", "demo", "rerun-random", "estimate"):
         from .orchestration.workers import WORKER_ENV
 

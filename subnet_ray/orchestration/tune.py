@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -186,6 +187,18 @@ def _progress(total: int, desc: str, enabled: bool, on_result: Callable[[dict], 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.bar.set_postfix_str(f"failed: {trial.config['trial']}")
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            # in place of Tune's traceback per failed attempt (TUNE_PRINT_ALL_TRIAL_ERRORS; `--debug` shows them)
+            try:
+                from .faults import detail
+
+                error = trial.get_pickled_error()
+                why = f" ({detail(error)})" if error is not None else ""
+            except Exception:  # noqa: BLE001 - the line is a courtesy; Tune goes on either way
+                why = ""
+            print(f"trial {trial.config['trial']} failed{why}; Tune retries it (it resumes from its last finished epoch)",
+                  file=sys.stderr, flush=True)
+
         def on_experiment_end(self, trials, **info):
             self.bar.close()
 
@@ -233,6 +246,7 @@ def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], stora
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a line per retry instead (Progress); cli --debug sets 1
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # our handler asks Tune to stop (below), and remembers the signal
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # not the last wave's handler: Tune installs this wave's in fit()
