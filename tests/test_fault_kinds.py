@@ -113,3 +113,28 @@ def test_a_bug_is_no_fault(ctx):
     for e in (ValueError("bad shape"), KeyError("xa"), RuntimeError("mat1 and mat2 shapes cannot be multiplied")):
         assert kind_of(e) is None and explain(e, ctx) is None
     assert explain(Observed("disk_full", "No space left on device", "while running trial t"), ctx).exit_code == 5
+
+
+def test_the_cluster_watch_raises_in_the_main_thread_once_the_gcs_stops_answering(ctx):
+    import time
+
+    from subnet_ray.orchestration.faults import ClusterWatch
+
+    gcs = socket.socket()
+    gcs.bind(("127.0.0.1", 0))
+    gcs.listen()
+    address = f"127.0.0.1:{gcs.getsockname()[1]}"
+    watch = ClusterWatch(address, Context(ctx.root, keys=ROOT_KEYS, address=address), every=0.2, misses=2, grace=30)
+    watch.start()
+    try:
+        time.sleep(1.0)  # answering: nothing happens
+        gcs.close()  # the cluster goes away
+        t0 = time.monotonic()
+        with pytest.raises(Observed) as got:
+            while time.monotonic() - t0 < 10:
+                time.sleep(0.05)
+        assert time.monotonic() - t0 < 2  # two missed asks 0.2 s apart, not Ray's 60 s
+    finally:
+        watch.stop()
+    f = explain(got.value, Context(ctx.root, keys=ROOT_KEYS, address=address))
+    assert f.exit_code == 7 and f"GCS at {address} has not answered" in f.what and "1 of 2 stage outputs" in f.kept

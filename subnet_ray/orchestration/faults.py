@@ -23,7 +23,9 @@ import errno
 import os
 import re
 import shutil
+import signal
 import socket
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -140,6 +142,7 @@ class Context:
     executor: str = "ray"
     reports: list[Path] = field(default_factory=list)  # written before the failure
     tracker: object = None  # the invocation's tracking.Tracker, once made (its `left_open`: runs it could not end)
+    watch: object = None  # the ClusterWatch of its Ray, if any
 
 
 def _size(n: float) -> str:
@@ -189,13 +192,7 @@ def _kept(ctx: Context) -> str:
 
 def cluster_answers(address: str | None, timeout: float = 3.0) -> bool:
     """Returns whether the Ray cluster this driver is connected to (its GCS) still accepts connections."""
-    try:
-        import ray
-
-        gcs = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
-    except Exception:  # noqa: BLE001 - a driver whose Ray is gone may fail anywhere here
-        gcs = None
-    target = gcs or (address if address and address not in ("auto", "local") and "://" not in address else None)
+    target = _gcs(address)
     if target is None:
         return False
     host, _, port = target.rpartition(":")
@@ -204,6 +201,95 @@ def cluster_answers(address: str | None, timeout: float = 3.0) -> bool:
         return True
     except (OSError, ValueError):
         return False
+
+
+def _gcs(address: str | None) -> str | None:
+    """Returns host:port of the GCS of the Ray this driver is connected to (else of `address`), None if unknown."""
+    try:
+        import ray
+
+        gcs = ray.get_runtime_context().gcs_address if ray.is_initialized() else None
+    except Exception:  # noqa: BLE001 - a driver whose Ray is gone may fail anywhere here
+        gcs = None
+    return gcs or (address if address and address not in ("auto", "local") and "://" not in address else None)
+
+
+class ClusterWatch(threading.Thread):
+    """Asks the Ray cluster's GCS every `every` s whether it is there; after `misses` asks in a row without an
+    answer, raises Observed("cluster") in the main thread (through SIGUSR2).
+
+    Without it a lost cluster gives no error to explain: Ray's native code ends the driver process
+    60 s after its GCS went away ("Failed to connect to GCS within 60 seconds ... The program will
+    terminate"), so the user would see that line, not what is kept and what to do. The main thread
+    may be blocked inside Ray then (seen: the handler never ran before that abort): if it has not taken
+    the exception within `grace` s, this thread ends what MLflow runs it can, prints the line and exits
+    with the cluster's status itself.
+    """
+
+    def __init__(self, gcs: str, ctx: "Context", every: float = 5.0, misses: int = 3, grace: float = 10.0):
+        super().__init__(daemon=True, name="ray-cluster-watch")
+        self.gcs, self.ctx, self.every, self.misses, self.grace = gcs, ctx, every, misses, grace
+        self.done, self.taken = threading.Event(), threading.Event()
+        self.lost: str | None = None
+        self.previous = signal.signal(signal.SIGUSR2, self._raise)
+
+    def _raise(self, signum, frame) -> None:
+        if self.lost is not None and not self.done.is_set():
+            self.taken.set()
+            raise Observed("cluster", self.lost)
+
+    def _exit(self) -> None:
+        """Ends this process as the main thread would have: the runs FAILED (as far as 10 s allow), one line, status 7."""
+        import sys
+
+        tracker = self.ctx.tracker
+        if tracker is not None:
+            ender = threading.Thread(target=lambda: _quietly(lambda: tracker.finish("FAILED")), daemon=True)
+            ender.start()
+            ender.join(10)
+            tracker.left_open = ender.is_alive() or not tracker.finished
+        fault = explain(Observed("cluster", self.lost), self.ctx)
+        print(f"error: {fault or self.lost}", file=sys.stderr, flush=True)
+        os._exit(EXIT["cluster"])
+
+    def run(self) -> None:
+        host, _, port = self.gcs.rpartition(":")
+        missed = 0
+        while not self.done.wait(self.every):
+            try:
+                socket.create_connection((host, int(port)), timeout=self.every).close()
+                missed = 0
+            except OSError as e:
+                missed += 1
+                if missed >= self.misses and not self.done.is_set():
+                    self.lost = f"its GCS at {self.gcs} has not answered for {missed * self.every:.0f} s ({e.strerror or e})"
+                    signal.pthread_kill(threading.main_thread().ident, signal.SIGUSR2)
+                    if not self.taken.wait(self.grace) and not self.done.is_set():
+                        self._exit()
+                    return
+
+    def stop(self) -> None:
+        """Stops watching and puts the previous SIGUSR2 handler back."""
+        self.done.set()
+        signal.signal(signal.SIGUSR2, self.previous)
+
+
+def _quietly(fn) -> None:
+    try:
+        fn()
+    except Exception:  # noqa: BLE001 - best effort on the way out; the next invocation ends what is left
+        pass
+
+
+def watch_cluster(ctx: "Context", every: float = 5.0, misses: int = 3) -> ClusterWatch | None:
+    """Returns a started ClusterWatch of the connected Ray (call its stop() at the end), None where it cannot
+    watch (no GCS address known, not the main thread)."""
+    gcs = _gcs(ctx.address)
+    if gcs is None or threading.current_thread() is not threading.main_thread():
+        return None
+    watch = ClusterWatch(gcs, ctx, every, misses)
+    watch.start()
+    return watch
 
 
 def explain(e: BaseException, ctx: Context) -> Fault | None:

@@ -217,6 +217,9 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
             if fault is None:
                 raise
             raise fault from e
+        finally:
+            if ctx.watch is not None:
+                ctx.watch.stop()
 
 
 def _tracking_lost(e: BaseException) -> bool:
@@ -263,6 +266,9 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
 
         init_ray(address, num_cpus)
         reinstall()  # ray.init replaced the SIGTERM handler with one that aborts the driver
+        from .faults import watch_cluster
+
+        ctx.watch = watch_cluster(ctx)  # a lost cluster ends in our line, not in Ray's abort 60 s later
     if "://" not in root_s:
         Path(root_s).mkdir(parents=True, exist_ok=True)
     # MLflow creates (migrates) a new SQLite database without a lock: two invocations starting together would break it
