@@ -1,9 +1,10 @@
 """Which fault an error is (orchestration/faults.py), on real exception objects: what Ray, torch, numpy,
 safetensors and MLflow raise when the cluster, the memory, the disk or the tracking server fails.
 
-The end-to-end tests that cause a full disk, a read-only root and a lost tracking server for real are in
-tests/test_machine_faults.py; a lost Ray cluster and a trial out of memory are checked here (causing
-them for real costs minutes on this machine).
+The end-to-end tests that cause a full disk, a read-only root, a lost tracking server and a lost local Ray
+for real are in tests/test_machine_faults.py. A trial out of memory is checked here only, on the errors
+numpy, torch and Ray raise (making a Tune trial run out of memory for real costs minutes on this machine),
+and so are Ray's errors of a partly lost cluster (a dead node or actor) against a cluster that answers.
 """
 import errno
 import os
@@ -107,6 +108,8 @@ def test_an_unreachable_mlflow_server_is_the_tracking_kind(ctx, monkeypatch):
     assert kind_of(got.value)[0] == "tracking"
     f = explain(got.value, Context(ctx.root, keys=ROOT_KEYS, tracking_uri=uri))
     assert f.exit_code == 3 and f"the MLflow tracking server {uri} went away" in f.what
+    hidden = explain(got.value, Context(ctx.root, tracking_uri="http://me:secret@mlflow:5000"))
+    assert "secret" not in str(hidden) and "http://me:***@mlflow:5000" in hidden.what
 
 
 def test_a_bug_is_no_fault(ctx):

@@ -1,7 +1,7 @@
-"""A full disk, a root made read-only and a tracking server killed, each caused for real in the middle of
-a smoke sweep (local executor: Ray is not what is under test): one `error:` line with its own exit
-status, nothing half-published, every MLflow run it could reach ended, and the same command, once the
-machine is mended, finishes with the outputs of an undisturbed run.
+"""A full disk, a root made read-only, a tracking server killed and a local Ray killed, each caused for real
+in the middle of a smoke sweep (the local executor where Ray is not what is under test): one `error:`
+line with its own exit status, nothing half-published, every MLflow run it could reach ended, and the
+same command, once the machine is mended, finishes with the outputs of an undisturbed run.
 
 Mounting needs root (CAP_SYS_ADMIN); where it is refused the tests say so and skip.
 """

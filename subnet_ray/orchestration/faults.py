@@ -346,7 +346,9 @@ def explain(e: BaseException, ctx: Context) -> Fault | None:
                 else f"{rerun} (it starts a new local Ray)")
         return Fault(kind, f"the Ray cluster {where} went away ({words}{at})", kept, todo)
     if kind == "tracking":
-        uri = ctx.tracking_uri or "(default)"
+        from .tracking_store import _redact
+
+        uri = _redact(ctx.tracking_uri) if ctx.tracking_uri else "(default)"
         if ctx.reports:
             kept = kept + f"; the report is written ({', '.join(str(p) for p in ctx.reports[:2])}" + \
                 (f" and {len(ctx.reports) - 2} more" if len(ctx.reports) > 2 else "") + ")"
