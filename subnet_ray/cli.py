@@ -201,8 +201,17 @@ def cmd_report(args) -> int:
     store = _existing_store(_root(args))
     if store is None:
         raise UsageError(f"no store under root {_root(args)}, --root; expected the root of a sweep that has run")
-    with report_lease(store, spec):
-        reports = write_reports(spec, _root(args), store)
+    try:
+        with report_lease(store, spec):
+            reports = write_reports(spec, _root(args), store)
+    except Exception as e:
+        from .graph import graph
+        from .orchestration.faults import Context, explain
+
+        fault = explain(e, Context(_root(args), keys=[n.key for n in graph(spec)]))  # a full disk, a read-only root
+        if fault is None:
+            raise
+        raise fault from e
     if not reports:
         print(f"sweep {spec.name}: nothing in the store under {_root(args)} yet; run it first", file=sys.stderr)
         return 1

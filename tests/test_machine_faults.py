@@ -257,3 +257,20 @@ def _cmd(pid: int) -> str:
             return f.read().replace(b"\0", b" ").decode(errors="replace")
     except OSError:
         return ""
+
+
+@pytest.mark.slow  # the undisturbed run it copies takes a minute or more here
+def test_report_on_a_full_disk_ends_in_one_line(clean, tmp_path, mount, capsys):
+    import shutil
+
+    from subnet_ray.cli import main
+
+    sweep, spec, ref = clean
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mount("-t", "tmpfs", "-o", "size=1400k", "tmpfs", target=disk)  # the store (~1 MB) fits, its report (~4 MB) does not
+    shutil.copytree(ref / "store", disk / "root" / "store")
+    assert main(["report", str(sweep), "--root", str(disk / "root")]) == 5
+    line = _error_line(capsys.readouterr().err)
+    n = len(graph(spec))
+    assert line.startswith(f"error: the disk holding the root {disk / 'root'} is full (") and f"{n} of {n} stage outputs" in line
