@@ -216,7 +216,8 @@ def _gcs(address: str | None) -> str | None:
 
 class ClusterWatch(threading.Thread):
     """Asks the Ray cluster's GCS every `every` s whether it is there; after `misses` asks in a row without an
-    answer, raises Observed("cluster") in the main thread (through SIGUSR2).
+    answer (30 s by default: a GCS that restarts, or a network that blips, has that long, and `grace` after
+    it still ends before Ray's 60 s), raises Observed("cluster") in the main thread (through SIGUSR2).
 
     Without it a lost cluster gives no error to explain: Ray's native code ends the driver process
     60 s after its GCS went away ("Failed to connect to GCS within 60 seconds ... The program will
@@ -226,7 +227,7 @@ class ClusterWatch(threading.Thread):
     with the cluster's status itself.
     """
 
-    def __init__(self, gcs: str, ctx: "Context", every: float = 5.0, misses: int = 3, grace: float = 10.0):
+    def __init__(self, gcs: str, ctx: "Context", every: float = 5.0, misses: int = 6, grace: float = 10.0):
         super().__init__(daemon=True, name="ray-cluster-watch")
         self.gcs, self.ctx, self.every, self.misses, self.grace = gcs, ctx, every, misses, grace
         self.done, self.taken = threading.Event(), threading.Event()
@@ -281,7 +282,7 @@ def _quietly(fn) -> None:
         pass
 
 
-def watch_cluster(ctx: "Context", every: float = 5.0, misses: int = 3) -> ClusterWatch | None:
+def watch_cluster(ctx: "Context", every: float = 5.0, misses: int = 6) -> ClusterWatch | None:
     """Returns a started ClusterWatch of the connected Ray (call its stop() at the end), None where it cannot
     watch (no GCS address known, not the main thread)."""
     gcs = _gcs(ctx.address)
