@@ -11,6 +11,7 @@ from pathlib import Path
 from .config import ConfigError, SweepSpec, load_sweep
 from .data import DataError
 from .manifest import DamagedOutput
+from .orchestration.faults import Fault
 from .orchestration.slurm import SlurmError
 from .preflight import Preflight, PreflightError, check
 
@@ -121,8 +122,21 @@ def _run(args, sweep: str, random_seeds=None) -> int:
     print(f"sweep {spec.name}: computed {len(run.computed)} stage outputs (the rest were in the store)")
     for folder in run.reports:
         print(f"report: {folder / 'report.html'}")
-    print(f"MLflow: parent run {run.parent_run_id}; browse with `subnet-ray ui --root {_root(args)}`")
+    print(f"MLflow: parent run {run.parent_run_id}; {_browse_hint(_root(args), _tracking(args))}")
     return 0
+
+
+def _browse_hint(root: str, uri: str | None) -> str:
+    """Returns where the sweep's runs are and how to browse them: the server's own UI, or `subnet-ray ui` over the store."""
+    from .orchestration.tracking_store import _redact, _scheme, default_tracking_uri
+
+    if uri and _scheme(uri) in ("http", "https"):
+        return f"runs on the tracking server {_redact(uri)}: browse with `subnet-ray ui --tracking-uri {_redact(uri)}`"
+    if uri and "://" not in root and uri != default_tracking_uri(root):
+        return f"runs in {_redact(uri)}: browse with `subnet-ray ui --root {root} --tracking-uri {_redact(uri)}`"
+    if uri and "://" in root:
+        return f"runs in {_redact(uri)}"
+    return f"browse with `subnet-ray ui --root {root}`"
 
 
 def cmd_run(args) -> int:
@@ -193,8 +207,17 @@ def cmd_report(args) -> int:
     store = _existing_store(_root(args))
     if store is None:
         raise UsageError(f"no store under root {_root(args)}, --root; expected the root of a sweep that has run")
-    with report_lease(store, spec):
-        reports = write_reports(spec, _root(args), store)
+    try:
+        with report_lease(store, spec):
+            reports = write_reports(spec, _root(args), store)
+    except Exception as e:
+        from .graph import graph
+        from .orchestration.faults import Context, explain
+
+        fault = explain(e, Context(_root(args), keys=[n.key for n in graph(spec)]))  # a full disk, a read-only root
+        if fault is None:
+            raise
+        raise fault from e
     if not reports:
         print(f"sweep {spec.name}: nothing in the store under {_root(args)} yet; run it first", file=sys.stderr)
         return 1
@@ -374,8 +397,13 @@ def version() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Returns the exit status: 0 done, 2 an error the user can fix (one line each), 130 interrupted."""
+    """Returns the exit status: 0 done, 1 `status` found damaged outputs (or an unforeseen error), 2 an error
+    the user can fix before any compute (one line each), 4 a damaged stage output, 3 / 5 / 6 / 7 / 8 the tracking
+    server / disk / root / Ray cluster / a trial's memory failed mid-run (orchestration/faults.py), 130 / 143 / 129
+    interrupted by SIGINT / SIGTERM / SIGHUP."""
     args = parser().parse_args(argv)
+    if args.debug or args.debug_first:
+        os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] = "1"  # Tune's traceback of every failed trial attempt
     if args.command in ("run", "demo", "rerun-random", "estimate"):
         from .orchestration.workers import WORKER_ENV
 
@@ -392,6 +420,11 @@ def main(argv: list[str] | None = None) -> int:
     except DamagedOutput as e:
         print(f"error: {e}", file=sys.stderr)
         return 4
+    except Fault as e:  # the machine or a service failed mid-run: what, what is kept, what to do (faults.EXIT)
+        if args.debug or args.debug_first:
+            traceback.print_exc()
+        print(f"error: {e}", file=sys.stderr)
+        return e.exit_code
     except KeyboardInterrupt as e:
         from .orchestration.interrupts import MESSAGE, Interrupted
 

@@ -128,7 +128,7 @@ def execute(node: Node, spec: SweepSpec, store: Store, on_wait: Callable[[str], 
     if store.done(node.key):
         return False
     started = time.perf_counter()  # the ledger's `seconds`: what `estimate` is checked against, per stage
-    with lease(store, node.key, on_wait=on_wait):
+    with _named(f"{node.stage} of {node.trial}"), lease(store, node.key, on_wait=on_wait):
         if store.done(node.key):
             on_wait(f"stage output {node.key} was computed by another invocation meanwhile: using it")
             return False
@@ -140,6 +140,17 @@ def execute(node: Node, spec: SweepSpec, store: Store, on_wait: Callable[[str], 
             raise
         _publish(store, node, time.perf_counter() - started)
     return True
+
+
+@contextlib.contextmanager
+def _named(what: str) -> Any:
+    """Adds to an error that leaves the block the stage output it was computing ("while computing ..."):
+    the one line a full disk or a read-only root ends in names it (orchestration/faults.py)."""
+    try:
+        yield
+    except Exception as e:
+        e.add_note(f"while computing {what}")
+        raise
 
 
 @contextlib.contextmanager
@@ -313,7 +324,7 @@ def execute_influence(nodes: list[Node], spec: SweepSpec, store: Store, on_wait:
     if not todo:
         return []
     since = [time.perf_counter()]  # the ledger's `seconds`: each node's share of the group's time, summing to all of it
-    with contextlib.ExitStack() as held:
+    with _named(f"influence of {todo[0].trial}"), contextlib.ExitStack() as held:
         for n in todo:
             held.enter_context(lease(store, n.key, on_wait=on_wait))
         for n in [n for n in todo if store.done(n.key)]:

@@ -172,3 +172,15 @@ def test_dashboard_check_tells_token_auth_from_a_wrong_server(code, reachable):
                 check_dashboard(address, timeout=5)
     finally:
         server.shutdown()
+
+
+def test_the_closing_hint_names_the_tracking_store_the_runs_are_in(tmp_path):
+    from subnet_ray.cli import _browse_hint
+
+    root = str(tmp_path / "runs")
+    assert _browse_hint(root, None) == f"browse with `subnet-ray ui --root {root}`"
+    assert _browse_hint(root, f"sqlite:///{tmp_path.resolve()}/runs/mlflow.db") == f"browse with `subnet-ray ui --root {root}`"
+    assert _browse_hint(root, "http://u:secret@mlflow:5000") == \
+        "runs on the tracking server http://u:***@mlflow:5000: browse with `subnet-ray ui --tracking-uri http://u:***@mlflow:5000`"
+    other = f"sqlite:///{tmp_path}/elsewhere.db"
+    assert _browse_hint(root, other) == f"runs in {other}: browse with `subnet-ray ui --root {root} --tracking-uri {other}`"

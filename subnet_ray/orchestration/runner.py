@@ -221,14 +221,47 @@ def run_sweep(spec: SweepSpec, root: str | os.PathLike, *, address: str | None =
     stop it where it is (no later stage or wave starts, running trials are stopped, finished outputs
     kept, this invocation's MLflow runs end KILLED) and raise interrupts.Interrupted.
     """
+    from .faults import Context, explain
     from .interrupts import handling
 
+    ctx = Context(str(root), address=address, tracking_uri=tracking_uri, executor=executor)
     with handling():
-        return _run_sweep(spec, root, address=address, tracking_uri=tracking_uri, executor=executor,
-                          random_seeds=random_seeds, progress=progress, num_cpus=num_cpus)
+        try:
+            return _run_sweep(spec, root, address=address, tracking_uri=tracking_uri, executor=executor,
+                              random_seeds=random_seeds, progress=progress, num_cpus=num_cpus, ctx=ctx)
+        except Exception as e:
+            fault = explain(e, ctx)  # a full disk, a read-only root, a lost server or cluster, a trial out of memory
+            if fault is None:
+                raise
+            raise fault from e
+        finally:
+            if ctx.watch is not None:
+                ctx.watch.stop()
 
 
-def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, progress, num_cpus) -> SweepRun:
+def _tracking_lost(e: BaseException) -> bool:
+    from .faults import kind_of
+
+    found = kind_of(e)
+    return found is not None and found[0] == "tracking"
+
+
+def _tracking_back(tracker) -> BaseException | None:
+    """Returns None if the tracking server that stopped answering mid-run (tracker.lost) answers again, else the error."""
+    from .tracking_store import TrackingUnreachable, check_tracking_uri
+
+    if tracker.lost is None:
+        return None
+    try:
+        check_tracking_uri(tracker.tracking_uri, timeout=5)
+    except TrackingUnreachable as e:
+        return e
+    _say(f"MLflow tracking server {tracker.tracking_uri} answers again: logging what this invocation has")
+    tracker.lost = None
+    return None
+
+
+def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, progress, num_cpus, ctx) -> SweepRun:
     from .interrupts import raise_if_interrupted, reinstall
     from .tracking import Tracker, flat_params
     from .tracking_store import check_tracking_uri, default_tracking_uri
@@ -238,6 +271,7 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
     if random_seeds is not None:
         spec = spec.model_copy(update={"random_seeds": sorted(set(spec.random_seeds) | set(random_seeds))})
     nodes = graph(spec)
+    ctx.keys = [n.key for n in nodes]
     use_cpus(spec.resources.cpus)  # as every trial and actor does: the same numbers on every executor
     root_s = str(root)
     for values, b in branches(spec):  # missing data or columns fail here, before Ray, MLflow or the root
@@ -249,11 +283,15 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
 
         init_ray(address, num_cpus)
         reinstall()  # ray.init replaced the SIGTERM handler with one that aborts the driver
+        from .faults import watch_cluster
+
+        ctx.watch = watch_cluster(ctx)  # a lost cluster ends in our line, not in Ray's abort 60 s later
     if "://" not in root_s:
         Path(root_s).mkdir(parents=True, exist_ok=True)
     # MLflow creates (migrates) a new SQLite database without a lock: two invocations starting together would break it
     with file_lock(Path(root_s) / ".mlflow.lock") if "://" not in root_s else contextlib.nullcontext():
         tracker = Tracker(spec.name, root, tracking_uri)
+    ctx.tracker, ctx.tracking_uri = tracker, tracker.tracking_uri
     for run_id in tracker.close_dead():
         _say(f"MLflow run {run_id} was left RUNNING by an invocation that is gone: ended KILLED")
     store = store_for(root)
@@ -285,15 +323,34 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
             run.seconds[label] = time.perf_counter() - t0
         t0 = time.perf_counter()
         collected, summaries = {}, {}
-        run_ids = trials.run_ids()
+        lost = _tracking_back(tracker)  # a server that went away mid-run costs MLflow's part, never the report
+        run_ids = {}
+        if lost is None:
+            try:
+                run_ids = trials.run_ids()
+            except Exception as e:
+                if not _tracking_lost(e):
+                    raise
+                lost = e
         with report_lease(store, spec):  # another invocation may be rewriting these report folders
             parent = {"name": f"{spec.name} (parent)", "run_id": run.parent_run_id,
                       "url": f"#/experiments/{tracker.experiment_id}/runs/{run.parent_run_id}"}
-            run.reports = write_reports(spec, root, store, collected, run_ids, summaries, parent)
-            trials.finish(store, collected, summaries)  # the runs' headline metrics come from the reports' results
-            tracker.link_children()
-            _log_reports(tracker, spec, run.reports)
+            run.reports = ctx.reports = write_reports(spec, root, store, collected, run_ids, summaries, parent)
+            if lost is None:
+                try:
+                    trials.finish(store, collected, summaries)  # the runs' headline metrics come from the reports' results
+                    tracker.link_children()
+                    _log_reports(tracker, spec, run.reports)
+                except Exception as e:
+                    if not _tracking_lost(e):
+                        raise
+                    lost = e
         run.seconds["report"] = time.perf_counter() - t0
+        if lost is not None:  # the next invocation logs what is missing (runs found by identity, artifacts once)
+            from .faults import Observed, detail
+
+            tracker.lost = lost
+            raise Observed("tracking", detail(lost)) from lost
         tracker.parent.log_metrics({f"seconds/{k}": v for k, v in run.seconds.items()})
     run.computed = [e["key"] for e in ledger(store) if e["key"] not in before]
     return run

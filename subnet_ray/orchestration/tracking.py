@@ -10,6 +10,7 @@ The store itself (its URI, the usability check, the local UI) is in tracking_sto
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -255,6 +256,9 @@ class Tracker:
             artifact_location = f"{ARTIFACTS_SCHEME}/{sweep_name}"
         elif artifact_location is not None and "://" not in artifact_location and not artifact_location.startswith("file:"):
             artifact_location = Path(artifact_location).resolve().as_uri()  # never relative to the cwd
+        # its ERROR lines carry a traceback of what the exception raised from the same call says again: a full
+        # disk under SQLite must end in one line (faults.py), and any other error still reaches the caller
+        logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
         self.client = MlflowClient(tracking_uri=self.tracking_uri)
         self.experiment_id = self._experiment(artifact_location)
         self.local_artifacts: Path | None = None
@@ -265,6 +269,8 @@ class Tracker:
         self.parent: TrialRun | None = None
         self.children: dict[str, TrialRun] = {}
         self.finished = False
+        self.lost: BaseException | None = None  # the error that said the tracking server went away: no more calls
+        self.left_open = False  # runs this invocation could not end (close_dead of the next one ends them)
 
     def _experiment(self, artifact_location: str | None) -> str:
         exp = self.client.get_experiment_by_name(self.sweep_name)
@@ -437,12 +443,22 @@ class Tracker:
 
         killed = exc_type is not None and (issubclass(exc_type, KeyboardInterrupt) or signalled() is not None)
         status = "FINISHED" if exc_type is None else "KILLED" if killed else "FAILED"
+        if self.lost is not None:  # each call would wait out the client's retries: the next invocation closes them
+            self.left_open = True
+            return False
         for _ in range(3):
             try:
                 self.finish(status)
                 break
             except KeyboardInterrupt:
                 continue
+            except Exception:
+                if exc_type is None:
+                    raise
+                # the store failed too (a full disk under SQLite, a read-only root, a lost server): the error
+                # that ended the sweep is the one to report; close_dead of the next invocation ends these runs
+                self.left_open = True
+                break
         return False
 
 

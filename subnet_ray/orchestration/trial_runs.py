@@ -128,11 +128,25 @@ class TrialLog:
         return True
 
     def live(self, node_key: str, epoch: int, metrics: dict[str, float]) -> None:
-        """Logs a fine-tuning epoch as it ends; a failure only warns: the epoch is logged after the waves."""
+        """Logs a fine-tuning epoch as it ends; a failure only warns: the epoch is logged after the waves.
+
+        After a tracking server stopped answering, no epoch tries again (each try would wait out the
+        client's retries while the training waits): the runner asks the server again after the waves.
+        """
+        if self.tracker.lost is not None:
+            return
         try:
             self.epoch(node_key, epoch, metrics)
         except Exception as e:  # noqa: BLE001 - hours of training must not die on a tracking hiccup
-            warnings.warn(f"live MLflow metrics of {node_key} epoch {epoch}: {e!r}; logged after the waves instead", stacklevel=2)
+            from .faults import kind_of
+
+            found = kind_of(e)
+            lost = found is not None and found[0] == "tracking"
+            if lost:
+                self.tracker.lost = e
+            warnings.warn(f"live MLflow metrics of {node_key} epoch {epoch}: {e!r}; logged after the waves instead"
+                          + ("; no more live metrics in this invocation (the tracking server does not answer)" if lost else ""),
+                          stacklevel=2)
 
     def tune_result(self, result: dict) -> None:
         """Logs a Tune trial's epoch result (one that names its node); other results are not epochs."""

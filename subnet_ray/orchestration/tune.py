@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import tempfile
 import threading
 import time
@@ -113,6 +114,22 @@ def init_ray(address: str | None, num_cpus: int | None = None) -> None:
 def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None:
     from ray import tune
 
+    try:
+        _run_trial(config, spec_json, store_uri, plan)
+    except Exception as e:
+        from .faults import NOT_RETRIED, detail, kind_of
+
+        found = kind_of(e)
+        if found is None or found[0] not in NOT_RETRIED:
+            raise  # Tune retries it
+        # a full disk or a read-only root fails every retry the same way: said once, to the driver (run_wave)
+        during = next((n for n in getattr(e, "__notes__", ()) if n.startswith("while ")), f"while running trial {config['trial']}")
+        tune.report({"fault": found[0], "fault_detail": detail(found[1]), "fault_during": during})
+
+
+def _run_trial(config: dict, spec_json: str, store_uri: str, plan: dict) -> None:
+    from ray import tune
+
     from ..store import Store
     from ..stages import execute, execute_influence, influence_groups
     from .tracking import epoch_metrics
@@ -170,6 +187,18 @@ def _progress(total: int, desc: str, enabled: bool, on_result: Callable[[dict], 
         def on_trial_error(self, iteration, trials, trial, **info):
             self.bar.set_postfix_str(f"failed: {trial.config['trial']}")
 
+        def on_trial_recover(self, iteration, trials, trial, **info):
+            # in place of Tune's traceback per failed attempt (TUNE_PRINT_ALL_TRIAL_ERRORS; `--debug` shows them)
+            try:
+                from .faults import detail
+
+                error = trial.get_pickled_error()
+                why = f" ({detail(error)})" if error is not None else ""
+            except Exception:  # noqa: BLE001 - the line is a courtesy; Tune goes on either way
+                why = ""
+            print(f"trial {trial.config['trial']} failed{why}; Tune retries it (it resumes from its last finished epoch)",
+                  file=sys.stderr, flush=True)
+
         def on_experiment_end(self, trials, **info):
             self.bar.close()
 
@@ -217,14 +246,22 @@ def run_wave(spec: SweepSpec, store_uri: str, plan: dict[str, list[Node]], stora
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
         ),
     )
+    os.environ.setdefault("TUNE_PRINT_ALL_TRIAL_ERRORS", "0")  # a line per retry instead (Progress); cli --debug sets 1
     os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # our handler asks Tune to stop (below), and remembers the signal
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGUSR1, signal.SIG_DFL)  # not the last wave's handler: Tune installs this wave's in fit()
     with graceful(_stop_tune):
         results = tuner.fit()
     raise_if_interrupted()  # Tune returns normally after a stop: no later wave may start
+    faults = [r.metrics for r in results if r.error is None and r.metrics and "fault" in r.metrics]
+    if faults:
+        from .faults import Observed
+
+        raise Observed(faults[0]["fault"], faults[0]["fault_detail"], faults[0]["fault_during"])
     failed = [(r.config["trial"], r.error) for r in results if r.error is not None]
     if failed:
         names = ", ".join(t for t, _ in failed)
-        raise RuntimeError(f"{len(failed)} trial(s) failed after {res.max_failures} retries: {names}; first error: {failed[0][1]}")
+        err = RuntimeError(f"{len(failed)} trial(s) failed after {res.max_failures} retries: {names}; first error: {failed[0][1]}")
+        err.add_note(f"while running trial {failed[0][0]}")  # faults.explain names it if the machine or Ray failed
+        raise err from failed[0][1]
 
