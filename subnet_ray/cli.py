@@ -8,10 +8,10 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-from .config import ConfigError, SweepSpec, load_sweep
-from .data import DataError
-from .manifest import DamagedOutput
-from .preflight import Preflight, PreflightError, check
+from .sweep.config import ConfigError, SweepSpec, load_sweep
+from .data.examples import DataError
+from .storage.manifest import DamagedOutput
+from .planning.preflight import Preflight, PreflightError, check
 
 
 class UsageError(ValueError):
@@ -58,7 +58,7 @@ def _preflight(args, spec: SweepSpec, *, local_run: bool = True, service_checks:
 
 def _load(path: str) -> tuple[SweepSpec, list]:
     """Returns the sweep and its stage graph; any problem is a ConfigError naming the file."""
-    from .graph import graph
+    from .sweep.graph import graph
 
     spec = load_sweep(path)
     try:
@@ -76,7 +76,7 @@ def cmd_validate(args) -> int:
         print(f"  {t}")
     counts = Counter(str(n.stage) for n in nodes)
     print("  stages: " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
-    from .sizes import headline  # sizes from the config alone: validate imports no torch
+    from .planning.sizes import headline  # sizes from the config alone: validate imports no torch
 
     print("  " + headline(spec, nodes))
     print(pf.summary())
@@ -84,21 +84,12 @@ def cmd_validate(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    import importlib
     import json
 
-    from .estimate import estimate, table
-    from .orchestration.overheads import RUN_IMPORTS, measure
-    from .orchestration.workers import freeze_heap
-    from .walltime import others_running
+    from .planning.cost import project, table
 
     spec, _ = _load(args.sweep)
-    for module in RUN_IMPORTS:
-        importlib.import_module(module)
-    freeze_heap()  # as `run` does before its waves: the report and the passes are timed with the same collector cost
-    others = others_running()  # the load as it is, before measuring the fixed costs (Ray's processes) adds to it
-    fixed = measure(spec, args.executor)
-    est = estimate(spec, pruned=args.pruned, executor=args.executor, fixed=fixed, others=others)
+    est = project(spec, pruned=args.pruned, executor=args.executor)
     stages = est.by_stage(spec.resources.cpus, spec.resources.gpus)
     total = stages["total"]["seconds"]
     print(f"sweep {spec.name}: projected cost on {est.device}, executor {args.executor} (calibrated here)")
@@ -138,7 +129,7 @@ def cmd_rerun_random(args) -> int:
 
 def _existing_store(root: str):
     """Returns the store under `root`, or None when a local root holds none (never creating one)."""
-    from .store import store_for
+    from .storage.store import store_for
 
     if "://" not in root or root.startswith("file://"):
         if not (Path(root.removeprefix("file://")) / "store").is_dir():
@@ -147,7 +138,7 @@ def _existing_store(root: str):
 
 
 def cmd_status(args) -> int:
-    from .lease import held
+    from .storage.lease import held
 
     spec, nodes = _load(args.sweep)
     store = _existing_store(_root(args))
@@ -232,10 +223,10 @@ def _view_lines(views: dict[str, str], base: str, sweep: str | None) -> tuple[li
 
 def cmd_ui(args) -> int:
     from .orchestration.runs_view import sweep_views
-    from .orchestration.tracking_store import _scheme, check_port, check_tracking_uri, default_tracking_uri, open_ui, ui_command, ui_host
+    from .orchestration.tracking_store import check_port, check_tracking_uri, default_tracking_uri, open_ui, ui_command, ui_host, uri_scheme
 
     uri = _tracking(args)
-    if uri and _scheme(uri) in ("http", "https"):  # a tracking server serves its own UI: name the views on it
+    if uri and uri_scheme(uri) in ("http", "https"):  # a tracking server serves its own UI: name the views on it
         check_tracking_uri(uri)
         lines, first = _view_lines(sweep_views(uri), uri, args.sweep)
         print(f"MLflow UI: {uri.rstrip('/')}", *lines, sep="\n")

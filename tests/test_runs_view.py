@@ -16,7 +16,7 @@ from mlflow import MlflowClient
 from browser import Page, chromium
 from procs import free_port, kill_leftovers
 from subnet_ray.cli import main
-from subnet_ray.config import load_sweep
+from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runs_view import (
     GROUPED_KEY,
     VIEW_KEY,

@@ -13,10 +13,10 @@ import pytest
 from mlflow import MlflowClient
 
 from subnet_ray.cli import main
-from subnet_ray.config import load_sweep
+from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runner import ledger, run_sweep
-from subnet_ray.store import store_for
-from subnet_ray.graph import graph
+from subnet_ray.storage.store import store_for
+from subnet_ray.sweep.graph import graph
 from subnet_ray.stages import TOPK
 from tiny import smoke_sweep
 
@@ -203,11 +203,11 @@ def test_ray_data_influence_of_one_model_equals_local(sweep_file, tmp_path, tmp_
     # Ray Data pass fail (actors cancelled before they started; see notes/NOTES.md, session 7)
     script = f"""
 import ray
-from subnet_ray.config import load_sweep
-from subnet_ray.graph import graph
+from subnet_ray.sweep.config import load_sweep
+from subnet_ray.sweep.graph import graph
 from subnet_ray.orchestration.influence_ray import influence_ray_jobs
 from subnet_ray.stages import execute_influence, influence_groups
-from subnet_ray.store import store_for
+from subnet_ray.storage.store import store_for
 spec = load_sweep({str(sweep_file)!r})
 full = max(influence_groups([n for n in graph(spec) if n.stage == "influence"]), key=len)
 ray.init(num_cpus=2, _temp_dir={str(tmp_path_factory.mktemp("r"))!r}, include_dashboard=False, log_to_driver=False)

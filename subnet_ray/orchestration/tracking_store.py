@@ -42,7 +42,8 @@ def default_tracking_uri(root: str | os.PathLike) -> str:
     return f"sqlite:///{Path(root_s.removeprefix('file://')).resolve()}/mlflow.db"
 
 
-def _scheme(uri: str) -> str:
+def uri_scheme(uri: str) -> str:
+    """Returns the scheme of a tracking URI without its driver (`postgresql+psycopg2` -> `postgresql`); `file` for a path."""
     return uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
 
 
@@ -114,7 +115,7 @@ def _tcp_probe(uri: str) -> Callable[[float], None] | None:
     parts = urlsplit(uri)
     if not parts.hostname:  # a unix-socket DSN: nothing to dial
         return None
-    port = parts.port or _DB_PORTS[_scheme(uri)]
+    port = parts.port or _DB_PORTS[uri_scheme(uri)]
 
     def probe(timeout: float) -> None:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
@@ -139,7 +140,7 @@ def check_tracking_uri(uri: str, timeout: float = 30) -> None:
     created and is writable; postgresql / mysql / mssql: the database port accepts a connection.
     Nothing is created.
     """
-    scheme = _scheme(uri)
+    scheme = uri_scheme(uri)
     if scheme not in _SCHEMES:
         raise ValueError(f"tracking URI {_redact(uri)}: unsupported scheme {scheme!r}; expected one of {', '.join(_SCHEMES)}")
     if scheme in ("http", "https"):
@@ -165,11 +166,11 @@ def check_tracking_uri(uri: str, timeout: float = 30) -> None:
 def ui_command(root: str | os.PathLike, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     """Returns the `mlflow ui` command line that serves the sweep store under `root` on host:port."""
     uri = tracking_uri or default_tracking_uri(root)
-    if _scheme(uri) in ("http", "https", "databricks"):
+    if uri_scheme(uri) in ("http", "https", "databricks"):
         raise ValueError(f"tracking URI {uri} is a server already: open it in a browser, no local UI needed")
     if not 0 < int(port) < 65536:
         raise ValueError(f"port {port}: expected 1-65535")
-    if _scheme(uri) == "sqlite":
+    if uri_scheme(uri) == "sqlite":
         db = Path(uri.split("://", 1)[1].split("?", 1)[0][1:])
         if not db.is_file():
             raise FileNotFoundError(f"no MLflow store at {db}, --root / --tracking-uri; expected the root of a sweep that has run")
