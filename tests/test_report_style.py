@@ -12,7 +12,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from subnet_ray.analysis import compare_shares, specialization, write_report
+from subnet_ray.analysis import compare_shares, specialization
 from subnet_ray.analysis.headline import heads_disabled, model_metrics, variant_metrics
 from subnet_ray.analysis.mask_figures import write_mask_views
 from subnet_ray.analysis.report import table_html, correlations_html, describe_variant
@@ -31,11 +31,10 @@ PROVENANCE = {
 }
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("styled")
-    t = make_synthetic_results()
-    summary, records = write_report([t], out, "synthetic", provenance=PROVENANCE)
+@pytest.fixture
+def built(synthetic_report):
+    """(results, folder, summary, records, report.html) of the session's shared synthetic report, with PROVENANCE (conftest)."""
+    t, out, summary, records = synthetic_report
     return t, out, summary, records, (out / "report.html").read_text()
 
 
