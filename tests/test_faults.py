@@ -18,7 +18,6 @@ from mlflow import MlflowClient
 
 from procs import kill_leftovers
 from subnet_ray.cli import main
-from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.interrupts import MESSAGE
 from subnet_ray.orchestration.runner import ledger, run_sweep, store_for
 from subnet_ray.orchestration.watchdog import MARKER, descendants, marked
