@@ -8,8 +8,8 @@ import time
 
 import torch
 
-from subnet_ray.config import ModelSpec, TinySpec
-from subnet_ray.models import build_model
+from subnet_ray.sweep.config import ModelSpec, TinySpec
+from subnet_ray.models.classifier import build_model
 
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 torch.set_num_threads(THREADS)

@@ -16,7 +16,7 @@ import threading
 import time
 from pathlib import Path
 
-from subnet_ray.config import load_sweep
+from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runner import run_sweep
 
 DEMO = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"

@@ -67,7 +67,7 @@ def build(out: Path, languages=LANGUAGES, n_items: int = 600, seed: int = 0) -> 
     """Returns (model directory, data folder), written under `out` (skipped when already there)."""
     from transformers import BertConfig, BertModel
 
-    from subnet_ray.tokenization import wordpiece_tokenizer
+    from subnet_ray.data.tokenization import wordpiece_tokenizer
 
     model_dir, data_dir = out / "encoder12", out / "data"
     g = np.random.default_rng(seed)

@@ -83,7 +83,7 @@ resources: {{cpus: {args.cpus}, gpus: 0, max_failures: 1}}
 
 def measured(root: Path, wall: float) -> tuple[dict[str, float], float]:
     """Returns measured seconds per stage, wave, report and setup (and total) from the run's records, and the pruned fraction."""
-    from subnet_ray.store import store_for
+    from subnet_ray.storage.store import store_for
     from subnet_ray.subnetworks.masks import load_mask
 
     store = store_for(str(root))

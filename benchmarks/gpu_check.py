@@ -51,8 +51,8 @@ from transformers import XLMRobertaConfig, XLMRobertaModel  # noqa: E402
 from subnet_ray.influence.projection import Projector  # noqa: E402
 from subnet_ray.influence.sketch import Sketches, layer_dims, select_linears, sketch_batch  # noqa: E402
 from subnet_ray.influence.tracin import dense_scores  # noqa: E402
-from subnet_ray.models import SequenceClassifier  # noqa: E402
-from subnet_ray.train import train_step  # noqa: E402
+from subnet_ray.models.classifier import SequenceClassifier  # noqa: E402
+from subnet_ray.train.finetune import train_step  # noqa: E402
 
 XLMR_BASE = dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
                  max_position_embeddings=514, type_vocab_size=1)
@@ -155,10 +155,10 @@ def smoke_sweep(device: str) -> None:
     except ImportError as e:
         emit({"benchmark": "gpu_smoke_sweep", "skipped": f"{e.name} is not installed (carry its wheels: see this script's docstring)"})
         return
-    from subnet_ray.config import load_sweep
-    from subnet_ray.graph import graph
+    from subnet_ray.sweep.config import load_sweep
+    from subnet_ray.sweep.graph import graph
     from subnet_ray.stages import execute
-    from subnet_ray.store import store_for
+    from subnet_ray.storage.store import store_for
 
     spec = load_sweep(ROOT / "sweeps" / "smoke.yaml")
     spec = spec.model_copy(update={"training": spec.training.model_copy(update={"device": device})})

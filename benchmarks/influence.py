@@ -37,8 +37,8 @@ from subnet_ray.influence.projection import Projector
 from subnet_ray.influence.sketch import Sketches, select_linears, sketch_batch
 from subnet_ray.influence.tracin import top_influences
 from subnet_ray.influence.sketch import layer_dims
-from subnet_ray.models import save_checkpoint
-from subnet_ray.train import train_step
+from subnet_ray.models.classifier import save_checkpoint
+from subnet_ray.train.finetune import train_step
 
 LAYERS = ["encoder", "classifier"]
 PROJ_DIM = 256
@@ -131,7 +131,7 @@ def length_tasks(folder: str) -> dict:
     """
     import numpy as np
 
-    from subnet_ray.config import BabelSpec, TaskSpec
+    from subnet_ray.sweep.config import BabelSpec, TaskSpec
 
     rng = np.random.default_rng(0)
     path = f"{folder}/lengths.jsonl"
@@ -151,10 +151,10 @@ def bucket_line(name: str, task, about: str, repeats: int) -> dict:
     """Returns sketch throughput of sketch_examples on a task's examples, batched by length against in a shuffled order."""
     import random
 
-    from subnet_ray.config import InfluenceSpec
-    from subnet_ray.data import load_examples, tokenizer_for
+    from subnet_ray.sweep.config import InfluenceSpec
+    from subnet_ray.data.examples import load_examples, tokenizer_for
     from subnet_ray.influence.pipeline import sketch_examples
-    from subnet_ray.tokenization import token_lengths
+    from subnet_ray.data.tokenization import token_lengths
 
     tok = tokenizer_for(task)
     examples = load_examples(task, "train")

@@ -37,15 +37,15 @@ import pandas as pd
 import torch
 from torch.nn import functional as F
 
-from subnet_ray.config import load_sweep
-from subnet_ray.graph import Stage, branch_of, graph
+from subnet_ray.sweep.config import load_sweep
+from subnet_ray.sweep.graph import Stage, branch_of, graph
 from subnet_ray.influence.projection import Projector
 from subnet_ray.influence.sketch import select_linears, sketch_batch
-from subnet_ray.models import load_checkpoint
+from subnet_ray.models.classifier import load_checkpoint
 from subnet_ray.stages import TOPK, model_factory, resolve_mask, task_data
-from subnet_ray.store import store_for
-from subnet_ray.tokenization import encode
-from subnet_ray.train import checkpoints
+from subnet_ray.storage.store import store_for
+from subnet_ray.data.tokenization import encode
+from subnet_ray.train.finetune import checkpoints
 
 HERE = Path(__file__).resolve().parent
 KEY = ["test_id", "checkpoint", "sign", "rank"]

@@ -62,11 +62,11 @@ import numpy as np
 import pandas as pd
 import torch
 
-from subnet_ray.config import BabelSpec, InfluenceSpec, ModelSpec, TaskSpec, TinySpec
-from subnet_ray.data import load_examples
+from subnet_ray.sweep.config import BabelSpec, InfluenceSpec, ModelSpec, TaskSpec, TinySpec
+from subnet_ray.data.examples import load_examples
 from subnet_ray.influence.pipeline import influence
-from subnet_ray.models import build_model, save_checkpoint
-from subnet_ray.data import tokenizer_for
+from subnet_ray.models.classifier import build_model, save_checkpoint
+from subnet_ray.data.examples import tokenizer_for
 
 torch.set_num_threads(1)  # as each actor does (cpus_per_actor=1): one local process = one actor's work
 

@@ -51,7 +51,7 @@ resources: {{cpus: 2, gpus: 0, max_failures: 1}}
 # Runs in a subprocess with PYTHONPATH on one code version: the sweep as `subnet-ray run` runs it.
 RUN = """
 import json, sys, time
-from subnet_ray.config import load_sweep
+from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runner import run_sweep
 run = run_sweep(load_sweep(sys.argv[1]), sys.argv[2], executor=sys.argv[3], progress=False)
 print("RESULT " + json.dumps({"seconds": run.seconds, "computed": len(run.computed)}))
@@ -65,8 +65,8 @@ from collections import defaultdict
 import pandas as pd
 import subnet_ray.influence.pipeline as pipeline
 import subnet_ray.stages as stages
-import subnet_ray.store as store_mod
-from subnet_ray.config import load_sweep
+import subnet_ray.storage.store as store_mod
+from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runner import run_sweep
 
 spent, calls, n_train = defaultdict(float), defaultdict(int), [None]
@@ -133,10 +133,10 @@ def prepare(work: Path, encoder: Path | None, languages: list[str], train: int, 
     sys.path.insert(0, str(HERE))
     from encoder12 import build
 
-    from subnet_ray.config import load_sweep
-    from subnet_ray.graph import graph
+    from subnet_ray.sweep.config import load_sweep
+    from subnet_ray.sweep.graph import graph
     from subnet_ray.stages import execute
-    from subnet_ray.store import store_for
+    from subnet_ray.storage.store import store_for
 
     work.mkdir(parents=True, exist_ok=True)
     base = encoder or work / "enc12"
@@ -179,10 +179,10 @@ def tables(root: Path, sweep: Path) -> dict:
     """Returns influence variant -> (its top-k table, its predictions table) in the root's store."""
     import pandas as pd
 
-    from subnet_ray.config import load_sweep
-    from subnet_ray.graph import graph
+    from subnet_ray.sweep.config import load_sweep
+    from subnet_ray.sweep.graph import graph
     from subnet_ray.stages import PREDICTIONS, TOPK
-    from subnet_ray.store import store_for
+    from subnet_ray.storage.store import store_for
 
     store = store_for(root)
     return {n.params.variant: (pd.read_parquet(store.path(n.key) / TOPK), pd.read_parquet(store.path(n.key) / PREDICTIONS))

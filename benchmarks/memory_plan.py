@@ -24,11 +24,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from subnet_ray.config import ModelSpec, TinySpec  # noqa: E402
-from subnet_ray.estimate import param_count  # noqa: E402
-from subnet_ray.sizes import KNOWN_SHAPES  # noqa: E402
+from subnet_ray.sweep.config import ModelSpec, TinySpec  # noqa: E402
+from subnet_ray.planning.cost.estimate import param_count  # noqa: E402
+from subnet_ray.planning.sizes import KNOWN_SHAPES  # noqa: E402
 from subnet_ray.influence.sketch import layer_dims, select_linears  # noqa: E402
-from subnet_ray.models import build_model  # noqa: E402
+from subnet_ray.models.classifier import build_model  # noqa: E402
 
 N_TRAIN, N_TEST, CHECKPOINTS, MASKS, D, SHARD = 10_000, 2_500, 5, 5, 256, 256
 GiB = 2**30

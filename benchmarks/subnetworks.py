@@ -19,8 +19,8 @@ import time
 import torch
 from torch.nn import functional as F
 
-from subnet_ray.config import ModelSpec, TinySpec
-from subnet_ray.models import build_model
+from subnet_ray.sweep.config import ModelSpec, TinySpec
+from subnet_ray.models.classifier import build_model
 from subnet_ray.subnetworks.importance import importance_pass
 
 THREADS = 2

@@ -9,8 +9,8 @@ import sys
 import torch
 
 from common import THREADS, interleaved, model_of, padded_batch
-from subnet_ray.models import HeadMask, head_parameter_masks
-from subnet_ray.train import train_step
+from subnet_ray.models.classifier import HeadMask, head_parameter_masks
+from subnet_ray.train.finetune import train_step
 
 
 def main(repeats: int = 7) -> None:

@@ -8,12 +8,12 @@ import traceback
 from collections import Counter
 from pathlib import Path
 
-from .config import ConfigError, SweepSpec, load_sweep
-from .data import DataError
-from .manifest import DamagedOutput
+from .sweep.config import ConfigError, SweepSpec, load_sweep
+from .data.examples import DataError
+from .storage.manifest import DamagedOutput
 from .orchestration.faults import Fault
 from .orchestration.slurm import SlurmError
-from .preflight import Preflight, PreflightError, check
+from .planning.preflight import Preflight, PreflightError, check
 
 
 class UsageError(ValueError):
@@ -60,7 +60,7 @@ def _preflight(args, spec: SweepSpec, *, local_run: bool = True, service_checks:
 
 def _load(path: str) -> tuple[SweepSpec, list]:
     """Returns the sweep and its stage graph; any problem is a ConfigError naming the file."""
-    from .graph import graph
+    from .sweep.graph import graph
 
     spec = load_sweep(path)
     try:
@@ -78,7 +78,7 @@ def cmd_validate(args) -> int:
         print(f"  {t}")
     counts = Counter(str(n.stage) for n in nodes)
     print("  stages: " + ", ".join(f"{k} x{v}" for k, v in counts.items()))
-    from .sizes import headline  # sizes from the config alone: validate imports no torch
+    from .planning.sizes import headline  # sizes from the config alone: validate imports no torch
 
     print("  " + headline(spec, nodes))
     print(pf.summary())
@@ -86,21 +86,12 @@ def cmd_validate(args) -> int:
 
 
 def cmd_estimate(args) -> int:
-    import importlib
     import json
 
-    from .estimate import estimate, table
-    from .orchestration.overheads import RUN_IMPORTS, measure
-    from .orchestration.workers import freeze_heap
-    from .walltime import others_running
+    from .planning.cost import project, table
 
     spec, _ = _load(args.sweep)
-    for module in RUN_IMPORTS:
-        importlib.import_module(module)
-    freeze_heap()  # as `run` does before its waves: the report and the passes are timed with the same collector cost
-    others = others_running()  # the load as it is, before measuring the fixed costs (Ray's processes) adds to it
-    fixed = measure(spec, args.executor)
-    est = estimate(spec, pruned=args.pruned, executor=args.executor, fixed=fixed, others=others)
+    est = project(spec, pruned=args.pruned, executor=args.executor)
     stages = est.by_stage(spec.resources.cpus, spec.resources.gpus)
     total = stages["total"]["seconds"]
     print(f"sweep {spec.name}: projected cost on {est.device}, executor {args.executor} (calibrated here)")
@@ -128,14 +119,14 @@ def _run(args, sweep: str, random_seeds=None) -> int:
 
 def _browse_hint(root: str, uri: str | None) -> str:
     """Returns where the sweep's runs are and how to browse them: the server's own UI, or `subnet-ray ui` over the store."""
-    from .orchestration.tracking_store import _redact, _scheme, default_tracking_uri
+    from .orchestration.tracking_store import default_tracking_uri, redact, uri_scheme
 
-    if uri and _scheme(uri) in ("http", "https"):
-        return f"runs on the tracking server {_redact(uri)}: browse with `subnet-ray ui --tracking-uri {_redact(uri)}`"
+    if uri and uri_scheme(uri) in ("http", "https"):
+        return f"runs on the tracking server {redact(uri)}: browse with `subnet-ray ui --tracking-uri {redact(uri)}`"
     if uri and "://" not in root and uri != default_tracking_uri(root):
-        return f"runs in {_redact(uri)}: browse with `subnet-ray ui --root {root} --tracking-uri {_redact(uri)}`"
+        return f"runs in {redact(uri)}: browse with `subnet-ray ui --root {root} --tracking-uri {redact(uri)}`"
     if uri and "://" in root:
-        return f"runs in {_redact(uri)}"
+        return f"runs in {redact(uri)}"
     return f"browse with `subnet-ray ui --root {root}`"
 
 
@@ -153,7 +144,7 @@ def cmd_rerun_random(args) -> int:
 
 def _existing_store(root: str):
     """Returns the store under `root`, or None when a local root holds none (never creating one)."""
-    from .store import store_for
+    from .storage.store import store_for
 
     if "://" not in root or root.startswith("file://"):
         if not (Path(root.removeprefix("file://")) / "store").is_dir():
@@ -163,7 +154,7 @@ def _existing_store(root: str):
 
 def cmd_status(args) -> int:
     from .influence.engines import stale
-    from .lease import held
+    from .storage.lease import held
 
     spec, nodes = _load(args.sweep)
     store = _existing_store(_root(args))
@@ -211,7 +202,7 @@ def cmd_report(args) -> int:
         with report_lease(store, spec):
             reports = write_reports(spec, _root(args), store)
     except Exception as e:
-        from .graph import graph
+        from .sweep.graph import graph
         from .orchestration.faults import Context, explain
 
         fault = explain(e, Context(_root(args), keys=[n.key for n in graph(spec)]))  # a full disk, a read-only root
@@ -275,10 +266,10 @@ def _view_lines(views: dict[str, str], base: str, sweep: str | None) -> tuple[li
 
 def cmd_ui(args) -> int:
     from .orchestration.runs_view import sweep_views
-    from .orchestration.tracking_store import _scheme, check_port, check_tracking_uri, default_tracking_uri, open_ui, ui_command, ui_host
+    from .orchestration.tracking_store import check_port, check_tracking_uri, default_tracking_uri, open_ui, ui_command, ui_host, uri_scheme
 
     uri = _tracking(args)
-    if uri and _scheme(uri) in ("http", "https"):  # a tracking server serves its own UI: name the views on it
+    if uri and uri_scheme(uri) in ("http", "https"):  # a tracking server serves its own UI: name the views on it
         check_tracking_uri(uri)
         lines, first = _view_lines(sweep_views(uri), uri, args.sweep)
         print(f"MLflow UI: {uri.rstrip('/')}", *lines, sep="\n")

@@ -1,4 +1,4 @@
-"""Computing one stage output of the sweep's graph (graph.py), and the worker's whole job.
+"""Computing one stage output of the sweep's graph (sweep/graph.py), and the worker's whole job.
 
 `execute(node, ...)` is what every executor runs for a node (in this process, in a Tune trial
 or on a Ray Data driver): check the store, compute into a partial folder, publish, record
@@ -23,19 +23,19 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-from .config import InfluenceSpec, SweepSpec, TaskSpec
-from .data import load_examples, num_labels, tokenizer_for
-from .graph import Node, Stage, branch_of, influence_precision
+from .sweep.config import InfluenceSpec, SweepSpec, TaskSpec
+from .data.examples import load_examples, num_labels, tokenizer_for
+from .sweep.graph import Node, Stage, branch_of, influence_precision
 from .influence.pipeline import Job, influence_jobs
 from .influence.pipeline import influence as influence_local
 from .influence.engines import write_engine
-from .lease import lease
-from .models import build_model, load_checkpoint
-from .pretrain import corpus, load_pretrained, pretrain
-from .store import DamagedOutput, Store
+from .storage.lease import lease
+from .models.classifier import build_model, load_checkpoint
+from .train.pretrain import corpus, load_pretrained, pretrain
+from .storage.store import DamagedOutput, Store
 from .subnetworks import intersection, load_mask, random_mask, save_mask, union
 from .subnetworks.pruning import curve_frame, find_subnetworks
-from .train import by_language, checkpoints, evaluate, finetune
+from .train.finetune import by_language, checkpoints, evaluate, finetune
 
 HISTORY = "history.json"
 TOPK, PREDICTIONS = "topk.parquet", "predictions.parquet"
@@ -45,7 +45,8 @@ TOPK, PREDICTIONS = "topk.parquet", "predictions.parquet"
 
 
 @functools.lru_cache(maxsize=8)
-def _data(task_json: str, model_name: str):
+def data_and_tokenizer(task_json: str, model_name: str):
+    """Returns ({split: examples}, tokenizer) of a task (as JSON) for a model name, cached per process (`__wrapped__` loads afresh)."""
     task = TaskSpec.model_validate_json(task_json)
     if model_name == "tiny":
         tokenizer = tokenizer_for(task)
@@ -67,7 +68,7 @@ def task_of(spec: SweepSpec, task_id: str) -> TaskSpec:
 def task_data(spec: SweepSpec, task_id: str) -> tuple[TaskSpec, dict, Any]:
     """Returns (task, {split: examples}, tokenizer) for `task_id` of the sweep branch `spec`."""
     task = task_of(spec, task_id)
-    splits, tok = _data(task.model_dump_json(), spec.model.name)
+    splits, tok = data_and_tokenizer(task.model_dump_json(), spec.model.name)
     return task, splits, tok
 
 

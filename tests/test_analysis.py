@@ -225,12 +225,10 @@ EXPECTED = ["fig02_toy_subnet_vs_full", "fig03_toy_baselines_de", "fig04_toy_sft
             "fig18_toy_random_sft_specialization_epochs", "fig19_toy_composition_de-en", "pruning_toy_curves"]
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    t = make_synthetic_results()
-    summary, records = write_report([t], out, "synthetic")
-    return t, out, summary, records
+@pytest.fixture
+def report(synthetic_report):
+    """(results, folder, summary, records) of the full synthetic report: the session's shared one (conftest)."""
+    return synthetic_report
 
 
 def test_report_has_every_figure_with_csv_equal_to_plot(report):
@@ -610,20 +608,21 @@ def test_pooled_report_averages_training_seeds_and_its_interval_carries_their_sp
         build_seeds_report({1: [up]}, tmp_path / "one", "toy")
 
 
-def test_pooled_composition_and_per_epoch_curves_are_the_mean_of_the_seeds(tmp_path):
+def test_pooled_composition_and_per_epoch_curves_are_the_mean_of_the_seeds(synthetic_report, tmp_path):
     from subnet_ray.analysis.seeds import build_seeds_report
 
-    seeds = {s: [make_synthetic_results(seed=s)] for s in (3, 4)}
-    for s, (t,) in seeds.items():
-        write_report([t], tmp_path / f"seed{s}", "synthetic")
+    # seed 0's report is the session's shared one (make_synthetic_results' default seed), seed 4's is written here
+    t0, folder0 = synthetic_report[:2]
+    seeds, folders = {0: [t0], 4: [make_synthetic_results(seed=4)]}, {0: folder0, 4: tmp_path / "seed4"}
+    write_report(seeds[4], folders[4], "synthetic")
     summary = build_seeds_report(seeds, tmp_path / "pooled", "synthetic")
-    per_seed = [pd.read_csv(tmp_path / f"seed{s}" / "fig19_toy_composition_de-en.csv") for s in seeds]
+    per_seed = [pd.read_csv(folders[s] / "fig19_toy_composition_de-en.csv") for s in seeds]
     pooled = pd.read_csv(tmp_path / "pooled" / "fig19_toy_composition_de-en.csv")
     keys = ["mask", "test_language", "train_language"]
     mean = pd.concat(per_seed).groupby(keys, sort=False)["delta_pct"].mean()
     np.testing.assert_allclose(pooled.set_index(keys)["delta_pct"].loc[mean.index].to_numpy(), mean.to_numpy())
     for stem in ("fig10_toy_specialization_epochs", "fig18_toy_random_sft_specialization_epochs"):
-        per_seed = [pd.read_csv(tmp_path / f"seed{s}" / f"{stem}.csv") for s in seeds]
+        per_seed = [pd.read_csv(folders[s] / f"{stem}.csv") for s in seeds]
         pooled = pd.read_csv(tmp_path / "pooled" / f"{stem}.csv")
         keys = [c for c in pooled.columns if c not in ("specialization_pct", "ci_low", "ci_high")]
         mean = pd.concat(per_seed).groupby(keys, sort=False)["specialization_pct"].mean()

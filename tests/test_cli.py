@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from subnet_ray.cli import main
-from subnet_ray.config import ConfigError, load_sweep
-from subnet_ray.graph import graph
+from subnet_ray.sweep.config import ConfigError, load_sweep
+from subnet_ray.sweep.graph import graph
 
 SWEEPS = sorted((Path(__file__).parent.parent / "sweeps").glob("*.yaml"))
 

@@ -14,7 +14,7 @@ from mlflow import MlflowClient
 
 from procs import free_port
 from subnet_ray.cli import main
-from subnet_ray.config import load_sweep
+from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runner import run_sweep
 from subnet_ray.orchestration.tracking_store import TrackingUnreachable, check_tracking_uri, default_tracking_uri, start_ui, stop_ui
 from tiny import smoke_sweep

@@ -9,12 +9,12 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from subnet_ray import babel as babel_mod
-from subnet_ray.config import BabelSpec, TaskSpec
-from subnet_ray.seeding import rng
-from subnet_ray.data import DataError, Example, load_examples, num_labels, tokenizer_for
-from subnet_ray.tasks import TASKS
-from subnet_ray.tokenization import SPECIAL_TOKENS, encode
+from subnet_ray.data import babel as babel_mod
+from subnet_ray.sweep.config import BabelSpec, TaskSpec
+from subnet_ray.data.seeding import rng
+from subnet_ray.data.examples import DataError, Example, load_examples, num_labels, tokenizer_for
+from subnet_ray.sweep.tasks import TASKS
+from subnet_ray.data.tokenization import SPECIAL_TOKENS, encode
 
 # Texts that a careless reader would change: type inference, null markers, quotes, commas, CJK.
 TRICKY = ["true", "12", "NA", "", 'say "hi", then go', "猫が座った", "null", "3.5"]
@@ -508,8 +508,8 @@ def test_marc_is_sampled_per_language_as_before(tmp_path):
 
 
 def test_a_new_data_set_is_one_registry_record_plus_its_files(tmp_path):
-    from subnet_ray.config import SweepSpec
-    from subnet_ray.tasks import TaskRecord, register
+    from subnet_ray.sweep.config import SweepSpec
+    from subnet_ray.sweep.tasks import TaskRecord, register
 
     def convert(rows, task):  # stars 1-3 -> 0, 4-5 -> 1
         rows.require("sentence", "stars", "item")

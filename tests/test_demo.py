@@ -14,7 +14,7 @@ DEMO = Path(__file__).resolve().parent.parent / "sweeps" / "demo.yaml"
 
 @pytest.fixture(scope="module")
 def demo_effects(tmp_path_factory):
-    from subnet_ray.config import load_sweep
+    from subnet_ray.sweep.config import load_sweep
     from subnet_ray.orchestration.runner import run_sweep
 
     run = run_sweep(load_sweep(DEMO), tmp_path_factory.mktemp("demo"), executor="local", progress=False)

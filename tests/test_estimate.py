@@ -8,13 +8,13 @@ import pytest
 import torch
 
 from subnet_ray.cli import main
-from subnet_ray.config import load_sweep
-from subnet_ray.estimate import Calibration, estimate, param_count
+from subnet_ray.sweep.config import load_sweep
+from subnet_ray.planning.cost.estimate import Calibration, estimate, param_count
 from subnet_ray.influence.sketch import layer_dims, select_linears
-from subnet_ray.graph import graph
+from subnet_ray.sweep.graph import graph
 from subnet_ray.stages import execute, execute_influence, influence_groups, model_factory, task_data
-from subnet_ray.store import store_for
-from subnet_ray.walltime import cores, run_slowdown
+from subnet_ray.storage.store import store_for
+from subnet_ray.planning.cost.walltime import cores, run_slowdown
 from tiny import SMOKE
 
 
@@ -87,8 +87,8 @@ def test_estimate_is_within_30_percent_of_a_measured_smoke_sweep_per_stage(tmp_p
 
 @pytest.mark.parametrize("layers,proj_dim", [(["encoder", "classifier"], 16), (["classifier"], 0), (["encoder.encoder.layer.0", "attention"], 0)])
 def test_torch_free_sizes_equal_the_real_models(layers, proj_dim):
-    from subnet_ray.models import build_model
-    from subnet_ray.sizes import KNOWN_SHAPES, parameters, shape_of, sketch_dim
+    from subnet_ray.models.classifier import build_model
+    from subnet_ray.planning.sizes import KNOWN_SHAPES, parameters, shape_of, sketch_dim
 
     spec = load_sweep(SMOKE)
     spec = spec.model_copy(update={"influence": spec.influence.model_copy(update={"layers": layers, "proj_dim": proj_dim})})
@@ -99,7 +99,7 @@ def test_torch_free_sizes_equal_the_real_models(layers, proj_dim):
     assert sketch_dim(spec, shape, 2) == sum(d for _, d in layer_dims(select_linears(model, layers), proj_dim))
     l, h, hid, inter, pos, vocab, types = KNOWN_SHAPES["bert-base-multilingual-cased"]
     with torch.device("meta"):
-        from subnet_ray.config import ModelSpec, TinySpec
+        from subnet_ray.sweep.config import ModelSpec, TinySpec
 
         big = build_model(ModelSpec(name="tiny", tiny=TinySpec(layers=l, heads=h, hidden=hid, intermediate=inter, max_positions=pos)), 3, vocab)
     assert parameters(KNOWN_SHAPES["bert-base-multilingual-cased"], 3) == param_count(big)
@@ -149,7 +149,7 @@ def test_rows_add_up_to_the_wall_total_and_fixed_costs_are_paid_once_per_invocat
 
 
 def test_waves_schedule_trials_like_tune_fifo_on_free_slots():
-    from subnet_ray.walltime import makespan, wave_seconds
+    from subnet_ray.planning.cost.walltime import makespan, wave_seconds
 
     assert makespan([3, 1, 1, 1], 2) == 3 and makespan([1, 1, 1, 3], 2) == 4 and makespan([2, 2, 2], 1) == 6
     g = np.random.default_rng(0)
@@ -169,7 +169,7 @@ def test_waves_schedule_trials_like_tune_fifo_on_free_slots():
 
 
 def test_run_slowdown_follows_the_load_the_calibration_saw():
-    from subnet_ray.walltime import run_slowdown
+    from subnet_ray.planning.cost.walltime import run_slowdown
 
     assert run_slowdown(1.0, 1, 2, 2) == 1.0  # idle machine: two one-thread trials on two cores do not slow each other
     assert run_slowdown(1.0, 1, 4, 2) == 2.0  # four busy threads on two cores
@@ -185,7 +185,7 @@ def test_run_slowdown_follows_the_load_the_calibration_saw():
 def test_others_running_counts_busy_processes_of_this_machine():
     import multiprocessing as mp
 
-    from subnet_ray.walltime import others_running
+    from subnet_ray.planning.cost.walltime import others_running
 
     if others_running() is None:
         pytest.skip("no /proc/stat of this machine's cores")
@@ -202,7 +202,7 @@ def test_others_running_counts_busy_processes_of_this_machine():
 
 
 def test_every_fine_tuning_pays_its_first_steps_once_and_importance_is_per_dev_example():
-    from subnet_ray.train import by_language
+    from subnet_ray.train.finetune import by_language
 
     spec = load_sweep(SMOKE)
     _, data, _ = task_data(spec, "babel")
@@ -236,7 +236,7 @@ def test_calibration_clock_is_immune_to_a_competing_busy_process():
     import multiprocessing as mp
     import os
 
-    from subnet_ray.calibration import Clock, _timed
+    from subnet_ray.planning.cost.calibration import Clock, timed
 
     if not hasattr(os, "sched_setaffinity"):
         pytest.skip("needs sched_setaffinity to share one core")
@@ -246,13 +246,13 @@ def test_calibration_clock_is_immune_to_a_competing_busy_process():
     try:
         os.sched_setaffinity(0, {cpu})
         alone = Clock("cpu")
-        t_alone = _timed(work, alone, min_seconds=0.5)
+        t_alone = timed(work, alone, min_seconds=0.5)
         rival = mp.get_context("fork").Process(target=_spin, args=(30.0,), daemon=True)
         rival.start()
         os.sched_setaffinity(rival.pid, {cpu})
         time.sleep(0.2)
         shared = Clock("cpu")
-        t_shared = _timed(work, shared, min_seconds=1.0)
+        t_shared = timed(work, shared, min_seconds=1.0)
         rival.kill()
     finally:
         os.sched_setaffinity(0, old)
@@ -261,7 +261,7 @@ def test_calibration_clock_is_immune_to_a_competing_busy_process():
 
 
 def test_clock_takes_wall_time_where_threads_run_in_parallel_and_cpu_time_where_the_call_waits():
-    from subnet_ray.calibration import Clock
+    from subnet_ray.planning.cost.calibration import Clock
 
     c = Clock("cpu")
     assert c(lambda: time.sleep(0.3)) < 0.05  # waiting for a core (or anything) is not the pass's cost
@@ -345,7 +345,7 @@ def test_mlflow_epochs_a_fine_tuning_waits_for_count_in_its_stage_output_not_as_
 
 
 def test_at_load_slows_each_trial_by_how_many_run_at_once():
-    from subnet_ray.estimate import Estimate, StageCost
+    from subnet_ray.planning.cost.estimate import Estimate, StageCost
 
     nodes = [StageCost("a", "finetune", 10.0, 0), StageCost("b", "finetune", 10.0, 0), StageCost("c", "finetune", 4.0, 0),
              StageCost("i", "influence", 6.0, 0)]
@@ -368,7 +368,7 @@ def test_at_load_slows_each_trial_by_how_many_run_at_once():
 
 
 def test_shared_schedule_agrees_with_a_step_by_step_simulation():
-    from subnet_ray.walltime import makespan, shared_schedule
+    from subnet_ray.planning.cost.walltime import makespan, shared_schedule
 
     g = np.random.default_rng(1)
     for _ in range(30):
@@ -400,7 +400,7 @@ def test_estimate_takes_the_side_by_side_measurement_for_ray_only():
     one = [w for w, t in est.trials.items() if len(t) == 1]
     assert one  # smoke: one full trial in the training wave
     idle, load = est.waves(), est.at_load()
-    from subnet_ray.walltime import WAVES
+    from subnet_ray.planning.cost.walltime import WAVES
 
     for w in one:  # a wave of one trial: its idle time at one trial's measured slowdown (Tune's wave start in the driver)
         assert load["waves"][WAVES[w]] == pytest.approx(est.tune["tune_wave"] + (idle[WAVES[w]] - est.tune["tune_wave"]) * 1.5)
@@ -412,8 +412,8 @@ def test_estimate_takes_the_side_by_side_measurement_for_ray_only():
 
 @pytest.mark.slow
 def test_side_by_side_probe_times_the_calibrated_step_in_k_tune_trials():
-    from subnet_ray.calibration import calibrate
-    from subnet_ray.orchestration.overheads import side_by_side
+    from subnet_ray.planning.cost.calibration import calibrate
+    from subnet_ray.planning.cost.side_by_side import side_by_side
 
     spec = load_sweep(SMOKE)
     out = side_by_side(spec, "babel", [2, 1, 2], seconds=0.5)

@@ -18,11 +18,10 @@ from mlflow import MlflowClient
 
 from procs import kill_leftovers
 from subnet_ray.cli import main
-from subnet_ray.config import load_sweep
 from subnet_ray.orchestration.interrupts import MESSAGE
 from subnet_ray.orchestration.runner import ledger, run_sweep, store_for
 from subnet_ray.orchestration.watchdog import MARKER, descendants, marked
-from subnet_ray.graph import graph
+from subnet_ray.sweep.graph import graph
 from subnet_ray.stages import TOPK
 from tiny import smoke_sweep
 
@@ -30,15 +29,10 @@ ROOT = Path(__file__).resolve().parents[1]
 WAVE1 = {"finetune:full", "subnetworks", "random_masks"}
 
 
-@pytest.fixture(scope="module")
-def clean(tmp_path_factory):
-    """Returns (sweep file, spec, root) of an undisturbed local run of the smoke sweep."""
-    d = tmp_path_factory.mktemp("clean")
-    sweep = d / "faults.yaml"
-    sweep.write_text(smoke_sweep("faults"))
-    spec = load_sweep(sweep)
-    run_sweep(spec, d / "root", executor="local", progress=False)
-    return sweep, spec, d / "root"
+@pytest.fixture
+def clean(smoke_run):
+    """Returns (sweep file, spec, root) of an undisturbed local run of the smoke sweep (shared: read it, never change it)."""
+    return smoke_run.sweep, smoke_run.spec, smoke_run.root
 
 
 def outputs(root: Path, spec) -> dict[str, str]:
@@ -157,7 +151,7 @@ def test_two_concurrent_runs_compute_every_output_once(clean, tmp_path):
     assert "is being computed by pid" in err_a + err_b  # the later one said it waited
     assert {e["pid"] for e in ledger(store_for(root))} <= {a.pid, b.pid}
     assert outputs(root, spec) == outputs(ref, spec)
-    assert {r.info.status for r in runs(root, "faults")} == {"FINISHED"}
+    assert {r.info.status for r in runs(root, spec.name)} == {"FINISHED"}
 
 
 def test_sigkilled_invocations_runs_are_killed_by_the_next(clean, tmp_path):
@@ -168,13 +162,13 @@ def test_sigkilled_invocations_runs_are_killed_by_the_next(clean, tmp_path):
     wait_for_ledger(root, 1, first)
     first.send_signal(signal.SIGKILL)
     first.wait(30)
-    left = [r for r in runs(root, "faults") if r.info.status == "RUNNING"]
+    left = [r for r in runs(root, spec.name) if r.info.status == "RUNNING"]
     assert left and all(r.data.tags["subnet_ray.pid"] == str(first.pid) for r in left)
     second = cli(*cmd)
     _, err = second.communicate(timeout=600)
     assert second.returncode == 0, err[-2000:]
     assert err.count("was left RUNNING by an invocation that is gone: ended KILLED") == len(left)
-    after = runs(root, "faults")
+    after = runs(root, spec.name)
     status = {r.info.run_id: r.info.status for r in after}
     # ended KILLED, then reused by the resume (one run per thing, issue 13), which finishes them
     assert {status[r.info.run_id] for r in left} == {"FINISHED"} and "RUNNING" not in status.values()
@@ -208,7 +202,7 @@ def test_signal_under_ray_stops_in_wave_1(clean, tmp_path, sig, code):
     stages = {stage_of(e) for e in ledger(store_for(root))}
     assert stages and stages <= WAVE1  # no SFT, no random-SFT, no influence output was computed
     assert not [k for k in store_for(root).keys() if not k.startswith(("finetune", "subnetworks", "random_masks"))]
-    statuses = [r.info.status for r in runs(root, "faults")]
+    statuses = [r.info.status for r in runs(root, spec.name)]
     assert statuses and "RUNNING" not in statuses and "KILLED" in statuses
     assert ray_procs  # the Ray instance it started: none outlives the driver
     deadline = time.monotonic() + 15
@@ -257,15 +251,15 @@ def _alive(pid: int, start: str) -> bool:
     return st is not None and st[1] == start
 
 
-def test_rerun_logs_no_artifact_again(clean):
-    sweep, spec, root = clean
+def test_rerun_logs_no_artifact_again(smoke_run, tmp_path):
+    spec, root = smoke_run.spec, smoke_run.copy(tmp_path / "root")
     files = lambda: sorted(p for p in (root / "mlartifacts").rglob("*") if p.is_file())  # noqa: E731
     before = files()
     assert len(before) > 20
-    first = {r.info.run_id for r in runs(root, "faults")}
+    first = {r.info.run_id for r in runs(root, spec.name)}
     again = run_sweep(spec, root, executor="local", progress=False)
     assert again.computed == [] and files() == before  # not one more artifact file (the report is rewritten in place)
-    after = runs(root, "faults")
+    after = runs(root, spec.name)
     assert {r.info.run_id for r in after} == first and again.parent_run_id in first  # the rerun reused its runs
     held_by = {v for r in after for k, v in r.data.tags.items() if k.startswith("subnet_ray.logged.")}
     assert held_by and held_by <= first  # each stage output's artifacts are held by one of those runs
@@ -282,6 +276,6 @@ def test_sigterm_with_the_local_executor_stops_and_kills_the_runs(clean, tmp_pat
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == MESSAGE, err[-3000:]
     done = len(ledger(store_for(root)))
     assert 1 <= done < len(graph(spec))
-    statuses = [r.info.status for r in runs(root, "faults")]
+    statuses = [r.info.status for r in runs(root, spec.name)]
     assert "RUNNING" not in statuses and "KILLED" in statuses
     assert not list((root / "store" / "_partial").rglob("_SUCCESS"))  # nothing half-published

@@ -34,8 +34,8 @@ def test_gpu_check_runs_the_smoke_sweep_end_to_end(tmp_path):
     got = lines([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu", "--quick"])
     sweep = got[-1]
     assert sweep["benchmark"] == "gpu_smoke_sweep" and sweep["device"] == "cpu", sweep
-    from subnet_ray.config import load_sweep
-    from subnet_ray.graph import graph
+    from subnet_ray.sweep.config import load_sweep
+    from subnet_ray.sweep.graph import graph
 
     assert sweep["nodes_computed"] == len(graph(load_sweep(ROOT / "sweeps" / "smoke.yaml")))
     assert sweep["report"] is True

@@ -9,15 +9,15 @@ import torch
 from scipy.stats import spearmanr
 from torch.nn import functional as F
 
-from subnet_ray.config import InfluenceSpec
-from subnet_ray.data import Example
+from subnet_ray.sweep.config import InfluenceSpec
+from subnet_ray.data.examples import Example
 from subnet_ray.influence.pipeline import influence
 from subnet_ray.influence.projection import Projector
 from subnet_ray.influence.sketch import Sketches, select_linears, sketch_batch
 from subnet_ray.influence.tracin import dense_scores, top_influences
 from subnet_ray.influence.pipeline import checkpoint_metas, mask_groups
 from subnet_ray.influence.sketch import layer_dims
-from subnet_ray.models import HeadMask, build_model, save_checkpoint
+from subnet_ray.models.classifier import HeadMask, build_model, save_checkpoint
 from tiny import TINY, VOCAB, tiny_batch, tiny_model
 
 LAYERS = ["encoder", "classifier"]
@@ -188,7 +188,7 @@ def test_rankings_agree_with_captum_tracincp(tmp_path):
     from captum.influence import TracInCP
     from torch.utils.data import DataLoader, TensorDataset
 
-    from subnet_ray.models import load_checkpoint
+    from subnet_ray.models.classifier import load_checkpoint
 
     dirs = _checkpoints(tmp_path)
     model = tiny_model()
@@ -328,8 +328,8 @@ def test_influence_equals_brute_force_cosine_tracin(tmp_path):
     spec = InfluenceSpec(proj_dim=0, top_k=3, batch_size=4, lr_weighting=True)
     df = influence(tiny_model, dirs, train, test, tok, spec, masks={"aa": None, "bb": mask}, max_length=16)
     assert len(df) == 4 * 3 * 2 * 3
-    from subnet_ray.tokenization import encode
-    from subnet_ray.models import load_checkpoint
+    from subnet_ray.data.tokenization import encode
+    from subnet_ray.models.classifier import load_checkpoint
 
     model = tiny_model()
     linears = select_linears(model, LAYERS)
@@ -455,7 +455,7 @@ def test_ray_data_pass_replaces_an_actor_that_dies_while_starting(tmp_path, tmp_
 def _old_influence(model, dirs, train, test, tok, spec, masks, max_length):
     """The single-job loop as it was before jobs shared work (mask group, then checkpoint, then train and test)."""
     from subnet_ray.influence.pipeline import as_sketches, sketch_examples
-    from subnet_ray.models import load_checkpoint
+    from subnet_ray.models.classifier import load_checkpoint
 
     metas = checkpoint_metas(model, dirs)
     linears = select_linears(model, spec.layers)
@@ -478,8 +478,8 @@ def test_influence_jobs_share_loads_and_sketches_and_equal_separate_runs(tmp_pat
     the old one-variant loop bit for bit and to brute-force double-precision TracIn within 1e-5 relative."""
     import subnet_ray.influence.pipeline as pipeline
     from subnet_ray.influence.pipeline import Job, influence_jobs
-    from subnet_ray.models import load_checkpoint
-    from subnet_ray.tokenization import encode
+    from subnet_ray.models.classifier import load_checkpoint
+    from subnet_ray.data.tokenization import encode
 
     dirs = _checkpoints(tmp_path)
     tok = word_tokenizer()

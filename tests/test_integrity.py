@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from subnet_ray.cli import main
-from subnet_ray.lease import held, lease
-from subnet_ray.manifest import MANIFEST, check
-from subnet_ray.store import SUCCESS, DamagedOutput, Store
+from subnet_ray.storage.lease import held, lease
+from subnet_ray.storage.manifest import MANIFEST, check
+from subnet_ray.storage.store import SUCCESS, DamagedOutput, Store
 from tiny import smoke_sweep
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -118,8 +118,8 @@ def test_malformed_ledger_entry_is_skipped_with_a_warning_naming_it(tmp_path):
 
 HOLDER = textwrap.dedent("""
     import sys, time
-    from subnet_ray.store import Store
-    from subnet_ray.lease import lease
+    from subnet_ray.storage.store import Store
+    from subnet_ray.storage.lease import lease
     with lease(Store(sys.argv[1]), sys.argv[2]):
         print("held", flush=True)
         time.sleep(float(sys.argv[3]))
@@ -163,7 +163,7 @@ def test_lease_of_a_killed_holder_is_free_at_once(tmp_path):
 
 
 def test_remote_lease_is_taken_once_and_broken_when_stale(tmp_path, monkeypatch):
-    import subnet_ray.lease as lease_mod
+    import subnet_ray.storage.lease as lease_mod
 
     store = Store("memory://h15-lease-test/store")
     key = Store.key("finetune", {"n": 3})

@@ -1,5 +1,6 @@
-"""The package's shape: no import cycles, Ray and MLflow only in orchestration/ and the CLI,
-and `validate` without torch."""
+"""The package's shape: floors that imports only run down, no private name imported across modules, no import
+cycles, no Ray or MLflow below orchestration/, the cost model entered through its package, and `validate` without
+torch."""
 import ast
 import json
 import subprocess
@@ -14,24 +15,44 @@ def _module(path: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
+# The floors, lowest first: a module imports from its own floor or lower ones only. The science's data flow
+# (sweep -> data -> models -> train -> subnetworks -> influence -> analysis) over the store, the stages that run
+# one node, the orchestration (Ray, MLflow) on top of them, and the planning (preflight, cost model) on top of it all:
+# it asks what the orchestration would ask and rehearses the real passes.
+FLOORS = ["storage", "sweep", "data", "models", "train", "subnetworks", "influence", "analysis", "stages",
+          "orchestration", "planning", "cli"]
+
+
+def floor(module: str) -> int:
+    """Returns the floor of a package module (by its first name under subnet_ray); KeyError if it has none."""
+    return FLOORS.index(module.split(".")[1])
+
+
+def trees() -> dict[str, tuple[ast.Module, bool]]:
+    """Returns module -> (its AST, whether it is a package's __init__)."""
+    return {_module(p): (ast.parse(p.read_text()), p.name == "__init__.py") for p in PACKAGE.rglob("*.py")}
+
+
+def _target(mod: str, is_pkg: bool, node: ast.ImportFrom) -> str:
+    if not node.level:
+        return node.module
+    base = mod.split(".") if is_pkg else mod.split(".")[:-1]  # relative: resolve against this module's package
+    base = base[: len(base) - (node.level - 1)]
+    return ".".join(base + ([node.module] if node.module else []))
+
+
 def imports() -> dict[str, set[str]]:
     """Returns module -> the modules it imports (anywhere in its source), from the AST."""
     out = {}
-    for path in PACKAGE.rglob("*.py"):
-        mod, is_pkg = _module(path), path.name == "__init__.py"
+    for mod, (tree, is_pkg) in trees().items():
         found = set()
-        for node in ast.walk(ast.parse(path.read_text())):
+        for node in ast.walk(tree):
             if isinstance(node, ast.Import):
                 found |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom):
-                if node.level:  # relative: resolve against this module's package
-                    base = mod.split(".") if is_pkg else mod.split(".")[:-1]
-                    base = base[: len(base) - (node.level - 1)]
-                    target = ".".join(base + ([node.module] if node.module else []))
-                else:
-                    target = node.module
+                target = _target(mod, is_pkg, node)
                 found.add(target)
-                # `from . import babel` imports the submodule babel
+                # `from .data import babel` imports the submodule babel
                 found |= {f"{target}.{a.name}" for a in node.names}
         out[mod] = found
     return out
@@ -61,14 +82,54 @@ def test_import_graph_has_no_cycle():
     for m in sorted(graph):
         if m not in state:
             visit(m)
-    assert "subnet_ray.stages" in graph and "subnet_ray.graph" in graph  # the walk saw the package
+    assert "subnet_ray.stages" in graph and "subnet_ray.sweep.graph" in graph  # the walk saw the package
 
 
-def test_ray_and_mlflow_only_in_orchestration_and_cli():
+def test_every_module_has_a_floor_and_imports_only_downward():
+    graph = internal_graph()
+    unplaced = [m for m in graph if m != "subnet_ray" and m.split(".")[1] not in FLOORS]
+    assert unplaced == [], f"place these in a floor of FLOORS: {unplaced}"
+    upward = {m: sorted(t for t in targets if t != "subnet_ray" and floor(t) > floor(m))
+              for m, targets in graph.items() if m != "subnet_ray"}
+    assert {m: t for m, t in upward.items() if t} == {}
+    assert floor("subnet_ray.planning.cost.calibration") > floor("subnet_ray.orchestration.tune") > floor("subnet_ray.sweep.config")
+
+
+def test_no_private_name_is_imported_across_modules():
+    """`from x import _name`, or `x._name` on a module bound by an import, from another module of the package."""
+    mods = trees()
+    found = []
+    for mod, (tree, is_pkg) in mods.items():
+        bound = {}  # local name -> package module it stands for
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                target = _target(mod, is_pkg, node)
+                for a in node.names:
+                    if f"{target}.{a.name}" in mods:
+                        bound[a.asname or a.name] = f"{target}.{a.name}"
+                    elif a.name.startswith("_") and not a.name.startswith("__") and target != mod and target in mods:
+                        found.append(f"{mod}: from {target} import {a.name}")
+            elif isinstance(node, ast.Import):
+                bound |= {a.asname: a.name for a in node.names if a.asname and a.name in mods}
+        for node in ast.walk(tree):
+            if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound
+                    and node.attr.startswith("_") and not node.attr.startswith("__") and bound[node.value.id] != mod):
+                found.append(f"{mod}: {bound[node.value.id]}.{node.attr}")
+    assert found == [], "\n".join(found)
+
+
+def test_ray_and_mlflow_never_below_orchestration():
+    # the science (and the stages that run it) must run without Ray and without MLflow
     bad = {m: sorted(t for t in targets if t.split(".")[0] in ("ray", "mlflow"))
-           for m, targets in imports().items()
-           if not (m.startswith("subnet_ray.orchestration") or m == "subnet_ray.cli")}
+           for m, targets in imports().items() if m != "subnet_ray" and floor(m) < floor("subnet_ray.orchestration")}
     assert {m: t for m, t in bad.items() if t} == {}
+
+
+def test_the_cost_model_is_entered_through_its_package():
+    inside = "subnet_ray.planning.cost"
+    reach_in = {m: sorted(t for t in targets if t.startswith(inside + "."))
+                for m, targets in internal_graph().items() if not m.startswith(inside)}
+    assert {m: t for m, t in reach_in.items() if t} == {}
 
 
 def test_validate_imports_no_torch():

@@ -5,13 +5,13 @@ import warnings
 import pytest
 from mlflow import MlflowClient
 
-from subnet_ray.config import load_sweep
+from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runner import run_sweep
 from subnet_ray.orchestration.trial_runs import TrialLog, run_name
 from subnet_ray.orchestration.tracking import epoch_metrics
-from subnet_ray.store import store_for
+from subnet_ray.storage.store import store_for
 from subnet_ray.orchestration.tracking import Tracker, TrialRun, default_tracking_uri
-from subnet_ray.graph import graph
+from subnet_ray.sweep.graph import graph
 from subnet_ray.stages import HISTORY
 from tiny import smoke_sweep
 

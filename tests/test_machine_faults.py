@@ -18,8 +18,8 @@ import pytest
 from mlflow import MlflowClient
 
 from procs import free_port, kill_leftovers
-from subnet_ray.graph import graph
-from subnet_ray.store import store_for
+from subnet_ray.sweep.graph import graph
+from subnet_ray.storage.store import store_for
 from test_faults import clean, cli, outputs, runs, wait_for_ledger  # noqa: F401 - clean: the undisturbed run (a fixture)
 
 

@@ -2,7 +2,7 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from subnet_ray.models import HeadMask, head_parameter_masks, load_checkpoint, save_checkpoint
+from subnet_ray.models.classifier import HeadMask, head_parameter_masks, load_checkpoint, save_checkpoint
 from tiny import tiny_batch, tiny_model
 
 

@@ -4,16 +4,16 @@ import pytest
 import torch
 from scipy.stats import spearmanr
 
-from subnet_ray.config import InfluenceSpec, SweepSpec
+from subnet_ray.sweep.config import InfluenceSpec, SweepSpec
 from subnet_ray.influence.projection import Projector
 from subnet_ray.influence.sketch import Sketches, select_linears, sketch_batch
 from subnet_ray.influence.tracin import dense_scores
 from subnet_ray.influence.pipeline import sketch_examples
 from subnet_ray.influence.sketch import layer_dims
-from subnet_ray.precision import autocast, grad_scaler
-from subnet_ray.graph import graph
+from subnet_ray.models.precision import autocast, grad_scaler
+from subnet_ray.sweep.graph import graph
 from subnet_ray.subnetworks.importance import importance_pass
-from subnet_ray.train import evaluate, train_step
+from subnet_ray.train.finetune import evaluate, train_step
 from test_influence import examples, word_tokenizer
 from tiny import tiny_batch, tiny_model
 
@@ -103,7 +103,7 @@ def test_bucketed_evaluation_equals_unbucketed_in_input_order():
     assert a["preds"] == b["preds"] and a["accuracy"] == b["accuracy"]
     assert a["loss"] == pytest.approx(b["loss"], abs=1e-5)
     # preds follow the input order: each equals the model's prediction on that example alone
-    from subnet_ray.tokenization import encode
+    from subnet_ray.data.tokenization import encode
 
     for e, p in list(zip(exs, a["preds"]))[:6]:
         assert int(model(**encode([e], tok, 32)).argmax(-1)) == p

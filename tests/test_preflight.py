@@ -21,10 +21,10 @@ import pytest
 import yaml
 
 from procs import free_port, kill_leftovers, live_processes
-from subnet_ray import data
+from subnet_ray.data import examples as data
 from subnet_ray.cli import main
-from subnet_ray.config import load_sweep
-from subnet_ray.preflight import check
+from subnet_ray.sweep.config import load_sweep
+from subnet_ray.planning.preflight import check
 from test_data import write
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -477,7 +477,7 @@ def test_what_a_run_does_not_use_is_not_refused(tmp_path):
 
 def test_devices_on_a_one_gpu_machine(tmp_path, monkeypatch):
     """With one CUDA device (simulated: this machine may have none), cuda and cuda:0 pass, cuda:1 and 2 GPUs per trial do not."""
-    import subnet_ray.preflight as pre
+    import subnet_ray.planning.preflight as pre
 
     monkeypatch.setattr(pre, "_cuda_devices", lambda: 1)
     spec = load_sweep(_write(tmp_path / "s.yaml", babel_dict(resources={"gpus": 1})))
@@ -558,7 +558,7 @@ def test_demo_preflight_is_fast_and_reads_no_data_file(tmp_path, monkeypatch):
     def whole_read(*a, **k):
         raise AssertionError("preflight read a whole data file")
 
-    monkeypatch.setattr(data, "_read_file", whole_read)
+    monkeypatch.setattr(data, "read_file", whole_read)
     monkeypatch.setattr(data, "load_examples", whole_read)
     spec = load_sweep(PROJECT / "sweeps" / "demo.yaml")
     t0 = time.perf_counter()
@@ -585,7 +585,7 @@ def test_large_data_is_checked_from_metadata_and_label_columns(tmp_path, monkeyp
     def whole_read(*a, **k):
         raise AssertionError("preflight read a whole data file")
 
-    monkeypatch.setattr(data, "_read_file", whole_read)
+    monkeypatch.setattr(data, "read_file", whole_read)
     pf = check(load_sweep(_write(tmp_path / "p.yaml", sweep_dict(tmp_path / "pq", sizes=(200_000, 5, 5)))))
     assert pf.errors == [] and pf.files == 6 and pf.values_read == 6 * n and pf.seconds < 2.0  # the label column only
     pf = check(load_sweep(_write(tmp_path / "c.yaml", sweep_dict(tmp_path / "csv", sizes=(20_000, 5, 5)))))

@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-from subnet_ray import babel as babel_mod
-from subnet_ray.config import PretrainSpec, SweepSpec, TaskSpec
-from subnet_ray.data import babel_languages, load_examples, tokenizer_for
-from subnet_ray.graph import Stage, graph
-from subnet_ray.models import build_model
-from subnet_ray.pretrain import ENCODER, HISTORY, corpus, load_pretrained, mask_tokens, pretrain
+from subnet_ray.data import babel as babel_mod
+from subnet_ray.sweep.config import PretrainSpec, SweepSpec, TaskSpec
+from subnet_ray.data.examples import babel_languages, load_examples, tokenizer_for
+from subnet_ray.sweep.graph import Stage, graph
+from subnet_ray.models.classifier import build_model
+from subnet_ray.train.pretrain import ENCODER, HISTORY, corpus, load_pretrained, mask_tokens, pretrain
 
 SWEEP = {
     "name": "pt",
@@ -137,7 +137,7 @@ def test_pretraining_is_for_the_tiny_model_and_pruning_steps_must_disable_a_head
 
 def test_a_pretrained_sweep_runs_and_a_new_seed_reuses_the_encoder(tmp_path):
     from subnet_ray.orchestration.runner import ledger, run_sweep
-    from subnet_ray.store import store_for
+    from subnet_ray.storage.store import store_for
 
     spec = sweep(methods=["full"], training__seeds=[1])
     run = run_sweep(spec, tmp_path, executor="local", progress=False)

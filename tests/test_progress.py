@@ -1,7 +1,7 @@
 """Step progress of long stages: what fine-tuning reports per step, and the throttled line with an ETA."""
-from subnet_ray.config import TrainSpec
-from subnet_ray.progress import StepProgress, eta_text
-from subnet_ray.train import epoch_plan, finetune
+from subnet_ray.sweep.config import TrainSpec
+from subnet_ray.orchestration.progress import StepProgress, eta_text
+from subnet_ray.train.finetune import epoch_plan, finetune
 from tiny import tiny_babel_model, tiny_data
 
 
@@ -32,9 +32,9 @@ def test_progress_line_is_throttled_and_has_an_eta():
 
 
 def test_pruning_reports_each_language_it_has_searched():
-    from subnet_ray.config import SubnetworkSpec
+    from subnet_ray.sweep.config import SubnetworkSpec
     from subnet_ray.subnetworks.pruning import find_subnetworks
-    from subnet_ray.train import by_language
+    from subnet_ray.train.finetune import by_language
 
     _, _, dev, _, tok = tiny_data()
     calls = []
@@ -49,7 +49,7 @@ def test_pruning_reports_each_language_it_has_searched():
 def test_sketching_reports_examples_sketched_over_groups_and_checkpoints(tmp_path):
     import torch
 
-    from subnet_ray.config import InfluenceSpec
+    from subnet_ray.sweep.config import InfluenceSpec
     from subnet_ray.influence.pipeline import influence
     from test_influence import _checkpoints, examples, word_tokenizer
     from tiny import tiny_model

@@ -12,10 +12,10 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
-from subnet_ray.analysis import compare_shares, specialization, write_report
+from subnet_ray.analysis import compare_shares, specialization
 from subnet_ray.analysis.headline import heads_disabled, model_metrics, variant_metrics
 from subnet_ray.analysis.mask_figures import write_mask_views
-from subnet_ray.analysis.report import _table_html, correlations_html, describe_variant
+from subnet_ray.analysis.report import table_html, correlations_html, describe_variant
 from subnet_ray.analysis import style
 from subnet_ray.analysis.tables import interval, p_value, sig, to_latex, to_markdown
 from test_analysis import make_synthetic_results
@@ -31,11 +31,10 @@ PROVENANCE = {
 }
 
 
-@pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    out = tmp_path_factory.mktemp("styled")
-    t = make_synthetic_results()
-    summary, records = write_report([t], out, "synthetic", provenance=PROVENANCE)
+@pytest.fixture
+def built(synthetic_report):
+    """(results, folder, summary, records, report.html) of the session's shared synthetic report, with PROVENANCE (conftest)."""
+    t, out, summary, records = synthetic_report
     return t, out, summary, records, (out / "report.html").read_text()
 
 
@@ -61,7 +60,7 @@ def test_report_has_provenance_contents_in_figure_order_and_legend(built):
     # empty cells say n/a and each table explains them (this synthetic report has no empty cell left since the
     # correlation table lost its per-row NaN columns: the rendering is checked on a table that has one)
     assert page.count("class='note'>n/a:") >= 3
-    assert "<td>n/a</td>" in _table_html(pd.DataFrame({"variant": ["full"], "xa": [np.nan], "xb": [0.5]}))
+    assert "<td>n/a</td>" in table_html(pd.DataFrame({"variant": ["full"], "xa": [np.nan], "xb": [0.5]}))
 
 
 def test_figures_are_300_dpi_pngs_with_a_pdf_and_csv_beside_each(built):

@@ -16,7 +16,6 @@ from mlflow import MlflowClient
 from browser import Page, chromium
 from procs import free_port, kill_leftovers
 from subnet_ray.cli import main
-from subnet_ray.config import load_sweep
 from subnet_ray.orchestration.runs_view import (
     GROUPED_KEY,
     VIEW_KEY,
@@ -178,25 +177,22 @@ def _printed_urls(proc: subprocess.Popen, timeout: float = 120) -> dict[str, str
         line = proc.stdout.readline()
         assert line or proc.poll() is None, "subnet-ray ui exited before printing its URLs"
         assert time.monotonic() < deadline, "subnet-ray ui printed no URLs in time"
-        m = re.match(r"\s+sweep smoke, (runs table|charts):\s+(http://\S+)", line)
+        m = re.match(r"\s+sweep \S+, (runs table|charts):\s+(http://\S+)", line)
         if m:
             urls[m.group(1)] = m.group(2)
     return urls
 
 
 @pytest.mark.slow
-def test_printed_url_shows_child_runs_and_headline_columns_in_chromium(tmp_path):
-    """sweeps/smoke.yaml run to the end; `subnet-ray ui` as a user starts it; its printed URLs in a fresh headless
+def test_printed_url_shows_child_runs_and_headline_columns_in_chromium(smoke_run, tmp_path):
+    """sweeps/smoke.yaml run to the end (the shared run, copied); `subnet-ray ui` as a user starts it; its printed URLs in a fresh headless
     Chromium: the runs table in model-training mode with every child run as a row and the test-accuracy column
     showing the runs' values, and the chart view of the runs grouped by method with the comparison section."""
     if chromium() is None:
         pytest.fail("chromium is not installed: `apt-get install -y chromium` (the README's test command does it)")
-    from subnet_ray.orchestration.runner import run_sweep
-
-    root = tmp_path / "root"
-    run_sweep(load_sweep(REPO / "sweeps" / "smoke.yaml"), root, executor="local", progress=False)
+    root, name = smoke_run.copy(tmp_path / "root"), smoke_run.spec.name
     client = MlflowClient(default_tracking_uri(root))
-    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id])}
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name(name).experiment_id])}
     children = {n: r for n, r in runs.items() if "mlflow.parentRunId" in r.data.tags}
     assert sorted(children) == ["full s1", "rsft s1 r1", "sft s1"]
     port = free_port()
@@ -204,7 +200,7 @@ def test_printed_url_shows_child_runs_and_headline_columns_in_chromium(tmp_path)
                             stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         urls = _printed_urls(proc)
-        exp = runs["smoke"].info.experiment_id
+        exp = runs[name].info.experiment_id
         assert urls == {"runs table": runs_url(f"http://127.0.0.1:{port}", exp),
                         "charts": runs_url(f"http://127.0.0.1:{port}", exp, chart=True, key=GROUPED_KEY)}
         with Page(tmp_path / "chrome") as page:

@@ -20,12 +20,12 @@ from mlflow import MlflowClient
 
 from procs import kill_leftovers, live_processes
 from subnet_ray.cli import main
-from subnet_ray.config import load_sweep
-from subnet_ray.graph import graph
+from subnet_ray.sweep.config import load_sweep
+from subnet_ray.sweep.graph import graph
 from subnet_ray.orchestration import slurm
 from subnet_ray.orchestration.runner import ledger
 from subnet_ray.orchestration.watchdog import _stat, descendants
-from subnet_ray.store import store_for
+from subnet_ray.storage.store import store_for
 
 PROJECT = Path(__file__).resolve().parents[1]
 SMOKE = PROJECT / "sweeps" / "smoke.yaml"

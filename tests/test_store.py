@@ -3,7 +3,7 @@ from pathlib import Path
 
 import pytest
 
-from subnet_ray.store import MANIFEST, SUCCESS, Store
+from subnet_ray.storage.store import MANIFEST, SUCCESS, Store
 
 
 def test_key_depends_on_config_and_inputs_only():

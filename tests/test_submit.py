@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from subnet_ray.config import load_sweep
+from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runner import ledger
-from subnet_ray.store import store_for
-from subnet_ray.graph import graph
+from subnet_ray.storage.store import store_for
+from subnet_ray.sweep.graph import graph
 from procs import free_ports, kill_leftovers, live_processes
 
 PROJECT = Path(__file__).resolve().parents[1]

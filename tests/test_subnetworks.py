@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from subnet_ray.config import SubnetworkSpec
-from subnet_ray.models import HeadMask
+from subnet_ray.sweep.config import SubnetworkSpec
+from subnet_ray.models.classifier import HeadMask
 from subnet_ray.subnetworks import (
     cosine_similarity,
     disabled_heads_table,
@@ -392,16 +392,16 @@ BABEL_LANGS = ["a1", "a2", "b1", "b2"]  # two families: a1/a2 share 80% of their
 
 
 def babel_task(train_size=300, dev_size=100):
-    from subnet_ray.config import BabelSpec, TaskSpec
+    from subnet_ray.sweep.config import BabelSpec, TaskSpec
 
     return TaskSpec(id="babel", languages=BABEL_LANGS, train_size=train_size, dev_size=dev_size, test_size=10,
                     babel=BabelSpec(families=[["a1", "a2"], ["b1", "b2"]]))
 
 
 def test_find_subnetworks_accuracies_agree_with_train_evaluate():
-    from subnet_ray.data import load_examples, tokenizer_for
-    from subnet_ray.models import build_model
-    from subnet_ray.train import by_language, evaluate
+    from subnet_ray.data.examples import load_examples, tokenizer_for
+    from subnet_ray.models.classifier import build_model
+    from subnet_ray.train.finetune import by_language, evaluate
     from tiny import TINY
 
     task = babel_task(train_size=20, dev_size=40)
@@ -425,11 +425,11 @@ def family_mask_similarity(babel_changes: dict, seeds: list[int]) -> list[tuple[
     import tempfile
     from pathlib import Path
 
-    from subnet_ray.config import load_sweep
-    from subnet_ray.data import load_examples, tokenizer_for
-    from subnet_ray.models import build_model
-    from subnet_ray.pretrain import corpus, load_pretrained, pretrain
-    from subnet_ray.train import by_language, finetune
+    from subnet_ray.sweep.config import load_sweep
+    from subnet_ray.data.examples import load_examples, tokenizer_for
+    from subnet_ray.models.classifier import build_model
+    from subnet_ray.train.pretrain import corpus, load_pretrained, pretrain
+    from subnet_ray.train.finetune import by_language, finetune
 
     demo = load_sweep(Path(__file__).parent.parent / "sweeps" / "demo.yaml")
     task = demo.tasks[0].model_copy(update={"babel": demo.tasks[0].babel.model_copy(update=babel_changes)})
@@ -486,13 +486,13 @@ def test_a_random_masks_metadata_describes_the_random_mask_not_its_source(tmp_pa
     """The random_masks stage on the smoke sweep's fine-tuned model: each random mask's mask.json records its own
     dev accuracy (recomputed here with train.evaluate under that mask on the model's last checkpoint), how it was
     made and its source; the identified mask's accuracy and pruning settings appear only under `source`."""
-    from subnet_ray.config import load_sweep
-    from subnet_ray.graph import graph
-    from subnet_ray.models import load_checkpoint
+    from subnet_ray.sweep.config import load_sweep
+    from subnet_ray.sweep.graph import graph
+    from subnet_ray.models.classifier import load_checkpoint
     from subnet_ray.stages import execute, model_factory, task_data
-    from subnet_ray.store import store_for
+    from subnet_ray.storage.store import store_for
     from subnet_ray.subnetworks import load_mask
-    from subnet_ray.train import by_language, checkpoints, evaluate
+    from subnet_ray.train.finetune import by_language, checkpoints, evaluate
     from tiny import smoke_sweep
 
     path = tmp_path / "masks.yaml"

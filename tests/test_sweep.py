@@ -13,10 +13,10 @@ import pytest
 from mlflow import MlflowClient
 
 from subnet_ray.cli import main
-from subnet_ray.config import load_sweep
+from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runner import ledger, run_sweep
-from subnet_ray.store import store_for
-from subnet_ray.graph import graph
+from subnet_ray.storage.store import store_for
+from subnet_ray.sweep.graph import graph
 from subnet_ray.stages import TOPK
 from tiny import smoke_sweep
 
@@ -55,13 +55,12 @@ def assert_same_influence(a: dict, b: dict, exact: bool = True) -> None:
             pd.testing.assert_series_equal(both["score_x"], both["score_y"], rtol=1e-4, atol=1e-5, check_names=False)
 
 
-def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(sweep_file, tmp_path, capsys):
-    spec = load_sweep(sweep_file)
-    root = tmp_path / "root"
-    first = run_sweep(spec, root, executor="local", progress=False)
+def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(smoke_run, tmp_path, capsys):
+    sweep_file, spec, first = smoke_run.sweep, smoke_run.spec, smoke_run.run  # the first run: the shared one
+    root = smoke_run.copy(tmp_path / "root")
     nodes = graph(spec)
     assert sorted(first.computed) == sorted(n.key for n in nodes)
-    report = first.reports[0]
+    report = root / first.reports[0].relative_to(smoke_run.root)
     summary = json.loads((report / "summary.json").read_text())
     for key in ("accuracy", "heads_disabled", "comparisons", "correlations"):
         assert key in summary
@@ -84,7 +83,7 @@ def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(sweep_file, tmp_p
     assert stages == [("finetune", None), ("influence", "full+random:2"), ("influence", "random-sft:2"), ("random_masks", None)]
 
     client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    exp = client.get_experiment_by_name("tiny")
+    exp = client.get_experiment_by_name(spec.name)
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -93,7 +92,7 @@ def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(sweep_file, tmp_p
     assert sorted(r.info.run_name for r in children) == ["full s1", "rsft s1 r1", "rsft s1 r2", "sft s1"]
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     full = next(r for r in children if r.info.run_name == "full s1")
-    artifacts = root / "mlartifacts" / "tiny"  # relative to the root: `subnet-ray ui` serves them
+    artifacts = root / "mlartifacts" / spec.name  # relative to the root: `subnet-ray ui` serves them
     masks = artifacts / full.info.run_id / "artifacts" / "masks" / "xa"
     assert {p.name for p in masks.iterdir()} == {"mask.npy", "mask.json", "mask.png", "heads.json"}
     assert (artifacts / full.info.run_id / "artifacts" / "random_masks" / "seed2").is_dir()  # added by rerun-random
@@ -101,10 +100,10 @@ def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(sweep_file, tmp_p
     assert (artifacts / parents[0].info.run_id / "artifacts" / "report" / "report.html").is_file()
 
 
-def test_sigint_then_rerun_recomputes_no_finished_stage(sweep_file, tmp_path):
+def test_sigint_then_rerun_recomputes_no_finished_stage(smoke_run, sweep_file, tmp_path):
     spec = load_sweep(sweep_file)
-    ref_root, root = tmp_path / "ref", tmp_path / "root"
-    run_sweep(spec, ref_root, executor="local", progress=False)
+    ref_root, root = smoke_run.root, tmp_path / "root"  # the same stage keys as this sweep's (only the name differs)
+    assert sorted(n.key for n in graph(spec)) == sorted(n.key for n in graph(smoke_run.spec))
     cmd = [sys.executable, "-m", "subnet_ray.cli", "run", str(sweep_file), "--root", str(root), "--executor", "local", "--quiet"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     led = root / "store" / "_ledger"  # one file per finished computation
@@ -145,7 +144,7 @@ def test_grid_branches_share_stages_and_each_report_has_them(sweep_file, tmp_pat
         assert "test_accuracy_mean" in r.data.metrics and "change_in_pos/xa" in r.data.metrics
 
 
-def test_influence_of_one_model_computed_together_equals_node_by_node(sweep_file, tmp_path):
+def test_influence_of_one_model_computed_together_equals_node_by_node(smoke_run, tmp_path):
     """execute_influence (one model build, one load per checkpoint, sketches shared by the variants of a
     model) publishes, under each node's own key, the same top-k and predictions tables as `execute`
     gives node by node; an output already published is neither recomputed nor recorded again."""
@@ -153,13 +152,14 @@ def test_influence_of_one_model_computed_together_equals_node_by_node(sweep_file
 
     from subnet_ray.stages import PREDICTIONS, execute, execute_influence, influence_groups
 
-    spec = load_sweep(sweep_file)
+    spec = smoke_run.spec
     nodes = graph(spec)
+    for name in ("one", "together"):  # the models and masks the influence reads: the shared run's
+        for n in nodes:
+            if n.wave < 3:
+                shutil.copytree(smoke_run.root / "store" / n.key, tmp_path / name / "store" / n.key)
     one, together = store_for(tmp_path / "one"), store_for(tmp_path / "together")
-    for n in nodes:
-        if n.wave < 3:
-            execute(n, spec, one)
-    shutil.copytree(tmp_path / "one", tmp_path / "together", dirs_exist_ok=True)
+    assert all(one.done(n.key) and together.done(n.key) for n in nodes if n.wave < 3)
     inf = [n for n in nodes if n.stage == "influence"]
     for n in inf:
         execute(n, spec, one)
@@ -180,22 +180,23 @@ def test_influence_of_one_model_computed_together_equals_node_by_node(sweep_file
 
 
 @pytest.mark.slow  # ~1-2 min: Ray start-up and one actor pool per model
-def test_ray_data_influence_of_one_model_equals_local(sweep_file, tmp_path, tmp_path_factory, monkeypatch):
+def test_ray_data_influence_of_one_model_equals_local(smoke_run, sweep_file, tmp_path, tmp_path_factory, monkeypatch):
     """RayDataInfluence's path: execute_influence with the Ray Data engine (the model's factory shipped to
     the actors, predictions in the driver) publishes every node of a model with the local tables."""
     import shutil
 
-    from subnet_ray.stages import PREDICTIONS, execute, execute_influence, influence_groups
+    from subnet_ray.stages import PREDICTIONS, execute_influence, influence_groups
 
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     sweep_file.write_text(TINY_SWEEP.replace("batch_size: 16}", "batch_size: 16, actors: 2}"))
     spec = load_sweep(sweep_file)
     nodes = graph(spec)
+    assert sorted(n.key for n in nodes) == sorted(n.key for n in graph(smoke_run.spec))  # actors change no key
+    for name in ("local", "ray"):  # the models and masks the influence reads: the shared run's
+        for n in nodes:
+            if n.wave < 3:
+                shutil.copytree(smoke_run.root / "store" / n.key, tmp_path / name / "store" / n.key)
     local, distributed = store_for(tmp_path / "local"), store_for(tmp_path / "ray")
-    for n in nodes:
-        if n.wave < 3:
-            execute(n, spec, local, progress=False)
-    shutil.copytree(tmp_path / "local", tmp_path / "ray", dirs_exist_ok=True)
     groups = influence_groups([n for n in nodes if n.stage == "influence"])
     full = max(groups, key=len)  # the full model's variants: several masks, one actor pool
     execute_influence(full, spec, local)
@@ -203,11 +204,11 @@ def test_ray_data_influence_of_one_model_equals_local(sweep_file, tmp_path, tmp_
     # Ray Data pass fail (actors cancelled before they started; see notes/NOTES.md, session 7)
     script = f"""
 import ray
-from subnet_ray.config import load_sweep
-from subnet_ray.graph import graph
+from subnet_ray.sweep.config import load_sweep
+from subnet_ray.sweep.graph import graph
 from subnet_ray.orchestration.influence_ray import influence_ray_jobs
 from subnet_ray.stages import execute_influence, influence_groups
-from subnet_ray.store import store_for
+from subnet_ray.storage.store import store_for
 spec = load_sweep({str(sweep_file)!r})
 full = max(influence_groups([n for n in graph(spec) if n.stage == "influence"]), key=len)
 ray.init(num_cpus=2, _temp_dir={str(tmp_path_factory.mktemp("r"))!r}, include_dashboard=False, log_to_driver=False)
@@ -229,7 +230,7 @@ print(sorted(done) == sorted(n.key for n in full))
 
 @pytest.mark.slow  # last in this file: after its cluster, a later Ray session in this process was handed an object
 # ref of the old one ("owner is unknown", seen in Ray Data's actor submits; see notes/NOTES.md, session 7)
-def test_ray_two_node_cluster_survives_a_killed_worker(sweep_file, tmp_path):
+def test_ray_two_node_cluster_survives_a_killed_worker(smoke_run, sweep_file, tmp_path):
     import ray
     from ray.cluster_utils import Cluster
 
@@ -237,7 +238,7 @@ def test_ray_two_node_cluster_survives_a_killed_worker(sweep_file, tmp_path):
     sweep_file.write_text(TINY_SWEEP.replace("batch_size: 16}", "batch_size: 16, actors: 2}"))
     spec = load_sweep(sweep_file)
     assert spec.influence.actors == 2
-    run_sweep(spec, tmp_path / "ref", executor="local", progress=False)
+    assert sorted(n.key for n in graph(spec)) == sorted(n.key for n in graph(smoke_run.spec))  # the reference: the shared run
     # the head takes no trials, so the training trial runs on the worker that gets killed
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
     worker = cluster.add_node(num_cpus=2)
@@ -269,4 +270,4 @@ def test_ray_two_node_cluster_survives_a_killed_worker(sweep_file, tmp_path):
     first = ledger(store_for(root))
     assert len({e["key"] for e in first}) == len(first) == len(graph(spec))  # each stage published once
     assert first[0]["stage"] == "finetune" and first[0]["time"] > killed_at  # the kill hit unfinished training
-    assert_same_influence(topk_tables(tmp_path / "ref", spec), topk_tables(root, spec), exact=False)
+    assert_same_influence(topk_tables(smoke_run.root, spec), topk_tables(root, spec), exact=False)

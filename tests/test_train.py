@@ -2,9 +2,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from subnet_ray.config import TrainSpec
-from subnet_ray.models import head_parameter_masks
-from subnet_ray.train import RESUME, NonFiniteLossError, checkpoints, epoch_plan, evaluate, finetune
+from subnet_ray.sweep.config import TrainSpec
+from subnet_ray.models.classifier import head_parameter_masks
+from subnet_ray.train.finetune import RESUME, NonFiniteLossError, checkpoints, epoch_plan, evaluate, finetune
 from tiny import tiny_babel_model, tiny_data
 
 CFG = TrainSpec(lr=5e-3, epochs=2, batch_size=8, max_length=16, seeds=[1])
@@ -137,7 +137,7 @@ def test_evaluate_accuracy_is_fraction_of_correct_predictions(data):
 def test_checkpoint_lr_weight_is_the_mean_step_size_of_its_epoch(data, tmp_path, monkeypatch):
     # TracInCP weights a checkpoint by the step sizes taken since the previous one: the mean
     # rate over its epoch's steps, not the rate at its last step (~0 for the last epoch).
-    import subnet_ray.train as train_mod
+    import subnet_ray.train.finetune as train_mod
 
     _, train, dev, _, tok = data
     used = []
@@ -163,7 +163,7 @@ def test_checkpoint_lr_weight_is_the_mean_step_size_of_its_epoch(data, tmp_path,
 
 
 def test_train_step_clips_the_masked_gradients_to_max_grad_norm():
-    from subnet_ray.train import train_step
+    from subnet_ray.train.finetune import train_step
     from tiny import tiny_batch, tiny_model
 
     def grad_norm_after(max_grad_norm, masked):
@@ -193,10 +193,10 @@ def test_a_resumed_fine_tuning_stage_publishes_the_same_bytes_as_an_uninterrupte
     """The smoke sweep's full fine-tuning node through stages.execute: once straight through, once stopped after
     epoch 1 (its partial folder kept, as after a crash or a full disk) and run again, which resumes from the epoch
     checkpoint. Every published file, history.json and the manifest included, is byte-identical."""
-    from subnet_ray.config import load_sweep
-    from subnet_ray.graph import graph
+    from subnet_ray.sweep.config import load_sweep
+    from subnet_ray.sweep.graph import graph
     from subnet_ray.stages import execute
-    from subnet_ray.store import store_for
+    from subnet_ray.storage.store import store_for
     from tiny import smoke_sweep
 
     path = tmp_path / "resume.yaml"

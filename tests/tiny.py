@@ -3,8 +3,8 @@ from pathlib import Path
 
 import torch
 
-from subnet_ray.config import ModelSpec, TinySpec
-from subnet_ray.models import build_model
+from subnet_ray.sweep.config import ModelSpec, TinySpec
+from subnet_ray.models.classifier import build_model
 
 VOCAB = 50
 TINY = ModelSpec(name="tiny", tiny=TinySpec(layers=2, heads=4, hidden=32, intermediate=64, max_positions=64), dropout=0.0)
@@ -35,7 +35,7 @@ def tiny_batch(n: int = 6, length: int = 10, seed: int = 0, pad: bool = True) ->
 
 def tiny_task(languages=("xa", "xb", "ya"), train=24, dev=12, test=12):
     """Returns a small babel TaskSpec (families: x* related, y* alone)."""
-    from subnet_ray.config import BabelSpec, TaskSpec
+    from subnet_ray.sweep.config import BabelSpec, TaskSpec
 
     fams = [[l for l in languages if l.startswith("x")], [l for l in languages if not l.startswith("x")]]
     return TaskSpec(
@@ -46,8 +46,8 @@ def tiny_task(languages=("xa", "xb", "ya"), train=24, dev=12, test=12):
 
 def tiny_data(task=None):
     """Returns (task, train, dev, test, tokenizer) for the tiny babel task."""
-    from subnet_ray.data import load_examples
-    from subnet_ray.data import tokenizer_for
+    from subnet_ray.data.examples import load_examples
+    from subnet_ray.data.examples import tokenizer_for
 
     task = task or tiny_task()
     return task, load_examples(task, "train"), load_examples(task, "dev"), load_examples(task, "test"), tokenizer_for(task)

@@ -93,7 +93,7 @@ def _runs(t: TaskResults | list[TaskResults]) -> list[TaskResults]:
     return list(t) if isinstance(t, (list, tuple)) else [t]
 
 
-def _record(w: FigureWriter, t: TaskResults | list[TaskResults], name: str, comps: dict[str, list[ShareComparison]]) -> dict[str, pd.DataFrame]:
+def record_changes(w: FigureWriter, t: TaskResults | list[TaskResults], name: str, comps: dict[str, list[ShareComparison]]) -> dict[str, pd.DataFrame]:
     """Returns the (mean) delta per sign and records the in-language changes in the summary.
 
     `comps[sign]` runs over `t`'s runs first, then the pairs compared within each run.
@@ -142,7 +142,7 @@ def _delta_figure(w: FigureWriter, t: TaskResults | list[TaskResults], number: i
     if why:
         return w.skip(number, t.task, why)
     comps = {sign: [compare_shares(x.influence, a, b, t.languages, sign=sign) for x in runs for a, b in pairs] for sign in SIGNS}
-    deltas = _record(w, runs, name, comps)
+    deltas = record_changes(w, runs, name, comps)
     ci = w.intervals[(t.task, name)]
     data = pd.concat([cells_ci(deltas[s], *ci[s], "delta_pct", sign=SIGNS[s]) for s in SIGNS], ignore_index=True)
     k = top_k(t.influence[pairs[0][0]])
@@ -164,7 +164,7 @@ def _delta_figure(w: FigureWriter, t: TaskResults | list[TaskResults], number: i
 
 
 def _units(runs: list[TaskResults], pairs: list) -> tuple[int, str]:
-    """Returns how many independent runs an averaged interval is over, and what they are (as `_record` groups them)."""
+    """Returns how many independent runs an averaged interval is over, and what they are (as `record_changes` groups them)."""
     if len(runs) > 1:
         return len(runs), "training seeds"
     return len(pairs), "random-mask seeds"
@@ -231,10 +231,10 @@ def fig03(w: FigureWriter, t: TaskResults) -> None:
     comps = {(name, sign): compare_shares(t.influence, name, "full", t.languages, sign=sign) for _, name in rows for sign in SIGNS}
     for label, name in rows:
         if name != "full+subnet":  # recorded by Fig 2
-            _record(w, t, f"{name} vs full", {sign: [comps[name, sign]] for sign in SIGNS})
+            record_changes(w, t, f"{name} vs full", {sign: [comps[name, sign]] for sign in SIGNS})
     random_names = [name for label, name in rows if name.startswith("full+random:")]
     if random_names:  # the baseline the paper compares with the identified subnetwork: the mean over seeds
-        _record(w, t, f"full+random (mean of {len(random_names)} seeds) vs full",
+        record_changes(w, t, f"full+random (mean of {len(random_names)} seeds) vs full",
                 {sign: [comps[name, sign] for name in random_names] for sign in SIGNS})
     for lang in [lang for lang in t.languages if lang in tested]:
         ci = {(name, sign): delta_interval([comps[name, sign]]) for _, name in rows for sign in SIGNS}
@@ -330,7 +330,7 @@ def fig19(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
         frames, cross = [], []
         for op, name in ops:
             comps = {sign: [compare_shares(x.influence, name, "full", t.languages, sign=sign) for x in runs] for sign in SIGNS}
-            delta = _record(w, runs, f"{name} vs full", comps)["pos"]
+            delta = record_changes(w, runs, f"{name} vs full", comps)["pos"]
             lo, hi = w.intervals[(t.task, f"{name} vs full")]["pos"]
             delta = delta.loc[[lang for lang in pair if lang in delta.index]]
             frames.append(cells_ci(delta, lo, hi, "delta_pct", mask=op))

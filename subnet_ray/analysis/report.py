@@ -78,12 +78,12 @@ def table2(results: list[TaskResults]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=cols)
 
 
-def _jsonable(x):
+def jsonable(x):
     """Returns x with NaN as None and numpy scalars as Python numbers, for strict JSON."""
     if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
+        return {str(k): jsonable(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
+        return [jsonable(v) for v in x]
     if isinstance(x, np.generic):
         x = x.item()
     if isinstance(x, float) and not math.isfinite(x):
@@ -91,7 +91,8 @@ def _jsonable(x):
     return x
 
 
-def _clean(out: Path) -> None:
+def clean_own_files(out: Path) -> None:
+    """Deletes the files an earlier report wrote in `out` (its own name patterns only), so a rebuilt report has no stale figure."""
     for pattern in _OWN_PATTERNS:
         for path in out.glob(pattern):
             path.unlink()
@@ -118,7 +119,7 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
         t.validate()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _clean(out)
+    clean_own_files(out)
     w = FigureWriter(out, dpi=dpi)
     for t in results:
         influence_figures(w, t)
@@ -128,7 +129,7 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
         table.to_csv(out / name, index=False)
     disabled = tables["table1_disabled_heads.csv"].set_index("task")
     accuracy = {t.task: final_accuracy(t) for t in results}
-    summary = _jsonable({
+    summary = jsonable({
         "sweep": sweep_name,
         "provenance": provenance or {},
         "tasks": tasks,
@@ -152,7 +153,8 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
     return summary, w.records
 
 
-_CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
+# The report pages' style sheet: the sweep report and the pooled-seeds report share it.
+CSS = """body{font-family:sans-serif;max-width:1100px;margin:2em auto;color:#222}
 figure{margin:1.5em 0;border-top:1px solid #ddd;padding-top:1em}figure img{max-width:100%}
 figcaption{font-size:0.9em;line-height:1.4}table{border-collapse:collapse;font-size:0.85em;margin:0.5em 0}
 td,th{border:1px solid #ccc;padding:2px 6px;text-align:right}th{background:#f3f3f3}
@@ -187,7 +189,8 @@ def describe_variant(name: str) -> str:
     }[v.kind]
 
 
-def _table_html(df: pd.DataFrame) -> str:
+def table_html(df: pd.DataFrame) -> str:
+    """Returns a table as report HTML: no index, `n/a` for missing values, numbers to 3 significant digits."""
     return df.to_html(index=False, na_rep=NA, float_format=sig, border=0)
 
 
@@ -243,7 +246,7 @@ def correlations_html(correlations: list[dict]) -> list[str]:
     return parts
 
 
-def _provenance_html(p: dict, esc) -> list[str]:
+def provenance_html(p: dict, esc) -> list[str]:
     """Returns the report header: where the numbers came from."""
     if not p:
         return ["<p class='note'>No provenance recorded (report built outside a sweep run).</p>"]
@@ -271,8 +274,8 @@ def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd
     records = figure_order(records)
     variants = sorted({v for task in summary["tasks"] for v in [*summary["variants"][task], *summary["accuracy"][task]]})
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>subnet-ray report: {esc(summary['sweep'])}</title>",
-             f"<style>{_CSS}</style></head><body><h1>Sweep {esc(summary['sweep'])}</h1>",
-             "<h2 id='provenance'>Provenance</h2>", *_provenance_html(summary.get("provenance") or {}, esc),
+             f"<style>{CSS}</style></head><body><h1>Sweep {esc(summary['sweep'])}</h1>",
+             "<h2 id='provenance'>Provenance</h2>", *provenance_html(summary.get("provenance") or {}, esc),
              "<h2 id='contents'>Contents</h2><ol>",
              "<li><a href='#legend'>Variant names</a></li><li><a href='#accuracy'>Accuracy</a></li>",
              "<li><a href='#table1'>Table 1: disabled heads</a></li><li><a href='#table2'>Table 2: subnetwork accuracy</a></li>"]
@@ -296,7 +299,7 @@ def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd
             acc = (100 * acc).round(1).reset_index(names="variant")
             splits = summary["accuracy_split"][task]
             acc.insert(1, "split", [splits[v] for v in acc["variant"]])
-            parts += [f"<h3>{esc(task)}</h3>", _table_html(acc)]
+            parts += [f"<h3>{esc(task)}</h3>", table_html(acc)]
     parts += verdicts_html(summary["effects"], summary["tasks"])
     notes = {"table1": f"{NA}: the task has no such language.",
              "table2": f"{NA}: the variant of that column was not run for the language (its method is not in the sweep, "
@@ -304,7 +307,7 @@ def render_html(summary: dict, records: list[FigureRecord], tables: dict[str, pd
     for name, table in tables.items():
         tid = name.split("_")[0]
         title = "Table 1: disabled heads" if tid == "table1" else "Table 2: subnetwork accuracy (%)"
-        parts += [f"<h2 id='{tid}'>{title}</h2>", f"<p><a href='{esc(name)}'>{esc(name)}</a></p>", _table_html(table),
+        parts += [f"<h2 id='{tid}'>{title}</h2>", f"<p><a href='{esc(name)}'>{esc(name)}</a></p>", table_html(table),
                   f"<p class='note'>{notes.get(tid, '')}</p>"]
     if summary["correlations"]:
         parts += correlations_html(summary["correlations"])
@@ -325,7 +328,7 @@ def verdicts_html(effects: dict, tasks: list[str], title: str = "The paper's hea
         e = effects[task]
         rows = [{"finding": k, "verdict": v or "null", "decided from": evidence_text(k, e["evidence"].get(k) or {})}
                 for k, v in e["checks"].items()]
-        parts += [f"<h3>{esc(task)}</h3>", _table_html(pd.DataFrame(rows))]
+        parts += [f"<h3>{esc(task)}</h3>", table_html(pd.DataFrame(rows))]
     return parts
 
 

@@ -27,18 +27,8 @@ import pandas as pd
 
 from subnet_ray.analysis.effects import paper_effects
 from subnet_ray.analysis.figures import FigureWriter
-from subnet_ray.analysis.influence_figures import SIGNS, _record, fig02, fig04, fig05, fig06, fig10, fig11, fig18, fig19, missing_reason
-from subnet_ray.analysis.report import (
-    _CSS,
-    _clean,
-    _jsonable,
-    _provenance_html,
-    _table_html,
-    figure_entries,
-    figure_order,
-    figures_html,
-    verdicts_html,
-)
+from subnet_ray.analysis.influence_figures import SIGNS, record_changes, fig02, fig04, fig05, fig06, fig10, fig11, fig18, fig19, missing_reason
+from subnet_ray.analysis.report import CSS, clean_own_files, jsonable, provenance_html, table_html, figure_entries, figure_order, figures_html, verdicts_html
 from subnet_ray.analysis.results import TaskResults
 from subnet_ray.analysis.shares import compare_shares
 from subnet_ray.analysis.verdicts import HOLDS, NULL_RULE, RULES, with_verdicts
@@ -53,7 +43,7 @@ def _random_baseline(w: FigureWriter, runs: list[TaskResults]) -> None:
     if why:
         return w.skip(3, t.task, why)
     comps = {sign: [compare_shares(x.influence, n, "full", t.languages, sign=sign) for x in runs for n in names] for sign in SIGNS}
-    _record(w, runs, f"full+random (mean of {len(names)} seeds) vs full", comps)
+    record_changes(w, runs, f"full+random (mean of {len(names)} seeds) vs full", comps)
 
 
 def seed_effects(by_seed: dict[int, list[TaskResults]]) -> tuple[dict, dict]:
@@ -77,7 +67,7 @@ def build_seeds_report(by_seed: dict[int, list[TaskResults]], out_dir: str | Pat
         raise ValueError(f"a pooled report needs at least two training seeds, got {sorted(by_seed)}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _clean(out)
+    clean_own_files(out)
     w = FigureWriter(out)
     tasks = list(dict.fromkeys(t.task for results in by_seed.values() for t in results))
     seeds_of = {task: [s for s, results in by_seed.items() if any(t.task == task for t in results)] for task in tasks}
@@ -93,7 +83,7 @@ def build_seeds_report(by_seed: dict[int, list[TaskResults]], out_dir: str | Pat
     for task in tasks:
         runs = [t for results in by_seed.values() for t in results if t.task == task]
         pooled[task] = with_verdicts(paper_effects(runs), len(runs[0].languages))
-    summary = _jsonable({
+    summary = jsonable({
         "sweep": sweep_name,
         "provenance": provenance or {},
         "training_seeds": sorted(by_seed),
@@ -117,20 +107,20 @@ def _html(summary: dict, w: FigureWriter, out: Path) -> str:
     esc = html.escape
     seeds = ", ".join(map(str, summary["training_seeds"]))
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>subnet-ray pooled report: {esc(summary['sweep'])}</title>",
-             f"<style>{_CSS}</style></head><body><h1>Sweep {esc(summary['sweep'])}: training seeds {esc(seeds)} pooled</h1>",
+             f"<style>{CSS}</style></head><body><h1>Sweep {esc(summary['sweep'])}: training seeds {esc(seeds)} pooled</h1>",
              "<p>Each training seed has its own report beside this one. Here every share and change is the mean over "
              "the training seeds, and its 95% interval is a t interval over the seeds' means (seeds - 1 degrees of freedom), "
              "widened by the variance of the test examples the seeds share, so it "
              "says how far another training run could move the number. Figures follow Choenni et al. (arXiv "
              "2311.08273); figNN is the paper's Figure NN.</p>",
-             "<h2 id='provenance'>Provenance</h2>", *_provenance_html(summary["provenance"], esc),
+             "<h2 id='provenance'>Provenance</h2>", *provenance_html(summary["provenance"], esc),
              *verdicts_html(summary["effects"], summary["tasks"], "The paper's headline effects, seeds pooled"),
              "<h2>The paper's headline effects, seed by seed</h2><p>Each seed's verdicts from its own report's intervals "
              "(over its test examples), by the same rules; the last row counts the seeds on which each finding holds.</p>"]
     for task, per_seed in summary["effects_per_seed"].items():
         rows = [{"training seed": s, **{k: v or "null" for k, v in e["checks"].items()}} for s, e in per_seed.items()]
         rows.append({"training seed": "seeds holding", **{k: f"{v}/{len(per_seed)}" for k, v in summary["seeds_holding"][task].items()}})
-        parts += [f"<h3>{esc(task)}</h3>", _table_html(pd.DataFrame(rows))]
+        parts += [f"<h3>{esc(task)}</h3>", table_html(pd.DataFrame(rows))]
     for task, comps in summary["comparisons"].items():
         random = next((k for k in comps if k.startswith("full+random")), None)
         own = comps.get("full+subnet vs full")

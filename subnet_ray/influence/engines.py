@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..graph import Node, Stage
-from ..store import Store
+from ..sweep.graph import Node, Stage
+from ..storage.store import Store
 
 ENGINE = "engine.json"
 ENGINE_VERSION = {"single-process": 1, "ray-data": 2}  # an engine's version goes up with every fix that changes its results

@@ -24,12 +24,12 @@ from tqdm.auto import tqdm
 from safetensors import safe_open
 from torch import nn
 
-from ..config import InfluenceSpec
-from ..models import META, WEIGHTS, check_mask, load_checkpoint
+from ..sweep.config import InfluenceSpec
+from ..models.classifier import META, WEIGHTS, check_mask, load_checkpoint
 from .projection import Projector
 from .sketch import DTYPES, Sketches, layer_dims, select_linears, sketch_batch
 from .tracin import top_influences
-from ..tokenization import length_order, token_lengths  # noqa: F401 (token_lengths: distributed imports it from here)
+from ..data.tokenization import length_order, token_lengths  # noqa: F401 (token_lengths: distributed imports it from here)
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def sketch_encoded(model: nn.Module, examples: list, tokenizer, max_length: int,
 
     The one batch step of both executors: this module's loop and the Ray Data actors.
     """
-    from ..tokenization import encode
+    from ..data.tokenization import encode
 
     batch = {k: v.to(device) for k, v in encode(examples, tokenizer, max_length).items()}
     return sketch_batch(model, batch, linears, projector, head_mask, precision_of(spec)).to("cpu", DTYPES[spec.dtype])

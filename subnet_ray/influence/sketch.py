@@ -28,9 +28,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..models import HeadMask
-from ..precision import autocast, loss_scale
-from ..sizes import matches
+from ..models.classifier import HeadMask
+from ..models.precision import autocast, loss_scale
+from .layers import matches
 from .projection import Projector
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -17,9 +17,9 @@ import pandas as pd
 from ..analysis.headline import heads_disabled, variant_metrics
 from ..analysis.report import table2
 from ..analysis.tables import to_latex, to_markdown
-from ..config import ConfigError, SweepSpec, branches, load_sweep
-from ..graph import graph
-from ..store import store_for
+from ..sweep.config import ConfigError, SweepSpec, branches, load_sweep
+from ..sweep.graph import graph
+from ..storage.store import store_for
 from .results import collect
 from .trial_runs import branch_label
 

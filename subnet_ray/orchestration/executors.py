@@ -17,10 +17,10 @@ from typing import Protocol
 
 from tqdm.auto import tqdm
 
-from ..config import SweepSpec
-from ..graph import Node
+from ..sweep.config import SweepSpec
+from ..sweep.graph import Node
 from ..stages import execute, execute_influence, influence_groups
-from ..store import Store
+from ..storage.store import Store
 from .tracking import epoch_metrics
 
 INFLUENCE_WAVE = 3

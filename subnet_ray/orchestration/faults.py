@@ -181,7 +181,7 @@ def _kept(ctx: Context) -> str:
         where = base / "store"
     else:
         try:
-            from ..store import store_for
+            from ..storage.store import store_for
 
             store = store_for(ctx.root)
             done, where = sum(store.done(k) for k in ctx.keys), store.uri
@@ -347,9 +347,9 @@ def explain(e: BaseException, ctx: Context) -> Fault | None:
                 else f"{rerun} (it starts a new local Ray)")
         return Fault(kind, f"the Ray cluster {where} went away ({words}{at})", kept, todo)
     if kind == "tracking":
-        from .tracking_store import _redact
+        from .tracking_store import redact
 
-        uri = _redact(ctx.tracking_uri) if ctx.tracking_uri else "(default)"
+        uri = redact(ctx.tracking_uri) if ctx.tracking_uri else "(default)"
         if ctx.reports:
             kept = kept + f"; the report is written ({', '.join(str(p) for p in ctx.reports[:2])}" + \
                 (f" and {len(ctx.reports) - 2} more" if len(ctx.reports) > 2 else "") + ")"

@@ -28,8 +28,8 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from ..config import InfluenceSpec
-from ..models import WEIGHTS, load_checkpoint
+from ..sweep.config import InfluenceSpec
+from ..models.classifier import WEIGHTS, load_checkpoint
 from ..influence.pipeline import Job, JobPlan, Tables, as_model, as_sketches, checkpoint_metas, sketch_encoded, token_lengths
 from ..influence.projection import Projector
 from ..influence.sketch import DTYPES, Sketches, from_numpy, layer_dims, select_linears, to_numpy
@@ -85,7 +85,7 @@ class SketchActor:
 
     def _sketch(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Returns (ids, sketch sets, mask groups, sketches) of example rows `rows` under the loaded checkpoint."""
-        from ..data import Example
+        from ..data.examples import Example
 
         cols = self.examples.take(rows).to_pydict()
         pairs = cols.get("text_pair", [None] * len(rows))

@@ -6,7 +6,7 @@ import time
 from importlib import metadata
 from pathlib import Path
 
-from ..config import SweepSpec
+from ..sweep.config import SweepSpec
 
 PACKAGES = ("subnet-ray", "torch", "transformers", "numpy", "pandas", "ray", "mlflow", "matplotlib")
 

@@ -6,10 +6,10 @@ import json
 import pandas as pd
 
 from ..analysis.results import InfluenceResult, TaskResults
-from ..config import SweepSpec
-from ..graph import Node
+from ..sweep.config import SweepSpec
+from ..sweep.graph import Node
 from ..stages import HISTORY, PREDICTIONS, TOPK, load_masks
-from ..store import Store
+from ..storage.store import Store
 
 
 def _dev_rows(variant: str, history: list[dict]) -> list[dict]:

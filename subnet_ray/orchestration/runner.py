@@ -19,12 +19,12 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..config import SweepSpec, branches
-from ..graph import Node, Stage, graph
+from ..sweep.config import SweepSpec, branches
+from ..sweep.graph import Node, Stage, graph
 from ..influence.engines import stale
-from ..lease import file_lock, held, lease
+from ..storage.lease import file_lock, held, lease
 from ..stages import task_data
-from ..store import Store, store_for
+from ..storage.store import Store, store_for
 from .executors import make_executor
 from .trial_runs import TrialLog, branch_label, run_identity
 from .workers import freeze_heap, use_cpus
@@ -52,7 +52,7 @@ def _label(value) -> str:
     """Returns a grid value as a path component: itself if safe (config.SAFE_NAME), else a short hash."""
     import hashlib
 
-    from ..config import safe_name
+    from ..sweep.config import safe_name
 
     try:
         return safe_name(str(value), "grid value")
@@ -176,7 +176,7 @@ def _announce_held(store: Store, plan: dict[str, list[Node]]) -> None:
                 _say(f"stage output {n.key} ({n.stage}, {n.trial}) is being computed by {holder}: this invocation waits for it")
 
 
-def _log_reports(tracker, spec: SweepSpec, folders: list[Path]) -> None:
+def log_reports(tracker, spec: SweepSpec, folders: list[Path]) -> None:
     """Logs the report folders to the parent run, unless an earlier finished run logged the same bytes."""
     import hashlib
 
@@ -340,7 +340,7 @@ def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, pro
                 try:
                     trials.finish(store, collected, summaries)  # the runs' headline metrics come from the reports' results
                     tracker.link_children()
-                    _log_reports(tracker, spec, run.reports)
+                    log_reports(tracker, spec, run.reports)
                 except Exception as e:
                     if not _tracking_lost(e):
                         raise

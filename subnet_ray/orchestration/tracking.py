@@ -34,7 +34,7 @@ from mlflow.utils.validation import (  # noqa: E402
 
 from .tracking_store import (  # noqa: E402, F401 - the UI functions are re-exported for callers of this module
     TrackingUnreachable,
-    _scheme,
+    uri_scheme,
     check_tracking_uri,
     default_tracking_uri,
     open_ui,
@@ -241,7 +241,7 @@ class Tracker:
         local_root = "://" not in root_s or root_s.startswith("file://")
         self.root = Path(root_s.removeprefix("file://")).resolve() if local_root else None
         self.tracking_uri = tracking_uri or default_tracking_uri(root)
-        remote = _scheme(self.tracking_uri) in ("http", "https", "databricks")
+        remote = uri_scheme(self.tracking_uri) in ("http", "https", "databricks")
         if remote:
             # mlflow's own HTTP client retries for minutes by default; a dead server should fail a
             # sweep in seconds. setdefault: the user's own settings win.

@@ -42,11 +42,12 @@ def default_tracking_uri(root: str | os.PathLike) -> str:
     return f"sqlite:///{Path(root_s.removeprefix('file://')).resolve()}/mlflow.db"
 
 
-def _scheme(uri: str) -> str:
+def uri_scheme(uri: str) -> str:
+    """Returns the scheme of a tracking URI without its driver (`postgresql+psycopg2` -> `postgresql`); `file` for a path."""
     return uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else "file"
 
 
-def _redact(uri: str) -> str:
+def redact(uri: str) -> str:
     """Returns `uri` with any password replaced by ***, so messages can name it."""
     parts = urlsplit(uri)
     if parts.password is None:
@@ -69,13 +70,13 @@ def _bounded(uri: str, timeout: float, probe: Callable[[float], None], what: str
     t.start()
     t.join(timeout)
     if t.is_alive():
-        raise TrackingUnreachable(f"MLflow tracking {what} {_redact(uri)} unreachable: no answer within {timeout:g} s")
+        raise TrackingUnreachable(f"MLflow tracking {what} {redact(uri)} unreachable: no answer within {timeout:g} s")
     if err:
         e = err[0]
         if isinstance(e, TrackingUnreachable):
             raise e
         reason = getattr(e, "reason", None) or e
-        raise TrackingUnreachable(f"MLflow tracking {what} {_redact(uri)} unreachable: {reason}") from e
+        raise TrackingUnreachable(f"MLflow tracking {what} {redact(uri)} unreachable: {reason}") from e
 
 
 def _http_probe(uri: str) -> Callable[[float], None]:
@@ -103,7 +104,7 @@ def _http_probe(uri: str) -> Callable[[float], None]:
         if api in (200, 401, 403):
             return
         raise TrackingUnreachable(
-            f"MLflow tracking server {_redact(uri)} unreachable: HTTP {health} from /health and HTTP {api} "
+            f"MLflow tracking server {redact(uri)} unreachable: HTTP {health} from /health and HTTP {api} "
             "from the experiments API (is this an MLflow tracking server?)"
         )
 
@@ -114,7 +115,7 @@ def _tcp_probe(uri: str) -> Callable[[float], None] | None:
     parts = urlsplit(uri)
     if not parts.hostname:  # a unix-socket DSN: nothing to dial
         return None
-    port = parts.port or _DB_PORTS[_scheme(uri)]
+    port = parts.port or _DB_PORTS[uri_scheme(uri)]
 
     def probe(timeout: float) -> None:
         socket.create_connection((parts.hostname, port), timeout=timeout).close()
@@ -127,9 +128,9 @@ def _check_folder(uri: str, folder: Path) -> None:
     while not p.exists():  # the nearest existing ancestor decides whether the folder is creatable
         p = p.parent
     if not p.is_dir():
-        raise TrackingUnreachable(f"MLflow tracking store {_redact(uri)} unusable: {p} is not a folder")
+        raise TrackingUnreachable(f"MLflow tracking store {redact(uri)} unusable: {p} is not a folder")
     if not os.access(p, os.W_OK | os.X_OK):
-        raise TrackingUnreachable(f"MLflow tracking store {_redact(uri)} unusable: cannot create or write in {p}")
+        raise TrackingUnreachable(f"MLflow tracking store {redact(uri)} unusable: cannot create or write in {p}")
 
 
 def check_tracking_uri(uri: str, timeout: float = 30) -> None:
@@ -139,9 +140,9 @@ def check_tracking_uri(uri: str, timeout: float = 30) -> None:
     created and is writable; postgresql / mysql / mssql: the database port accepts a connection.
     Nothing is created.
     """
-    scheme = _scheme(uri)
+    scheme = uri_scheme(uri)
     if scheme not in _SCHEMES:
-        raise ValueError(f"tracking URI {_redact(uri)}: unsupported scheme {scheme!r}; expected one of {', '.join(_SCHEMES)}")
+        raise ValueError(f"tracking URI {redact(uri)}: unsupported scheme {scheme!r}; expected one of {', '.join(_SCHEMES)}")
     if scheme in ("http", "https"):
         _bounded(uri, timeout, _http_probe(uri))
     elif scheme in _DB_PORTS:
@@ -165,11 +166,11 @@ def check_tracking_uri(uri: str, timeout: float = 30) -> None:
 def ui_command(root: str | os.PathLike, tracking_uri: str | None = None, host: str = "127.0.0.1", port: int = 5000) -> list[str]:
     """Returns the `mlflow ui` command line that serves the sweep store under `root` on host:port."""
     uri = tracking_uri or default_tracking_uri(root)
-    if _scheme(uri) in ("http", "https", "databricks"):
+    if uri_scheme(uri) in ("http", "https", "databricks"):
         raise ValueError(f"tracking URI {uri} is a server already: open it in a browser, no local UI needed")
     if not 0 < int(port) < 65536:
         raise ValueError(f"port {port}: expected 1-65535")
-    if _scheme(uri) == "sqlite":
+    if uri_scheme(uri) == "sqlite":
         db = Path(uri.split("://", 1)[1].split("?", 1)[0][1:])
         if not db.is_file():
             raise FileNotFoundError(f"no MLflow store at {db}, --root / --tracking-uri; expected the root of a sweep that has run")

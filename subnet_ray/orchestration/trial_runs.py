@@ -14,11 +14,11 @@ import warnings
 from collections import defaultdict
 from pathlib import Path
 
-from ..config import SweepSpec, branches
-from ..graph import Node, branch_of
-from ..pretrain import HISTORY as PRETRAIN_HISTORY
+from ..sweep.config import SweepSpec, branches
+from ..sweep.graph import Node, branch_of
+from ..train.pretrain import HISTORY as PRETRAIN_HISTORY
 from ..stages import HISTORY
-from ..store import Store
+from ..storage.store import Store
 from .tracking import epoch_metrics
 
 

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Callable
 from urllib.parse import urlsplit
 
-from ..config import SweepSpec
-from ..graph import Node
-from ..progress import StepProgress
+from ..sweep.config import SweepSpec
+from ..sweep.graph import Node
+from .progress import StepProgress
 
 from .interrupts import graceful, raise_if_interrupted
 from .workers import WORKER_ENV, freeze_heap, use_cpus
@@ -130,7 +130,7 @@ def _trainable(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
 def _run_trial(config: dict, spec_json: str, store_uri: str, plan: dict) -> None:
     from ray import tune
 
-    from ..store import Store
+    from ..storage.store import Store
     from ..stages import execute, execute_influence, influence_groups
     from .tracking import epoch_metrics
 

@@ -25,8 +25,8 @@ from typing import Iterable, Literal
 import torch
 from torch.nn import functional as F
 
-from ..models import HeadMask, SequenceClassifier, check_mask
-from ..precision import autocast, loss_scale
+from ..models.classifier import HeadMask, SequenceClassifier, check_mask
+from ..models.precision import autocast, loss_scale
 
 Per = Literal["example", "batch"]
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ..seeding import rng
+from ..data.seeding import rng
 
 MASK_FILE = "mask.npy"
 META_FILE = "mask.json"

@@ -18,8 +18,8 @@ from typing import Callable, Iterable
 import pandas as pd
 import torch
 
-from ..config import SubnetworkSpec, heads_per_step
-from ..models import SequenceClassifier
+from ..sweep.config import SubnetworkSpec, heads_per_step
+from ..models.classifier import SequenceClassifier
 from .importance import importance_pass, normalize_importance
 
 CURVE_COLUMNS = ("language", "step", "heads_disabled", "accuracy", "full_accuracy")
@@ -189,7 +189,7 @@ def find_subnetworks(
     if empty:
         raise ValueError(f"no dev examples for language(s) {empty}: a subnetwork is found on that language's dev data")
     step_size(model.num_layers * model.num_heads, spec.step_fraction)  # fail before any compute
-    from ..tokenization import encode  # here, so the pruning loop itself has no data-loading dependency
+    from ..data.tokenization import encode  # here, so the pruning loop itself has no data-loading dependency
 
     model.to(device)
     out = {}

@@ -44,7 +44,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .config import BabelSpec
+from ..sweep.config import BabelSpec
 from .seeding import rng
 
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # annotations only: sketch.py imports `matches` where pydantic is not installed (GPU machines)
-    from .config import SweepSpec, TaskSpec
+from ..influence.layers import matches
+
+if TYPE_CHECKING:  # annotations only
+    from ..sweep.config import SweepSpec, TaskSpec
 
 # Shapes of hub encoders, for sizes and estimates where the hub is not reachable:
 # (layers, heads, hidden, intermediate, positions, vocab, token types).
@@ -21,11 +23,6 @@ KNOWN_SHAPES = {
     "bert-base-multilingual-cased": (12, 12, 768, 3072, 512, 119547, 2),
 }
 WORDPIECE_VOCAB = 8000  # the most a locally built WordPiece tokenizer holds (tokenization.wordpiece_tokenizer)
-
-
-def matches(name: str, prefix: str) -> bool:
-    """Returns whether a module path matches an influence layer prefix: from its start or as a run of whole components."""
-    return name == prefix or name.startswith(prefix + ".") or f".{prefix}." in f".{name}."
 
 
 def shape_of(spec: SweepSpec, task: TaskSpec) -> tuple[tuple[int, ...], bool] | None:
@@ -39,7 +36,7 @@ def shape_of(spec: SweepSpec, task: TaskSpec) -> tuple[tuple[int, ...], bool] | 
         return None
     t = spec.model.tiny
     if task.id == "babel":
-        from .data import babel_languages  # no torch: the generator is numpy
+        from ..data.examples import babel_languages  # no torch: the generator is numpy
 
         vocab, exact = 5 + len(babel_languages(task).vocabulary()), True
     else:
@@ -78,7 +75,7 @@ def sketch_dim(spec: SweepSpec, shape: tuple[int, ...], num_labels: int) -> int:
 
 def headline(spec: SweepSpec, nodes: list) -> str:
     """Returns validate's one-line cost headline: checkpoint bytes and the sketches one influence output holds (no timing)."""
-    from .data import num_labels
+    from ..data.examples import num_labels
 
     parts = []
     for task in spec.tasks:

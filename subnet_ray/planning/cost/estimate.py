@@ -4,7 +4,7 @@
 checkpoint and sketch bytes. `calibration.calibrate` times a few real batches of each pass on
 the present device; `estimate` multiplies those per-batch costs by each stage's exact batch
 counts (epoch plans, dev and test sizes, mask groups, checkpoints), adds the invocation's named
-fixed costs (orchestration/overheads.py measures them) and schedules the stage outputs as the
+fixed costs (overheads.py measures them) and schedules the stage outputs as the
 executor runs them (walltime.py).
 
 The one quantity not known before running is how many pruning steps the subnetwork search
@@ -20,12 +20,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .calibration import Calibration, Clock, _timed, calibrate, setup  # noqa: F401 - Clock, _timed: part of this module's API
-from .config import SweepSpec, branches
-from .graph import Node, graph
-from .influence.sketch import DTYPES, layer_dims, select_linears
-from .subnetworks.pruning import step_size
-from .train import by_language, epoch_plan
+from .calibration import Calibration, calibrate, setup
+from ...sweep.config import SweepSpec, branches
+from ...sweep.graph import Node, graph
+from ...influence.sketch import DTYPES, layer_dims, select_linears
+from ...subnetworks.pruning import step_size
+from ...train.finetune import by_language, epoch_plan
 
 STAGES = ("pretrain", "finetune", "subnetworks", "random_masks", "influence")
 
@@ -62,7 +62,7 @@ class Estimate:
     slowdown: float = 1.0  # how much slower than idle the calibration ran (Clock.slowdown)
     others: float | None = None  # threads of other processes wanting a core before calibrating (walltime.others_running)
     # trials side by side -> {"train": ..., "sketch": ...}: how much slower than calibrated a fine-tuning step and a
-    # sketched example ran in that many Tune trials at once under the present load (orchestration.overheads.side_by_side)
+    # sketched example ran in that many Tune trials at once under the present load (side_by_side.side_by_side)
     side_by_side: dict[int, dict[str, float]] = field(default_factory=dict)
 
     def waves(self) -> dict[str, float]:
@@ -164,7 +164,7 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
              executor: str = "local", fixed: dict[str, float] | None = None, cluster_cpus: int | None = None,
              others: float | None = None, side_by_side: dict[int, dict[str, float]] | None = None) -> Estimate:
     """Returns the projected cost of every stage output of the sweep (calibrating per task unless given), and its wall
-    time on `executor` ('local' or 'ray') with the named fixed costs `fixed` (orchestration.overheads.measure).
+    time on `executor` ('local' or 'ray') with the named fixed costs `fixed` (overheads.measure).
 
     Ray's costs in `fixed` (ray_start, tune_wave, tune_trial) are wall times under the load they
     were measured at: they are scaled to an idle machine by the calibration's slowdown.
@@ -172,7 +172,7 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
     meta device): what `validate` prints. others: threads of other processes wanting a core
     (walltime.others_running; counted here before calibrating if not given). side_by_side: for the Ray
     executor, trials at a time -> slowdown of a training step and a sketched example against the
-    calibration (Estimate.side_by_side); measured here (orchestration.overheads.side_by_side: Tune trials on a
+    calibration (Estimate.side_by_side); measured here (side_by_side.side_by_side: Tune trials on a
     local Ray of the probe's own) when this call calibrates and none are given.
     """
     from .walltime import FIXED, cores, others_running, slots, trials
@@ -230,7 +230,7 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
 def _side_by_side(est: Estimate, spec: SweepSpec, calibration: dict, nice: int | None) -> dict[int, dict[str, float]]:
     """Returns trials at a time -> how much slower than calibrated a training step and a sketched example run in that many
     processes at once, for each count of trials side by side the sweep's waves have (the first branch's first task)."""
-    from .orchestration.overheads import side_by_side
+    from .side_by_side import side_by_side
 
     ks = sorted({1, max(min(est.slots, len(t)) for t in est.trials.values() if t)})  # slowdown_at interpolates between
     values, b = branches(spec)[0]
@@ -326,7 +326,7 @@ def _influence_costs(nodes: list[Node], b: SweepSpec, cal: Calibration, data: di
     """
     import inspect
 
-    from .influence.pipeline import influence_jobs
+    from ...influence.pipeline import influence_jobs
 
     tr, inf = b.training, b.influence
     ckpts, n_train = tr.epochs, len(data["train"])

@@ -26,13 +26,13 @@ from safetensors.torch import load_file, save_file
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from .models import HeadMask, SequenceClassifier, head_parameter_masks, load_checkpoint, mask_gradients, save_checkpoint
-from .precision import autocast, grad_scaler
-from .tokenization import encode, length_order
+from ..models.classifier import HeadMask, SequenceClassifier, head_parameter_masks, load_checkpoint, mask_gradients, save_checkpoint
+from ..models.precision import autocast, grad_scaler
+from ..data.tokenization import encode, length_order
 
 if TYPE_CHECKING:  # only for annotations: train_step and evaluate run where pydantic is not installed (GPU machines)
-    from .config import TrainSpec
-    from .data import Example
+    from ..sweep.config import TrainSpec
+    from ..data.examples import Example
 
 RESUME = "resume"
 
@@ -188,7 +188,8 @@ def linear_schedule(total_steps: int, warmup: float) -> Callable[[int], float]:
     return factor
 
 
-def _save_resume(directory: Path, optimizer: torch.optim.Optimizer, names: dict, epoch: int, step: int, scaler=None) -> None:
+def save_resume(directory: Path, optimizer: torch.optim.Optimizer, names: dict, epoch: int, step: int, scaler=None) -> None:
+    """Writes the optimizer state, epoch, step and loss scale beside the epoch checkpoints (atomically), so a killed run resumes."""
     tensors = {}
     for p, state in optimizer.state.items():
         for k, v in state.items():
@@ -294,7 +295,7 @@ def finetune(
                 "method": "sft" if sparse else "full",
             }
             save_checkpoint(model, out_dir / f"epoch_{epoch}", record)
-            _save_resume(out_dir, optimizer, names, epoch, step, scaler)
+            save_resume(out_dir, optimizer, names, epoch, step, scaler)
             history.append(record)
             if on_epoch:
                 on_epoch(record)

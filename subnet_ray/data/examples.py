@@ -1,7 +1,7 @@
 """Loading and deterministic sampling of labelled examples, per language and split.
 
 What each task is (languages, hub id, text columns, label mapping, parallelism) lives in the
-task registry (tasks.py); this module reads rows, applies the record's label mapping, samples.
+task registry (sweep/tasks.py); this module reads rows, applies the record's label mapping, samples.
 babel is generated (babel.py).
 
 Where the rows come from (`TaskSpec.source`):
@@ -35,9 +35,9 @@ import numpy as np
 import pyarrow as pa
 
 from . import babel as babel_mod
-from .config import TaskSpec
+from ..sweep.config import TaskSpec
 from .seeding import rng
-from .tasks import TASKS, task_record
+from ..sweep.tasks import TASKS, task_record
 
 
 class DataError(ValueError):
@@ -70,7 +70,7 @@ def num_labels(task: TaskSpec) -> int:
 
 
 @dataclass
-class _Rows:
+class Rows:
     """Rows of one language and split after the task's label mapping, before sampling."""
 
     where: str  # file or hub dataset, for error messages
@@ -81,13 +81,14 @@ class _Rows:
     row: np.ndarray  # index of each row of `table` in its source file / split
 
 
-def _string_columns(task: TaskSpec) -> tuple[str, ...]:
+def string_columns(task: TaskSpec) -> tuple[str, ...]:
+    """Returns the columns of the task's files that hold text (read as strings, whatever they look like)."""
     if task.id == "local":
         return tuple(c for c in (task.text_column, task.text_pair_column, task.language_column, task.group_column) if c)
     return task_record(task.id).text_columns
 
 
-def _read_file(path: Path, strings: tuple[str, ...] = ()) -> pa.Table:
+def read_file(path: Path, strings: tuple[str, ...] = ()) -> pa.Table:
     """Returns the table in a jsonl / csv / tsv / parquet file (no columns if the file is blank).
 
     csv / tsv columns named in `strings` are read as text as written (no "true" -> True, "12" -> 12).
@@ -115,7 +116,7 @@ def _read_file(path: Path, strings: tuple[str, ...] = ()) -> pa.Table:
     raise DataError(f"{path}: unknown file format {ext!r}; expected one of {', '.join(FORMATS)}")
 
 
-def _find_split_file(folder: Path, split: str) -> Path | None:
+def find_split_file(folder: Path, split: str) -> Path | None:
     """Returns `<folder>/<split>.<ext>` (dev also as validation), or None if there is none."""
     names = [split, "validation"] if split == "dev" else [split]
     found = [folder / f"{n}.{ext}" for n in names for ext in FORMATS if (folder / f"{n}.{ext}").is_file()]
@@ -141,7 +142,8 @@ def _require(table: pa.Table, names: list[str], task: TaskSpec, lang: str, split
             raise DataError(f"{_where(task, lang, split, where)} has no column {name!r} (columns: {', '.join(table.column_names) or 'none'})")
 
 
-def _labels(table: pa.Table, name: str, allowed: range, task: TaskSpec, lang: str, split: str, where: str, rows: np.ndarray) -> np.ndarray:
+def checked_labels(table: pa.Table, name: str, allowed: range, task: TaskSpec, lang: str, split: str, where: str, rows: np.ndarray) -> np.ndarray:
+    """Returns the label column as int64; a DataError naming the file, row and value for a label outside `allowed`."""
     values = table.column(name).to_pylist()
     for i, v in enumerate(values):
         if isinstance(v, bool) or not isinstance(v, int) or v not in allowed:
@@ -171,21 +173,21 @@ class _SourceView:
         _require(self.table, list(names), self.task, self.lang, self.split, self.where)
 
     def labels(self, name: str, allowed: range) -> np.ndarray:
-        return _labels(self.table, name, allowed, self.task, self.lang, self.split, self.where, self.rows)
+        return checked_labels(self.table, name, allowed, self.task, self.lang, self.split, self.where, self.rows)
 
     def error(self, message: str) -> DataError:
         return DataError(f"{_where(self.task, self.lang, self.split, self.where)} {message}")
 
 
-def _convert(task: TaskSpec, table: pa.Table, lang: str, split: str, where: str, rows: np.ndarray) -> _Rows:
+def _convert(task: TaskSpec, table: pa.Table, lang: str, split: str, where: str, rows: np.ndarray) -> Rows:
     """Returns the rows of `table` with labels mapped to the task's classes; checks columns and labels."""
     if table.num_rows == 0:
         raise DataError(f"{_where(task, lang, split, where)} has no rows (empty language)")
     text, pair, labels = task_record(task.id).convert(_SourceView(task, table, lang, split, where, rows), task)
-    return _Rows(where, table, text, pair, labels, rows)
+    return Rows(where, table, text, pair, labels, rows)
 
 
-def _texts(rows: _Rows, column: str, take: np.ndarray, task: TaskSpec, lang: str, split: str) -> list[str]:
+def _texts(rows: Rows, column: str, take: np.ndarray, task: TaskSpec, lang: str, split: str) -> list[str]:
     """Returns the strings of `column` at positions `take` of `rows`; a missing value is an error."""
     values = rows.table.column(column).take(pa.array(take, type=pa.int64())).to_pylist()
     for i, v in zip(take, values):
@@ -195,7 +197,7 @@ def _texts(rows: _Rows, column: str, take: np.ndarray, task: TaskSpec, lang: str
     return [v if isinstance(v, str) else str(v) for v in values]
 
 
-def _hub_rows(task: TaskSpec, lang: str, split: str, source: str) -> _Rows:
+def _hub_rows(task: TaskSpec, lang: str, split: str, source: str) -> Rows:
     """Returns the rows of one language and split of a hub dataset."""
     import datasets
 
@@ -212,20 +214,20 @@ def _hub_rows(task: TaskSpec, lang: str, split: str, source: str) -> _Rows:
     return _convert(task, table, lang, split, where, np.arange(table.num_rows))
 
 
-def _local_rows(task: TaskSpec, lang: str, split: str, source: Path) -> tuple[_Rows, bool]:
+def _local_rows(task: TaskSpec, lang: str, split: str, source: Path) -> tuple[Rows, bool]:
     """Returns (rows of one language and split from local files, whether the file holds all splits)."""
     if source.is_file():
         if task.id != "local":
             raise DataError(f"task {task.id!r}: source {source} is a file; expected a folder <source>/<lang>/<split>.<ext>")
         return _filter_language(task, lang, split, source), True
     if (source / lang).is_dir():
-        path = _find_split_file(source / lang, split)
+        path = find_split_file(source / lang, split)
         if path is None:
             raise _missing_file(task, lang, split, source / lang)
-        table = _read_file(path, _string_columns(task))
+        table = read_file(path, string_columns(task))
         return _convert(task, table, lang, split, str(path), np.arange(table.num_rows)), False
     if task.id == "local":
-        path = _find_split_file(source, split)
+        path = find_split_file(source, split)
         if path is not None:
             return _filter_language(task, lang, split, path), False
         raise DataError(
@@ -235,9 +237,9 @@ def _local_rows(task: TaskSpec, lang: str, split: str, source: Path) -> tuple[_R
     raise DataError(f"task {task.id!r}, language {lang!r}, split {split!r}: no folder {source / lang}")
 
 
-def _filter_language(task: TaskSpec, lang: str, split: str, path: Path) -> _Rows:
+def _filter_language(task: TaskSpec, lang: str, split: str, path: Path) -> Rows:
     """Returns the rows of `path` whose language column is `lang`."""
-    table = _read_file(path, _string_columns(task))
+    table = read_file(path, string_columns(task))
     _require(table, [task.language_column], task, lang, split, str(path))
     langs = np.asarray([str(v) for v in table.column(task.language_column).to_pylist()], dtype=object)
     rows = np.flatnonzero(langs == lang)
@@ -250,7 +252,7 @@ def _filter_language(task: TaskSpec, lang: str, split: str, path: Path) -> _Rows
     return _convert(task, table.take(pa.array(rows)), lang, split, str(path), rows)
 
 
-def _source_rows(task: TaskSpec, lang: str, split: str) -> tuple[_Rows, bool]:
+def _source_rows(task: TaskSpec, lang: str, split: str) -> tuple[Rows, bool]:
     source = task.source or task_record(task.id).hub
     if source is None:
         raise DataError(f"task {task.id!r}: no source given; the local task needs `source`, a file or folder")
@@ -271,19 +273,20 @@ def _check_language(task: TaskSpec, lang: str) -> None:
         raise DataError(f"task {task.id!r}: unknown language {lang!r}; {task.id} offers {', '.join(known)}")
 
 
-def _sizes(task: TaskSpec) -> dict[str, int]:
+def split_sizes(task: TaskSpec) -> dict[str, int]:
+    """Returns the number of examples per language the task asks for in each split."""
     return {"train": task.train_size, "dev": task.dev_size, "test": task.test_size}
 
 
 def _sample_language(task: TaskSpec, lang: str, split: str) -> list[Example]:
-    n = _sizes(task)[split]
+    n = split_sizes(task)[split]
     rows, all_splits = _source_rows(task, lang, split)
     where = rows.where
     usable = np.flatnonzero(rows.label >= 0)
     if all_splits:
         # One file for every split: carve disjoint pieces of one permutation, train then dev then test.
         order = rng(task.data_seed, lang, "all-splits").permutation(usable)
-        sizes = _sizes(task)
+        sizes = split_sizes(task)
         start = sum(sizes[s] for s in SPLITS[: SPLITS.index(split)])
         need, have = start + n, len(usable)
         take = order[start : start + n]
@@ -313,7 +316,7 @@ def parallel_by(task: TaskSpec) -> str | None:
     return task_record(task.id).parallel_by
 
 
-def _item_keys(task: TaskSpec, split: str, by: str, rows: dict[str, _Rows]) -> dict[str, np.ndarray]:
+def item_keys(task: TaskSpec, split: str, by: str, rows: dict[str, Rows]) -> dict[str, np.ndarray]:
     """Returns, per language, the item key of each row: the `by` column's values, else the row position."""
     have = {lang: by in r.table.column_names for lang, r in rows.items()} if by else {}
     if by and not all(have.values()):
@@ -351,7 +354,7 @@ def _sample_parallel(task: TaskSpec, split: str, by: str) -> list[Example]:
     found = {lang: _source_rows(task, lang, split) for lang in task.languages}
     rows = {lang: r for lang, (r, _) in found.items()}
     all_splits = any(a for _, a in found.values())
-    keys = _item_keys(task, split, by, rows)
+    keys = item_keys(task, split, by, rows)
     first = task.languages[0]
     # items usable in every language, in the first language's source order
     usable = {lang: set(k[r.label >= 0].tolist()) for (lang, k), r in zip(keys.items(), rows.values())}
@@ -364,7 +367,7 @@ def _sample_parallel(task: TaskSpec, split: str, by: str) -> list[Example]:
                 "a parallel task needs the same items in every language"
             )
     common = [k for k in keys[first].tolist() if all(k in u for u in usable.values())]
-    sizes = _sizes(task)
+    sizes = split_sizes(task)
     n = sizes[split]
     if all_splits:  # one file for every split: disjoint pieces of one permutation, train then dev then test
         order = rng(task.data_seed, "parallel", "all-splits").permutation(len(common))
@@ -401,7 +404,7 @@ def babel_languages(task: TaskSpec) -> babel_mod.Babel:
 def _babel_language(task: TaskSpec, world: babel_mod.Babel, lang: str, split: str) -> list[Example]:
     # Babel is parallel: row i is latent item i of the split in every language, so ids align
     # across languages (babel/<lang>/<split>/<i>) and do not depend on the task's other languages.
-    texts, labels = babel_mod.generate(world, lang, split, _sizes(task)[split])
+    texts, labels = babel_mod.generate(world, lang, split, split_sizes(task)[split])
     return [Example(f"babel/{lang}/{split}/{i}", lang, t, None, int(y)) for i, (t, y) in enumerate(zip(texts, labels))]
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .config import SweepSpec, branches
+from ..sweep.config import SweepSpec, branches
 from .preflight_data import DataReport, check_task
 
 ENCODERS = ("bert", "roberta", "xlm-roberta")
@@ -255,7 +255,7 @@ def check_local_ray(spec: SweepSpec) -> list[str]:
 
 def check_babel(spec: SweepSpec) -> list[str]:
     """Returns the problems of babel tasks' families: every language named must be one the task declares."""
-    from .babel import family_names
+    from ..data.babel import family_names
 
     errors = []
     for i, t in enumerate(spec.tasks):
@@ -379,7 +379,7 @@ def check(spec: SweepSpec, *, root: str | None = None, tracking_uri: str | None 
         pf.errors += _check_tracking(root, tracking_uri, timeout)
         pf.checked.append("tracking")
     if address and address not in ("auto", "local"):
-        from .orchestration.tune import ClusterUnreachable, check_address
+        from ..orchestration.tune import ClusterUnreachable, check_address
 
         try:
             check_address(address, timeout)
@@ -387,8 +387,8 @@ def check(spec: SweepSpec, *, root: str | None = None, tracking_uri: str | None 
             pf.errors.append(f"{e}, --address; expected a running Ray head (ray://HOST:10001 or HOST:6379)")
         pf.checked.append("Ray address")
     if dashboard:
-        from .orchestration.jobs import check_dashboard
-        from .orchestration.tune import ClusterUnreachable
+        from ..orchestration.jobs import check_dashboard
+        from ..orchestration.tune import ClusterUnreachable
 
         try:
             check_dashboard(dashboard, timeout)
@@ -400,7 +400,7 @@ def check(spec: SweepSpec, *, root: str | None = None, tracking_uri: str | None 
 
 
 def _check_tracking(root: str | None, tracking_uri: str | None, timeout: float) -> list[str]:
-    from .orchestration.tracking_store import TrackingUnreachable, check_tracking_uri, default_tracking_uri
+    from ..orchestration.tracking_store import TrackingUnreachable, check_tracking_uri, default_tracking_uri
 
     try:
         uri = tracking_uri or default_tracking_uri(root)

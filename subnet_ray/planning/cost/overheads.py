@@ -14,8 +14,6 @@ top of them, once per invocation or once per Tune wave or trial, never per stage
 - ray_start: starting a local Ray instance and shutting it down (Ray executor);
 - tune_wave, tune_trial: Tune's cost of a wave, and of each trial on top of it (a worker process
   that imports the stages and loads the task data: what `tune._trainable` does before its nodes);
-- side_by_side (not a fixed cost): how much slower than calibrated a fine-tuning step and a
-  sketched example run in k Tune trials at once on a local Ray (`estimate`'s `at_load` for Ray);
 - report: every report folder `run` writes (one per branch and seed, plus the pooled one of a
   branch with several seeds), built by the real report code on synthetic results of the sweep's
   shape (languages, variants, masks, test examples, top-k rows, checkpoints), then logged to MLflow.
@@ -37,8 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..config import SweepSpec, branches
-from ..graph import Stage, graph
+from ...sweep.config import SweepSpec, branches
+from ...sweep.graph import Stage, graph
 
 RUN_IMPORTS = ("subnet_ray.cli", "subnet_ray.orchestration.runner", "subnet_ray.stages", "subnet_ray.orchestration.tracking",
                "subnet_ray.analysis.report", "matplotlib.pyplot")
@@ -64,7 +62,7 @@ def startup(executor: str) -> float:
 
 def data_load(spec: SweepSpec) -> float:
     """Returns the seconds to load every distinct task's data and tokenizer of the sweep once, uncached."""
-    from ..stages import _data
+    from ...stages import data_and_tokenizer
 
     seen, total = set(), 0.0
     for _, b in branches(spec):
@@ -72,7 +70,7 @@ def data_load(spec: SweepSpec) -> float:
             at = (task.model_dump_json(), b.model.name)
             if at not in seen:
                 seen.add(at)
-                total += _quiet(lambda: _data.__wrapped__(*at))
+                total += _quiet(lambda: data_and_tokenizer.__wrapped__(*at))
     return total
 
 
@@ -80,8 +78,8 @@ def tracking(spec: SweepSpec) -> tuple[float, float]:
     """Returns the seconds of the sweep's MLflow bookkeeping on a new root (store, parent run, child runs with params
     and epochs) that no fine-tuning waits for, and what each fine-tuning waits for while it runs (its child run opened,
     its epochs logged)."""
-    from .tracking import Tracker, flat_params
-    from .trial_runs import TrialLog
+    from ...orchestration.tracking import Tracker, flat_params
+    from ...orchestration.trial_runs import TrialLog
 
     nodes = graph(spec)
     live, finetunes = 0.0, [n for n in nodes if n.stage == Stage.FINETUNE]
@@ -104,7 +102,7 @@ def tracking(spec: SweepSpec) -> tuple[float, float]:
 
 def synthetic_results(spec: SweepSpec, task, nodes, seed: int, layers: int, heads: int):
     """Returns a TaskResults of the branch's shape for `task` and training `seed` (random values): what its report draws."""
-    from ..analysis.results import InfluenceResult, TaskResults, parse_variant
+    from ...analysis.results import InfluenceResult, TaskResults, parse_variant
 
     rng = np.random.default_rng(0)
     langs, k, epochs = list(task.languages), spec.influence.top_k, spec.training.epochs
@@ -144,11 +142,11 @@ def synthetic_results(spec: SweepSpec, task, nodes, seed: int, layers: int, head
 def report(spec: SweepSpec) -> float:
     """Returns the seconds to write (and log to MLflow) every report folder of the sweep, and to log the trials' mask and
     influence artifacts (trial_runs.TrialLog.finish), on synthetic results of the sweep's shape."""
-    from ..analysis.report import build_report
-    from ..analysis.seeds import build_seeds_report
-    from .runner import _log_reports
-    from .tracking import Tracker
-    from .trial_runs import TrialLog
+    from ...analysis.report import build_report
+    from ...analysis.seeds import build_seeds_report
+    from ...orchestration.runner import log_reports
+    from ...orchestration.tracking import Tracker
+    from ...orchestration.trial_runs import TrialLog
 
     total = 0.0
     with tempfile.TemporaryDirectory() as tmp, Tracker(spec.name, Path(tmp) / "root") as tracker:
@@ -160,12 +158,12 @@ def report(spec: SweepSpec) -> float:
             for seed in b.training.seeds:
                 results = [synthetic_results(b, t, nodes, seed, *_heads(b, t)) for t in b.tasks]
                 folder = Path(tmp) / "reports" / f"{len(by_seed)}-{seed}"
-                total += _quiet(lambda: (build_report(results, folder, spec.name), _log_reports(tracker, spec, [folder])))
+                total += _quiet(lambda: (build_report(results, folder, spec.name), log_reports(tracker, spec, [folder])))
                 by_seed[seed] = results
                 total += _trial_artifacts(log, nodes, {r.task: r for r in results}, seed, Path(tmp) / "artifacts")
             if len(by_seed) >= 2:
                 pooled = Path(tmp) / "reports" / "pooled"
-                total += _quiet(lambda: (build_seeds_report(by_seed, pooled, spec.name), _log_reports(tracker, spec, [pooled])))
+                total += _quiet(lambda: (build_seeds_report(by_seed, pooled, spec.name), log_reports(tracker, spec, [pooled])))
     return total
 
 
@@ -185,7 +183,7 @@ def _heads(spec: SweepSpec, task) -> tuple[int, int]:
 
 def _trial_artifacts(log, nodes, results: dict, seed: int, tmp: Path) -> float:
     """Returns the seconds to log each mask node's masks (with their PNG and JSON views) and each influence node's tables."""
-    from ..stages import PREDICTIONS, TOPK
+    from ...stages import PREDICTIONS, TOPK
 
     total = 0.0
     for n in (n for n in nodes if n.params.seed == seed and n.params.task in results):
@@ -209,11 +207,11 @@ def _probe_trial(config: dict) -> None:
     frozen, the task data; it reports the niceness Ray runs its workers at."""
     from ray import tune
 
-    from .workers import freeze_heap, use_cpus
+    from ...orchestration.workers import freeze_heap, use_cpus
 
     use_cpus(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
     spec = SweepSpec.model_validate_json(config["spec"])
-    from ..stages import task_data
+    from ...stages import task_data
 
     freeze_heap()
     for task in spec.tasks:
@@ -227,7 +225,7 @@ def ray_costs(spec: SweepSpec) -> dict[str, float]:
     with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
         f.write(spec.model_dump_json())
     try:
-        out = subprocess.run([sys.executable, "-m", "subnet_ray.orchestration.overheads", f.name], check=True, capture_output=True,
+        out = subprocess.run([sys.executable, "-m", "subnet_ray.planning.cost.overheads", f.name], check=True, capture_output=True,
                              text=True, env=os.environ.copy())
     finally:
         os.unlink(f.name)
@@ -240,7 +238,7 @@ def _measure_ray(spec: SweepSpec) -> dict[str, float]:
     import ray
     from ray import tune
 
-    from .tune import init_ray
+    from ...orchestration.tune import init_ray
 
     t = time.perf_counter()
     init_ray(None)
@@ -273,102 +271,6 @@ def measure(spec: SweepSpec, executor: str) -> dict[str, float]:
     if executor == "ray":
         costs |= ray_costs(spec)
     return costs
-
-
-def side_by_side(spec: SweepSpec, task_id: str, ks: list[int], seconds: float = 2.0) -> dict[int, dict[str, float]]:
-    """Returns, for each k in `ks`, the wall seconds per fine-tuning step ("train") and per sketched example ("sketch") of k
-    Tune trials doing that work at once, as a wave of k trials does, under the present load (the mean over the k trials).
-
-    What slows trials side by side is measured, not modelled: the memory bandwidth large AdamW
-    steps share, other processes' threads taking turns with theirs, what a wave runs beside its
-    trials (Ray's own processes, the Tune driver) and the priority Ray gives its workers
-    (niceness 15: beside a busy process of niceness 0 they get almost none of its core). A fresh
-    process starts a local Ray of its own, as `run` does, and runs max(ks) trials of
-    resources.cpus CPUs each; every trial imports what a trial imports, builds the sweep's model,
-    takes the first steps (optimizer state allocated) and one sketch pass; then for each k the
-    first k of them time the batches calibrate times (the first training batches, a spread of
-    training examples) for `seconds` each, starting together (a barrier of files in a shared folder)
-    after one untimed call each (the first call after the other phase's work paid to touch memory
-    again: a 12-layer encoder's first training cycle after a sketch pass ran ~1.2x its steady time).
-    """
-    ks = sorted(set(ks), reverse=True)
-    job = {"spec": spec.model_dump(mode="json"), "task": task_id, "seconds": seconds,
-           "phases": [(name, k) for k in ks for name in ("train", "sketch")]}
-    cmd = [sys.executable, "-c", "from subnet_ray.orchestration.overheads import _side_by_side_driver; _side_by_side_driver()"]
-    out = subprocess.run(cmd, input=json.dumps(job), capture_output=True, text=True, env=os.environ | {"RAY_USAGE_STATS_ENABLED": "0"})
-    last = (out.stdout.strip().splitlines() or [""])[-1]
-    got = json.loads(last) if last.startswith("{") else {}
-    if out.returncode != 0 or not got or "error" in got:
-        why = got.get("error") or (out.stderr.strip().splitlines() or [f"exit code {out.returncode}"])[-1]
-        raise RuntimeError(f"side-by-side probe ({ks[0]} Tune trials): {why}")
-    return {int(k): v for k, v in got.items()}
-
-
-def _side_by_side_driver() -> None:
-    """The driver of side_by_side in a process of its own: the job as JSON on stdin, {k: {train, sketch}} as JSON on stdout."""
-    import math
-
-    job = json.loads(sys.stdin.read())
-    try:
-        import ray
-        from ray import tune
-
-        from .tune import init_ray
-
-        spec = SweepSpec.model_validate(job["spec"])
-        n = max(k for _, k in job["phases"])
-        init_ray(None, max(os.cpu_count() or 1, math.ceil(n * spec.resources.cpus)))  # all n trials at once
-        try:
-            with tempfile.TemporaryDirectory() as tmp:
-                (Path(tmp) / "sync").mkdir()
-                tuner = tune.Tuner(tune.with_resources(_side_by_side_trial, {"cpu": spec.resources.cpus}),
-                                   param_space={"job": json.dumps(job), "sync": str(Path(tmp) / "sync"), "n": n,
-                                                "i": tune.grid_search(list(range(n)))},
-                                   tune_config=tune.TuneConfig(reuse_actors=False),
-                                   run_config=tune.RunConfig(name="side_by_side", storage_path=tmp, verbose=0))
-                results = tuner.fit()
-        finally:
-            ray.shutdown()
-        got = sorted((r.config["i"], json.loads(r.metrics["probe"]) if "probe" in (r.metrics or {}) else {"error": str(r.error)})
-                     for r in results)
-        errors = [g["error"] for _, g in got if "error" in g]
-        if errors:
-            raise RuntimeError(errors[0])
-        ks = sorted({k for _, k in job["phases"]})
-        print(json.dumps({k: {name: sum(g[f"{name}/{k}"] for _, g in got[:k]) / k for name in ("train", "sketch")} for k in ks}))
-    except Exception as e:  # noqa: BLE001 - reported to side_by_side, which raises it
-        print(json.dumps({"error": f"{type(e).__name__}: {e}"}), flush=True)
-
-
-def _side_by_side_trial(config: dict) -> None:
-    """One Tune trial of side_by_side: the probe's work, its phases started together with the other trials'."""
-    from ray import tune
-
-    from ..calibration import probe_work
-    from .workers import use_cpus
-
-    use_cpus(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
-    sync, n, i = Path(config["sync"]), config["n"], config["i"]
-
-    def together(phase: str, k: int, warm_up) -> bool:
-        if i < k:  # the first call after another phase's work is slow (memory given back, touched again): not timed
-            warm_up()
-        (sync / f"{phase}.{i}").touch()
-        deadline = time.monotonic() + 900
-        while len(list(sync.glob(f"{phase}.*"))) < n:
-            if (sync / "abort").exists():
-                raise RuntimeError("another trial of the probe failed")
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"the other trials were not ready for {phase} in 900 s")
-            time.sleep(0.02)
-        return i < k  # the first k time it, the others wait for the next phase
-
-    try:
-        out = probe_work(json.loads(config["job"]), together)
-    except Exception as e:  # noqa: BLE001 - reported to the driver, which raises it
-        (sync / "abort").touch()
-        out = {"error": f"{type(e).__name__}: {e}"}
-    tune.report({"probe": json.dumps(out)})
 
 
 if __name__ == "__main__":  # the Ray probe, in a process of its own (ray_costs)

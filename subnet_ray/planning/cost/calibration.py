@@ -20,22 +20,22 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from .config import SweepSpec
-from .graph import influence_precision
-from .influence.pipeline import sketch_examples
-from .influence.projection import Projector
-from .influence.sketch import DTYPES, Sketches, layer_dims, select_linears
-from .influence.tracin import top_influences
-from .models import HeadMask, build_model, head_parameter_masks, load_checkpoint, save_checkpoint
-from .precision import grad_scaler
-from .sizes import KNOWN_SHAPES
-from .stages import model_factory, task_data, task_of
-from .store import Store
-from .subnetworks.importance import importance_pass
-from .subnetworks.masks import load_mask, random_mask, save_mask
-from .subnetworks.pruning import make_batches
-from .tokenization import encode
-from .train import _save_resume, epoch_plan, evaluate, fit_step
+from ...sweep.config import SweepSpec
+from ...sweep.graph import influence_precision
+from ...influence.pipeline import sketch_examples
+from ...influence.projection import Projector
+from ...influence.sketch import DTYPES, Sketches, layer_dims, select_linears
+from ...influence.tracin import top_influences
+from ...models.classifier import HeadMask, build_model, head_parameter_masks, load_checkpoint, save_checkpoint
+from ...models.precision import grad_scaler
+from ..sizes import KNOWN_SHAPES
+from ...stages import model_factory, task_data, task_of
+from ...storage.store import Store
+from ...subnetworks.importance import importance_pass
+from ...subnetworks.masks import load_mask, random_mask, save_mask
+from ...subnetworks.pruning import make_batches
+from ...data.tokenization import encode
+from ...train.finetune import save_resume, epoch_plan, evaluate, fit_step
 
 
 @dataclass
@@ -105,7 +105,7 @@ class Clock:
         return max(1.0, self.wall / self.quiet) if self.quiet > 0 else 1.0
 
 
-def _timed(fn, clock: Clock, min_seconds: float = 0.3, max_repeats: int = 15, warm_up: bool = True) -> float:
+def timed(fn, clock: Clock, min_seconds: float = 0.3, max_repeats: int = 15, warm_up: bool = True) -> float:
     """Returns the median idle-machine seconds of repeated calls of `fn` (until `min_seconds` in all, at most `max_repeats`),
     after a warm-up call (unless `warm_up` is False).
 
@@ -139,8 +139,8 @@ def setup(spec: SweepSpec, task_id: str) -> tuple[dict, object, object, list[str
     of max_length / 2 tokens, stands in; where the model is a hub id, a randomly initialised
     BERT of its shape (KNOWN_SHAPES). `notes` says which.
     """
-    from .config import BabelSpec, ConfigError, ModelSpec, TinySpec
-    from .data import num_labels
+    from ...sweep.config import BabelSpec, ConfigError, ModelSpec, TinySpec
+    from ...data.examples import num_labels
 
     task = task_of(spec, task_id)
     local_model = spec.model.name == "tiny" or Path(spec.model.name).is_dir()
@@ -176,7 +176,7 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     data, tok, make, _ = setup(spec, task_id)
     device, precision, ml = spec.training.device, spec.training.precision, spec.training.max_length
     clock = Clock(device)
-    build = _timed(make, clock)
+    build = timed(make, clock)
     tr = spec.training
     state: dict = {}
 
@@ -198,27 +198,27 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     while len(firsts) < 5 and (not firsts or time.perf_counter() - start < 0.3):  # a large model: once
         fresh()
         firsts.append(clock(steps))
-    train_batch = _timed(steps, clock, warm_up=False) / len(plans[False])
+    train_batch = timed(steps, clock, warm_up=False) / len(plans[False])
     first_steps = max(0.0, min(firsts) - len(plans[False]) * train_batch)
     model, opt, scaler = state["model"], state["opt"], state["scaler"]
     g = torch.Generator().manual_seed(0)  # SFT's cost does not depend on which heads are off: half of them, at random
     shape = (model.num_layers, model.num_heads)
     state["masks"] = {lang: (torch.rand(shape, generator=g) < 0.5).float() for lang in {e.language for e in data["train"]}}
     state["pm"] = {lang: head_parameter_masks(model, m) for lang, m in state["masks"].items()}  # once, as finetune makes them
-    train_batch_sft = _timed(lambda: steps(True), clock, warm_up=False) / len(plans[True])  # the model is warm already
+    train_batch_sft = timed(lambda: steps(True), clock, warm_up=False) / len(plans[True])  # the model is warm already
     state["hm"].remove()
     peak_train = _peak(device, steps)
     eval_example = {}
     for bs in {spec.training.batch_size, spec.influence.batch_size}:
         sample = spread(data["dev"], bs * batches)
-        eval_example[bs] = _timed(lambda: evaluate(model, sample, tok, ml, bs, None, device, precision), clock) / len(sample)
+        eval_example[bs] = timed(lambda: evaluate(model, sample, tok, ml, bs, None, device, precision), clock) / len(sample)
     with tempfile.TemporaryDirectory() as tmp:
         # as finetune does after each epoch: a new checkpoint folder, the resume state replaced; the mean of two
         # epochs, no warm-up (a first write and a rewrite of the same file differ; so do the kernel's dirty pages after one)
         names = {p: n for n, p in model.named_parameters()}
         save_epoch = sum(clock(lambda e=e: (save_checkpoint(model, Path(tmp) / f"epoch_{e}", {"epoch": e}),
-                                            _save_resume(Path(tmp), opt, names, e, e, scaler))) for e in (1, 2)) / 2
-        load = _timed(lambda: load_checkpoint(model, Path(tmp) / "epoch_1"), clock)
+                                            save_resume(Path(tmp), opt, names, e, e, scaler))) for e in (1, 2)) / 2
+        load = timed(lambda: load_checkpoint(model, Path(tmp) / "epoch_1"), clock)
         mask = torch.ones(model.num_layers, model.num_heads, dtype=torch.bool)
         meta = {"task": task_id, "language": "x", "seed": 0, "checkpoint": "-", "full_accuracy": 1.0, "masked_accuracy": 1.0,
                 "threshold": 1.0, "step_fraction": 1.0}
@@ -230,25 +230,25 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
         with masks_store.writing(source) as out:
             for lang in ("a", "b", "c"):
                 save_mask(out / lang, mask, meta)
-        three = _timed(lambda: _publish_random_masks(masks_store, source, ("a", "b", "c"), meta), clock)
-        one = _timed(lambda: _publish_random_masks(masks_store, source, ("a",), meta), clock)
+        three = timed(lambda: _publish_random_masks(masks_store, source, ("a", "b", "c"), meta), clock)
+        one = timed(lambda: _publish_random_masks(masks_store, source, ("a",), meta), clock)
         # both publishes check the same 3-language input, so the difference drops that check: add its share back
-        check = _timed(lambda: masks_store.path(source, hashes="all"), clock)
+        check = timed(lambda: masks_store.path(source, hashes="all"), clock)
         mask_io = max(0.0, three - one) / 2 + check / 3
         # execute() also resolves the node's grid branch (pydantic validation of the sweep) for every node
-        from .config import branches
-        from .graph import branch_of
+        from ...sweep.config import branches
+        from ...sweep.graph import branch_of
 
         values = branches(spec)[0][0]
-        node_io = _timed(lambda: _store_write(Store(Path(tmp) / "store")), clock) + _timed(lambda: branch_of(spec, values), clock)
+        node_io = timed(lambda: _store_write(Store(Path(tmp) / "store")), clock) + timed(lambda: branch_of(spec, values), clock)
     dev = spread(data["dev"], spec.subnetworks.batch_size * batches)
-    encode_example = _timed(lambda: encode(dev, tok, ml), clock) / len(dev)
+    encode_example = timed(lambda: encode(dev, tok, ml), clock) / len(dev)
     imp = make_batches(encode(dev, tok, ml), spec.subnetworks.batch_size)
     imp = [{k: v.to(device) for k, v in b.items()} for b in imp]
     # three points: the batches as they are, as many batches of one example each, and one such batch, so a language's
     # pass costs importance_call + its batches x importance_batch + its examples x importance_example (a last batch is short)
     singles = [{k: v[:1] for k, v in b.items()} for b in imp]
-    full, ones, one = (_timed(lambda bs=bs: importance_pass(model, bs, None, "example", device, precision), clock)
+    full, ones, one = (timed(lambda bs=bs: importance_pass(model, bs, None, "example", device, precision), clock)
                        for bs in (imp, singles, singles[:1]))
     importance_example = max(0.0, full - ones) / (len(dev) - len(imp)) if len(dev) > len(imp) else full / len(dev)
     per_batch = max(0.0, ones - one) / (len(imp) - 1) if len(imp) > 1 else ones  # one batch of one example
@@ -259,7 +259,7 @@ def calibrate(spec: SweepSpec, task_id: str, batches: int = 3) -> Calibration:
     model.eval()
     projector = Projector(inf.proj_dim, inf.projection_seed) if inf.proj_dim else None
     sketch = lambda: sketch_examples(model, sample, tok, inf, ml, None, device, projector)  # noqa: E731
-    sketch_example = _timed(sketch, clock) / len(sample)
+    sketch_example = timed(sketch, clock) / len(sample)
     peak_sketch = _peak(device, sketch)
     score_unit, score_fixed, table_io = _calibrate_scoring(model, inf, len(data["train"]), spec.training.epochs, clock)
     return Calibration(device, build, train_batch, train_batch_sft, first_steps, eval_example, save_epoch, load, importance_example, importance_batch, importance_call, encode_example, sketch_example,
@@ -275,7 +275,7 @@ def _publish_random_masks(store: Store, source: str, languages: tuple[str, ...],
 
 def _store_write(store: Store) -> None:
     # what stages.execute does around every node's compute: done check, lease, atomic publish, ledger
-    from .lease import lease
+    from ...storage.lease import lease
 
     key = f"calibration/{time.perf_counter_ns() % 16**20:020x}"  # a store key is <stage>/<20 hex digits>
     store.done(key)
@@ -297,12 +297,12 @@ def _calibrate_scoring(model, inf, n_train: int, checkpoints: int, clock: Clock)
         sk = lambda n, w: [Sketches([f"{w}{i}" for i in range(n)], ["x"] * n, torch.randn(n, dim, generator=g).to(DTYPES[inf.dtype]),  # noqa: E731
                                     layer_dims(select_linears(model, inf.layers), inf.proj_dim), inf.proj_dim, 0, 1)]
         te, tr = sk(n_test, "te"), sk(n_train, "tr")
-        return _timed(lambda: top_influences(te, tr, min(inf.top_k, n_train)), clock), te, tr  # scoring runs on CPU
+        return timed(lambda: top_influences(te, tr, min(inf.top_k, n_train)), clock), te, tr  # scoring runs on CPU
     (small, _, _), (big, te, tr) = run(2), run(34)
     unit = max(0.0, (big - small) / (32 * n_train))
     frame = pd.concat([top_influences(te, tr, min(inf.top_k, n_train))] * checkpoints)  # about the rows of a real table
     with tempfile.TemporaryDirectory() as tmp:
-        table_io = 2 * _timed(lambda: frame.to_parquet(Path(tmp) / "t.parquet", index=False), clock)
+        table_io = 2 * timed(lambda: frame.to_parquet(Path(tmp) / "t.parquet", index=False), clock)
     return unit, max(0.0, small - 2 * n_train * unit), table_io
 
 
@@ -310,7 +310,7 @@ def probe_work(job: dict, start) -> dict:
     """Builds the sweep's model, warms up, then for each phase (name, k) times that phase's work if `start(tag, k, fn)` says
     so (it may call fn once first, untimed); returns {"<name>/<k>": seconds per step or example, "nice": this process's
     niceness}."""
-    from .orchestration.workers import freeze_heap
+    from ...orchestration.workers import freeze_heap
 
     spec, task_id, seconds = SweepSpec.model_validate(job["spec"]), job["task"], job["seconds"]
     data, tok, make, _ = setup(spec, task_id)

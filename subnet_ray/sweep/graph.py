@@ -20,7 +20,7 @@ from enum import Enum
 from typing import Any
 
 from .config import SweepSpec, TaskSpec, branches
-from .store import Store
+from ..storage.store import Store
 
 
 class Stage(str, Enum):

@@ -23,11 +23,11 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 from transformers import BertForMaskedLM
 
-from . import babel as babel_mod
-from .config import PretrainSpec, TaskSpec, TinySpec
-from .data import babel_languages, load_examples
-from .models import SequenceClassifier, tiny_config
-from .train import NonFiniteLossError, linear_schedule
+from ..data import babel as babel_mod
+from ..sweep.config import PretrainSpec, TaskSpec, TinySpec
+from ..data.examples import babel_languages, load_examples
+from ..models.classifier import SequenceClassifier, tiny_config
+from .finetune import NonFiniteLossError, linear_schedule
 
 ENCODER = "encoder.safetensors"
 HISTORY = "pretrain.json"

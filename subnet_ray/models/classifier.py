@@ -17,7 +17,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
 if TYPE_CHECKING:  # only for annotations: the model code runs where pydantic is not installed (GPU machines)
-    from .config import ModelSpec
+    from ..sweep.config import ModelSpec
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"

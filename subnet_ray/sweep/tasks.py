@@ -5,7 +5,7 @@ which columns are text, whether its languages are parallel (and what names an it
 a row's label becomes the task's class. Adding a data set is one `register(TaskRecord(...))`
 and its fixture test; nothing else in the package names tasks.
 
-Converters get a `Source` (the rows of one language and split, as data.py reads them) and
+Converters get a `Source` (the rows of one language and split, as data/examples.py reads them) and
 return (text column, text-pair column or None, labels); a label of -1 drops the row.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 
 class Source(Protocol):
-    """The rows of one language and split, as a converter sees them (implemented in data.py)."""
+    """The rows of one language and split, as a converter sees them (implemented in data/examples.py)."""
 
     columns: set[str]
 
@@ -107,4 +107,4 @@ register(TaskRecord("marc", _marc, ("de", "en", "es", "fr", "ja", "zh"), "SetFit
                     ("review_title", "review_body", "text")))
 # local: columns, classes and parallelism come from the sweep's TaskSpec (see data.parallel_by)
 register(TaskRecord("local", _local, num_labels=None))
-register(TaskRecord("babel", None))  # generated (babel.py): parallel by construction
+register(TaskRecord("babel", None))  # generated (data/babel.py): parallel by construction

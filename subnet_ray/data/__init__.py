@@ -1,0 +1,1 @@
+"""Labelled examples per language and split: loading and parallel sampling (examples), the synthetic babel task (babel), locally built tokenizers and batch encoding (tokenization), named random streams (seeding)."""

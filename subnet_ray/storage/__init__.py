@@ -1,0 +1,1 @@
+"""The results kept: a content-addressed store of stage outputs (store), their manifests of sizes and hashes (manifest), and single-writer leases on them (lease). Imports nothing else of the package."""
