@@ -92,7 +92,7 @@ def test_a_full_disk_ends_in_one_line_and_the_same_command_finishes_once_there_i
     assert f"free space under {root}" in line and "rerun the same command" in line
     done = _kept_is_true(line, root, spec)
     assert len(done) < len(graph(spec))
-    statuses = [r.info.status for r in runs(root, "faults")]
+    statuses = [r.info.status for r in runs(root, spec.name)]
     assert statuses and "RUNNING" not in statuses and "FAILED" in statuses
 
     mount("-o", "remount,size=64m", target=disk)  # space freed
@@ -100,8 +100,8 @@ def test_a_full_disk_ends_in_one_line_and_the_same_command_finishes_once_there_i
     _, err = again.communicate(timeout=600)
     assert again.returncode == 0, err[-3000:]
     _same_as_clean(root, ref, spec)
-    after = runs(root, "faults")
-    assert {r.info.status for r in after} == {"FINISHED"} and len(after) == len(runs(ref, "faults"))
+    after = runs(root, spec.name)
+    assert {r.info.status for r in after} == {"FINISHED"} and len(after) == len(runs(ref, spec.name))
 
 
 @pytest.mark.slow  # ~1 min here: two smoke runs
@@ -127,7 +127,7 @@ def test_a_root_made_read_only_mid_run_ends_in_one_line_and_resumes_once_writabl
     assert line.startswith(f"error: the root {root} became read-only (") and "rerun the same command" in line
     done = _kept_is_true(line, root, spec)
     assert 1 <= len(done) < len(graph(spec))
-    statuses = [r.info.status for r in runs(root, "faults")]
+    statuses = [r.info.status for r in runs(root, spec.name)]
     left = statuses.count("RUNNING")
     # SQLite under a read-only root may refuse to end the runs: then the line says who ends them
     assert left == 0 or "ended KILLED by the next invocation" in line, (statuses, line)
@@ -139,7 +139,7 @@ def test_a_root_made_read_only_mid_run_ends_in_one_line_and_resumes_once_writabl
     assert again.returncode == 0, err[-3000:]
     assert err.count("was left RUNNING by an invocation that is gone: ended KILLED") == left
     _same_as_clean(root, ref, spec)
-    assert {r.info.status for r in runs(root, "faults")} == {"FINISHED"}
+    assert {r.info.status for r in runs(root, spec.name)} == {"FINISHED"}
 
 
 class MlflowServer:
@@ -196,9 +196,9 @@ def test_a_tracking_server_killed_mid_run_costs_no_report_and_the_next_run_catch
     assert line.startswith(f"error: the MLflow tracking server {server.url} went away (")
     n = len(graph(spec))
     assert f"{n} of {n} stage outputs are in the store" in line  # every stage ran on
-    report = root / "reports" / "faults"
+    report = root / "reports" / spec.name
     assert f"the report is written ({report})" in line and (report / "report.html").is_file()
-    results = [json.loads((r / "reports" / "faults" / "summary.json").read_text()) for r in (root, ref)]
+    results = [json.loads((r / "reports" / spec.name / "summary.json").read_text()) for r in (root, ref)]
     for r in results:  # the date, and the run links: none, as the runs could not be asked for their ids
         r.pop("provenance")
     assert results[0] == results[1]
@@ -212,8 +212,8 @@ def test_a_tracking_server_killed_mid_run_costs_no_report_and_the_next_run_catch
     assert "computed 0 stage outputs" in out  # nothing recomputed: only MLflow caught up
     assert f"runs on the tracking server {server.url}: browse with `subnet-ray ui --tracking-uri {server.url}`" in out
     client = MlflowClient(server.url)
-    got = client.search_runs([client.get_experiment_by_name("faults").experiment_id])
-    want = runs(ref, "faults")
+    got = client.search_runs([client.get_experiment_by_name(spec.name).experiment_id])
+    want = runs(ref, spec.name)
     assert {r.info.status for r in got} == {"FINISHED"} and len(got) == len(want)
     # every run has the metrics of the undisturbed run's namesake, to the float (besides the timings)
     ref_metrics = {r.info.run_name: {k: v for k, v in r.data.metrics.items() if not k.startswith("seconds/")} for r in want}
@@ -248,7 +248,7 @@ def test_a_local_ray_killed_mid_run_ends_in_one_line_with_its_status(clean, tmp_
     assert line.startswith("error: the Ray cluster this invocation started (local) went away (") and "has not answered" in line
     _kept_is_true(line, root, spec)
     assert waited < 60  # before Ray's own abort of the driver (60 s without its GCS)
-    assert "RUNNING" not in [r.info.status for r in runs(root, "faults")]
+    assert "RUNNING" not in [r.info.status for r in runs(root, spec.name)]
 
 
 def _cmd(pid: int) -> str:
