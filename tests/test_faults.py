@@ -110,8 +110,8 @@ def test_damaged_outputs_are_named_by_status_and_recomputed_by_run(clean, tmp_pa
 
 
 def test_influence_outputs_of_an_untrusted_engine_are_stale_named_by_status_and_recomputed(clean, tmp_path, capsys):
-    """Influence outputs without an engine record (published before it, possibly by the Ray Data engine before its
-    issue-33 fix) or of a version below the trusted one are stale: status says so, run moves aside and recomputes them."""
+    """Influence outputs without an engine record (published before it, possibly by the Ray Data engine issue 33
+    doubted) or of a version below the trusted one are stale: status says so, run moves aside and recomputes them."""
     from subnet_ray.influence.engines import ENGINE
 
     sweep, spec, ref = clean
@@ -121,13 +121,13 @@ def test_influence_outputs_of_an_untrusted_engine_are_stale_named_by_status_and_
     inf = [n for n in graph(spec) if n.stage == "influence"]
     assert json.loads((store.local / inf[0].key / ENGINE).read_text()) == {"engine": "single-process", "version": 1}
     (store.local / inf[0].key / ENGINE).unlink()  # as published before the record
-    (store.local / inf[1].key / ENGINE).write_text(json.dumps({"engine": "ray-data", "version": 1}))
+    (store.local / inf[1].key / ENGINE).write_text(json.dumps({"engine": "ray-data", "version": 0}))
     capsys.readouterr()
     assert main(["status", str(sweep), "--root", str(root)]) == 1
     out = capsys.readouterr().out
     assert out.count("[stale]") == 2 and out.count("[done]") == len(graph(spec)) - 2
     assert f"{inf[0].key}: {ENGINE}: missing (computed before influence outputs recorded their engine" in out
-    assert f"{inf[1].key}: {ENGINE}: computed by ray-data engine version 1, older than the trusted 2" in out
+    assert f"{inf[1].key}: {ENGINE}: computed by ray-data engine version 0, older than the trusted 1" in out
     assert "2 stale stage output(s)" in out
 
     before = len(ledger(store))
