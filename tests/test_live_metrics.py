@@ -8,7 +8,7 @@ from mlflow import MlflowClient
 from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runner import run_sweep
 from subnet_ray.orchestration.trial_runs import TrialLog, run_name
-from subnet_ray.orchestration.tracking import epoch_metrics
+from subnet_ray.orchestration.mlflow_values import epoch_metrics
 from subnet_ray.storage.store import store_for
 from subnet_ray.orchestration.tracking import Tracker, TrialRun, default_tracking_uri
 from subnet_ray.sweep.graph import graph

@@ -9,7 +9,8 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.utils.validation import MAX_ENTITY_KEY_LENGTH, MAX_PARAM_VAL_LENGTH
 
-from subnet_ray.orchestration.tracking import TRUNCATED, Tracker, flat_params, metric_name
+from subnet_ray.orchestration.mlflow_values import TRUNCATED, flat_params, metric_name
+from subnet_ray.orchestration.tracking import Tracker
 from subnet_ray.orchestration.tracking_store import (
     TrackingUnreachable,
     check_tracking_uri,

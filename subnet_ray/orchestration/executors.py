@@ -21,7 +21,7 @@ from ..sweep.config import SweepSpec
 from ..sweep.graph import Node
 from ..stages import execute, execute_influence, influence_groups
 from ..storage.store import Store
-from .tracking import epoch_metrics
+from .mlflow_values import epoch_metrics
 
 INFLUENCE_WAVE = 3
 

@@ -263,7 +263,8 @@ def _tracking_back(tracker) -> BaseException | None:
 
 def _run_sweep(spec, root, *, address, tracking_uri, executor, random_seeds, progress, num_cpus, ctx) -> SweepRun:
     from .interrupts import raise_if_interrupted, reinstall
-    from .tracking import Tracker, flat_params
+    from .mlflow_values import flat_params
+    from .tracking import Tracker
     from .tracking_store import check_tracking_uri, default_tracking_uri
 
     if executor not in ("ray", "local"):

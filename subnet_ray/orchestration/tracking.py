@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import shutil
 import socket
 import time
@@ -25,12 +24,9 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 from mlflow import MlflowClient  # noqa: E402
 from mlflow.entities import Metric, Param, RunTag  # noqa: E402
 from mlflow.tracking.context.registry import resolve_tags  # noqa: E402
-from mlflow.utils.validation import (  # noqa: E402
-    MAX_ENTITY_KEY_LENGTH,
-    MAX_PARAM_VAL_LENGTH,
-    MAX_PARAMS_TAGS_PER_BATCH,
-    MAX_TAG_VAL_LENGTH,
-)
+from mlflow.utils.validation import MAX_PARAMS_TAGS_PER_BATCH  # noqa: E402
+
+from .mlflow_values import flat_params, metric_name, tag_value  # noqa: E402
 
 from .tracking_store import (  # noqa: E402, F401 - the UI functions are re-exported for callers of this module
     TrackingUnreachable,
@@ -48,68 +44,6 @@ SKIPPED_FILES = ("_SUCCESS",)  # store markers: bookkeeping, not results
 ARTIFACTS_SCHEME = "mlflow-artifacts:"
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 IDENTITY_TAG = "subnet_ray.identity"  # what a run stands for (sweep, branch, trial, stage keys): found again by it
-TRUNCATED = "...[truncated]"
-LIST_ITEMS = 8  # lists longer than this (masks, example ids) are summarised, never spelled out
-
-
-def _tag_value(v: Any) -> str:
-    s = str(v)
-    return s if len(s) <= MAX_TAG_VAL_LENGTH else s[: MAX_TAG_VAL_LENGTH - len(TRUNCATED)] + TRUNCATED
-
-
-def metric_name(name: str) -> str:
-    """Returns `name` made valid as an MLflow metric key (e.g. 'dev_accuracy/xa' stays as it is)."""
-    # MLflow allows alphanumerics, _ - . space / ; colons are refused on Windows servers, and
-    # names are treated as paths, so empty, '.' and '..' segments are dropped.
-    s = re.sub(r"[^\w.\- /]", "_", str(name))
-    s = "/".join(p for p in s.split("/") if p not in ("", ".", ".."))
-    s = s[:MAX_ENTITY_KEY_LENGTH]
-    if not s:
-        raise ValueError(f"metric name {name!r} has no usable characters")
-    return s
-
-
-def _summary(v: Any) -> str | None:
-    shape = getattr(v, "shape", None)
-    if shape is not None and getattr(v, "dtype", None) is not None and len(shape) > 0:
-        return f"<array shape={tuple(shape)} dtype={v.dtype}>"  # masks go to artifacts, never params
-    return None
-
-
-def epoch_metrics(record: dict) -> dict[str, float]:
-    """Returns the MLflow metrics of one fine-tuning epoch record (a history.json row): train_loss,
-    dev_accuracy_mean and dev_accuracy/<lang>."""
-    return {"train_loss": record["train_loss"], "dev_accuracy_mean": record["dev_accuracy_mean"],
-            **{f"dev_accuracy/{k}": v for k, v in record["dev_accuracy"].items()}}
-
-
-def flat_params(d: dict, prefix: str = "") -> dict[str, str]:
-    """Returns `d` flattened to MLflow params: dotted keys, string values within MLflow's limits.
-
-    Nested dicts become dotted keys; short lists of dicts are indexed (`tasks.0.id`); lists of
-    more than LIST_ITEMS items and arrays are summarised, not spelled out; values longer than
-    MLflow's limit are cut and end with TRUNCATED.
-    """
-    out: dict[str, str] = {}
-    for k, v in d.items():
-        key = f"{prefix}.{k}" if prefix else str(k)
-        if isinstance(v, dict) and v:
-            out.update(flat_params(v, key))
-            continue
-        if isinstance(v, (list, tuple)) and v and len(v) <= LIST_ITEMS and all(isinstance(x, dict) for x in v):
-            out.update(flat_params({str(i): x for i, x in enumerate(v)}, key))
-            continue
-        s = _summary(v)
-        if s is None and isinstance(v, (list, tuple)) and len(v) > LIST_ITEMS:
-            head = ", ".join(str(x) for x in v[:3])
-            s = f"<{len(v)} items: {head}, ...>"
-        if s is None:
-            s = str(v) if not isinstance(v, (list, tuple)) else "[" + ", ".join(map(str, v)) + "]"
-        key = re.sub(r"[^\w.\- /]", "_", key)[:MAX_ENTITY_KEY_LENGTH]
-        out[key] = s if len(s) <= MAX_PARAM_VAL_LENGTH else s[: MAX_PARAM_VAL_LENGTH - len(TRUNCATED)] + TRUNCATED
-    return out
-
-
 def _check_status(status: str) -> str:
     if status not in STATUSES:
         raise ValueError(f"run status {status!r}: expected one of {', '.join(STATUSES)}")
@@ -161,7 +95,7 @@ class TrialRun:
 
     def set_tags(self, tags: dict) -> None:
         """Returns None; sets `tags` (values as strings, None skipped)."""
-        items = [RunTag(str(k), _tag_value(v)) for k, v in tags.items() if v is not None]
+        items = [RunTag(str(k), tag_value(v)) for k, v in tags.items() if v is not None]
         for i in range(0, len(items), MAX_PARAMS_TAGS_PER_BATCH):
             self.client.log_batch(self.run_id, tags=items[i : i + MAX_PARAMS_TAGS_PER_BATCH])
 
@@ -360,7 +294,7 @@ class Tracker:
             run.set_tags(_owner_tags())  # close_dead must see this invocation, not the one that made the run
             return run
         tags = {**tags, IDENTITY_TAG: identity} if identity else tags
-        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={k: _tag_value(v) for k, v in tags.items()})
+        run = self.client.create_run(self.experiment_id, run_name=run_name, tags={k: tag_value(v) for k, v in tags.items()})
         return TrialRun(self.client, run.info.run_id, run_name, self.local_artifacts)
 
     def start(self, run_name: str, params: dict, tags: dict, identity: str | None = None) -> str:

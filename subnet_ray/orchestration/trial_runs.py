@@ -19,7 +19,7 @@ from ..sweep.graph import Node, branch_of
 from ..train.pretrain import HISTORY as PRETRAIN_HISTORY
 from ..stages import HISTORY
 from ..storage.store import Store
-from .tracking import epoch_metrics
+from .mlflow_values import epoch_metrics
 
 
 def branch_label(values: dict) -> str:
@@ -204,7 +204,8 @@ class TrialLog:
         A stage output's artifacts are logged once per experiment: when an earlier finished run holds
         them, this run gets a tag naming that run instead of another copy.
         """
-        from .tracking import LOGGED_TAG, metric_name
+        from .mlflow_values import metric_name
+        from .tracking import LOGGED_TAG
 
         earlier = self.tracker.logged_artifacts()
         for trial, tn in self.by_trial.items():

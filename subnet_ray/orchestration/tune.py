@@ -132,7 +132,7 @@ def _run_trial(config: dict, spec_json: str, store_uri: str, plan: dict) -> None
 
     from ..storage.store import Store
     from ..stages import execute, execute_influence, influence_groups
-    from .tracking import epoch_metrics
+    from .mlflow_values import epoch_metrics
 
     use_cpus(tune.get_context().get_trial_resources().required_resources.get("CPU", 1))
     spec = SweepSpec.model_validate_json(spec_json)

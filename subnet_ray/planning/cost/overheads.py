@@ -78,7 +78,8 @@ def tracking(spec: SweepSpec) -> tuple[float, float]:
     """Returns the seconds of the sweep's MLflow bookkeeping on a new root (store, parent run, child runs with params
     and epochs) that no fine-tuning waits for, and what each fine-tuning waits for while it runs (its child run opened,
     its epochs logged)."""
-    from ...orchestration.tracking import Tracker, flat_params
+    from ...orchestration.mlflow_values import flat_params
+    from ...orchestration.tracking import Tracker
     from ...orchestration.trial_runs import TrialLog
 
     nodes = graph(spec)
