@@ -1,11 +1,11 @@
-"""The paper's cross-language influence figures (2-7, 10, 11, 18, 19) for one task.
+"""The paper's cross-language influence figures (2-6, 11, 19) for one task, and what they share.
 
 Each `figNN(writer, task)` makes the figure from the variants the task has, or records
 why it could not. Figs 2, 4, 5, 6, 10, 11, 18 and 19 also take a list of one task's results,
 one per training seed: they then show the mean over the seeds, with intervals over the
 seeds' means (the sweep's pooled report, analysis/seeds.py).
 Shares are over the top-k most positive / negative training examples of the summed TracIn
-ranking (checkpoint -1), except Figs 7, 10, 18, which use each epoch's.
+ranking (checkpoint -1); the figures over epochs (7, 10, 18) are in epoch_figures.py.
 Every share and change carries its 95% interval (ci_low, ci_high) in the CSV and summary.json,
 from `bootstrap.mean_interval` (a t interval over test examples, or over the run means where
 runs are averaged; each caption says which); heatmaps of changes mark with * the cells whose
@@ -21,16 +21,12 @@ from subnet_ray.analysis.results import SUM_CHECKPOINT, InfluenceResult, TaskRes
 from subnet_ray.analysis.shares import (
     ShareComparison,
     compare_shares,
-    correct_under_all,
     delta_interval,
     mean_delta,
     shares_with_interval,
     specialization,
-    specialization_by_checkpoint,
-    specialization_interval,
 )
 from subnet_ray.analysis.bootstrap import excludes_zero
-from subnet_ray.analysis.stats import correlate
 
 SIGNS = {"pos": "most positive", "neg": "most negative"}
 
@@ -88,7 +84,7 @@ def _diag_text(delta: pd.Series) -> str:
     return f"rises for {int((delta > 0).sum())}/{len(delta)} test languages ({parts})"
 
 
-def _runs(t: TaskResults | list[TaskResults]) -> list[TaskResults]:
+def runs_of(t: TaskResults | list[TaskResults]) -> list[TaskResults]:
     """Returns one task's results as a list of runs (training seeds): [t] for a single TaskResults."""
     return list(t) if isinstance(t, (list, tuple)) else [t]
 
@@ -98,7 +94,7 @@ def record_changes(w: FigureWriter, t: TaskResults | list[TaskResults], name: st
 
     `comps[sign]` runs over `t`'s runs first, then the pairs compared within each run.
     """
-    runs = _runs(t)
+    runs = runs_of(t)
     t = runs[0]
     deltas = {sign: mean_delta(cs) for sign, cs in comps.items()}
     per_run = len(comps["pos"]) // len(runs)
@@ -127,7 +123,7 @@ def record_changes(w: FigureWriter, t: TaskResults | list[TaskResults], name: st
     return deltas
 
 
-def _pooled(runs: list[TaskResults], what: str = "change") -> str:
+def pooled_note(runs: list[TaskResults], what: str = "change") -> str:
     """Returns the caption's note on pooling training seeds ('' for one run)."""
     return "" if len(runs) == 1 else (f" Mean over {len(runs)} training seeds (each seed's {what} on the test examples its "
                                       "models classify correctly); the interval is over the seeds' means.")
@@ -136,7 +132,7 @@ def _pooled(runs: list[TaskResults], what: str = "change") -> str:
 def _delta_figure(w: FigureWriter, t: TaskResults | list[TaskResults], number: int, slug: str, pairs: list[tuple[str, str]],
                   name: str, what: str, paper: str, extra: str = "") -> None:
     """Makes a heatmap of share(a) - share(b) per sign, averaged over the pairs (and the runs of `t`)."""
-    runs = _runs(t)
+    runs = runs_of(t)
     t = runs[0]
     why = next((r for x in runs if (r := missing_reason(x, sorted({n for p in pairs for n in p})))), None)
     if why:
@@ -155,15 +151,15 @@ def _delta_figure(w: FigureWriter, t: TaskResults | list[TaskResults], number: i
         f"examples both models classify correctly (n per language{summed}: "
         f"{', '.join(f'{lang} {v}' for lang, v in n.items())}). "
         f"Here the in-language positive share {_diag_text(specialization(deltas['pos']))}; its interval lies above 0 "
-        f"for {int(specialization(ci['pos'][0]).gt(0).sum())} of them.{extra}{_pooled(runs)} "
-        f"{CI_NOTE.format(method=ci_method(*_units(runs, pairs)))} Paper: {paper}"
+        f"for {int(specialization(ci['pos'][0]).gt(0).sum())} of them.{extra}{pooled_note(runs)} "
+        f"{CI_NOTE.format(method=ci_method(*units_of(runs, pairs)))} Paper: {paper}"
     )
     w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="delta_pct",
               panel="sign", diverging=True, caption=caption, mark="significant", title=f"{t.task}: {name}",
               xlabel="training language", ylabel="test language")
 
 
-def _units(runs: list[TaskResults], pairs: list) -> tuple[int, str]:
+def units_of(runs: list[TaskResults], pairs: list) -> tuple[int, str]:
     """Returns how many independent runs an averaged interval is over, and what they are (as `record_changes` groups them)."""
     if len(runs) > 1:
         return len(runs), "training seeds"
@@ -190,7 +186,7 @@ def fig04(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
 
 def fig06(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     """Fig 6: SFT with random masks vs full fine-tuning, averaged over seeds."""
-    runs = _runs(t)
+    runs = runs_of(t)
     seeds = runs[0].variants("random-sft")
     if not seeds:
         return w.skip(6, runs[0].task, "needs influence results of at least one random-sft:SEED variant")
@@ -267,7 +263,7 @@ def fig03(w: FigureWriter, t: TaskResults) -> None:
 
 
 def _absolute(w: FigureWriter, t: TaskResults | list[TaskResults], number: int, slug: str, name: str, what: str, paper: str) -> None:
-    runs = _runs(t)
+    runs = runs_of(t)
     t = runs[0]
     why = next((r for x in runs if (r := missing_reason(x, [name]))), None)
     if why:
@@ -294,7 +290,7 @@ def _absolute(w: FigureWriter, t: TaskResults | list[TaskResults], number: int, 
         f"{', '.join(f'{l} {v:.1f} [{lo.at[l, l]:.1f}, {hi.at[l, l]:.1f}]' for l, v in spec.items())} "
         f"({ci_method(len(runs), 'training seeds')}; chance "
         f"{100 / len(t.languages):.0f}); the test language is its own largest contributor for {top}/{len(spec)} "
-        f"languages.{_pooled(runs, 'shares')} Paper: {paper}"
+        f"languages.{pooled_note(runs, 'shares')} Paper: {paper}"
     )
     w.heatmap(number, t.task, slug, data, row="test_language", col="train_language", value="share_pct",
               panel="sign", caption=caption, title=f"{t.task}: {name}", xlabel="training language", ylabel="test language")
@@ -314,7 +310,7 @@ def fig11(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
 
 def fig19(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
     """Fig 19: union / intersection of two languages' masks on the SFT model vs the full model."""
-    runs = _runs(t)
+    runs = runs_of(t)
     t = runs[0]
     composed = t.variants("sft+union") + t.variants("sft+intersect")
     if not composed:
@@ -340,140 +336,10 @@ def fig19(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
             f"positive training examples for test languages {pair[0]} and {pair[1]} when the SFT model is tested with "
             f"the union or the intersection of their two masks, compared with the full fine-tuned model. Cross-pair "
             f"changes: {'; '.join(cross)}. Paper: intersecting the masks of pairs that already shared (PAWS-X es-fr, "
-            f"MARC de-en) strengthens their sharing; the union does so less (Fig 19).{_pooled(runs)} "
+            f"MARC de-en) strengthens their sharing; the union does so less (Fig 19).{pooled_note(runs)} "
             f"{CI_NOTE.format(method=ci_method(len(runs), 'training seeds'))}"
         )
         w.heatmap(19, t.task, f"composition_{pair[0]}-{pair[1]}", pd.concat(frames, ignore_index=True),
                   row="test_language", col="train_language", value="delta_pct", panel="mask", diverging=True,
                   caption=caption, mark="significant", title=f"{t.task}: composed masks {pair[0]}+{pair[1]} (SFT) vs full",
                   xlabel="training language", ylabel="test language")
-
-
-def _epoch_accuracy(t: TaskResults, variant: str) -> pd.DataFrame:
-    """Returns language, epoch, accuracy of a variant (test split if it has one, else dev)."""
-    acc = t.accuracy[t.accuracy["variant"] == variant]
-    split = "test" if (acc["split"] == "test").any() else "dev"
-    return acc[acc["split"] == split][["language", "epoch", "accuracy"]].assign(split=split)
-
-
-def fig07(w: FigureWriter, t: TaskResults) -> None:
-    """Fig 7: specialisation vs accuracy over languages x checkpoints, per variant."""
-    names = ["full", "full+subnet", "sft+subnet"] + [v.name for v in t.variants("random-sft")]
-    frames, titles, reasons = [], {}, []
-    for name in names:
-        why = missing_reason(t, [name], checkpoint="epochs")
-        acc = _epoch_accuracy(t, name)
-        if why or acc.empty:
-            reasons.append(why or f"variant {name!r} has no per-epoch accuracy")
-            continue
-        res = t.influence[name]
-        spec = specialization_by_checkpoint(res, t.languages, keep=correct_under_all([res]))
-        d = spec.merge(acc, left_on=["test_language", "checkpoint"], right_on=["language", "epoch"])
-        if d.empty:
-            reasons.append(f"variant {name!r}: no checkpoint matches an accuracy epoch")
-            continue
-        d = pd.DataFrame({"variant": name, "test_language": d["test_language"], "epoch": d["epoch"],
-                          "specialization_pct": d["specialization"], "accuracy_pct": 100 * d["accuracy"]})
-        corr = correlate(d["specialization_pct"], d["accuracy_pct"])
-        w.correlation(7, t.task, "language specialisation vs accuracy over languages x checkpoints",
-                      "specialization_pct", "accuracy_pct", corr, variant=name, split=acc["split"].iloc[0])
-        lo, hi = corr.pearson_ci
-        titles[name] = (f"{name}: Pearson r={corr.pearson_r:.2f}" + (f" [{lo:+.2f}, {hi:+.2f}]" if np.isfinite(lo) else "")
-                        + f" (p={corr.pearson_p:.2g}), n={corr.n}")
-        frames.append(d)
-    if not frames:
-        return w.skip(7, t.task, "; ".join(reasons))
-    caption = (
-        "Language specialisation (in-language share of the top positive training examples, from each epoch's "
-        "checkpoint ranking) against accuracy at that epoch, one point per test language and epoch, one panel per "
-        f"variant; dashed line = least squares. {'; '.join(titles.values())} (95% Fisher-z intervals). Paper: stronger specialisation is "
-        "negatively correlated with accuracy on PAWS-X and MARC (Fig 7)."
-    )
-    w.scatter(7, t.task, "specialization_vs_accuracy", pd.concat(frames, ignore_index=True), x="specialization_pct",
-              y="accuracy_pct", hue="test_language", label="epoch", panel="variant", panel_titles=titles,
-              caption=caption, title=f"{t.task}: specialisation vs accuracy (points labelled by epoch)",
-              xlabel="language specialisation (%)", ylabel="accuracy (%)")
-
-
-def _per_epoch(t: TaskResults | list[TaskResults], names: list[str]) -> pd.DataFrame:
-    """Returns test_language, epoch, specialization_pct averaged over the named variants (and `t`'s runs)."""
-    frames, runs, groups, t0 = [], [], [], _runs(t)[0]
-    for i, x in enumerate(_runs(t)):
-        for name in names:
-            res = x.influence[name]
-            keep = correct_under_all([res])
-            runs.append((res, keep))
-            groups.append(i)  # a training seed's random-mask seeds share its model: one unit of the interval
-            frames.append(specialization_by_checkpoint(res, t0.languages, keep=keep))
-    t = t0
-    d = pd.concat(frames).groupby(["test_language", "checkpoint"], sort=False)["specialization"].mean().reset_index()
-    ci = pd.concat([specialization_interval(runs, t.languages, int(c), groups).assign(checkpoint=int(c)) for c in d["checkpoint"].unique()])
-    d = d.merge(ci, on=["test_language", "checkpoint"], how="left")
-    d["test_language"] = pd.Categorical(d["test_language"], categories=t.languages, ordered=True)
-    d = d.sort_values(["test_language", "checkpoint"])
-    return pd.DataFrame({"test_language": d["test_language"].astype(str), "epoch": d["checkpoint"].astype(int),
-                         "specialization_pct": d["specialization"], "ci_low": d["low"], "ci_high": d["high"]})
-
-
-def _spread(d: pd.DataFrame) -> str:
-    last = d[d["epoch"] == d["epoch"].max()]
-    return ", ".join(f"{r.test_language} {r.specialization_pct:.1f}" for r in last.itertuples())
-
-
-def _epochs_missing(runs: list[TaskResults], names: list[str]) -> str | None:
-    """Returns why some run lacks per-checkpoint rankings of the named variants, or None."""
-    return next((r for x in runs if (r := missing_reason(x, names, checkpoint="epochs"))), None)
-
-
-def fig10(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
-    """Fig 10 (and the paper's Fig 17 for MARC): specialisation per epoch, full FT vs SFT subnetworks."""
-    panels, runs = [], _runs(t)
-    t = runs[0]
-    full = next((n for n in ("full+subnet", "full") if not _epochs_missing(runs, [n])), None)
-    if full:
-        panels.append(("full FT, own mask at test" if full == "full+subnet" else "full FT, no mask", full))
-    if not _epochs_missing(runs, ["sft+subnet"]):
-        panels.append(("SFT, own mask", "sft+subnet"))
-    if not panels:
-        return w.skip(10, t.task, "needs per-checkpoint rankings of full+subnet (or full) or sft+subnet")
-    frames = [_per_epoch(runs, [name]).assign(model=label)[["model", "test_language", "epoch", "specialization_pct", "ci_low", "ci_high"]]
-              for label, name in panels]
-    data = pd.concat(frames, ignore_index=True)
-    finals = "; ".join(f"{label}: {_spread(d)}" for (label, _), d in zip(panels, frames))
-    caption = (
-        "Language specialisation (in-language share of the top positive training examples, from each epoch "
-        f"checkpoint's own ranking) per test language over training epochs. Last epoch: {finals}. Paper (PAWS-X): both "
-        "converge to about 25% in-language reliance, SFT lets all languages share more while full fine-tuning leaves "
-        "Korean and English behind; for MARC (Fig 17) full fine-tuning is similar and Chinese is left behind (Fig 10, 17). "
-        f"Shaded: {ci_method(len(runs), 'training seeds')}.{_pooled(runs, 'in-language share')}"
-    )
-    w.lines(10, t.task, "specialization_epochs", data, x="epoch", y="specialization_pct", hue="test_language",
-            panel="model", caption=caption, title=f"{t.task}: specialisation over epochs",
-            hlines={"chance": 100 / len(t.languages)}, ylabel="in-language share of top positive (%)", band=("ci_low", "ci_high"))
-
-
-def fig18(w: FigureWriter, t: TaskResults | list[TaskResults]) -> None:
-    """Fig 18: specialisation per epoch of random-mask SFT, mean over seeds."""
-    runs = _runs(t)
-    t = runs[0]
-    names = [v.name for v in t.variants("random-sft")]
-    why = _epochs_missing(runs, names) if names else "needs influence results of random-sft:SEED variants"
-    if why:
-        return w.skip(18, t.task, why)
-    data = _per_epoch(runs, names)
-    caption = (
-        f"Language specialisation per test language over epochs for SFT with random masks, mean of {len(names)} "
-        f"seed(s), from each epoch checkpoint's ranking. Last epoch: {_spread(data)}. Paper (PAWS-X): random-mask SFT "
-        f"behaves like full fine-tuning, leaving some languages behind (Fig 18). Shaded: {ci_method(*_units(runs, names))}"
-        f"{' (each seed: the mean of its random-mask seeds)' if len(runs) > 1 else ''}.{_pooled(runs, 'in-language share')}"
-    )
-    w.lines(18, t.task, "random_sft_specialization_epochs", data, x="epoch", y="specialization_pct",
-            hue="test_language", caption=caption, title=f"{t.task}: random-mask SFT over epochs",
-            hlines={"chance": 100 / len(t.languages)}, ylabel="in-language share of top positive (%)", band=("ci_low", "ci_high"))
-
-
-def influence_figures(w: FigureWriter, t: TaskResults) -> None:
-    """Makes every influence figure the task's variants allow."""
-    for make in (fig02, fig03, fig04, fig05, fig06, fig07, fig10, fig11, fig18, fig19):
-        w.attempt(int(make.__name__[3:]), t.task, lambda: make(w, t))
-    w.skip(17, t.task, "the paper's Fig 17 is Fig 10 for MARC; fig10_<task>_specialization_epochs covers every task")

@@ -16,7 +16,8 @@ import pandas as pd
 
 from subnet_ray.analysis.effects import paper_effects
 from subnet_ray.analysis.figures import FigureRecord, FigureWriter
-from subnet_ray.analysis.influence_figures import influence_figures
+from subnet_ray.analysis.epoch_figures import fig07, fig10, fig18
+from subnet_ray.analysis.influence_figures import fig02, fig03, fig04, fig05, fig06, fig11, fig19
 from subnet_ray.analysis.mask_figures import mask_figures
 import subnet_ray.analysis.style as style
 from subnet_ray.analysis.results import TaskResults, parse_variant
@@ -107,6 +108,13 @@ def build_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
     return write_report(results, out_dir, sweep_name, dpi, provenance)[0]
 
 
+def _influence_figures(w: FigureWriter, t: TaskResults) -> None:
+    """Makes every influence figure the task's variants allow."""
+    for make in (fig02, fig03, fig04, fig05, fig06, fig07, fig10, fig11, fig18, fig19):
+        w.attempt(int(make.__name__[3:]), t.task, lambda: make(w, t))
+    w.skip(17, t.task, "the paper's Fig 17 is Fig 10 for MARC; fig10_<task>_specialization_epochs covers every task")
+
+
 def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: str,
                  dpi: int = style.DPI, provenance: dict | None = None) -> tuple[dict, list[FigureRecord]]:
     """Returns (summary, figure records) after writing the report folder; see `build_report`."""
@@ -122,7 +130,7 @@ def write_report(results: list[TaskResults], out_dir: str | Path, sweep_name: st
     clean_own_files(out)
     w = FigureWriter(out, dpi=dpi)
     for t in results:
-        influence_figures(w, t)
+        _influence_figures(w, t)
         mask_figures(w, t)
     tables = {"table1_disabled_heads.csv": table1(results), "table2_subnetwork_accuracy.csv": table2(results)}
     for name, table in tables.items():

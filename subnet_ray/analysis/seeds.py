@@ -27,7 +27,8 @@ import pandas as pd
 
 from subnet_ray.analysis.effects import paper_effects
 from subnet_ray.analysis.figures import FigureWriter
-from subnet_ray.analysis.influence_figures import SIGNS, record_changes, fig02, fig04, fig05, fig06, fig10, fig11, fig18, fig19, missing_reason
+from subnet_ray.analysis.epoch_figures import fig10, fig18
+from subnet_ray.analysis.influence_figures import SIGNS, record_changes, fig02, fig04, fig05, fig06, fig11, fig19, missing_reason
 from subnet_ray.analysis.report import CSS, clean_own_files, jsonable, provenance_html, table_html, figure_entries, figure_order, figures_html, verdicts_html
 from subnet_ray.analysis.results import TaskResults
 from subnet_ray.analysis.shares import compare_shares
