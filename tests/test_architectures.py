@@ -263,3 +263,21 @@ def test_unknown_model_type_is_refused_naming_the_supported_ones(tmp_path):
         build_model(ModelSpec(name=str(tmp_path)), num_labels=2)
     with pytest.raises(ValueError, match="supported model_types"):
         architecture("t5")
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_every_record_loads_from_a_saved_model_directory(model_type, tmp_path):
+    from subnet_ray.data.tokenization import wordlevel_tokenizer
+    from subnet_ray.models.architectures import save_tiny_model
+    from subnet_ray.planning.preflight import check_model_dir
+
+    tok = wordlevel_tokenizer([f"w{i}" for i in range(VOCAB - 5)])
+    folder = save_tiny_model(model_type, tok, tmp_path / "m", kv_heads=2)
+    assert check_model_dir(folder, "model directory") == []
+    model = build_model(ModelSpec(name=str(folder), dropout=0.0), num_labels=2).eval()
+    ref = arch_model(model_type, attn="sdpa" if ARCHITECTURES[model_type].sdpa else "eager")  # same seed, same config
+    assert model.geometry == ref.geometry
+    want = ref.encoder.state_dict()
+    got = model.encoder.state_dict()
+    assert set(want) - set(got) <= {"pooler.dense.weight", "pooler.dense.bias"}  # BERT-likes load without their pooler
+    assert all(torch.equal(v, want[k]) and v.dtype == torch.float32 for k, v in got.items())

@@ -66,7 +66,8 @@ ARCHITECTURES: dict[str, Architecture] = {a.model_type: a for a in (
     Architecture("bert", decoder=False, config="BertConfig", **_BERT),
     Architecture("roberta", decoder=False, config="RobertaConfig", tiny={"pad_token_id": 0}, **_BERT),
     Architecture("xlm-roberta", decoder=False, config="XLMRobertaConfig", tiny={"pad_token_id": 0}, **_BERT),
-    Architecture("electra", decoder=False, config="ElectraConfig", tiny={"embedding_size": 16}, **_BERT),
+    Architecture("electra", decoder=False, config="ElectraConfig", tiny={"embedding_size": 16},  # no pooler to drop
+                 **{**_BERT, "load_kwargs": ()}),
     Architecture("distilbert", decoder=False, layers="transformer.layer", attention="attention", output="out_lin",
                  query="q_lin", key="k_lin", value="v_lin", config="DistilBertConfig"),
     # DeBERTa v2 / v3 / mDeBERTa: position projections exist (one row block per head) only when share_att_key is off
@@ -164,3 +165,20 @@ def pad_with_eos(tokenizer) -> Any:
             raise ValueError("tokenizer has neither a pad token nor an eos token to pad with; expected one of them")
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
+
+
+def save_tiny_model(model_type: str, tokenizer, folder, seed: int = 0, **sizes) -> Any:
+    """Writes a tiny random-init model of `model_type` and `tokenizer` into `folder` as a user's model directory; returns it.
+
+    The directory is what `save_pretrained` makes (config.json, model.safetensors, tokenizer
+    files), so a sweep's `model.name: <folder>` loads it as it would a downloaded model.
+    sizes: tiny_config's (layers, heads, kv_heads, hidden, intermediate, max_positions).
+    """
+    import torch
+    from transformers import AutoModel
+
+    config = tiny_config(model_type, len(tokenizer), **sizes)
+    torch.manual_seed(seed)
+    AutoModel.from_config(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
