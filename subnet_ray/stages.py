@@ -30,6 +30,7 @@ from .influence.pipeline import Job, influence_jobs
 from .influence.pipeline import influence as influence_local
 from .influence.engines import write_engine
 from .storage.lease import lease
+from .models.architectures import pad_with_eos
 from .models.classifier import build_model, load_checkpoint
 from .train.pretrain import corpus, load_pretrained, pretrain
 from .storage.store import DamagedOutput, Store
@@ -53,7 +54,7 @@ def data_and_tokenizer(task_json: str, model_name: str):
     else:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(model_name)
+        tokenizer = pad_with_eos(AutoTokenizer.from_pretrained(model_name))  # decoder tokenizers often lack a pad token
     return {s: load_examples(task, s) for s in ("train", "dev", "test")}, tokenizer
 
 

@@ -160,7 +160,7 @@ CASES = {
     "hub dataset, hub offline, not cached": _c(lambda t: (sweep_dict(None, "pawsx", ("en",)), [], ["google-research-datasets/paws-x", "tasks[0].source", "HF_HUB_OFFLINE"]), RUN),
     # ---- model
     "model directory missing": _c(lambda t: (babel_dict(model={"name": str(t / "no-model")}), [], [str(t / "no-model"), "does not exist", "model.name"]), RUN),
-    "GPT-2 style model": _c(lambda t: (babel_dict(model={"name": str(model_dir(t / "gpt", "gpt2"))}), [], [str(t / "gpt"), "'gpt2'", "BERT / RoBERTa / XLM-R", "model.name"]), RUN),
+    "GPT-2 style model": _c(lambda t: (babel_dict(model={"name": str(model_dir(t / "gpt", "gpt2"))}), [], [str(t / "gpt"), "model_type 'gpt2' has no architecture record", "supported model_types: bert, ", "qwen3", "model.name"]), RUN),
     "model without tokenizer": _c(lambda t: (babel_dict(model={"name": str(model_dir(t / "m", tokenizer=False))}), [], [str(t / "m"), "no tokenizer", "vocab.txt"])),
     "model without weights": _c(lambda t: (babel_dict(model={"name": str(model_dir(t / "m", weights=False))}), [], [str(t / "m"), "no weights", "model.safetensors"])),
     "model folder without config.json": _c(lambda t: (babel_dict(model={"name": str(model_dir(t / "m", config=False))}), [], [str(t / "m"), "no config.json"])),

@@ -92,6 +92,13 @@ def sketch_batch(
         raise ValueError("sketch_batch needs the model in eval mode (dropout makes gradients random)")
     tokens = batch["attention_mask"]
     size, length = tokens.shape
+    arch = getattr(model, "arch", None)
+    if size > 1 and arch is not None and not arch.batched_sketch:
+        # A layer also applied to a table shared by the batch (DeBERTa's query / key projections
+        # on the relative positions) mixes the examples' gradients: sketch one example at a time.
+        rows = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(size)]
+        masks = [head_mask[i] if head_mask is not None and head_mask.dim() == 3 else head_mask for i in range(size)]
+        return torch.cat([sketch_batch(model, r, linears, projector, m, precision) for r, m in zip(rows, masks)])
     if not linears:
         raise ValueError("sketch_batch: no layers to sketch")
     parts: dict[str, torch.Tensor] = {}
@@ -103,6 +110,11 @@ def sketch_batch(
         def hook(module, args, out):
             # the layer's output dtype is its compute dtype: the half dtype under autocast
             x = args[0].to(out.dtype)
+            if x.shape[0] != size:
+                # e.g. DeBERTa's pos_key_proj, applied once to the relative-position table for the whole
+                # batch: its per-example gradients cannot be told apart from one batched backward
+                raise ValueError(f"influence layer {name!r} sees no per-example input (leading size {x.shape[0]}, batch {size}), "
+                                 "influence.layers; expected layers applied to each example's tokens (leave it out of the prefixes)")
             if projector is None:
                 px = torch.cat([x, x.new_ones(x.shape[:-1] + (1,))], -1) if bias else x
             else:

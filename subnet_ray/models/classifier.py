@@ -1,9 +1,12 @@
-"""Encoders with the paper's classifier, and attention-head masks applied through hooks.
+"""Encoders and decoders with the paper's classifier, and attention-head masks applied through hooks.
 
 transformers 5.x has no `head_mask` (it is swallowed silently), so heads are masked here:
-a forward pre-hook on each layer's `attention.output.dense` scales each head's slice of
-its input. That works under sdpa and eager alike, and with the mask as a tensor that
-requires grad, `autograd.grad(loss, mask)` is Michel et al.'s dL/dxi.
+a forward pre-hook on each layer's attention output projection (found through the model's
+architecture record, models.architectures) scales each query head's slice of its input. That
+works under sdpa and eager alike, and with the mask as a tensor that requires grad,
+`autograd.grad(loss, mask)` is Michel et al.'s dL/dxi. Under grouped-query attention a head is
+a query head: its slice of the output projection's input is its own even where it shares
+its key and value with other query heads.
 """
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoConfig, AutoModel, BertConfig, BertModel
 
+from .architectures import Architecture, Geometry, architecture, geometry
+
 if TYPE_CHECKING:  # only for annotations: the model code runs where pydantic is not installed (GPU machines)
     from ..sweep.config import ModelSpec
 
@@ -23,12 +28,26 @@ WEIGHTS = "model.safetensors"
 META = "meta.json"
 
 
+def _at(module: nn.Module, path: str) -> nn.Module:
+    for name in path.split("."):
+        module = getattr(module, name)
+    return module
+
+
 class SequenceClassifier(nn.Module):
-    """An encoder plus the paper's classifier: one tanh hidden layer on the first token."""
+    """A base model plus the paper's classifier: one tanh hidden layer on the pooled token.
+
+    Encoders pool the first token; decoders the last non-pad token, found from the attention
+    mask (so either padding side works, and a pad token equal to eos does not confuse it).
+    Decoders get position ids counted over the real tokens, so a left-padded example reads the
+    same positions as unpadded.
+    """
 
     def __init__(self, encoder: nn.Module, num_labels: int, dropout: float = 0.1):
         super().__init__()
         self.encoder = encoder
+        self.arch: Architecture = architecture(encoder.config.model_type)
+        self.geometry: Geometry = geometry(encoder.config)
         hidden = encoder.config.hidden_size
         self.classifier = nn.ModuleDict(
             {"dense": nn.Linear(hidden, hidden), "dropout": nn.Dropout(dropout), "out_proj": nn.Linear(hidden, num_labels)}
@@ -37,23 +56,40 @@ class SequenceClassifier(nn.Module):
 
     @property
     def num_layers(self) -> int:
-        return self.encoder.config.num_hidden_layers
+        return self.geometry.layers
 
     @property
     def num_heads(self) -> int:
-        return self.encoder.config.num_attention_heads
+        """Query heads per layer: the heads a mask switches."""
+        return self.geometry.heads
+
+    @property
+    def num_kv_heads(self) -> int:
+        return self.geometry.kv_heads
 
     @property
     def head_dim(self) -> int:
-        return self.encoder.config.hidden_size // self.num_heads
+        return self.geometry.head_dim
 
     def attention_layers(self) -> list[nn.Module]:
-        """Returns each encoder layer's attention module (has .self.{query,key,value} and .output.dense)."""
-        return [layer.attention for layer in self.encoder.encoder.layer]
+        """Returns each layer's attention module (its projections are named by the architecture record)."""
+        return [_at(layer, self.arch.attention) for layer in _at(self.encoder, self.arch.layers)]
+
+    def output_projections(self) -> list[nn.Linear]:
+        """Returns each layer's attention output projection: its input holds the query heads' slices."""
+        return [_at(attn, self.arch.output) for attn in self.attention_layers()]
 
     def forward(self, input_ids, attention_mask, token_type_ids=None, **_) -> torch.Tensor:
-        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None else {}
-        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state[:, 0]
+        kwargs = {"token_type_ids": token_type_ids} if token_type_ids is not None and self.arch.token_type_ids else {}
+        if self.arch.decoder:
+            kwargs["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp(min=0)
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask, **kwargs).last_hidden_state
+        if self.arch.decoder:
+            # the last position whose mask is 1 (argmax returns the first maximum, hence position-weighted)
+            last = (attention_mask.long() * torch.arange(1, hidden.shape[1] + 1, device=hidden.device)).argmax(1)
+            h = hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        else:
+            h = hidden[:, 0]
         c = self.classifier
         return c["out_proj"](c["dropout"](torch.tanh(c["dense"](c["dropout"](h)))))
 
@@ -74,14 +110,26 @@ def build_model(spec: ModelSpec, num_labels: int, vocab_size: int | None = None,
             raise ValueError("model 'tiny' needs the tokenizer's vocab_size")
         encoder = BertModel(tiny_config(spec.tiny, vocab_size), add_pooling_layer=False)
     else:
-        try:
-            config = AutoConfig.from_pretrained(spec.name)
-        except OSError as e:
-            raise ValueError(f"model {spec.name!r}: not a local model directory and not loadable from the hub ({e})") from None
-        if config.model_type not in {"bert", "roberta", "xlm-roberta"}:
-            raise ValueError(f"model {spec.name!r}: type {config.model_type!r} is not a BERT / RoBERTa / XLM-R encoder")
-        encoder = AutoModel.from_pretrained(spec.name, add_pooling_layer=False)
+        model_type = _model_type(spec.name)
+        arch = architecture(model_type, f"model {spec.name!r}")  # refused before any weights load
+        config = AutoConfig.from_pretrained(spec.name)
+        # float32 weights whatever the checkpoint's dtype: precision is chosen per pass (models.precision)
+        encoder = AutoModel.from_pretrained(spec.name, config=config, dtype=torch.float32, **dict(arch.load_kwargs))
     return SequenceClassifier(encoder, num_labels, spec.dropout)
+
+
+def _model_type(name: str) -> str | None:
+    """Returns config.json's model_type of a local directory or hub id (read as JSON: transformers refuses unknown types itself)."""
+    from transformers.utils import cached_file
+
+    try:
+        path = cached_file(name, "config.json")
+    except (OSError, ValueError) as e:
+        raise ValueError(f"model {name!r}: not a local model directory and not loadable from the hub ({e})") from None
+    try:
+        return json.loads(Path(path).read_text()).get("model_type")
+    except (OSError, ValueError, AttributeError) as e:
+        raise ValueError(f"model {name!r}: config.json is not a JSON model config ({e})") from None
 
 
 def check_mask(model: SequenceClassifier, mask: torch.Tensor) -> None:
@@ -101,9 +149,7 @@ class HeadMask:
     def __init__(self, model: SequenceClassifier, mask: torch.Tensor | None = None):
         self.model = model
         self.mask: torch.Tensor | None = None
-        self._handles = [
-            attn.output.dense.register_forward_pre_hook(self._hook(i)) for i, attn in enumerate(model.attention_layers())
-        ]
+        self._handles = [proj.register_forward_pre_hook(self._hook(i)) for i, proj in enumerate(model.output_projections())]
         self.set(mask)
 
     def set(self, mask: torch.Tensor | None) -> "HeadMask":
@@ -140,22 +186,38 @@ class HeadMask:
 def head_parameter_masks(model: SequenceClassifier, mask: torch.Tensor) -> list[tuple[nn.Parameter, torch.Tensor]]:
     """Returns (parameter, 0/1 tensor broadcastable to it) for every parameter owned by single heads.
 
-    A head owns its rows of the query, key and value weights and biases, and its columns of
-    the attention output projection; everything else is shared by all heads of a layer.
+    A (query) head owns its rows of the query weight and bias and its columns of the attention
+    output projection. Its key and value rows are its own too, unless grouped-query attention
+    shares them: then a key/value row block is frozen only when every query head that reads it
+    (its group) is disabled. Everything else is shared by all heads of a layer.
     """
     check_mask(model, mask)
     if mask.dim() != 2:
         raise ValueError("parameter masks need one [layers, heads] mask, not one per example")
-    dh = model.head_dim
+    g, arch = model.geometry, model.arch
     out = []
-    for layer, attn in enumerate(model.attention_layers()):
-        m = mask[layer].to(attn.output.dense.weight.device, torch.float32).repeat_interleave(dh)
-        for lin in (attn.self.query, attn.self.key, attn.self.value):
-            out.append((lin.weight, m.view(-1, 1)))
+    for layer, (attn, proj) in enumerate(zip(model.attention_layers(), model.output_projections())):
+        m = mask[layer].to(proj.weight.device, torch.float32)
+        q = m.repeat_interleave(g.head_dim)
+        kv = m.view(g.kv_heads, g.group).amax(1).repeat_interleave(g.head_dim)  # on while any head of the group is on
+        if arch.qkv:
+            rows = [(_at(attn, arch.qkv), torch.cat([q, kv, kv]))]
+        else:
+            rows = [(_at(attn, arch.query), q), (_at(attn, arch.key), kv), (_at(attn, arch.value), kv)]
+        rows += [(_at(attn, p), q) for p in arch.head_rows if _has(attn, p)]
+        for lin, r in rows:
+            out.append((lin.weight, r.view(-1, 1)))
             if lin.bias is not None:
-                out.append((lin.bias, m))
-        out.append((attn.output.dense.weight, m.view(1, -1)))
+                out.append((lin.bias, r))
+        out.append((proj.weight, q.view(1, -1)))
     return out
+
+
+def _has(module: nn.Module, path: str) -> bool:
+    try:
+        return isinstance(_at(module, path), nn.Linear)
+    except AttributeError:
+        return False
 
 
 def mask_gradients(param_masks: list[tuple[nn.Parameter, torch.Tensor]]) -> None:

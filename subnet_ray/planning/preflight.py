@@ -1,7 +1,8 @@
 """Preflight: every error a sweep would hit at run time, found before anything is computed or written.
 
 `check(spec, ...)` looks at the sweep's data (preflight_data.py), its model (a local directory
-or hub id that resolves to a BERT / RoBERTa / XLM-R config with a tokenizer; the local Hugging
+or hub id that resolves to a config of a model_type with an architecture record, models.architectures,
+with a tokenizer; the local Hugging
 Face cache when the hub is unreachable), its devices, babel families, whether `influence.top_k`
 and `influence.test_per_language` fit the data, and, when asked, the root, the tracking store
 and the Ray address or dashboard, each within a few seconds. It reads headers and counts, never
@@ -26,11 +27,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..models.architectures import unsupported
 from ..sweep.config import SweepSpec, branches
 from .preflight_data import DataReport, check_task
 
-ENCODERS = ("bert", "roberta", "xlm-roberta")
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "sentencepiece.bpe.model", "spiece.model", "spm.model", "tokenizer.model", "vocab.json")
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 DEVICES = ("cpu", "cuda", "cuda:N", "mps")
 
@@ -134,7 +135,7 @@ def cached_snapshot(repo: str, kind: str = "model") -> Path | None:
 
 
 def check_model_dir(folder: Path, what: str) -> list[str]:
-    """Returns the problems of a local model folder: config.json of an encoder, weights, tokenizer files."""
+    """Returns the problems of a local model folder: config.json of a supported architecture, weights, tokenizer files."""
     config = folder / "config.json"
     if not folder.is_dir():
         return [f"{what} {folder} is not a folder, model.name; expected a Hugging Face model directory"]
@@ -145,9 +146,9 @@ def check_model_dir(folder: Path, what: str) -> list[str]:
     except (OSError, ValueError, AttributeError) as e:
         return [f"{what} {config} is not a JSON model config ({e}), model.name; expected a Hugging Face config.json"]
     errors = []
-    if model_type not in ENCODERS:
-        errors.append(f"{what} {folder} is a {model_type!r} model, model.name; expected a BERT / RoBERTa / XLM-R encoder "
-                      f"(model_type {', '.join(ENCODERS)})")
+    why = unsupported(model_type)
+    if why is not None:
+        errors.append(f"{what} {folder}: {why}, model.name; expected a model of a supported architecture")
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         errors.append(f"{what} {folder} has no tokenizer, model.name; expected one of {', '.join(TOKENIZER_FILES)}")
     if not any((folder / f).is_file() for f in WEIGHT_FILES):
@@ -199,8 +200,9 @@ def _check_model_online(name: str, timeout: float = 10.0) -> tuple[list[str], li
     if config is None:
         return [f"model {name!r} on the hub has no config.json, model.name; expected a Hugging Face model"], []
     errors = []
-    if config.get("model_type") not in ENCODERS:
-        errors.append(f"model {name!r} is a {config.get('model_type')!r} model, model.name; expected a BERT / RoBERTa / XLM-R encoder")
+    why = unsupported(config.get("model_type"))
+    if why is not None:
+        errors.append(f"model {name!r}: {why}, model.name; expected a model of a supported architecture")
     if not set(TOKENIZER_FILES) & set(files):
         errors.append(f"model {name!r} on the hub has no tokenizer, model.name; expected one of {', '.join(TOKENIZER_FILES)}")
     return errors, []
