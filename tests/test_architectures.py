@@ -281,3 +281,21 @@ def test_every_record_loads_from_a_saved_model_directory(model_type, tmp_path):
     got = model.encoder.state_dict()
     assert set(want) - set(got) <= {"pooler.dense.weight", "pooler.dense.bias"}  # BERT-likes load without their pooler
     assert all(torch.equal(v, want[k]) and v.dtype == torch.float32 for k, v in got.items())
+
+
+@pytest.mark.parametrize("model_type,ok", [("qwen3", True), ("gemma3_text", True), ("t5", False)])
+def test_hub_check_reads_the_model_type_against_the_records(model_type, ok, tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from subnet_ray.planning.preflight import check_model
+
+    (tmp_path / "config.json").write_text(f'{{"model_type": "{model_type}"}}')
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda name: ["config.json", "tokenizer.json"])
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda name, f: str(tmp_path / f))
+    errors, _, how = check_model("org/some-model", hub_offline=lambda: None, local_run=True)
+    assert how == "model (hub)"
+    if ok:
+        assert errors == []
+    else:
+        assert len(errors) == 1 and "model 'org/some-model': model_type 't5' has no architecture record" in errors[0]
+        assert "supported model_types: bert, roberta" in errors[0] and errors[0].endswith("model.name; expected a model of a supported architecture")

@@ -13,7 +13,7 @@ activation gradients (which the sketch needs) and none for the frozen weights. I
 models.
 
 Padding: a padded token's output gradient is exactly zero (attention never reads it and the
-classifier reads the first token only), but the input side is still multiplied by the
+classifier reads the first token, or a decoder's last real token), but the input side is still multiplied by the
 attention mask so the sketch does not depend on the attention implementation. Layers that see
 one vector per example (the classifier on the first token) have no token axis to mask.
 """
