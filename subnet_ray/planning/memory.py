@@ -1,11 +1,12 @@
 """What memory a sweep's model needs, from its shape alone (no torch): training, influence, stored sketches, which GPU.
 
 - training (train.train_step, AdamW): float32 weights, float32 gradients, AdamW's two float32
-  moments (16 bytes per parameter), plus the activations one step keeps for backward at the
-  sweep's batch and max_length (shapes.activation_bytes: padded to max_length, an upper bound),
-  plus one layer's activations again for the gradients flowing back through it; torch's foreach
-  AdamW step briefly adds one more float32 copy of the parameters (its sqrt of the second moment),
-  so the peak is the larger of the backward's and the step's;
+  moments (16 bytes per parameter, `train_state`), plus the activations one step keeps for backward
+  at the sweep's batch and max_length (shapes.activation_bytes: padded to max_length, an upper
+  bound). The backward's peak is weights + moments + every activation + one layer's activations
+  again for the gradients flowing back (the parameter gradients are allocated as activations are
+  freed); torch's foreach AdamW step on CUDA briefly adds one more float32 copy of the parameters
+  (its sqrt of the second moment): the peak is the larger of the two;
 - influence on the device: the float32 model, a sketching batch's activations (the training
   step's at influence.batch_size: an upper bound, the weights are frozen so Linear inputs are not
   all kept), the projection factors and the batch's sketches;
@@ -80,7 +81,9 @@ def plan(s: Shape, num_labels: int, *, batch: int, length: int, precision: str, 
     acts = activation_bytes(s, batch * length, length, precision, device)
     one_layer = (acts - _weight_copies(s, precision)) // max(1, s.layers)
     state = 16 * p
-    peak = max(state + acts + one_layer, 20 * p)
+    # backward: weights and moments, every kept activation and one layer's gradients flowing back; the gradients (4P)
+    # are allocated as the activations are freed; the optimizer step: all 16P, plus foreach AdamW's 4P sqrt on CUDA
+    peak = max(12 * p + acts + one_layer, 20 * p if device.startswith("cuda") else 16 * p)
     dim = sketch_dim(s, num_labels, prefixes, proj_dim)
     sketched = [(o, i) for n, o, i, _ in linears(s, num_labels) if any(matches(n, q) for q in prefixes)]
     root = math.isqrt(proj_dim) if proj_dim else 0
