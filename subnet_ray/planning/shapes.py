@@ -147,7 +147,10 @@ def shape_of_model(name: str) -> tuple[Shape | None, str]:
             c = json.loads((folder / "config.json").read_text())
         except (OSError, ValueError) as e:
             return None, f"{folder / 'config.json'} is not readable JSON ({e})"
-        s = from_config(c)
+        try:
+            s = from_config(c)
+        except (KeyError, TypeError, ZeroDivisionError) as e:  # a config.json without the sizes transformers would default
+            return None, f"{folder / 'config.json'} lacks {e} (sizes are read from the file, not defaulted)"
         return (s, f"{folder / 'config.json'}") if s else (None, f"model_type {c.get('model_type')!r} of {folder} has no shape here")
     if name in PUBLISHED:
         return from_config(PUBLISHED[name]), "published config.json (planning.shapes.PUBLISHED)"
