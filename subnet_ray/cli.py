@@ -88,10 +88,10 @@ def cmd_validate(args) -> int:
 def cmd_estimate(args) -> int:
     import json
 
-    from .planning.memory import report
+    from .planning.sizes import memory_report
 
     spec, _ = _load(args.sweep)
-    lines, mem = report(spec)  # from the model's shape alone: what the GPU must hold, before any calibration
+    lines, mem = memory_report(spec)  # from the model's shape alone: what the GPU must hold, before any calibration
     if args.memory:
         print("\n".join(lines))
         print(json.dumps({"sweep": spec.name, "memory": mem}))

@@ -79,6 +79,43 @@ def headline(spec: SweepSpec, nodes: list) -> str:
     return "cost: " + "; ".join(parts) + " (`subnet-ray estimate` adds hours; `estimate --memory` the breakdown)"
 
 
+def memory_report(spec: SweepSpec) -> tuple[list[str], dict]:
+    """Returns (text lines, JSON) of each task's memory Plan (memory.py) for `spec`, or why it is not known."""
+    fits, gib = memory.fits, memory.gib
+    lines, out = [], {}
+    for task in spec.tasks:
+        found = shape_of(spec, task)
+        if found is None:
+            why = shape_of_model(spec.model.name)[1]
+            lines.append(f"memory ({task.id}): shape of {spec.model.name!r} not known here ({why})")
+            continue
+        shape, exact = found
+        m = memory.sweep_plan(spec, task, shape)
+        tr, inf = spec.training, spec.influence
+        bound = "" if exact else "<= "
+        lines += [
+            f"memory ({task.id}, {spec.model.name}: {shape.model_type}, {m.params / 1e6:,.1f} M parameters, "
+            f"{shape.layers} layers x {shape.heads} heads ({shape.kv_heads} kv), hidden {shape.hidden}):",
+            f"  checkpoint      {bound}{gib(m.checkpoint)} each (float32)",
+            f"  training        {bound}{gib(m.train_peak)} peak on {tr.device} = weights + gradients + AdamW "
+            f"{gib(m.train_state)} + activations {gib(m.train_activations)} ({tr.precision}, batch {tr.batch_size} x "
+            f"{tr.max_length} tokens) + backward working set: fits {fits(m.train_peak)}",
+            f"  influence       {bound}{gib(m.influence_device)} on {tr.device} (model + sketching batch of "
+            f"{inf.batch_size}, {inf.precision or tr.precision}): fits {fits(m.influence_device)}",
+            f"  sketches        {m.sketch_dim:,} values per example per checkpoint ({inf.dtype}); held at once "
+            f"{gib(m.sketches_one_mask)} (one mask, every checkpoint), all {len(task.languages)} masks {gib(m.sketches_all)} (host)",
+        ]
+        out[task.id] = {"model": spec.model.name, "model_type": shape.model_type, "exact": exact, **m.row()}
+    return lines, out
+
+
+def planned(spec: SweepSpec, task_id: str) -> memory.Plan | None:
+    """Returns the memory Plan of `spec`'s model for task `task_id`, or None where its shape is not known here."""
+    task = next(t for t in spec.tasks if t.id == task_id)
+    found = shape_of(spec, task)
+    return None if found is None else memory.sweep_plan(spec, task, found[0])
+
+
 def _gb(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if n < 1024 or unit == "TB":

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .calibration import Calibration, calibrate, setup
-from ..memory import planned
+from ..sizes import planned
 from ...sweep.config import SweepSpec, branches
 from ...sweep.graph import Node, graph
 from ...influence.sketch import DTYPES, layer_dims, select_linears
