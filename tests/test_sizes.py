@@ -110,7 +110,7 @@ def saved_bytes(model, batch: dict, precision: str) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
-@pytest.mark.parametrize("family", ["bert", "deberta-v2", "modernbert", "qwen2", "qwen3", "llama", "gemma3_text"])
+@pytest.mark.parametrize("family", ["bert", "deberta-v2", "modernbert", "qwen2", "qwen3", "llama", "mistral", "gemma3_text"])
 def test_activation_bytes_equal_what_autograd_keeps(family, precision):
     # per layer: the difference between the model at L + 1 and L layers (embeddings and the final norm cancel);
     # dropout off (CPU keeps float masks where CUDA keeps bytes: counted for CUDA only), eager DeBERTa as it runs
@@ -130,7 +130,7 @@ def test_activation_bytes_equal_what_autograd_keeps(family, precision):
         want.append(activation_bytes(from_config(c), batch * length, length, precision, device="cpu"))
     per_layer_got = got[1][0] - got[0][0]
     per_layer_want = want[1] - want[0]
-    assert per_layer_want == pytest.approx(per_layer_got, rel=0.03), (per_layer_got, per_layer_want)
+    assert per_layer_want == pytest.approx(per_layer_got, rel=1e-3), (per_layer_got, per_layer_want)  # exact but DeBERTa's ~12 B
     if precision == "bf16":  # the half copies of the Linear weights autocast keeps until backward
         shape = from_config({**config, "num_hidden_layers": 3})
         assert got[1][1] == sum(o * i for n, o, i, _ in linears(shape, 2) if n.startswith("encoder")) * 2
