@@ -10,6 +10,16 @@ Prints JSON lines:
   (encoder + classifier) at d=256, peak memory, `speedup_vs_fp32`;
 - `gpu_sketch_agreement`: Spearman of the TracIn scores (cosine, one checkpoint) of bf16 and
   tf32 sketches against fp32 ones, per test example (min and median), 512 train x 32 test;
+- `gpu_decoder`: a Qwen2-architecture decoder (GQA, gated MLP, q/k/v biases; Qwen2.5-0.5B's widths
+  with 4 layers, random init; `--quick`: tiny) with the classifier on the last non-pad token and head
+  masks on each layer's o_proj input: per precision (fp32, bf16) the masked logits against a copy whose
+  disabled heads' o_proj columns are zeroed (same device) and against the CPU in fp32, one strict SFT
+  step (AdamW, disabled heads' q/k/v rows and o_proj columns left bit-identical; the parameters against
+  the same step on the CPU) and the sketches (cosine to the CPU's, per example); then on CUDA the
+  measured peak memory of a bf16 and an fp32 training step of Qwen2.5-0.5B's full shape at batch 32 x
+  128 against planning.memory's prediction (`predicted_over_measured`). The decoder is built from
+  transformers directly: once the architecture records of issue 31 are merged, it should go through
+  models.classifier (its pooling and HeadMask) instead of this script's own DecoderClassifier;
 - `gpu_smoke_sweep`: sweeps/smoke.yaml with training.device set to the device, every node run
   in this process (the local executor; with MLflow logging if mlflow is installed), seconds per
   wave; or `skipped` with the reason (pydantic / pyyaml missing).
@@ -46,12 +56,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from transformers import XLMRobertaConfig, XLMRobertaModel  # noqa: E402
+from transformers import Qwen2Config, Qwen2Model, XLMRobertaConfig, XLMRobertaModel  # noqa: E402
 
 from subnet_ray.influence.projection import Projector  # noqa: E402
 from subnet_ray.influence.sketch import Sketches, layer_dims, select_linears, sketch_batch  # noqa: E402
 from subnet_ray.influence.tracin import dense_scores  # noqa: E402
 from subnet_ray.models.classifier import SequenceClassifier  # noqa: E402
+from subnet_ray.models.precision import autocast  # noqa: E402
 from subnet_ray.train.finetune import train_step  # noqa: E402
 
 XLMR_BASE = dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072,
@@ -59,6 +70,11 @@ XLMR_BASE = dict(vocab_size=250002, hidden_size=768, num_hidden_layers=12, num_a
 QUICK = dict(vocab_size=1000, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
              max_position_embeddings=130, type_vocab_size=1)
 PRECISIONS = ("fp32", "tf32", "bf16")
+QWEN25_05 = dict(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                 num_key_value_heads=2, tie_word_embeddings=True)  # Qwen/Qwen2.5-0.5B's published config.json
+DECODER = dict(QWEN25_05, num_hidden_layers=4)
+DECODER_QUICK = dict(vocab_size=1000, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+                     num_key_value_heads=2)
 
 
 def emit(line: dict) -> None:
@@ -148,6 +164,142 @@ def agreement(shape: dict, device: str, batch: int, length: int, n_train: int, n
               "target": 0.99})
 
 
+class DecoderClassifier(torch.nn.Module):
+    """A decoder plus the paper's classifier on the last non-pad token (right padding), heads masked on o_proj's input.
+
+    Laid out as models.classifier.SequenceClassifier (`encoder`, `classifier`), so planning.shapes names its Linear layers.
+    """
+
+    def __init__(self, config: dict, num_labels: int = 2):
+        super().__init__()
+        self.encoder = Qwen2Model(Qwen2Config(**config, attention_dropout=0.0))
+        h = config["hidden_size"]
+        self.classifier = torch.nn.ModuleDict({"dense": torch.nn.Linear(h, h), "out_proj": torch.nn.Linear(h, num_labels)})
+        self.heads, self.mask = config["num_attention_heads"], None
+        for i, layer in enumerate(self.encoder.layers):
+            layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i))
+
+    def _hook(self, layer: int):
+        def pre_hook(module, args):
+            if self.mask is None:
+                return None
+            x = args[0]
+            m = self.mask[layer].to(device=x.device, dtype=x.dtype).view(1, 1, self.heads, 1)
+            return ((x.unflatten(-1, (self.heads, -1)) * m).flatten(-2),)
+        return pre_hook
+
+    def forward(self, input_ids, attention_mask, **_):
+        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        last = h[torch.arange(h.shape[0], device=h.device), attention_mask.sum(1) - 1]
+        return self.classifier["out_proj"](torch.tanh(self.classifier["dense"](last)))
+
+
+def clone(model: DecoderClassifier, config: dict) -> DecoderClassifier:
+    """Returns a new DecoderClassifier with `model`'s weights (not copy.deepcopy: its mask hooks would read the original's mask)."""
+    twin = DecoderClassifier(config, model.classifier["out_proj"].out_features)
+    twin.load_state_dict(model.state_dict())
+    return twin.train(model.training)
+
+
+def head_params(model: DecoderClassifier, mask: torch.Tensor) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
+    """Returns (parameter, 0/1 mask) of what each query head owns: its q_proj rows, its o_proj columns, and the k/v rows of a
+    key/value head only when every query head reading it is disabled (grouped-query attention)."""
+    out = []
+    for layer, m in zip(model.encoder.layers, mask):
+        a = layer.self_attn
+        d = a.head_dim
+        rows = m.repeat_interleave(d)
+        kv = m.view(a.config.num_key_value_heads, -1).amax(1).repeat_interleave(d)
+        out += [(a.q_proj.weight, rows[:, None].expand_as(a.q_proj.weight)), (a.q_proj.bias, rows),
+                (a.k_proj.weight, kv[:, None].expand_as(a.k_proj.weight)), (a.k_proj.bias, kv),
+                (a.v_proj.weight, kv[:, None].expand_as(a.v_proj.weight)), (a.v_proj.bias, kv),
+                (a.o_proj.weight, rows[None, :].expand_as(a.o_proj.weight))]
+    return [(p, mm.to(p.device).contiguous()) for p, mm in out]
+
+
+def decoder_run(device: str, quick: bool) -> None:
+    """Emits gpu_decoder lines: masked forward, strict SFT step and sketches on `device` against references (see docstring)."""
+    config = DECODER_QUICK if quick else DECODER
+    batch, length = (4, 16) if quick else (8, 64)
+    torch.manual_seed(0)
+    cpu_model = DecoderClassifier(config).eval()
+    mask = (torch.rand(config["num_hidden_layers"], config["num_attention_heads"], generator=torch.Generator().manual_seed(1)) > 0.4).float()
+    mask[:, 0] = 1.0  # every layer keeps a head
+    b = batch_of(batch, length, config["vocab_size"], "cpu", seed=2)
+    b["input_ids"] = torch.where(b["attention_mask"].bool(), b["input_ids"], torch.zeros_like(b["input_ids"]))
+    linears = select_linears(cpu_model, ["encoder", "classifier"])
+    projector = Projector(256, seed=0)
+    cpu_model.mask = mask
+    with torch.no_grad():
+        ref_logits = cpu_model(**b)
+    ref_sketch = sketch_batch(cpu_model, b, linears, projector, precision="fp32")
+    for precision in ("fp32", "bf16"):
+        model = clone(cpu_model, config).to(device)
+        model.mask = mask.to(device)
+        db = {k: v.to(device) for k, v in b.items()}
+        zeroed = clone(model, config).to(device)
+        with torch.no_grad():
+            for layer, m in zip(zeroed.encoder.layers, mask.to(device)):
+                layer.self_attn.o_proj.weight.mul_(m.repeat_interleave(layer.self_attn.head_dim)[None, :])
+        with torch.no_grad(), autocast(device, precision):
+            logits, zero_logits = model(**db).float(), zeroed(**db).float()
+            model.mask = None
+            unmasked = model(**db).float()
+            model.mask = mask.to(device)
+        sk = sketch_batch(model, db, select_linears(model, ["encoder", "classifier"]), projector, precision=precision).float().cpu()
+        cos = torch.nn.functional.cosine_similarity(sk, ref_sketch.float(), dim=1)
+        model.train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+        pm = head_params(model, mask.to(device))
+        before = [(p.detach().clone(), m) for p, m in pm]
+        loss = train_step(model, db, opt, param_masks=pm, strict=True, precision=precision)
+        frozen_ok = all(torch.equal(p.detach()[m == 0], old[m == 0]) for (p, m), (old, _) in zip(pm, before))
+        line = {"benchmark": "gpu_decoder", "device": device, "precision": precision, "shape": "quick" if quick else "qwen2.5-0.5b x4 layers",
+                "heads_off": int((mask == 0).sum()), "masked_vs_unmasked_max_abs": float((logits - unmasked).abs().max()),
+                "masked_vs_zeroed_max_abs": float((logits - zero_logits).abs().max()),
+                "logits_vs_cpu_fp32_max_abs": float((logits.cpu() - ref_logits).abs().max()),
+                "sketch_cos_vs_cpu_min": round(float(cos.min()), 5), "sft_loss": float(loss), "sft_disabled_heads_unchanged": frozen_ok}
+        if precision == "fp32":  # the same strict SFT step on the CPU: the parameters after it must agree
+            cpu_copy = clone(cpu_model, config).train()
+            cpu_copy.mask = mask
+            cpu_opt = torch.optim.AdamW(cpu_copy.parameters(), lr=1e-4)
+            train_step(cpu_copy, b, cpu_opt, param_masks=head_params(cpu_copy, mask), strict=True)
+            line["sft_params_vs_cpu_max_abs"] = max(float((p.detach().cpu() - q.detach()).abs().max())
+                                                    for p, q in zip(model.parameters(), cpu_copy.parameters()))
+        emit(line)
+        del model, zeroed, opt
+    if device.startswith("cuda"):
+        decoder_memory(device)
+
+
+def decoder_memory(device: str) -> None:
+    """Emits gpu_decoder_memory: measured peak of a training step of Qwen2.5-0.5B's shape against planning.memory."""
+    from subnet_ray.planning import memory
+    from subnet_ray.planning.shapes import from_config
+
+    shape = from_config({"model_type": "qwen2", **QWEN25_05})
+    for precision in ("bf16", "fp32"):
+        torch.cuda.empty_cache()
+        model = DecoderClassifier(QWEN25_05).to(device).train()
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
+        b = batch_of(32, 128, QWEN25_05["vocab_size"], device, seed=3)
+        b["attention_mask"][:] = 1  # every example max_length long: the plan's bound
+        step = lambda: train_step(model, b, opt, precision=precision, max_grad_norm=1.0)  # noqa: E731
+        step()  # AdamW's moments exist from the first step on
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        step()
+        torch.cuda.synchronize()
+        peak = torch.cuda.max_memory_allocated()
+        plan = memory.plan(shape, 2, batch=32, length=128, precision=precision, influence_batch=32, influence_precision=precision,
+                           prefixes=["encoder", "classifier"], proj_dim=256, sketch_dtype="float32", n_train=1, n_test=1,
+                           checkpoints=1, masks=1)
+        emit({"benchmark": "gpu_decoder_memory", "precision": precision, "batch": 32, "max_length": 128,
+              "measured_peak_gib": round(peak / 2**30, 2), "predicted_peak_gib": round(plan.train_peak / 2**30, 2),
+              "predicted_over_measured": round(plan.train_peak / peak, 3)})
+        del model, opt
+
+
 def smoke_sweep(device: str) -> None:
     try:
         import pydantic  # noqa: F401
@@ -203,6 +355,7 @@ def main(argv=None) -> None:
           "shape": "quick" if args.quick else "xlm-roberta-base"})
     throughput(shape, device, batch, length, repeats=3 if args.quick else 10)
     agreement(shape, device, batch, length, n_train=32 if args.quick else 512, n_test=4 if args.quick else 32)
+    decoder_run(device, args.quick)
     if not args.skip_sweep:
         smoke_sweep(device)
 

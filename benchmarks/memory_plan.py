@@ -14,7 +14,12 @@ sketch storage:
   (one group's sketches of every checkpoint, the copies taken from it, and the pickled copy
   `ray.put` makes for the scoring tasks) and each scoring task's copy of the train sketches;
 - `gpu`: per-stage device memory bounds (weights, gradients, AdamW state; activations are
-  measured by benchmarks/gpu_check.py on a GPU).
+  measured by benchmarks/gpu_check.py on a GPU);
+- `model_plan`, per model of MODELS (the paper's XLM-R, today's multilingual encoders and 0.5-1.7B
+  decoders, by hub id: their published configs, planning.shapes) and per precision (fp32; bf16 autocast
+  with bf16 sketches): parameters, checkpoint, training peak (AdamW, batch 32 x 128 tokens), influence
+  on the device (batch 32), sketches held at once and in all, and the smallest GPU each fits
+  (planning.memory). `--table` prints them as a Markdown table too (to stderr).
 """
 import json
 import sys
@@ -27,15 +32,43 @@ import torch  # noqa: E402
 from subnet_ray.sweep.config import ModelSpec, TinySpec  # noqa: E402
 from subnet_ray.planning.cost.estimate import param_count  # noqa: E402
 from subnet_ray.planning.sizes import KNOWN_SHAPES  # noqa: E402
+from subnet_ray.planning import memory  # noqa: E402
+from subnet_ray.planning.shapes import shape_of_model  # noqa: E402
 from subnet_ray.influence.sketch import layer_dims, select_linears  # noqa: E402
 from subnet_ray.models.classifier import build_model  # noqa: E402
 
 N_TRAIN, N_TEST, CHECKPOINTS, MASKS, D, SHARD = 10_000, 2_500, 5, 5, 256, 256
+BATCH, LENGTH = 32, 128  # sweeps/xnli.yaml's training and sketching batch, max_length
+MODELS = ("xlm-roberta-base", "microsoft/mdeberta-v3-base", "jhu-clsp/mmBERT-base", "Qwen/Qwen2.5-0.5B", "Qwen/Qwen3-0.6B",
+          "meta-llama/Llama-3.2-1B", "google/gemma-3-1b-pt", "Qwen/Qwen2.5-1.5B", "Qwen/Qwen3-1.7B")
 GiB = 2**30
 
 
 def gib(n: float) -> float:
     return round(n / GiB, 2)
+
+
+def model_plans(table: bool) -> None:
+    rows = []
+    for name in MODELS:
+        shape, _ = shape_of_model(name)
+        for precision, dtype in (("fp32", "float32"), ("bf16", "bfloat16")):
+            m = memory.plan(shape, 2, batch=BATCH, length=LENGTH, precision=precision, influence_batch=BATCH,
+                            influence_precision=precision, prefixes=["encoder", "classifier"], proj_dim=D, sketch_dtype=dtype,
+                            n_train=N_TRAIN, n_test=N_TEST, checkpoints=CHECKPOINTS, masks=MASKS)
+            row = {"benchmark": "memory_plan", "what": "model_plan", "model": name, "model_type": shape.model_type,
+                   "precision": precision, "sketch_dtype": dtype, "batch": BATCH, "max_length": LENGTH, **m.row(),
+                   "training_fits": memory.verdicts(m.train_peak), "influence_fits": memory.verdicts(m.influence_device)}
+            rows.append(row)
+            print(json.dumps(row))
+    if table:
+        head = ("model", "prec", "params (M)", "ckpt GiB", "train peak GiB", "influence GiB", "sketches held GiB",
+                "sketches all GiB", "training fits", "influence fits")
+        print("| " + " | ".join(head) + " |\n|" + "---|" * len(head), file=sys.stderr)
+        for r in rows:
+            print(f"| {r['model']} | {r['precision']} | {r['params'] / 1e6:,.1f} | {r['checkpoint_gib']} | {r['train_peak_gib']} | "
+                  f"{r['influence_device_gib']} | {r['sketches_one_mask_gib']} | {r['sketches_all_gib']} | {r['training_gpu']} | "
+                  f"{r['influence_gpu']} |", file=sys.stderr)
 
 
 def main() -> None:
@@ -76,3 +109,4 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+    model_plans("--table" in sys.argv[1:])

@@ -88,18 +88,26 @@ def cmd_validate(args) -> int:
 def cmd_estimate(args) -> int:
     import json
 
-    from .planning.cost import project, table
+    from .planning.sizes import memory_report
 
     spec, _ = _load(args.sweep)
+    lines, mem = memory_report(spec)  # from the model's shape alone: what the GPU must hold, before any calibration
+    if args.memory:
+        print("\n".join(lines))
+        print(json.dumps({"sweep": spec.name, "memory": mem}))
+        return 0
+    from .planning.cost import project, table
+
     est = project(spec, pruned=args.pruned, executor=args.executor)
     stages = est.by_stage(spec.resources.cpus, spec.resources.gpus)
     total = stages["total"]["seconds"]
     print(f"sweep {spec.name}: projected cost on {est.device}, executor {args.executor} (calibrated here)")
     print(table(est, spec.resources.cpus, spec.resources.gpus))
+    print("\n".join(lines))
     print(json.dumps({"sweep": spec.name, "device": est.device, "executor": args.executor, "pruned": args.pruned,
                       "total_seconds": total, "total_hours": total / 3600, "stages": stages,
                       "fixed": {k: stages[k]["seconds"] for k in est.fixed}, "tune": est.tune, "waves": est.waves(),
-                      "at_load": est.at_load(), "assumptions": est.assumptions}))
+                      "at_load": est.at_load(), "assumptions": est.assumptions, "memory": mem}))
     return 0
 
 
@@ -355,6 +363,8 @@ def parser() -> argparse.ArgumentParser:
                            help="fraction of heads the subnetwork search is assumed to disable before stopping (default 1.0: an upper bound)")
             s.add_argument("--executor", choices=["ray", "local"], default="ray",
                            help="the executor `run` will use: local Ray (default; Ray start, Tune trials) or this process")
+            s.add_argument("--memory", action="store_true",
+                           help="only the sizes and memory (training, influence, sketches, which GPU), from the model's shape: no calibration")
         if name == "rerun-random":
             s.add_argument("--seeds", type=int, nargs="+", required=True, help="random-mask seeds to add")
         if name == "submit":

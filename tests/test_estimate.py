@@ -88,7 +88,7 @@ def test_estimate_is_within_30_percent_of_a_measured_smoke_sweep_per_stage(tmp_p
 @pytest.mark.parametrize("layers,proj_dim", [(["encoder", "classifier"], 16), (["classifier"], 0), (["encoder.encoder.layer.0", "attention"], 0)])
 def test_torch_free_sizes_equal_the_real_models(layers, proj_dim):
     from subnet_ray.models.classifier import build_model
-    from subnet_ray.planning.sizes import KNOWN_SHAPES, parameters, shape_of, sketch_dim
+    from subnet_ray.planning.sizes import KNOWN_SHAPES, parameters, shape_of, shape_of_model, sketch_dim
 
     spec = load_sweep(SMOKE)
     spec = spec.model_copy(update={"influence": spec.influence.model_copy(update={"layers": layers, "proj_dim": proj_dim})})
@@ -102,7 +102,7 @@ def test_torch_free_sizes_equal_the_real_models(layers, proj_dim):
         from subnet_ray.sweep.config import ModelSpec, TinySpec
 
         big = build_model(ModelSpec(name="tiny", tiny=TinySpec(layers=l, heads=h, hidden=hid, intermediate=inter, max_positions=pos)), 3, vocab)
-    assert parameters(KNOWN_SHAPES["bert-base-multilingual-cased"], 3) == param_count(big)
+    assert parameters(shape_of_model("bert-base-multilingual-cased")[0], 3) == param_count(big)
 
 
 def test_validate_prints_the_cost_headline(capsys):

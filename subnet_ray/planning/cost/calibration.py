@@ -157,7 +157,8 @@ def setup(spec: SweepSpec, task_id: str) -> tuple[dict, object, object, list[str
     if local_model:
         return data, tok, model_factory(spec, task, tok, seed=0), notes
     if spec.model.name not in KNOWN_SHAPES:
-        raise ConfigError(f"model {spec.model.name!r}: not a local directory and its shape is unknown; estimate knows {', '.join(KNOWN_SHAPES)}")
+        raise ConfigError(f"model {spec.model.name!r}: timing needs a model built here, a local directory or a BERT-family hub id "
+                          f"({', '.join(KNOWN_SHAPES)}); `subnet-ray estimate --memory` gives its sizes and memory without timing")
     layers, heads, hidden, inter, positions, vocab, _ = KNOWN_SHAPES[spec.model.name]
     shape = ModelSpec(name="tiny", dropout=spec.model.dropout, tiny=TinySpec(
         layers=layers, heads=heads, hidden=hidden, intermediate=inter, max_positions=positions))

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 import torch
 
 from .calibration import Calibration, calibrate, setup
+from ..sizes import planned
 from ...sweep.config import SweepSpec, branches
 from ...sweep.graph import Node, graph
 from ...influence.sketch import DTYPES, layer_dims, select_linears
@@ -285,7 +286,8 @@ def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, pa
     tr, inf = b.training, b.influence
     dev = by_language(data["dev"])
     model_bytes = 4 * params
-    train_mem = cal.peak_train_bytes or 16 * params  # weights, gradients, AdamW's two moments (+ activations on CUDA)
+    plan = planned(b, node.params.task)  # weights, gradients, AdamW's moments, activations (memory.py) where not measured
+    train_mem = cal.peak_train_bytes or (plan.train_peak if plan else 16 * params)
     if node.stage == "pretrain":
         # a masked-LM step taken as a fine-tuning step scaled by batch size (same encoder, same lengths; the
         # tiny LM head is small next to the encoder): not calibrated on its own
@@ -366,7 +368,8 @@ def _influence_costs(nodes: list[Node], b: SweepSpec, cal: Calibration, data: di
                 seconds[owner] += ckpts * n_test * cal.sketch_example
                 sketch_bytes[owner] += row_bytes * n_test
     held = max(sum(need[m] for m in chunk) for chunk in passes)
-    memory = max(cal.peak_sketch_bytes or 2 * 4 * params, held + 4 * params)
+    plan = planned(b, nodes[0].params.task)
+    memory = max(cal.peak_sketch_bytes or (plan.influence_device if plan else 2 * 4 * params), held + 4 * params)
     return [StageCost(n.key, "influence", seconds[n.key], memory, sketch_bytes=sketch_bytes[n.key]) for n in nodes]
 
 

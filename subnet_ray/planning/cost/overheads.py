@@ -174,7 +174,7 @@ def _heads(spec: SweepSpec, task) -> tuple[int, int]:
 
     shape = shape_of(spec, task)
     if shape is not None:
-        return shape[0][0], shape[0][1]
+        return shape[0].layers, shape[0].heads
     config = Path(spec.model.name) / "config.json"
     if config.is_file():
         c = json.loads(config.read_text())
