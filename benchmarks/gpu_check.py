@@ -10,16 +10,16 @@ Prints JSON lines:
   (encoder + classifier) at d=256, peak memory, `speedup_vs_fp32`;
 - `gpu_sketch_agreement`: Spearman of the TracIn scores (cosine, one checkpoint) of bf16 and
   tf32 sketches against fp32 ones, per test example (min and median), 512 train x 32 test;
-- `gpu_decoder`: a Qwen2-architecture decoder (GQA, gated MLP, q/k/v biases; Qwen2.5-0.5B's widths
-  with 4 layers, random init; `--quick`: tiny) with the classifier on the last non-pad token and head
-  masks on each layer's o_proj input: per precision (fp32, bf16) the masked logits against a copy whose
-  disabled heads' o_proj columns are zeroed (same device) and against the CPU in fp32, one strict SFT
-  step (AdamW, disabled heads' q/k/v rows and o_proj columns left bit-identical; the parameters against
-  the same step on the CPU) and the sketches (cosine to the CPU's, per example); then on CUDA the
-  measured peak memory of a bf16 and an fp32 training step of Qwen2.5-0.5B's full shape at batch 32 x
-  128 against planning.memory's prediction (`predicted_over_measured`). The decoder is built from
-  transformers directly: once the architecture records of issue 31 are merged, it should go through
-  models.classifier (its pooling and HeadMask) instead of this script's own DecoderClassifier;
+- `gpu_decoder`: the code users run on a decoder: SequenceClassifier of a Qwen2 model (the qwen2 architecture
+  record: GQA, gated MLP, q/k/v biases; Qwen2.5-0.5B's widths with 4 layers, random init; `--quick`: tiny; built from
+  models.architectures.tiny_config) with the classifier on the last non-pad token, heads masked by HeadMask: per
+  precision (fp32, bf16) the masked logits against a deep copy whose disabled heads' o_proj columns are zeroed (same
+  device) and against the CPU in fp32; one strict SFT step (train.train_step with head_parameter_masks) checked
+  against the paper's rule written here (disabled heads' q rows and o_proj columns, and the k/v rows of wholly
+  disabled key/value groups, bit-identical; every row the enabled heads own moved) and against the same step on the
+  CPU; sketch_batch with the head mask (cosine to the CPU's, and to the zeroed copy's outside the o_proj layers);
+  then on CUDA the measured peak memory of a bf16 and an fp32 training step of Qwen2.5-0.5B's full shape at batch
+  32 x 128 against planning.memory's prediction (`predicted_over_measured`);
 - `gpu_smoke_sweep`: sweeps/smoke.yaml with training.device set to the device, every node run
   in this process (the local executor; with MLflow logging if mlflow is installed), seconds per
   wave; or `skipped` with the reason (pydantic / pyyaml missing).
@@ -43,6 +43,7 @@ are not needed. It should finish in a few minutes on one H200 (not yet run on on
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import os
 import statistics
@@ -56,12 +57,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
-from transformers import Qwen2Config, Qwen2Model, XLMRobertaConfig, XLMRobertaModel  # noqa: E402
+from transformers import AutoModel, Qwen2Config, XLMRobertaConfig, XLMRobertaModel  # noqa: E402
 
 from subnet_ray.influence.projection import Projector  # noqa: E402
 from subnet_ray.influence.sketch import Sketches, layer_dims, select_linears, sketch_batch  # noqa: E402
 from subnet_ray.influence.tracin import dense_scores  # noqa: E402
-from subnet_ray.models.classifier import SequenceClassifier  # noqa: E402
+from subnet_ray.models.architectures import tiny_config  # noqa: E402
+from subnet_ray.models.classifier import HeadMask, SequenceClassifier, head_parameter_masks  # noqa: E402
 from subnet_ray.models.precision import autocast  # noqa: E402
 from subnet_ray.train.finetune import train_step  # noqa: E402
 
@@ -164,106 +166,114 @@ def agreement(shape: dict, device: str, batch: int, length: int, n_train: int, n
               "target": 0.99})
 
 
-class DecoderClassifier(torch.nn.Module):
-    """A decoder plus the paper's classifier on the last non-pad token (right padding), heads masked on o_proj's input.
-
-    Laid out as models.classifier.SequenceClassifier (`encoder`, `classifier`), so planning.shapes names its Linear layers.
-    """
-
-    def __init__(self, config: dict, num_labels: int = 2):
-        super().__init__()
-        self.encoder = Qwen2Model(Qwen2Config(**config, attention_dropout=0.0))
-        h = config["hidden_size"]
-        self.classifier = torch.nn.ModuleDict({"dense": torch.nn.Linear(h, h), "out_proj": torch.nn.Linear(h, num_labels)})
-        self.heads, self.mask = config["num_attention_heads"], None
-        for i, layer in enumerate(self.encoder.layers):
-            layer.self_attn.o_proj.register_forward_pre_hook(self._hook(i))
-
-    def _hook(self, layer: int):
-        def pre_hook(module, args):
-            if self.mask is None:
-                return None
-            x = args[0]
-            m = self.mask[layer].to(device=x.device, dtype=x.dtype).view(1, 1, self.heads, 1)
-            return ((x.unflatten(-1, (self.heads, -1)) * m).flatten(-2),)
-        return pre_hook
-
-    def forward(self, input_ids, attention_mask, **_):
-        h = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        last = h[torch.arange(h.shape[0], device=h.device), attention_mask.sum(1) - 1]
-        return self.classifier["out_proj"](torch.tanh(self.classifier["dense"](last)))
+def decoder_classifier(config, seed: int = 0) -> SequenceClassifier:
+    """Returns the SequenceClassifier users train of a random-init decoder of `config` (its architecture record's pooling)."""
+    torch.manual_seed(seed)
+    return SequenceClassifier(AutoModel.from_config(config), num_labels=2, dropout=0.0)
 
 
-def clone(model: DecoderClassifier, config: dict) -> DecoderClassifier:
-    """Returns a new DecoderClassifier with `model`'s weights (not copy.deepcopy: its mask hooks would read the original's mask)."""
-    twin = DecoderClassifier(config, model.classifier["out_proj"].out_features)
-    twin.load_state_dict(model.state_dict())
-    return twin.train(model.training)
+def decoder_mask(layers: int, heads: int, kv_heads: int) -> torch.Tensor:
+    """Returns a [layers, heads] mask that exercises grouped-query attention: in every layer the first key/value group is
+    partly on (head 0 on, head 1 off) and in every other layer the second group is wholly off."""
+    group = heads // kv_heads
+    mask = (torch.rand(layers, heads, generator=torch.Generator().manual_seed(1)) > 0.4).float()
+    mask[:, 0], mask[:, 1] = 1.0, 0.0
+    mask[::2, group:2 * group] = 0.0
+    return mask
 
 
-def head_params(model: DecoderClassifier, mask: torch.Tensor) -> list[tuple[torch.nn.Parameter, torch.Tensor]]:
-    """Returns (parameter, 0/1 mask) of what each query head owns: its q_proj rows, its o_proj columns, and the k/v rows of a
-    key/value head only when every query head reading it is disabled (grouped-query attention)."""
-    out = []
-    for layer, m in zip(model.encoder.layers, mask):
+def zeroed_copy(model: SequenceClassifier, mask: torch.Tensor) -> SequenceClassifier:
+    """Returns a deep copy with the disabled heads' o_proj columns zeroed: the masked model's reference, written without
+    HeadMask (copy before any HeadMask is attached: a deep copy keeps hooks that read the original's mask)."""
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for layer, m in zip(twin.encoder.layers, mask):
+            a = layer.self_attn
+            a.o_proj.weight[:, m.repeat_interleave(a.head_dim) == 0] = 0.0
+    return twin
+
+
+def head_owned(model: SequenceClassifier, mask: torch.Tensor) -> tuple[list, list]:
+    """Returns ([(parameter, bool selector)] that strict SFT must leave bit-identical, [(parameter, selector of rows or
+    columns)] it must change), written from the paper's rule independently of head_parameter_masks: a disabled query head's
+    q rows and o_proj columns, and a key/value head's k/v rows only when every query head of its group is disabled."""
+    frozen, trained = [], []
+    for layer, m in zip(model.encoder.layers, mask.cpu().bool()):
         a = layer.self_attn
-        d = a.head_dim
-        rows = m.repeat_interleave(d)
-        kv = m.view(a.config.num_key_value_heads, -1).amax(1).repeat_interleave(d)
-        out += [(a.q_proj.weight, rows[:, None].expand_as(a.q_proj.weight)), (a.q_proj.bias, rows),
-                (a.k_proj.weight, kv[:, None].expand_as(a.k_proj.weight)), (a.k_proj.bias, kv),
-                (a.v_proj.weight, kv[:, None].expand_as(a.v_proj.weight)), (a.v_proj.bias, kv),
-                (a.o_proj.weight, rows[None, :].expand_as(a.o_proj.weight))]
-    return [(p, mm.to(p.device).contiguous()) for p, mm in out]
+        d, group = a.head_dim, a.num_key_value_groups
+        off = ~m.repeat_interleave(d)
+        kv_off = ~m.view(-1, group).any(1).repeat_interleave(d)
+        for sel, projs in ((off, (a.q_proj,)), (kv_off, (a.k_proj, a.v_proj))):
+            for lin in projs:
+                frozen += [(lin.weight, sel[:, None].expand_as(lin.weight)), (lin.bias, sel)]
+                trained += [(lin.weight, ~sel)]
+        frozen.append((a.o_proj.weight, off[None, :].expand_as(a.o_proj.weight)))
+        trained.append((a.o_proj.weight.t(), ~off))
+    return frozen, trained
 
 
 def decoder_run(device: str, quick: bool) -> None:
-    """Emits gpu_decoder lines: masked forward, strict SFT step and sketches on `device` against references (see docstring)."""
+    """Emits gpu_decoder lines: masked forward, strict SFT step and sketches on `device` against references (see docstring).
+
+    Everything runs through the code users run: SequenceClassifier of the qwen2 architecture record, HeadMask,
+    head_parameter_masks into train.train_step (strict SFT) and sketch_batch with the head mask; the references are
+    not: a copy with zeroed o_proj columns, head_owned's rule, and the same calls on the CPU in fp32.
+    """
     config = DECODER_QUICK if quick else DECODER
+    config = tiny_config("qwen2", config["vocab_size"], layers=config["num_hidden_layers"], heads=config["num_attention_heads"],
+                         kv_heads=config["num_key_value_heads"], hidden=config["hidden_size"],
+                         intermediate=config["intermediate_size"], max_positions=128, attention_dropout=0.0,
+                         tie_word_embeddings=config.get("tie_word_embeddings", False))
     batch, length = (4, 16) if quick else (8, 64)
-    torch.manual_seed(0)
-    cpu_model = DecoderClassifier(config).eval()
-    mask = (torch.rand(config["num_hidden_layers"], config["num_attention_heads"], generator=torch.Generator().manual_seed(1)) > 0.4).float()
-    mask[:, 0] = 1.0  # every layer keeps a head
-    b = batch_of(batch, length, config["vocab_size"], "cpu", seed=2)
+    cpu_model = decoder_classifier(config).eval()
+    mask = decoder_mask(cpu_model.num_layers, cpu_model.num_heads, cpu_model.num_kv_heads)
+    b = batch_of(batch, length, config.vocab_size, "cpu", seed=2)
     b["input_ids"] = torch.where(b["attention_mask"].bool(), b["input_ids"], torch.zeros_like(b["input_ids"]))
-    linears = select_linears(cpu_model, ["encoder", "classifier"])
     projector = Projector(256, seed=0)
-    cpu_model.mask = mask
-    with torch.no_grad():
+    linears = select_linears(cpu_model, ["encoder", "classifier"])
+    layout = layer_dims(linears, 256)
+    not_o = torch.cat([torch.full((dim,), not name.endswith("o_proj"), dtype=torch.bool) for name, dim in layout])
+    ref_zeroed = zeroed_copy(cpu_model, mask)
+    zero_sketch = sketch_batch(ref_zeroed, b, select_linears(ref_zeroed, ["encoder", "classifier"]), projector)
+    with HeadMask(cpu_model, mask), torch.no_grad():
         ref_logits = cpu_model(**b)
-    ref_sketch = sketch_batch(cpu_model, b, linears, projector, precision="fp32")
+    ref_sketch = sketch_batch(cpu_model, b, linears, projector, head_mask=mask, precision="fp32")
     for precision in ("fp32", "bf16"):
-        model = clone(cpu_model, config).to(device)
-        model.mask = mask.to(device)
+        model = copy.deepcopy(cpu_model).to(device)
+        zeroed = zeroed_copy(model, mask)
+        dmask = mask.to(device)
         db = {k: v.to(device) for k, v in b.items()}
-        zeroed = clone(model, config).to(device)
-        with torch.no_grad():
-            for layer, m in zip(zeroed.encoder.layers, mask.to(device)):
-                layer.self_attn.o_proj.weight.mul_(m.repeat_interleave(layer.self_attn.head_dim)[None, :])
+        hm = HeadMask(model)
         with torch.no_grad(), autocast(device, precision):
-            logits, zero_logits = model(**db).float(), zeroed(**db).float()
-            model.mask = None
             unmasked = model(**db).float()
-            model.mask = mask.to(device)
-        sk = sketch_batch(model, db, select_linears(model, ["encoder", "classifier"]), projector, precision=precision).float().cpu()
+            hm.set(dmask)
+            logits, zero_logits = model(**db).float(), zeroed(**db).float()
+        hm.set(None)  # sketch_batch applies the mask itself, as the influence stage calls it
+        sk = sketch_batch(model, db, select_linears(model, ["encoder", "classifier"]), projector, head_mask=dmask,
+                          precision=precision).float().cpu()
         cos = torch.nn.functional.cosine_similarity(sk, ref_sketch.float(), dim=1)
+        cos_zeroed = torch.nn.functional.cosine_similarity(sk[:, not_o], zero_sketch[:, not_o], dim=1)
         model.train()
+        hm.set(dmask)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-        pm = head_params(model, mask.to(device))
-        before = [(p.detach().clone(), m) for p, m in pm]
-        loss = train_step(model, db, opt, param_masks=pm, strict=True, precision=precision)
-        frozen_ok = all(torch.equal(p.detach()[m == 0], old[m == 0]) for (p, m), (old, _) in zip(pm, before))
+        frozen, trained = head_owned(model, dmask)
+        before = [p.detach().clone() for p, _ in frozen], [p.detach().clone() for p, _ in trained]
+        loss = train_step(model, db, opt, param_masks=head_parameter_masks(model, dmask), strict=True, precision=precision)
+        frozen_ok = all(torch.equal(p.detach()[s], old[s]) for (p, s), old in zip(frozen, before[0]))
+        # every row (q/k/v) or column (o_proj) an enabled head owns moved: the SFT step trains what it should
+        trained_ok = all(bool((p.detach() != old).any(1)[s].all()) for (p, s), old in zip(trained, before[1]))
+        hm.remove()
         line = {"benchmark": "gpu_decoder", "device": device, "precision": precision, "shape": "quick" if quick else "qwen2.5-0.5b x4 layers",
                 "heads_off": int((mask == 0).sum()), "masked_vs_unmasked_max_abs": float((logits - unmasked).abs().max()),
                 "masked_vs_zeroed_max_abs": float((logits - zero_logits).abs().max()),
                 "logits_vs_cpu_fp32_max_abs": float((logits.cpu() - ref_logits).abs().max()),
-                "sketch_cos_vs_cpu_min": round(float(cos.min()), 5), "sft_loss": float(loss), "sft_disabled_heads_unchanged": frozen_ok}
+                "sketch_cos_vs_cpu_min": round(float(cos.min()), 5), "sketch_cos_vs_zeroed_min": round(float(cos_zeroed.min()), 5),
+                "sft_loss": float(loss), "sft_disabled_heads_unchanged": frozen_ok, "sft_enabled_heads_changed": trained_ok}
         if precision == "fp32":  # the same strict SFT step on the CPU: the parameters after it must agree
-            cpu_copy = clone(cpu_model, config).train()
-            cpu_copy.mask = mask
-            cpu_opt = torch.optim.AdamW(cpu_copy.parameters(), lr=1e-4)
-            train_step(cpu_copy, b, cpu_opt, param_masks=head_params(cpu_copy, mask), strict=True)
+            cpu_copy = copy.deepcopy(cpu_model).train()
+            with HeadMask(cpu_copy, mask):
+                train_step(cpu_copy, b, torch.optim.AdamW(cpu_copy.parameters(), lr=1e-4),
+                           param_masks=head_parameter_masks(cpu_copy, mask), strict=True)
             line["sft_params_vs_cpu_max_abs"] = max(float((p.detach().cpu() - q.detach()).abs().max())
                                                     for p, q in zip(model.parameters(), cpu_copy.parameters()))
         emit(line)
@@ -280,7 +290,7 @@ def decoder_memory(device: str) -> None:
     shape = from_config({"model_type": "qwen2", **QWEN25_05})
     for precision in ("bf16", "fp32"):
         torch.cuda.empty_cache()
-        model = DecoderClassifier(QWEN25_05).to(device).train()
+        model = decoder_classifier(Qwen2Config(**QWEN25_05, attention_dropout=0.0)).to(device).train()
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
         b = batch_of(32, 128, QWEN25_05["vocab_size"], device, seed=3)
         b["attention_mask"][:] = 1  # every example max_length long: the plan's bound

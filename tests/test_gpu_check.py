@@ -28,10 +28,12 @@ def test_gpu_check_runs_without_pydantic_ray_mlflow_and_says_why_it_skips_the_sw
     assert agree["bf16"]["spearman_min"] >= 0.99 and agree["tf32"]["spearman_min"] == 1.0  # tf32 is fp32 on CPU
     decoder = {l["precision"]: l for l in got if l["benchmark"] == "gpu_decoder"}
     for p, d in decoder.items():  # the mask matters, equals zeroing the heads' o_proj columns; strict SFT keeps them
+        # (with the k/v rows of a wholly disabled GQA group) and trains every row an enabled head owns
         assert d["masked_vs_unmasked_max_abs"] > 1e-3 and d["sft_disabled_heads_unchanged"] is True, d
+        assert d["sft_enabled_heads_changed"] is True and d["sketch_cos_vs_zeroed_min"] > 0.99, d
     assert decoder["fp32"]["masked_vs_zeroed_max_abs"] < 1e-5 and decoder["bf16"]["masked_vs_zeroed_max_abs"] < 2e-2
     assert decoder["fp32"]["logits_vs_cpu_fp32_max_abs"] == 0.0 and decoder["fp32"]["sft_params_vs_cpu_max_abs"] == 0.0  # CPU vs CPU
-    assert decoder["fp32"]["sketch_cos_vs_cpu_min"] == 1.0 and decoder["bf16"]["sketch_cos_vs_cpu_min"] > 0.99
+    assert decoder["fp32"]["sketch_cos_vs_cpu_min"] == 1.0 and decoder["fp32"]["sketch_cos_vs_zeroed_min"] > 0.9999 and decoder["bf16"]["sketch_cos_vs_cpu_min"] > 0.99
     assert got[-1]["benchmark"] == "gpu_smoke_sweep" and "pydantic is not installed" in got[-1]["skipped"]
 
 
