@@ -96,8 +96,9 @@ def cmd_estimate(args) -> int:
         print("\n".join(lines))
         print(json.dumps({"sweep": spec.name, "memory": mem}))
         return 0
-    from .planning.cost import project, table
+    from .planning.cost import check_inputs, project, table
 
+    check_inputs(spec, args.sweep)  # a model or data timing cannot use: one line, before the fixed costs are measured
     est = project(spec, pruned=args.pruned, executor=args.executor)
     stages = est.by_stage(spec.resources.cpus, spec.resources.gpus)
     total = stages["total"]["seconds"]

@@ -425,3 +425,45 @@ def test_side_by_side_probe_times_the_calibrated_step_in_k_tune_trials():
     # a trial that fails (here: no such task) fails the probe with its own error, and no trial waits for it
     with pytest.raises(RuntimeError, match="side-by-side probe .*nope"):
         side_by_side(spec, "nope", [2], seconds=0.1)
+
+
+def test_estimate_times_a_hub_decoder_from_its_published_config_with_its_real_architecture(monkeypatch):
+    # A hub id not cached here whose config.json values planning.shapes publishes: Qwen2.5's family (GQA, biases on
+    # q/k/v, last-token pooling) at tiny widths so that calibration is quick on 2 cores; nothing of the model code patched.
+    from subnet_ray.planning import shapes
+    from subnet_ray.planning.cost.calibration import setup
+    from subnet_ray.planning.cost.estimate import table
+    from subnet_ray.sweep.config import ModelSpec
+
+    entry = dict(model_type="qwen2", num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,
+                 intermediate_size=48, vocab_size=8000)  # holds the stand-in tokenizer's ids (at most 8000)
+    monkeypatch.setitem(shapes.PUBLISHED, "test-org/tiny-qwen2", entry)
+    spec = load_sweep(SMOKE)
+    spec = spec.model_copy(update={"model": ModelSpec(name="test-org/tiny-qwen2", dropout=0.0)})
+    _, _, make, notes = setup(spec, "babel")
+    model = make()
+    assert model.encoder.config.model_type == "qwen2" and model.arch.decoder and model.num_kv_heads == 2
+    assert param_count(model) == shapes.parameters(shapes.from_config(entry), 2)  # the published shape, exactly
+    est = estimate(spec, executor="local", fixed=FIXED, cluster_cpus=2)
+    assert any("random weights of its published shape" in a for a in est.assumptions), est.assumptions
+    stages = est.by_stage(1, 0)
+    assert stages["total"]["seconds"] > 0 and all(stages[s]["seconds"] > 0 for s in ("finetune", "subnetworks", "influence")), stages
+    assert "random weights of its published shape" in table(est, 1, 0)
+
+
+def test_estimate_without_the_sweeps_data_says_so_in_one_line_before_any_compute(tmp_path, capsys, monkeypatch):
+    from tiny import smoke_sweep
+
+    import subnet_ray.planning.cost as cost
+
+    def no_compute(*a, **k):
+        raise AssertionError("estimate computed before checking its inputs")
+    monkeypatch.setattr(cost, "project", no_compute)
+    sweep = tmp_path / "s.yaml"
+    missing = tmp_path / "mine"  # a data folder that is not there (nor is it a cached hub dataset)
+    sweep.write_text(smoke_sweep("s", ("  - id: babel\n", f"  - id: local\n    source: {missing}\n"),
+                                 ("    babel: {families: [[xa, xb], [ya]], vocab_size: 60, length: 8}\n", "")))
+    assert main(["estimate", str(sweep)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: estimate: task 'local': its data is not on this machine"), err
+    assert str(missing) in err[0] and f"subnet-ray estimate --memory {sweep}" in err[0]

@@ -8,9 +8,10 @@ stage graph. `project` is the entry (`subnet-ray estimate`); `table` prints its 
 """
 from __future__ import annotations
 
+from .calibration import check_inputs
 from .estimate import Estimate, estimate, table
 
-__all__ = ["Estimate", "estimate", "project", "table"]
+__all__ = ["Estimate", "check_inputs", "estimate", "project", "table"]
 
 
 def project(spec, pruned: float = 1.0, executor: str = "ray") -> Estimate:

@@ -63,11 +63,13 @@ def startup(executor: str) -> float:
 def data_load(spec: SweepSpec) -> float:
     """Returns the seconds to load every distinct task's data and tokenizer of the sweep once, uncached."""
     from ...stages import data_and_tokenizer
+    from .calibration import tokenizer_here
 
     seen, total = set(), 0.0
     for _, b in branches(spec):
         for task in b.tasks:
-            at = (task.model_dump_json(), b.model.name)
+            # a hub model's tokenizer is not downloaded (calibration.setup): the task's own stands in
+            at = (task.model_dump_json(), b.model.name if tokenizer_here(b.model.name) else "tiny")
             if at not in seen:
                 seen.add(at)
                 total += _quiet(lambda: data_and_tokenizer.__wrapped__(*at))
