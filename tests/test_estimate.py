@@ -467,3 +467,16 @@ def test_estimate_without_the_sweeps_data_says_so_in_one_line_before_any_compute
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: estimate: task 'local': its data is not on this machine"), err
     assert str(missing) in err[0] and f"subnet-ray estimate --memory {sweep}" in err[0]
+
+
+@pytest.mark.parametrize("model_type", sorted(__import__("subnet_ray.models.architectures", fromlist=["x"]).ARCHITECTURES))
+def test_report_overhead_reads_layers_and_heads_of_every_records_config_json(model_type, tmp_path):
+    # DistilBERT's config.json says n_layers / n_heads: a read of num_hidden_layers would fall back to 12 x 12
+    from subnet_ray.models.architectures import tiny_config
+    from subnet_ray.planning.cost.overheads import _heads
+    from subnet_ray.sweep.config import ModelSpec
+
+    tiny_config(model_type, 100, layers=3, heads=4, kv_heads=2, hidden=32).save_pretrained(tmp_path)
+    spec = load_sweep(SMOKE)
+    spec = spec.model_copy(update={"model": ModelSpec(name=str(tmp_path))})
+    assert _heads(spec, spec.tasks[0]) == (3, 4)

@@ -195,6 +195,18 @@ def published_model(name: str, num_labels: int | None = 2, dropout: float = 0.0)
     return SequenceClassifier(transformers.AutoModel.from_config(config, **dict(arch.load_kwargs)), num_labels, dropout)
 
 
+def layers_and_heads(config: dict) -> tuple[int, int]:
+    """Returns (layers, query heads) of a config.json's values, read through its architecture record's config class
+    (DistilBERT names them n_layers / n_heads: transformers' attribute_map resolves every family's names)."""
+    import transformers
+
+    from ...models.architectures import architecture, geometry
+
+    arch = architecture(config.get("model_type"), "model config")
+    g = geometry(getattr(transformers, arch.config).from_dict(config))
+    return g.layers, g.heads
+
+
 def tokenizer_here(name: str) -> bool:
     """Whether model `name`'s tokenizer is on this machine (the tiny model's own, or a local model directory's): a hub
     id's is not loaded, as setup does not load it (nothing is downloaded)."""

@@ -179,8 +179,9 @@ def _heads(spec: SweepSpec, task) -> tuple[int, int]:
         return shape[0].layers, shape[0].heads
     config = Path(spec.model.name) / "config.json"
     if config.is_file():
-        c = json.loads(config.read_text())
-        return c.get("num_hidden_layers", 12), c.get("num_attention_heads", 12)
+        from .calibration import layers_and_heads
+
+        return layers_and_heads(json.loads(config.read_text()))  # DistilBERT's names too
     return 12, 12
 
 
