@@ -187,7 +187,7 @@ from subnet_ray.planning.shapes import from_config
 from subnet_ray.train.finetune import train_step
 cfg = dict(vocab_size=4000, hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
 torch.manual_seed(0)
-model = g.DecoderClassifier(cfg).train()
+model = g.decoder_classifier(g.Qwen2Config(**cfg, attention_dropout=0.0)).train()  # what gpu_check measures on CUDA
 opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
 b = g.batch_of(16, 128, 4000, "cpu", seed=3)
 b["attention_mask"][:] = 1
