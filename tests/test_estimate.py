@@ -459,6 +459,10 @@ def test_estimate_without_the_sweeps_data_says_so_in_one_line_before_any_compute
     def no_compute(*a, **k):
         raise AssertionError("estimate computed before checking its inputs")
     monkeypatch.setattr(cost, "project", no_compute)
+    from subnet_ray.orchestration.workers import WORKER_ENV
+
+    for k, v in WORKER_ENV.items():  # main() sets them for estimate: restored after this test, not left to later ones
+        monkeypatch.setenv(k, v)
     sweep = tmp_path / "s.yaml"
     missing = tmp_path / "mine"  # a data folder that is not there (nor is it a cached hub dataset)
     sweep.write_text(smoke_sweep("s", ("  - id: babel\n", f"  - id: local\n    source: {missing}\n"),
