@@ -9,7 +9,7 @@ from subnet_ray.sweep.config import load_sweep
 
 ISSUE_SWEEP = Path(__file__).resolve().parents[1] / "benchmarks" / "sweeps" / "influence_paper_shape.yaml"
 FIXED = {"startup": 7.0, "data": 0.5, "ray_start": 6.0, "tracking": 2.0, "report": 9.0, "tune_wave": 1.5, "tune_trial": 4.0,
-         "ray_data": {"driver_base": 2**30, "pool_start": 10.0, "task_start": 2.0, "collect_call": 0.5, "collect_row": 1e-5, "row": 1e-4,
+         "ray_data": {"driver_base": 2**30, "pool_start": 10.0, "task_start": 2.0, "task_round": 1.0, "collect_call": 0.5, "collect_row": 1e-5, "row": 1e-4,
                       "table_row": 100.0}}
 
 

@@ -43,7 +43,8 @@ class RayDataCosts:
 
     driver_base: int = 0  # the driver's memory (anonymous and file pages) with run's imports and Ray started: before the wave
     pool_start: float = 0.0  # an actor pool's start and end around its sketching: actors, imports, the model built, Ray Data's plan
-    task_start: float = 0.0  # a round of scoring tasks besides their scoring: dispatch, arguments fetched, worker start
+    task_start: float = 0.0  # a pass's first round of scoring tasks besides the others: the task workers started
+    task_round: float = 0.0  # a round of scoring tasks besides their scoring: dispatch, arguments fetched, tables back
     collect_call: float = 0.0  # one `_collect` call besides its rows (one iteration over the materialized pass)
     collect_row: float = 0.0  # one materialized row read by one `_collect` call, at the sweep's sketch length
     row: float = 0.0  # building, sorting and putting one example row of a pass (influence_ray._rows, the Arrow table)
@@ -59,6 +60,7 @@ class RayDataCosts:
         out = cls(**values, measured=True)
         out.pool_start /= slowdown
         out.task_start /= slowdown
+        out.task_round /= slowdown
         return out
 
 
@@ -145,6 +147,7 @@ def group_costs(nodes, b, cal, data: dict, model, costs: RayDataCosts, task_slot
         g.actors += costs.pool_start + ckpts * cal.load + p.rows * ckpts * cal.sketch_example / actors
         g.driver += p.sets * (costs.collect_call + p.rows * ckpts * costs.collect_row)
         g.rows += p.rows * ckpts
+        g.tasks += costs.task_start if any(p.shards.values()) else 0.0
         g.sketch_bytes += p.rows * row_bytes
         for i, tasks in p.shards.items():
             n_test = len(plan.parts[i].test)
@@ -154,7 +157,7 @@ def group_costs(nodes, b, cal, data: dict, model, costs: RayDataCosts, task_slot
                 continue
             size = DEFAULTS["shard_size"]
             work = [cal.score_fixed + cal.score_unit * min(size, n_test - j) * n_train * ckpts for j in range(0, n_test, size)]
-            g.tasks += costs.task_start * math.ceil(tasks / task_slots) + makespan(work, task_slots)
+            g.tasks += costs.task_round * math.ceil(tasks / task_slots) + makespan(work, task_slots)
             g.scoring_tasks += tasks
     g.driver_peak_bytes = driver_peak_bytes(plan, passes, row_bytes, ckpts, inf.top_k, costs.table_row)
     return g
@@ -213,38 +216,41 @@ def measure(spec) -> dict[str, float]:
     train = data["train"][:2000]
     out["row"] = quiet(lambda: ray.put(pa.Table.from_pylist(_rows([(0, "train", train)], tok, b.training.max_length))))
     out["row"] /= len(train)
-    # collection: a materialized pass of synthetic sketches at the sweep's length, read for a set of a quarter of its rows
-    rng = np.random.default_rng(0)
+    # collection: a materialized pass of synthetic sketches at the sweep's length (made by map_batches, as the actors'
+    # are), read for a set of a quarter of its rows
     per_size = {}
     for n in (2000, 8000):
-        blocks = [pa.table({"checkpoint": np.zeros(len(part), dtype=np.int64), "row": part, "id": [f"x/{i}" for i in part],
-                            "set": part % 4, "group": part % 4, "sketch": list(rng.standard_normal((len(part), dim), dtype=np.float32))})
-                  for part in np.array_split(np.arange(n), 16)]
-        ds = ray.data.from_arrow(blocks).materialize()
+        ds = ray.data.range(n, override_num_blocks=16).map_batches(_synthetic_pass, fn_kwargs={"dim": dim}, batch_format="numpy",
+                                                                   batch_size=None).materialize()
         idx = np.arange(0, n, 4)
         _collect(ds, 0, idx, 1, n, inf.dtype)  # Ray Data's first iteration of a dataset starts its executor: not timed
         per_size[n] = min(quiet(lambda: _collect(ds, 0, idx, 1, n, inf.dtype)) for _ in range(3))
         del ds
     out["collect_row"] = max(0.0, (per_size[8000] - per_size[2000]) / 6000)
     out["collect_call"] = max(0.0, per_size[2000] - 2000 * out["collect_row"])
-    # a pool's start and a round of scoring tasks: influence_ray_jobs on a few examples, one checkpoint, shards of one
-    # test example (as many tasks as the cluster runs at once); twice, the mean (the first call may start workers)
+    # a pool's start and rounds of scoring tasks: influence_ray_jobs on a few examples, one checkpoint, two parts (two
+    # languages, one under a mask) of as many one-example shards as the cluster runs tasks at once; twice, the mean.
+    # A pass's first round starts the task workers (its pool's actors took the idle ones), later rounds reuse them.
     slots = max(1, int(ray.cluster_resources().get("CPU", 1) // DEFAULTS["cpus_per_actor"]))
-    small = inf.model_copy(update={"proj_dim": inf.proj_dim, "top_k": 2})
+    small = inf.model_copy(update={"top_k": 2})
     rows = data["train"][: 2 * inf.actors]
-    test = data["test"][:slots]
-    pools, rounds = [], []
+    by_lang = list(by_language(data["test"]).items())[:2]
+    test = [e for _, exs in by_lang for e in exs[:slots]]
+    masks = {by_lang[0][0]: None, by_lang[-1][0]: stand_in_masks(1, (model.num_layers, model.num_heads))[0]}
+    pools, firsts, rounds = [], [], []
     with tempfile.TemporaryDirectory() as tmp:
         save_checkpoint(model, Path(tmp) / "epoch_1", {"epoch": 1, "lr_mean": 1.0})
         for _ in range(2):
-            seen: dict[str, float] = {}
-            influence_ray_jobs(make, [Path(tmp) / "epoch_1"], rows, [Job("probe", test, None)], tok, small,
-                               b.training.max_length, "cpu", shard_size=1,
-                               on_phase=lambda name, s, counts: seen.__setitem__(name, seen.get(name, 0.0) + s))
-            pools.append(seen["pool"])
-            rounds.append(seen["score"])
+            seen: list = []
+            influence_ray_jobs(make, [Path(tmp) / "epoch_1"], rows, [Job("probe", test, masks)], tok, small,
+                               b.training.max_length, "cpu", shard_size=1, on_phase=lambda name, s, counts: seen.append((name, s)))
+            pools.append(sum(s for name, s in seen if name == "pool"))
+            score = [s for name, s in seen if name == "score"]
+            firsts.append(score[0])
+            rounds.append(score[-1])
     out["pool_start"] = sum(pools) / len(pools)
-    out["task_start"] = sum(rounds) / len(rounds)
+    out["task_round"] = sum(rounds) / len(rounds)
+    out["task_start"] = max(0.0, sum(firsts) / len(firsts) - out["task_round"])
     out["driver_base"] = private_bytes()
     # a top-k table as it reaches the driver from a task: its bytes per row
     import pandas as pd
@@ -258,6 +264,15 @@ def measure(spec) -> dict[str, float]:
     table = ray.get(ray.put(top_influences(sk(16, "t"), sk(max(inf.top_k, 16), "n"), inf.top_k)))
     out["table_row"] = float(pd.DataFrame(table).memory_usage(deep=True).sum() / len(table))
     return out
+
+
+def _synthetic_pass(batch: dict, dim: int) -> dict:
+    """Returns rows of the columns a sketching pass outputs (influence_ray.SketchActor), random sketches of length `dim`."""
+    import numpy as np
+
+    rows = batch["id"]
+    return {"checkpoint": np.zeros(len(rows), dtype=np.int64), "row": rows, "id": np.array([f"x/{i}" for i in rows], dtype=object),
+            "set": rows % 4, "group": rows % 4, "sketch": np.random.default_rng(int(rows[0])).standard_normal((len(rows), dim), dtype=np.float32)}
 
 
 def private_bytes() -> int:
@@ -291,7 +306,7 @@ def cost_groups(est, groups: list, measured: dict | None, task_slots: int, store
         f"{sum(g.pools for g in gs)} actor pool(s) of {max(g.actors_at_once for g in gs)} actors (one per pass of masks), "
         f"{sum(g.rows for g in gs)} sketched rows, {sum(g.scoring_tasks for g in gs)} scoring tasks "
         f"({max(g.task_slots for g in gs)} at once) and {sum(g.driver_parts for g in gs)} part(s) scored in the driver; "
-        + (f"a pool's start {costs.pool_start:.1f} s, a round of tasks' {costs.task_start:.1f} s (measured on a local Ray)"
+        + (f"a pool's start {costs.pool_start:.1f} s, a pass's task workers' {costs.task_start:.1f} s and a round of tasks' {costs.task_round:.1f} s (measured on a local Ray)"
            if costs.measured else "pool and task starts and the driver's collection not measured: counted as 0")
         + ("; masks not yet in the store count as distinct" if store is not None else
            "; every mask reference counts as a distinct mask (estimate --root with the masks computed counts equal ones once)"))
