@@ -127,8 +127,9 @@ def measured(root: Path, wall: float, since: float = 0.0) -> tuple[dict[str, flo
         if e["time"] >= since:
             out[e["stage"]] = out.get(e["stage"], 0.0) + e["seconds"]
     with sqlite3.connect(root / "mlflow.db") as db:
-        last = db.execute("select run_uuid from metrics where key like 'seconds/%' order by timestamp desc limit 1").fetchone()[0]
-        waves = dict(db.execute("select key, value from metrics where key like 'seconds/%' and run_uuid = ?", (last,)).fetchall())
+        # a rerun logs its waves on the same parent run again: the last invocation's are the latest timestamp's
+        last = db.execute("select max(timestamp) from metrics where key like 'seconds/%'").fetchone()[0]
+        waves = dict(db.execute("select key, value from metrics where key like 'seconds/%' and timestamp = ?", (last,)).fetchall())
     for k, v in waves.items():
         out[f"wave:{k.split('/')[1]}"] = v
     out["setup"] = wall - sum(waves.values())

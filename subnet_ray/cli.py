@@ -88,8 +88,7 @@ def cmd_validate(args) -> int:
 def cmd_estimate(args) -> int:
     import json
 
-    from .planning.cost import project, table
-    from .planning.cost.ray_data import summary as ray_data_summary
+    from .planning.cost import project, ray_data_summary, table
 
     spec, _ = _load(args.sweep)
     root = _root(args)  # an existing local root: its masks tell which influence masks are equal (the Ray Data wave's passes)

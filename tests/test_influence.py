@@ -277,20 +277,20 @@ def test_sketch_actor_rejects_an_empty_shard():
 
 
 def test_ray_rows_cover_each_sketch_set_once_sorted_by_length():
-    from subnet_ray.orchestration.influence_ray import _rows
+    from subnet_ray.orchestration.influence_ray import pass_rows
 
     tok = word_tokenizer()
     train, test = examples(6, "train", 0), examples(4, "test", 1)
     aa = [ex for ex in test if ex.language == "aa"]
     sets = [(0, "train", train), (1, "train", train), (0, "test", aa), (1, "test", test)]  # test examples in two sets
-    rows = _rows(sets, tok, 16)
+    rows = pass_rows(sets, tok, 16)
     assert sorted((r["set"], r["group"], r["role"], r["id"]) for r in rows) == sorted(
         (s, g, role, ex.id) for s, (g, role, exs) in enumerate(sets) for ex in exs)
     lengths = [len(r["text"].split()) for r in rows]
     assert lengths == sorted(lengths) and [r["row"] for r in rows] == list(range(len(rows)))
     assert "text_pair" not in rows[0]  # Arrow would turn an all-None column into NaN floats
     paired = [Example(ex.id, ex.language, ex.text, "w1 w2", ex.label) for ex in train]
-    assert {r["text_pair"] for r in _rows([(0, "train", paired)], tok, 16)} == {"w1 w2"}
+    assert {r["text_pair"] for r in pass_rows([(0, "train", paired)], tok, 16)} == {"w1 w2"}
 
 
 # -- end to end on Examples ------------------------------------------------------------------

@@ -51,7 +51,7 @@ class SketchActor:
         self.model = as_model(model).to(device).eval()
         self.weights = weights  # one object ref per checkpoint: only the checkpoint in use is fetched
         self.loaded = None
-        self.examples = ray.get(examples[0])  # the Arrow table of _rows, read in place from the object store
+        self.examples = ray.get(examples[0])  # the Arrow table of pass_rows, read in place from the object store
         self.device = device
         self.linears = select_linears(self.model, self.spec.layers)
         self.projector = Projector(self.spec.proj_dim, self.spec.projection_seed) if self.spec.proj_dim else None
@@ -147,7 +147,7 @@ def _score_shard(test: list[Sketches], train: list[Sketches], top_k: int, lr_wei
     return top_influences(test, train, top_k, lr_weighting)
 
 
-def _rows(sets: list[tuple[int, str, list]], tokenizer, max_length: int) -> list[dict]:
+def pass_rows(sets: list[tuple[int, str, list]], tokenizer, max_length: int) -> list[dict]:
     """Returns one row per example of each sketch set (mask index, role, examples), sorted by token count so batches pad little.
 
     A row's `set` is the index of its sketch set, its `group` the index of its mask (what the actor applies).
@@ -279,7 +279,7 @@ def influence_ray_jobs(
     for ps in ray_passes(plan, row_bytes, budget_mb, spec.batch_size, spec.actors, shard_size):
         chunk = list(ps.chunk)
         sets = plan.sets(chunk)
-        rows = _rows([(chunk.index(k), "train" if ids is None else "test", exs) for k, ids, exs in sets], tokenizer, max_length)
+        rows = pass_rows([(chunk.index(k), "train" if ids is None else "test", exs) for k, ids, exs in sets], tokenizer, max_length)
         set_of = np.array([r["set"] for r in rows])
         masks_np = [None if plan.masks[k] is None else plan.masks[k].numpy() for k in chunk]
         examples = ray.put(pa.Table.from_pylist(rows))  # once: each input row is only (checkpoint, row index)
@@ -305,7 +305,7 @@ def influence_ray_jobs(
         sk = {}
         for s, (key, ids, exs) in enumerate(sets):
             idx = np.flatnonzero(set_of == s)
-            per_checkpoint, seen = _collect(out, s, idx, len(metas), len(rows), spec.dtype)
+            per_checkpoint, seen = collect_set(out, s, idx, len(metas), len(rows), spec.dtype)
             what = "train" if ids is None else "test"
             for c, meta in enumerate(metas):
                 if not seen[c].all():
@@ -346,7 +346,7 @@ class _Phases:
             self.since = now
 
 
-def _collect(out, group: int, idx: np.ndarray, n_checkpoints: int, n_rows: int, dtype: str) -> tuple[list[torch.Tensor], np.ndarray]:
+def collect_set(out, group: int, idx: np.ndarray, n_checkpoints: int, n_rows: int, dtype: str) -> tuple[list[torch.Tensor], np.ndarray]:
     """Returns (per checkpoint the sketches of rows `idx`, one sketch set's, in that order; which arrived [checkpoints, len(idx)]).
 
     One pass over the sketched dataset per sketch set (`group`: its index, the rows' `set`), holding only that set's sketches.

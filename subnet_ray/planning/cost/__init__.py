@@ -9,8 +9,9 @@ stage graph. `project` is the entry (`subnet-ray estimate`); `table` prints its 
 from __future__ import annotations
 
 from .estimate import Estimate, estimate, table
+from .ray_data import summary as ray_data_summary
 
-__all__ = ["Estimate", "estimate", "project", "table"]
+__all__ = ["Estimate", "estimate", "project", "ray_data_summary", "table"]
 
 
 def project(spec, pruned: float = 1.0, executor: str = "ray", store=None) -> Estimate:

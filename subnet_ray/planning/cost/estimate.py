@@ -239,7 +239,10 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
     if ray_groups is not None:  # after the calibration's slowdown is known: Ray's wall times are scaled by it
         from .ray_data import cost_groups
 
-        cost_groups(est, ray_groups, (fixed or {}).get("ray_data"), slots(1.0, executor, cluster_cpus), store)
+        for nodes, g, cal, params in cost_groups(est, ray_groups, (fixed or {}).get("ray_data"), slots(1.0, executor, cluster_cpus), store):
+            for i, n in enumerate(nodes):  # the ledger splits the group's time between its nodes as they publish
+                est.nodes.append(StageCost(n.key, "influence", g.seconds / len(nodes) + cal.node_io, max(cal.peak_sketch_bytes or 0, 8 * params),
+                                           sketch_bytes=g.sketch_bytes if i == 0 else 0))
     keys = {n.key for n in est.nodes}
     est.trials = {w: {t: [n.key for n in ns if n.key in keys] for t, ns in plan.items()} for w, plan in trials(graph(spec)).items()}
     fixed = dict(fixed or {})

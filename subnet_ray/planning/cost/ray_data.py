@@ -7,7 +7,7 @@ model from the driver, one model after the other (executors.RayDataInfluence), n
 - per pass of masks (`ray_passes`, the runner's own plan): the example rows are built and put; an actor
   pool of `influence.actors` actors starts (processes importing torch, building the model) and sketches
   every (checkpoint x row), the actors side by side; the driver then reads the materialized pass once
-  per sketch set (`_collect`) into sketch tensors;
+  per sketch set (`collect_set`) into sketch tensors;
 - per part (a job's mask group), the training sketches are put once and the test examples scored in
   Ray tasks of `shard_size` test examples (as many at once as the cluster has CPUs for them), or in the
   driver where one shard holds them.
@@ -45,9 +45,9 @@ class RayDataCosts:
     pool_start: float = 0.0  # an actor pool's start and end around its sketching: actors, imports, the model built, Ray Data's plan
     task_start: float = 0.0  # a pass's first round of scoring tasks besides the others: the task workers started
     task_round: float = 0.0  # a round of scoring tasks besides their scoring: dispatch, arguments fetched, tables back
-    collect_call: float = 0.0  # one `_collect` call besides its rows (one iteration over the materialized pass)
-    collect_row: float = 0.0  # one materialized row read by one `_collect` call, at the sweep's sketch length
-    row: float = 0.0  # building, sorting and putting one example row of a pass (influence_ray._rows, the Arrow table)
+    collect_call: float = 0.0  # one `collect_set` call besides its rows (one iteration over the materialized pass)
+    collect_row: float = 0.0  # one materialized row read by one `collect_set` call, at the sweep's sketch length
+    row: float = 0.0  # building, sorting and putting one example row of a pass (influence_ray.pass_rows, the Arrow table)
     table_row: float = 0.0  # bytes of one top-k table row as a scoring task's table reaches the driver
     measured: bool = False
 
@@ -165,7 +165,7 @@ def group_costs(nodes, b, cal, data: dict, model, costs: RayDataCosts, task_slot
 
 def driver_peak_bytes(plan: JobPlan, passes: list[RayPass], row_bytes: int, checkpoints: int, top_k: int, table_row: float) -> int:
     """Returns the driver's memory at its peak besides what it holds before the wave, while it scores a pass's largest
-    part: the pass's sketches (every set and checkpoint: the tensors `_collect` filled), the materialized pass it read
+    part: the pass's sketches (every set and checkpoint: the tensors `collect_set` filled), the materialized pass it read
     them from (object store pages the driver mapped stay resident: the sketch column and each row's keys), the part's
     training sketches put for its tasks, and the part's top-k table twice (the tasks' tables fetched, and their
     concatenation) at `table_row` bytes a row (RayDataCosts.table_row).
@@ -196,7 +196,7 @@ def measure(spec) -> dict[str, float]:
     import ray
 
     from ...models.classifier import save_checkpoint
-    from ...orchestration.influence_ray import _collect, _rows
+    from ...orchestration.influence_ray import collect_set, pass_rows
     from ...sweep.config import branches
     from .calibration import setup
 
@@ -214,7 +214,7 @@ def measure(spec) -> dict[str, float]:
 
     # rows: what a pass builds for every example row before its pool starts (the training set once, as one mask's)
     train = data["train"][:2000]
-    out["row"] = quiet(lambda: ray.put(pa.Table.from_pylist(_rows([(0, "train", train)], tok, b.training.max_length))))
+    out["row"] = quiet(lambda: ray.put(pa.Table.from_pylist(pass_rows([(0, "train", train)], tok, b.training.max_length))))
     out["row"] /= len(train)
     # collection: a materialized pass of synthetic sketches at the sweep's length (made by map_batches, as the actors'
     # are), read for a set of a quarter of its rows
@@ -223,8 +223,8 @@ def measure(spec) -> dict[str, float]:
         ds = ray.data.range(n, override_num_blocks=16).map_batches(_synthetic_pass, fn_kwargs={"dim": dim}, batch_format="numpy",
                                                                    batch_size=None).materialize()
         idx = np.arange(0, n, 4)
-        _collect(ds, 0, idx, 1, n, inf.dtype)  # Ray Data's first iteration of a dataset starts its executor: not timed
-        per_size[n] = min(quiet(lambda: _collect(ds, 0, idx, 1, n, inf.dtype)) for _ in range(3))
+        collect_set(ds, 0, idx, 1, n, inf.dtype)  # Ray Data's first iteration of a dataset starts its executor: not timed
+        per_size[n] = min(quiet(lambda: collect_set(ds, 0, idx, 1, n, inf.dtype)) for _ in range(3))
         del ds
     out["collect_row"] = max(0.0, (per_size[8000] - per_size[2000]) / 6000)
     out["collect_call"] = max(0.0, per_size[2000] - 2000 * out["collect_row"])
@@ -285,20 +285,17 @@ def private_bytes() -> int:
     return sum(int(status[k].split()[0]) * 1024 for k in ("RssAnon", "RssFile") if k in status)
 
 
-def cost_groups(est, groups: list, measured: dict | None, task_slots: int, store=None) -> None:
-    """Adds to `est` the influence nodes of every group (estimate._estimate_into's (nodes, branch, calibration, data,
-    model, params) of one fine-tuned model) as the Ray Data wave runs them, with est.ray_data and the assumptions."""
-    from .estimate import StageCost
-
+def cost_groups(est, groups: list, measured: dict | None, task_slots: int, store=None) -> list[tuple[list, GroupCost, object, int]]:
+    """Returns (nodes, their GroupCost, calibration, params) for every group (estimate._estimate_into's (nodes, branch,
+    calibration, data, model, params) of one fine-tuned model) as the Ray Data wave runs them; sets est.ray_data,
+    est.driver_peak_bytes and the assumption that says what was counted."""
     costs = RayDataCosts.of(measured, est.slowdown)
-    peak = 0
+    peak, out = 0, []
     for nodes, b, cal, data, model, params in groups:
         g = group_costs(nodes, b, cal, data, model, costs, task_slots, store)
         est.ray_data[f"{nodes[0].trial}/influence"] = g
         peak = max(peak, g.driver_peak_bytes)
-        for i, n in enumerate(nodes):  # the ledger splits the group's time between its nodes as they publish
-            est.nodes.append(StageCost(n.key, "influence", g.seconds / len(nodes) + cal.node_io, max(cal.peak_sketch_bytes or 0, 8 * params),
-                                       sketch_bytes=g.sketch_bytes if i == 0 else 0))
+        out.append((nodes, g, cal, params))
     est.driver_peak_bytes = costs.driver_base + peak if costs.measured else None
     gs = list(est.ray_data.values())
     est.assumptions.append(
@@ -306,10 +303,12 @@ def cost_groups(est, groups: list, measured: dict | None, task_slots: int, store
         f"{sum(g.pools for g in gs)} actor pool(s) of {max(g.actors_at_once for g in gs)} actors (one per pass of masks), "
         f"{sum(g.rows for g in gs)} sketched rows, {sum(g.scoring_tasks for g in gs)} scoring tasks "
         f"({max(g.task_slots for g in gs)} at once) and {sum(g.driver_parts for g in gs)} part(s) scored in the driver; "
-        + (f"a pool's start {costs.pool_start:.1f} s, a pass's task workers' {costs.task_start:.1f} s and a round of tasks' {costs.task_round:.1f} s (measured on a local Ray)"
+        + (f"a pool's start {costs.pool_start:.1f} s, a pass's task workers' {costs.task_start:.1f} s and a round of tasks' "
+           f"{costs.task_round:.1f} s (measured on a local Ray)"
            if costs.measured else "pool and task starts and the driver's collection not measured: counted as 0")
         + ("; masks not yet in the store count as distinct" if store is not None else
            "; every mask reference counts as a distinct mask (estimate --root with the masks computed counts equal ones once)"))
+    return out
 
 
 def at_load(g: GroupCost, idle: float, fixed: float, slowdown_at) -> float:
