@@ -77,3 +77,14 @@ def test_stand_in_masks_are_distinct():
     assert len({tuple(m.flatten().tolist()) for m in masks}) == 40 and all(m.shape == (4, 4) for m in masks)
     with pytest.raises(ValueError):
         stand_in_masks(4, (1, 2))
+
+
+def test_parts_of_one_shard_are_scored_in_the_driver():
+    """200 test examples per language: a part of one language fits one shard of 256 (the driver scores it), the full
+    model's part of all five languages (1,000) goes to 4 tasks; the SFT model's union and intersect parts (400) to 2 each."""
+    spec = load_sweep(ISSUE_SWEEP)
+    spec = spec.model_copy(update={"influence": spec.influence.model_copy(update={"test_per_language": 200})})
+    est = estimate(spec, calibration={"babel": _calibration()}, executor="ray", fixed=FIXED, cluster_cpus=2, side_by_side={})
+    full, sft = est.ray_data["babel/full/seed1/influence"], est.ray_data["babel/sft/seed1/influence"]
+    assert (full.scoring_tasks, full.driver_parts) == (4, 5 + 1 + 4)
+    assert (sft.scoring_tasks, sft.driver_parts) == (2 + 2, 5)
