@@ -382,6 +382,7 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
         many = influence_ray_jobs(factory, dirs, train, jobs, tok, spec, max_length=16, budget_mb=0, shard_size=2,
                                   on_checkpoint=lambda m, meta: seen.append(meta["epoch"]), on_done=lambda n, t: done.append(n),
                                   on_phase=lambda name, s, counts: phases.append((name, counts)))
+        pools_of_many = list(pools)
         # A sweep's variants of one model in one pass (issue 33's shape, small): no mask, one mask per language, another
         # language's mask, random masks; batches of 5 mix masks and straddle blocks and checkpoints, shards of 3 tests.
         langs = ("aa", "bb", "cc")
@@ -398,7 +399,8 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
     assert seen == [1, 2] and sorted(done) == ["a", "b"]
     # what estimate counts (planning/cost/ray_data.py: ray_passes) is what ran: pools started, rows, scoring tasks sent
     planned = ray_passes(JobPlan(tiny_model(), train, jobs), 1, 0, spec.batch_size, spec.actors, 2)
-    assert len(pools) == len(planned) == 3  # budget 0: one pass per distinct mask (mask, none, other)
+    assert len(pools_of_many) == len(planned) == 3  # budget 0: one pass per distinct mask (mask, none, other)
+    assert len(pools) == 4  # and the mixed call's one pass
     assert [c["rows"] for n, c in phases if n == "rows"] == [p.rows for p in planned]
     assert sorted(c["tasks"] for n, c in phases if n == "score") == sorted(t for p in planned for t in p.shards.values())
     want = influence_jobs(tiny_model, dirs, train, jobs, tok, spec, max_length=16)
