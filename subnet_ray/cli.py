@@ -96,10 +96,16 @@ def cmd_estimate(args) -> int:
         print("\n".join(lines))
         print(json.dumps({"sweep": spec.name, "memory": mem}))
         return 0
-    from .planning.cost import check_inputs, project, table
+    from .planning.cost import check_inputs, project, ray_data_summary, table
 
     check_inputs(spec, args.sweep)  # a model or data timing cannot use: one line, before the fixed costs are measured
-    est = project(spec, pruned=args.pruned, executor=args.executor)
+    root = _root(args)  # an existing local root: its masks tell which influence masks are equal (the Ray Data wave's passes)
+    store = None
+    if "://" not in root and (Path(root) / "store").is_dir():
+        from .storage.store import store_for
+
+        store = store_for(root)
+    est = project(spec, pruned=args.pruned, executor=args.executor, store=store)
     stages = est.by_stage(spec.resources.cpus, spec.resources.gpus)
     total = stages["total"]["seconds"]
     print(f"sweep {spec.name}: projected cost on {est.device}, executor {args.executor} (calibrated here)")
@@ -108,7 +114,8 @@ def cmd_estimate(args) -> int:
     print(json.dumps({"sweep": spec.name, "device": est.device, "executor": args.executor, "pruned": args.pruned,
                       "total_seconds": total, "total_hours": total / 3600, "stages": stages,
                       "fixed": {k: stages[k]["seconds"] for k in est.fixed}, "tune": est.tune, "waves": est.waves(),
-                      "at_load": est.at_load(), "assumptions": est.assumptions, "memory": mem}))
+                      "at_load": est.at_load(), "ray_data": ray_data_summary(est), "assumptions": est.assumptions,
+                      "memory": mem}))
     return 0
 
 

@@ -154,6 +154,7 @@ def test_two_concurrent_runs_compute_every_output_once(clean, tmp_path):
     assert {r.info.status for r in runs(root, spec.name)} == {"FINISHED"}
 
 
+@pytest.mark.slow  # ~35 s idle: a real SIGKILL mid-run, then a resume of the whole sweep; quick guard below
 def test_sigkilled_invocations_runs_are_killed_by_the_next(clean, tmp_path):
     sweep, spec, ref = clean
     root = tmp_path / "root"
@@ -174,6 +175,33 @@ def test_sigkilled_invocations_runs_are_killed_by_the_next(clean, tmp_path):
     assert {status[r.info.run_id] for r in left} == {"FINISHED"} and "RUNNING" not in status.values()
     assert len(after) == 4  # the parent and one run per trial: the resume made no duplicate
     assert outputs(root, spec) == outputs(ref, spec)
+
+
+def test_runs_a_dead_invocation_left_running_are_ended_killed_reused_and_finished(smoke_run, tmp_path, capsys):
+    """The quick guard of the SIGKILL test above (slow): a copy of the clean run whose runs all say a dead invocation
+    left them RUNNING. The next run ends each KILLED and says so once per run, then reuses them (one run per thing:
+    no new run) and finishes them, computing nothing."""
+    from subnet_ray.orchestration.tracking import PID_TAG
+
+    spec, root = smoke_run.spec, smoke_run.copy(tmp_path / "root")
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid whose process has exited; were the pid reused, the recorded start time would not match
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    before = runs(root, spec.name)
+    for r in before:  # as a SIGKILL leaves them: RUNNING, owned by an invocation that is gone
+        client.set_tag(r.info.run_id, PID_TAG, str(gone.pid))
+        client.update_run(r.info.run_id, status="RUNNING")
+    assert len(before) == 4 and {r.info.status for r in runs(root, spec.name)} == {"RUNNING"}
+    capsys.readouterr()
+    again = run_sweep(spec, root, executor="local", progress=False)
+    assert again.computed == []
+    err = capsys.readouterr().err
+    for r in before:
+        assert f"MLflow run {r.info.run_id} was left RUNNING by an invocation that is gone: ended KILLED" in err, err[-3000:]
+    assert err.count("was left RUNNING by an invocation that is gone: ended KILLED") == len(before)
+    after = runs(root, spec.name)
+    assert {r.info.run_id for r in after} == {r.info.run_id for r in before}  # reused: the resume made no duplicate
+    assert {r.info.status for r in after} == {"FINISHED"}
 
 
 def _ray_interrupt(sweep, root, sig) -> tuple[int, str, dict[int, str]]:
@@ -249,21 +277,6 @@ def _alive(pid: int, start: str) -> bool:
 
     st = _stat(pid)
     return st is not None and st[1] == start
-
-
-def test_rerun_logs_no_artifact_again(smoke_run, tmp_path):
-    spec, root = smoke_run.spec, smoke_run.copy(tmp_path / "root")
-    files = lambda: sorted(p for p in (root / "mlartifacts").rglob("*") if p.is_file())  # noqa: E731
-    before = files()
-    assert len(before) > 20
-    first = {r.info.run_id for r in runs(root, spec.name)}
-    again = run_sweep(spec, root, executor="local", progress=False)
-    assert again.computed == [] and files() == before  # not one more artifact file (the report is rewritten in place)
-    after = runs(root, spec.name)
-    assert {r.info.run_id for r in after} == first and again.parent_run_id in first  # the rerun reused its runs
-    held_by = {v for r in after for k, v in r.data.tags.items() if k.startswith("subnet_ray.logged.")}
-    assert held_by and held_by <= first  # each stage output's artifacts are held by one of those runs
-    assert {r.info.status for r in after} == {"FINISHED"}
 
 
 def test_sigterm_with_the_local_executor_stops_and_kills_the_runs(clean, tmp_path):

@@ -277,20 +277,20 @@ def test_sketch_actor_rejects_an_empty_shard():
 
 
 def test_ray_rows_cover_each_sketch_set_once_sorted_by_length():
-    from subnet_ray.orchestration.influence_ray import _rows
+    from subnet_ray.orchestration.influence_ray import pass_rows
 
     tok = word_tokenizer()
     train, test = examples(6, "train", 0), examples(4, "test", 1)
     aa = [ex for ex in test if ex.language == "aa"]
     sets = [(0, "train", train), (1, "train", train), (0, "test", aa), (1, "test", test)]  # test examples in two sets
-    rows = _rows(sets, tok, 16)
+    rows = pass_rows(sets, tok, 16)
     assert sorted((r["set"], r["group"], r["role"], r["id"]) for r in rows) == sorted(
         (s, g, role, ex.id) for s, (g, role, exs) in enumerate(sets) for ex in exs)
     lengths = [len(r["text"].split()) for r in rows]
     assert lengths == sorted(lengths) and [r["row"] for r in rows] == list(range(len(rows)))
     assert "text_pair" not in rows[0]  # Arrow would turn an all-None column into NaN floats
     paired = [Example(ex.id, ex.language, ex.text, "w1 w2", ex.label) for ex in train]
-    assert {r["text_pair"] for r in _rows([(0, "train", paired)], tok, 16)} == {"w1 w2"}
+    assert {r["text_pair"] for r in pass_rows([(0, "train", paired)], tok, 16)} == {"w1 w2"}
 
 
 # -- end to end on Examples ------------------------------------------------------------------
@@ -353,7 +353,8 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
     ray = pytest.importorskip("ray")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")  # no token written under the home folder
     from subnet_ray.influence.pipeline import Job, influence_jobs
-    from subnet_ray.orchestration.influence_ray import influence_ray, influence_ray_jobs
+    from subnet_ray.influence.pipeline import JobPlan
+    from subnet_ray.orchestration.influence_ray import influence_ray, influence_ray_jobs, ray_passes
 
     dirs = _checkpoints(tmp_path)
     tok = word_tokenizer()
@@ -376,9 +377,12 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
         one = influence_ray(factory, dirs, train, test, tok, spec, masks=masks, max_length=16)
         # two jobs (a second mask on the aa examples), one actor pool per mask (budget 0): the jobs' tables
         jobs = [Job("a", test, masks), Job("b", [t for t in test if t.language == "aa"], {"aa": other})]
-        done, seen = [], []
-        many = influence_ray_jobs(factory, dirs, train, jobs, tok, spec, max_length=16, budget_mb=0,
-                                  on_checkpoint=lambda m, meta: seen.append(meta["epoch"]), on_done=lambda n, t: done.append(n))
+        done, seen, phases = [], [], []
+        pools = _counting_pools(monkeypatch, ray)
+        many = influence_ray_jobs(factory, dirs, train, jobs, tok, spec, max_length=16, budget_mb=0, shard_size=2,
+                                  on_checkpoint=lambda m, meta: seen.append(meta["epoch"]), on_done=lambda n, t: done.append(n),
+                                  on_phase=lambda name, s, counts: phases.append((name, counts)))
+        pools_of_many = list(pools)
         # A sweep's variants of one model in one pass (issue 33's shape, small): no mask, one mask per language, another
         # language's mask, random masks; batches of 5 mix masks and straddle blocks and checkpoints, shards of 3 tests.
         langs = ("aa", "bb", "cc")
@@ -393,6 +397,12 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
     finally:
         ray.shutdown()
     assert seen == [1, 2] and sorted(done) == ["a", "b"]
+    # what estimate counts (planning/cost/ray_data.py: ray_passes) is what ran: pools started, rows, scoring tasks sent
+    planned = ray_passes(JobPlan(tiny_model(), train, jobs), 1, 0, spec.batch_size, spec.actors, 2)
+    assert len(pools_of_many) == len(planned) == 3  # budget 0: one pass per distinct mask (mask, none, other)
+    assert len(pools) == 4  # and the mixed call's one pass
+    assert [c["rows"] for n, c in phases if n == "rows"] == [p.rows for p in planned]
+    assert sorted(c["tasks"] for n, c in phases if n == "score") == sorted(t for p in planned for t in p.shards.values())
     want = influence_jobs(tiny_model, dirs, train, jobs, tok, spec, max_length=16)
     want_mixed = influence_jobs(tiny_model, dirs, tri, variants, tok, spec5, max_length=16)
     key = ["test_id", "checkpoint", "sign", "rank"]
@@ -403,6 +413,17 @@ def test_ray_data_path_equals_single_process_path(tmp_path, tmp_path_factory, mo
         assert got[key + ["train_id", "train_language", "test_language"]].equals(ref[key + ["train_id", "train_language", "test_language"]])
         np.testing.assert_allclose(got.score.to_numpy(), ref.score.to_numpy(), rtol=1e-4, atol=1e-6)
     assert len(list((tmp_path / "sketches" / "epoch_1").glob("*.parquet"))) >= 1
+
+
+def _counting_pools(monkeypatch, ray) -> list:
+    """Returns a list that gets one entry per Ray Data actor pool the driver asks for (ActorPoolStrategy made)."""
+    made, real = [], ray.data.ActorPoolStrategy
+
+    def counting(*args, **kwargs):
+        made.append(kwargs.get("size"))
+        return real(*args, **kwargs)
+    monkeypatch.setattr(ray.data, "ActorPoolStrategy", counting)
+    return made
 
 
 def _fails_once(marker: str, driver: int, factory):

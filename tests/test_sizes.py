@@ -179,7 +179,7 @@ def test_current_model_sweeps_validate_remotely_with_a_memory_line(sweep, capsys
 
 
 PEAK = """
-import os, resource, sys, torch
+import os, sys, torch
 sys.path.insert(0, {bench!r}); sys.argv = ["x"]
 import gpu_check as g
 from subnet_ray.planning import memory
@@ -197,7 +197,11 @@ moments = sum(v.numel() * v.element_size() for s in opt.state.values() for k, v 
 with open("/proc/self/statm") as f:
     before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # resident now: weights, gradients, moments
 train_step(model, b, opt, precision={precision!r})
-rise = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - before
+# VmHWM, not ru_maxrss: a process started by fork + exec keeps its parent's maximum RSS in ru_maxrss (the
+# pytest process's, once it has imported torch), while VmHWM is this address space's own high-water mark
+with open("/proc/self/status") as f:
+    hwm = next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+rise = hwm - before
 plan = memory.plan(from_config(dict(model_type="qwen2", **cfg)), 2, batch=16, length=128, precision={precision!r}, influence_batch=16,
                    influence_precision={precision!r}, prefixes=["encoder"], proj_dim=256, sketch_dtype="float32", n_train=1, n_test=1,
                    checkpoints=1, masks=1, device="cpu")

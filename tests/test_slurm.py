@@ -3,7 +3,7 @@
 The slow tests start Debian's slurmctld, two slurmd (node1, node2: one CPU each, on this machine)
 and munge with services/slurm-local.sh, submit through `sbatch` as a user would, and check what
 Slurm and Ray did: both nodes joined, trials ran on node2, `scancel` left no Ray process and no
-open MLflow run, and the resubmitted job finished with the same outputs as an uninterrupted one.
+open MLflow run, and the resubmitted job finished with the same outputs as the session's undisturbed local run.
 """
 import json
 import os
@@ -211,34 +211,14 @@ def statuses(root: Path) -> list[str]:
     return [r.info.status for r in client.search_runs([client.get_experiment_by_name("smoke").experiment_id])]
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(cluster, tmp_path_factory):
-    """Returns (root, log text, job id) of the smoke sweep run to the end on two Slurm nodes."""
-    env, where = cluster
-    root = tmp_path_factory.mktemp("slurm") / "root"
-    job, log, _ = submit(env, root)
-    return root, wait_done(env, job, log), job
-
-
 @pytest.mark.slow
-def test_the_smoke_sweep_runs_on_two_slurm_nodes(cluster, uninterrupted):
+def test_scancel_stops_ray_and_the_runs_and_the_resubmitted_job_finishes_on_two_nodes(cluster, smoke_run, tmp_path):
+    """scancel mid-run, then the same command again: the second job joins both nodes, runs trials on node2 and ends
+    with every output of the smoke sweep, each computed once over both jobs and byte-identical to the session's
+    shared local run (`smoke_run`: the same stage keys; the executor changes no output's bytes)."""
     env, where = cluster
-    root, log, job = uninterrupted
-    assert "Ray cluster: 2 of 2 nodes joined" in log
-    assert "sweep driver exited with status 0" in log and "Ray stopped" in log
-    assert f"report: {root}/reports/smoke/report.html" in log
-    entries = ledger(store_for(root))
-    assert {e["key"] for e in entries} == {n.key for n in graph(load_sweep(SMOKE))}
-    # where each output was computed, as Slurm named the node: trials ran on the second node
-    assert "node2" in {e.get("slurm_node") for e in entries}, [(e["stage"], e.get("slurm_node")) for e in entries]
-    assert statuses(root) and set(statuses(root)) == {"FINISHED"}
-    assert not live_processes(marker=f"{where}/subnet-ray-{job}-")  # no Ray process of the job is left
-    assert not list(where.glob(f"subnet-ray-{job}-*"))  # nor its temp dirs
-
-
-@pytest.mark.slow
-def test_scancel_stops_ray_and_the_runs_and_the_resubmitted_job_finishes_the_same(cluster, uninterrupted, tmp_path):
-    env, where = cluster
+    spec = load_sweep(SMOKE)
+    assert sorted(n.key for n in graph(spec)) == sorted(n.key for n in graph(smoke_run.spec))  # only the name differs
     root = tmp_path / "root"
     job, log, again = submit(env, root)
     deadline = time.monotonic() + 400
@@ -261,14 +241,22 @@ def test_scancel_stops_ray_and_the_runs_and_the_resubmitted_job_finishes_the_sam
     finished = {e["key"] for e in ledger(store_for(root))}
     assert finished  # something was kept to resume from
 
-    # the same command again: it resumes and recomputes nothing that was finished
+    # the same command again: it resumes on both nodes, finishes and recomputes nothing that was finished
     job2, log2, _ = submit(env, root)
     text2 = wait_done(env, job2, log2)
-    assert "sweep driver exited with status 0" in text2, text2[-3000:]
-    assert outputs(root) == outputs(uninterrupted[0])
-    keys = [e["key"] for e in ledger(store_for(root))]
-    assert len(keys) == len(set(keys)) and finished <= set(keys)  # every output computed once over both jobs
-    assert set(statuses(root)) <= {"FINISHED", "KILLED"} and "RUNNING" not in statuses(root)
+    assert "Ray cluster: 2 of 2 nodes joined" in text2, text2[-3000:]
+    assert "sweep driver exited with status 0" in text2 and "Ray stopped" in text2, text2[-3000:]
+    assert f"report: {root}/reports/smoke/report.html" in text2
+    entries = ledger(store_for(root))
+    keys = [e["key"] for e in entries]
+    assert len(keys) == len(set(keys)) and set(keys) == {n.key for n in graph(spec)}  # every output computed once over both jobs
+    assert finished <= set(keys)
+    # where each output was computed, as Slurm named the node: trials ran on the second node
+    assert "node2" in {e.get("slurm_node") for e in entries}, [(e["stage"], e.get("slurm_node")) for e in entries]
+    assert outputs(root) == outputs(smoke_run.root)
+    assert set(statuses(root)) == {"FINISHED"}, statuses(root)  # the runs the scancel ended KILLED were reused and finished
+    assert not live_processes(marker=f"{where}/subnet-ray-{job2}-")  # no Ray process of the job is left
+    assert not list(where.glob(f"subnet-ray-{job2}-*"))  # nor its temp dirs
     assert again.startswith(f"subnet-ray submit {SMOKE} --slurm --nodes 2")
 
 

@@ -66,8 +66,19 @@ def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(smoke_run, tmp_pa
         assert key in summary
     assert (report / "report.html").exists() and list(report.glob("fig02_*.png")) and list(report.glob("fig02_*.csv"))
 
+    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
+    exp = client.get_experiment_by_name(spec.name)
+    artifact_files = lambda: sorted(p for p in (root / "mlartifacts").rglob("*") if p.is_file())  # noqa: E731
+    files_before, runs_before = artifact_files(), {r.info.run_id for r in client.search_runs([exp.experiment_id])}
+    assert len(files_before) > 20
     again = run_sweep(spec, root, executor="local", progress=False)
     assert again.computed == []  # every finished stage is reused
+    assert artifact_files() == files_before  # not one more artifact file (the report is rewritten in place)
+    runs_again = client.search_runs([exp.experiment_id])
+    assert {r.info.run_id for r in runs_again} == runs_before and again.parent_run_id in runs_before  # its runs reused
+    held_by = {v for r in runs_again for k, v in r.data.tags.items() if k.startswith("subnet_ray.logged.")}
+    assert held_by and held_by <= runs_before  # each stage output's artifacts are held by one of those runs
+    assert {r.info.status for r in runs_again} == {"FINISHED"}
 
     n_ledger = len(ledger(store_for(root)))
     (report / "summary.json").unlink()
@@ -82,8 +93,6 @@ def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(smoke_run, tmp_pa
     stages = sorted((e["stage"], e["variant"]) for e in ledger(store_for(root)) if e["key"] in more.computed)
     assert stages == [("finetune", None), ("influence", "full+random:2"), ("influence", "random-sft:2"), ("random_masks", None)]
 
-    client = MlflowClient(f"sqlite:///{root}/mlflow.db")
-    exp = client.get_experiment_by_name(spec.name)
     runs = client.search_runs([exp.experiment_id])
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
@@ -100,6 +109,8 @@ def test_local_sweep_reruns_nothing_and_adds_only_random_seeds(smoke_run, tmp_pa
     assert (artifacts / parents[0].info.run_id / "artifacts" / "report" / "report.html").is_file()
 
 
+@pytest.mark.slow  # ~30 s idle: a sweep from scratch, interrupted, then resumed to the end; the quick loop keeps
+# tests/test_faults.py::test_sigterm_with_the_local_executor_stops_and_kills_the_runs (the same interrupt path)
 def test_sigint_then_rerun_recomputes_no_finished_stage(smoke_run, sweep_file, tmp_path):
     spec = load_sweep(sweep_file)
     ref_root, root = smoke_run.root, tmp_path / "root"  # the same stage keys as this sweep's (only the name differs)

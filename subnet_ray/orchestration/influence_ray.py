@@ -18,7 +18,10 @@ tolerance); with several jobs (the influence variants of one model), each sketch
 """
 from __future__ import annotations
 
+import math
+import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -48,7 +51,7 @@ class SketchActor:
         self.model = as_model(model).to(device).eval()
         self.weights = weights  # one object ref per checkpoint: only the checkpoint in use is fetched
         self.loaded = None
-        self.examples = ray.get(examples[0])  # the Arrow table of _rows, read in place from the object store
+        self.examples = ray.get(examples[0])  # the Arrow table of pass_rows, read in place from the object store
         self.device = device
         self.linears = select_linears(self.model, self.spec.layers)
         self.projector = Projector(self.spec.proj_dim, self.spec.projection_seed) if self.spec.proj_dim else None
@@ -144,7 +147,7 @@ def _score_shard(test: list[Sketches], train: list[Sketches], top_k: int, lr_wei
     return top_influences(test, train, top_k, lr_weighting)
 
 
-def _rows(sets: list[tuple[int, str, list]], tokenizer, max_length: int) -> list[dict]:
+def pass_rows(sets: list[tuple[int, str, list]], tokenizer, max_length: int) -> list[dict]:
     """Returns one row per example of each sketch set (mask index, role, examples), sorted by token count so batches pad little.
 
     A row's `set` is the index of its sketch set, its `group` the index of its mask (what the actor applies).
@@ -159,6 +162,40 @@ def _rows(sets: list[tuple[int, str, list]], tokenizer, max_length: int) -> list
         if has_pair:
             row["text_pair"] = ex.text_pair
         out.append(row)
+    return out
+
+
+@dataclass(frozen=True)
+class RayPass:
+    """One pass of influence_ray_jobs as it runs: one actor pool sketching `rows` example rows per checkpoint, in
+    `blocks` blocks per checkpoint; the driver then collects the pass's sketches once per sketch set (`sets` of them) and
+    scores each part: `shards[i]` Ray tasks for part i of the plan (0: scored in the driver, one shard only)."""
+
+    chunk: tuple[str, ...]  # the mask keys of the pass
+    rows: int
+    blocks: int
+    sets: int
+    shards: dict[int, int]  # plan part index -> scoring tasks (0 = in the driver)
+
+
+def shards_of(n_test: int, shard_size: int) -> int:
+    """Returns the scoring tasks of a part of `n_test` test examples: 0 where one shard holds them (scored in the driver:
+    a task would only add a worker start), else one per `shard_size` test examples."""
+    return 0 if n_test <= shard_size else math.ceil(n_test / shard_size)
+
+
+def ray_passes(plan: JobPlan, row_bytes: int, budget_mb: float, batch_size: int, actors: int, shard_size: int) -> list[RayPass]:
+    """Returns the passes influence_ray_jobs makes over `plan` (row_bytes: one example's sketch bytes over every
+    checkpoint): what it runs and what `estimate` counts (planning/cost/ray_data.py)."""
+    out = []
+    for chunk in plan.passes(row_bytes, budget_mb):
+        sets = plan.sets(chunk)
+        rows = sum(len(exs) for _, _, exs in sets)
+        # Blocks per checkpoint as a pass of one checkpoint had them, in checkpoint order, so an
+        # actor mostly sees one checkpoint after the other and rarely reloads.
+        blocks = max(1, min(rows // batch_size, 8 * actors))
+        shards = {i: shards_of(len(p.test), shard_size) for i, p in enumerate(plan.parts) if p.group.key in chunk}
+        out.append(RayPass(tuple(chunk), rows, blocks, len(sets), shards))
     return out
 
 
@@ -206,16 +243,22 @@ def influence_ray_jobs(
     cpus_per_actor: float = 1.0,
     shard_size: int = 256,
     sketch_dir: str | None = None,
+    on_phase: Callable[[str, float, dict], None] | None = None,
 ) -> dict[str, pd.DataFrame]:
     """Returns the same tables as pipeline.influence_jobs, computed on Ray: one actor pool (one `map_batches`)
     per pass of masks, so several jobs of one model pay its start once; other arguments as influence_ray.
 
-    on_checkpoint(model, meta) runs in this process, each checkpoint loaded once here for it.
+    on_checkpoint(model, meta) runs in this process, each checkpoint loaded once here for it. The passes are
+    ray_passes(...)'s. on_phase(name, seconds, counts), after each phase: 'setup' (the model built, on_checkpoint
+    run per checkpoint, the weights put), then per pass 'rows' (its example rows built
+    and put), 'pool' (the actor pool's sketching, rows = example rows x checkpoints), 'collect' (the sketches
+    gathered per sketch set), then 'score' per part (tasks: how many Ray tasks, 0 = in this process).
     """
     import ray
 
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
+    phase = _Phases(on_phase)
     if not ray.is_initialized():
         ray.init(address=address)
     build = model  # actors get the factory if there is one, so no weights are pickled with it
@@ -232,18 +275,18 @@ def influence_ray_jobs(
     score = ray.remote(num_cpus=cpus_per_actor, runtime_env=task_env())(_score_shard)
     tables = Tables(plan, on_done)
     row_bytes = sum(d for _, d in layout) * DTYPES[spec.dtype].itemsize * len(metas)
-    for chunk in plan.passes(row_bytes, budget_mb):
+    phase("setup", checkpoints=len(metas))
+    for ps in ray_passes(plan, row_bytes, budget_mb, spec.batch_size, spec.actors, shard_size):
+        chunk = list(ps.chunk)
         sets = plan.sets(chunk)
-        rows = _rows([(chunk.index(k), "train" if ids is None else "test", exs) for k, ids, exs in sets], tokenizer, max_length)
+        rows = pass_rows([(chunk.index(k), "train" if ids is None else "test", exs) for k, ids, exs in sets], tokenizer, max_length)
         set_of = np.array([r["set"] for r in rows])
         masks_np = [None if plan.masks[k] is None else plan.masks[k].numpy() for k in chunk]
         examples = ray.put(pa.Table.from_pylist(rows))  # once: each input row is only (checkpoint, row index)
-        # Blocks per checkpoint as a pass of one checkpoint had them, in checkpoint order, so an
-        # actor mostly sees one checkpoint after the other and rarely reloads.
-        per = max(1, min(len(rows) // spec.batch_size, 8 * spec.actors))
+        phase("rows", rows=len(rows))
         with _replacing_dead_actors():
             ds = ray.data.from_arrow([pa.table({"checkpoint": np.full(len(part), c), "row": part})
-                                      for c in range(len(metas)) for part in np.array_split(np.arange(len(rows)), per)])
+                                      for c in range(len(metas)) for part in np.array_split(np.arange(len(rows)), ps.blocks)])
             out = ds.map_batches(
                 SketchActor,
                 fn_constructor_kwargs=dict(model=build, weights=weights, examples=[examples], spec=spec.model_dump(), masks=masks_np,
@@ -252,6 +295,7 @@ def influence_ray_jobs(
                 num_cpus=cpus_per_actor, num_gpus=spec.gpus_per_actor, runtime_env=task_env(),
             ).materialize()
         del examples, ds
+        phase("pool", rows=len(rows) * len(metas), actors=spec.actors)
         if sketch_dir is not None:
             from ray.data.expressions import col
 
@@ -261,7 +305,7 @@ def influence_ray_jobs(
         sk = {}
         for s, (key, ids, exs) in enumerate(sets):
             idx = np.flatnonzero(set_of == s)
-            per_checkpoint, seen = _collect(out, s, idx, len(metas), len(rows), spec.dtype)
+            per_checkpoint, seen = collect_set(out, s, idx, len(metas), len(rows), spec.dtype)
             what = "train" if ids is None else "test"
             for c, meta in enumerate(metas):
                 if not seen[c].all():
@@ -271,23 +315,38 @@ def influence_ray_jobs(
                                                                  per_checkpoint[c], layout, spec, meta, key))
                 per_checkpoint[c] = None
         del out
-        for i, part in enumerate(plan.parts):
-            if part.group.key not in chunk:
-                continue
+        phase("collect", sets=len(sets))
+        for i, tasks in ps.shards.items():
+            part = plan.parts[i]
             sk_test, sk_train = sk[part.test_set], sk[(part.group.key, None)]
             n_test = len(sk_test[0].ids)
-            if n_test <= shard_size:  # one shard: a task would only add a worker start (seconds: imports)
+            if not tasks:  # one shard: a task would only add a worker start (seconds: imports)
                 tables.add(i, top_influences(sk_test, sk_train, spec.top_k, spec.lr_weighting))
+                phase("score", part=i, tasks=0, tests=n_test)
                 continue
             train_ref = ray.put(sk_train)
             shards = [[t.take(t.ids[j : j + shard_size]) for t in sk_test] for j in range(0, n_test, shard_size)]
             tables.add(i, pd.concat(ray.get([score.remote(shard, train_ref, spec.top_k, spec.lr_weighting, cpus_per_actor)
                                              for shard in shards]), ignore_index=True))
             del train_ref
+            phase("score", part=i, tasks=len(shards), tests=n_test)
     return tables.result()
 
 
-def _collect(out, group: int, idx: np.ndarray, n_checkpoints: int, n_rows: int, dtype: str) -> tuple[list[torch.Tensor], np.ndarray]:
+class _Phases:
+    """Calls on_phase(name, seconds since the previous phase, counts) as influence_ray_jobs goes; nothing without one."""
+
+    def __init__(self, on_phase: Callable[[str, float, dict], None] | None):
+        self.on_phase, self.since = on_phase, time.perf_counter()
+
+    def __call__(self, name: str, **counts) -> None:
+        if self.on_phase is not None:
+            now = time.perf_counter()
+            self.on_phase(name, now - self.since, counts)
+            self.since = now
+
+
+def collect_set(out, group: int, idx: np.ndarray, n_checkpoints: int, n_rows: int, dtype: str) -> tuple[list[torch.Tensor], np.ndarray]:
     """Returns (per checkpoint the sketches of rows `idx`, one sketch set's, in that order; which arrived [checkpoints, len(idx)]).
 
     One pass over the sketched dataset per sketch set (`group`: its index, the rows' `set`), holding only that set's sketches.

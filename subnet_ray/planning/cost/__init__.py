@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from .calibration import check_inputs
 from .estimate import Estimate, estimate, table
+from .ray_data import summary as ray_data_summary
 
-__all__ = ["Estimate", "check_inputs", "estimate", "project", "table"]
+__all__ = ["Estimate", "check_inputs", "estimate", "project", "ray_data_summary", "table"]
 
 
-def project(spec, pruned: float = 1.0, executor: str = "ray") -> Estimate:
-    """Returns the Estimate of one `subnet-ray run` of `spec` measured here: fixed costs, calibrated passes, the load now."""
+def project(spec, pruned: float = 1.0, executor: str = "ray", store=None) -> Estimate:
+    """Returns the Estimate of one `subnet-ray run` of `spec` measured here: fixed costs, calibrated passes, the load now;
+    store: the sweep root's, whose masks already computed say which are equal (estimate.estimate)."""
     import importlib
 
     from ...orchestration.workers import freeze_heap
@@ -27,4 +29,4 @@ def project(spec, pruned: float = 1.0, executor: str = "ray") -> Estimate:
     freeze_heap()  # as `run` does before its waves: the report and the passes are timed with the same collector cost
     others = others_running()  # the load as it is, before measuring the fixed costs (Ray's processes) adds to it
     fixed = measure(spec, executor)
-    return estimate(spec, pruned=pruned, executor=executor, fixed=fixed, others=others)
+    return estimate(spec, pruned=pruned, executor=executor, fixed=fixed, others=others, store=store)

@@ -10,7 +10,6 @@ machine ran them now.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import statistics
 import tempfile

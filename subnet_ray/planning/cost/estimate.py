@@ -65,14 +65,27 @@ class Estimate:
     # trials side by side -> {"train": ..., "sketch": ...}: how much slower than calibrated a fine-tuning step and a
     # sketched example ran in that many Tune trials at once under the present load (side_by_side.side_by_side)
     side_by_side: dict[int, dict[str, float]] = field(default_factory=dict)
+    # the influence wave on Ray Data (executor ray, influence.actors > 1): influence trial name -> ray_data.GroupCost
+    ray_data: dict = field(default_factory=dict)
+    driver_peak_bytes: int | None = None  # the driver's projected peak memory in that wave (None: not measured)
 
     def waves(self) -> dict[str, float]:
-        """Returns each wave's wall seconds, trials scheduled as the executor runs them."""
-        from .walltime import wave_seconds
+        """Returns each wave's wall seconds, trials scheduled as the executor runs them (a Ray Data influence wave: its
+        models one after the other from the driver, no Tune)."""
+        from .walltime import WAVES, wave_seconds
 
         cost = {n.key: n.seconds for n in self.nodes}
         plan = {w: {t: [cost[k] for k in keys] for t, keys in trials.items()} for w, trials in self.trials.items()}
-        return wave_seconds(plan, self.executor, self.slots, self.tune.get("tune_wave", 0.0), self.tune.get("tune_trial", 0.0))
+        out = wave_seconds({w: p for w, p in plan.items() if not self._on_ray_data(w)}, self.executor, self.slots,
+                           self.tune.get("tune_wave", 0.0), self.tune.get("tune_trial", 0.0))
+        out |= wave_seconds({w: p for w, p in plan.items() if self._on_ray_data(w)}, "local", 1)
+        return {WAVES[w]: out[WAVES[w]] for w in sorted(plan) if WAVES[w] in out}
+
+    def _on_ray_data(self, wave: int) -> bool:
+        """Returns whether wave `wave` is the influence wave run on Ray Data actor pools (not Tune trials)."""
+        from .walltime import WAVES
+
+        return bool(self.ray_data) and WAVES[wave] == "influence"
 
     def total_seconds(self) -> float:
         """Returns the invocation's wall seconds: its fixed costs and its waves."""
@@ -111,6 +124,17 @@ class Estimate:
             if not plan:
                 continue
             names = sorted(plan)  # Tune's start order (wave_seconds)
+            if self._on_ray_data(w):  # the driver alone, then the actors side by side, then the scoring tasks'
+                from .ray_data import at_load
+
+                waves[WAVES[w]] = 0.0
+                for t in names:
+                    idle = sum(cost[k] for k in plan[t])
+                    took = at_load(self.ray_data[t], idle, fixed, self.slowdown_at)
+                    waves[WAVES[w]] += took
+                    for k in plan[t]:
+                        stages[stage_of[k]] = stages.get(stage_of[k], 0.0) + cost[k] * (took / idle if idle > 0 else 1.0)
+                continue
             work = [(self.tune.get("tune_trial", 0.0) if ray else 0.0) + sum(cost[k] for k in plan[t]) for t in names]
             kind = "sketch" if WAVES[w] == "influence" else "train"
             span, elapsed = shared_schedule(work, self.slots if ray else 1, lambda m, kind=kind: self.slowdown_at(m, kind))
@@ -147,8 +171,8 @@ class Estimate:
         for name, seconds in self.fixed.items():
             out[name] = row(seconds, [], 1)
         if self.executor == "ray":
-            n_trials = sum(len(t) for t in self.trials.values())
-            out["tune"] = row(n_trials * self.tune.get("tune_trial", 0.0) + len(self.waves()) * self.tune.get("tune_wave", 0.0), [], 1)
+            tuned = [t for w, t in self.trials.items() if t and not self._on_ray_data(w)]
+            out["tune"] = row(sum(map(len, tuned)) * self.tune.get("tune_trial", 0.0) + len(tuned) * self.tune.get("tune_wave", 0.0), [], 1)
         total = self.total_seconds()
         if self.executor == "ray":
             out["parallel"] = row(total - sum(r["seconds"] for r in out.values()), [], 1)
@@ -163,7 +187,7 @@ def param_count(model: torch.nn.Module) -> int:
 
 def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibration] | None = None, timed: bool = True,
              executor: str = "local", fixed: dict[str, float] | None = None, cluster_cpus: int | None = None,
-             others: float | None = None, side_by_side: dict[int, dict[str, float]] | None = None) -> Estimate:
+             others: float | None = None, side_by_side: dict[int, dict[str, float]] | None = None, store=None) -> Estimate:
     """Returns the projected cost of every stage output of the sweep (calibrating per task unless given), and its wall
     time on `executor` ('local' or 'ray') with the named fixed costs `fixed` (overheads.measure).
 
@@ -174,7 +198,9 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
     (walltime.others_running; counted here before calibrating if not given). side_by_side: for the Ray
     executor, trials at a time -> slowdown of a training step and a sketched example against the
     calibration (Estimate.side_by_side); measured here (side_by_side.side_by_side: Tune trials on a
-    local Ray of the probe's own) when this call calibrates and none are given.
+    local Ray of the probe's own) when this call calibrates and none are given. store: a sweep root's store whose
+    masks (subnetworks, random masks already computed) tell which of the influence variants' masks are the same, as
+    the Ray Data wave groups them (ray_data.job_plan); without it every mask reference counts as a distinct mask.
     """
     from .walltime import FIXED, cores, others_running, slots, trials
 
@@ -196,16 +222,14 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
          if spec.model.pretrain is not None else []))
     if fixed is None:
         est.assumptions.append("fixed costs (startup, data, MLflow, Ray, report) not measured: counted as 0")
-    if executor == "ray" and spec.influence.actors > 1:
-        est.assumptions.append("influence.actors > 1: the influence wave runs on Ray Data actor pools from the driver; "
-                               "estimated as Tune trials (the pools' own start per call is not counted)")
+    ray_groups: list | None = [] if executor == "ray" and spec.influence.actors > 1 else None
     probe = timed and executor == "ray" and side_by_side is None and not calibration
     seen, calibration = set(), dict(calibration or {})
     est.others = others if others is not None or not timed or calibration else others_running()  # before calibrating
     before = torch.get_num_threads()
     torch.set_num_threads(threads)  # as the sweep's trials run (runner.run_sweep, tune._trainable: workers.use_cpus)
     try:
-        _estimate_into(est, spec, pruned, calibration, timed, seen)
+        _estimate_into(est, spec, pruned, calibration, timed, seen, ray_groups)
     finally:
         torch.set_num_threads(before)
     est.slowdown = max([c.slowdown for c in calibration.values()] or [1.0]) if timed else 1.0
@@ -213,6 +237,13 @@ def estimate(spec: SweepSpec, pruned: float = 1.0, calibration: dict[str, Calibr
         for n in est.nodes:
             if n.stage == "finetune":
                 n.seconds += fixed["finetune_log"]
+    if ray_groups is not None:  # after the calibration's slowdown is known: Ray's wall times are scaled by it
+        from .ray_data import cost_groups
+
+        for nodes, g, cal, params in cost_groups(est, ray_groups, (fixed or {}).get("ray_data"), slots(1.0, executor, cluster_cpus), store):
+            for i, n in enumerate(nodes):  # the ledger splits the group's time between its nodes as they publish
+                est.nodes.append(StageCost(n.key, "influence", g.seconds / len(nodes) + cal.node_io, max(cal.peak_sketch_bytes or 0, 8 * params),
+                                           sketch_bytes=g.sketch_bytes if i == 0 else 0))
     keys = {n.key for n in est.nodes}
     est.trials = {w: {t: [n.key for n in ns if n.key in keys] for t, ns in plan.items()} for w, plan in trials(graph(spec)).items()}
     fixed = dict(fixed or {})
@@ -250,7 +281,8 @@ def _side_by_side(est: Estimate, spec: SweepSpec, calibration: dict, nice: int |
     return out
 
 
-def _estimate_into(est: Estimate, spec: SweepSpec, pruned: float, calibration: dict, timed: bool, seen: set) -> None:
+def _estimate_into(est: Estimate, spec: SweepSpec, pruned: float, calibration: dict, timed: bool, seen: set,
+                   ray_groups: list | None = None) -> None:
     for values, b in branches(spec):
         for task in b.tasks:
             at = (task.id, json.dumps(values, sort_keys=True))  # a grid may change the model or batch sizes
@@ -277,13 +309,16 @@ def _estimate_into(est: Estimate, spec: SweepSpec, pruned: float, calibration: d
                 cost.seconds += cal.node_io
                 est.nodes.append(cost)
             for group in influence.values():
+                if ray_groups is not None:  # costed once the Ray costs are scaled (ray_data.cost_groups)
+                    ray_groups.append((group, b, cal, data, model, params))
+                    continue
                 for cost in _influence_costs(group, b, cal, data, model, params):
                     cost.seconds += cal.node_io
                     est.nodes.append(cost)
 
 
 def _node_cost(node: Node, b: SweepSpec, cal: Calibration, data: dict, model, params: int, pruned: float) -> StageCost:
-    tr, inf = b.training, b.influence
+    tr = b.training
     dev = by_language(data["dev"])
     model_bytes = 4 * params
     plan = planned(b, node.params.task)  # weights, gradients, AdamW's moments, activations (memory.py) where not measured
@@ -330,7 +365,7 @@ def _influence_costs(nodes: list[Node], b: SweepSpec, cal: Calibration, data: di
 
     from ...influence.pipeline import influence_jobs
 
-    tr, inf = b.training, b.influence
+    tr = b.training
     ckpts, n_train = tr.epochs, len(data["train"])
     test_of = {l: min(inf.test_per_language, len(v)) for l, v in by_language(data["test"]).items()}
     dim = sum(d for _, d in layer_dims(select_linears(model, inf.layers), inf.proj_dim))

@@ -238,7 +238,8 @@ def ray_costs(spec: SweepSpec) -> dict[str, float]:
 
 def _measure_ray(spec: SweepSpec) -> dict[str, float]:
     """Returns Ray's start, Tune's per-wave and per-trial wall seconds (two probe trials that hold every CPU run one after
-    the other), and `worker_nice`, the niceness the trials ran at (Ray's default: 15)."""
+    the other), `worker_nice`, the niceness the trials ran at (Ray's default: 15), and with influence.actors > 1
+    `ray_data`, the Ray Data wave's own costs (ray_data.measure)."""
     import ray
     from ray import tune
 
@@ -258,11 +259,15 @@ def _measure_ray(spec: SweepSpec) -> dict[str, float]:
         wave = time.perf_counter() - t
     ends = sorted(r.metrics["end"] for r in results)
     trial = ends[1] - ends[0]  # from one trial's end to the next one's: a new worker, its imports, the data
+    out = {"tune_wave": max(0.0, wave - 2 * trial), "tune_trial": trial, "worker_nice": max(r.metrics["nice"] for r in results)}
+    if spec.influence.actors > 1:  # the influence wave runs on Ray Data actor pools from the driver
+        from .ray_data import measure as ray_data
+
+        out["ray_data"] = ray_data(spec)
     t = time.perf_counter()
     ray.shutdown()  # `run` pays it too, at exit
     ray_start += time.perf_counter() - t
-    return {"ray_start": ray_start, "tune_wave": max(0.0, wave - 2 * trial), "tune_trial": trial,
-            "worker_nice": max(r.metrics["nice"] for r in results)}
+    return out | {"ray_start": ray_start}
 
 
 def measure(spec: SweepSpec, executor: str) -> dict[str, float]:
@@ -277,6 +282,10 @@ def measure(spec: SweepSpec, executor: str) -> dict[str, float]:
     return costs
 
 
-if __name__ == "__main__":  # the Ray probe, in a process of its own (ray_costs)
+if __name__ == "__main__":  # the Ray probe, in a process of its own (ray_costs), with what `run` imports (its driver's memory)
+    import importlib
+
+    for module in RUN_IMPORTS:
+        importlib.import_module(module)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     print(json.dumps(_measure_ray(SweepSpec.model_validate_json(Path(sys.argv[1]).read_text()))))
