@@ -365,7 +365,7 @@ def _influence_costs(nodes: list[Node], b: SweepSpec, cal: Calibration, data: di
 
     from ...influence.pipeline import influence_jobs
 
-    tr = b.training
+    tr, inf = b.training, b.influence
     ckpts, n_train = tr.epochs, len(data["train"])
     test_of = {l: min(inf.test_per_language, len(v)) for l, v in by_language(data["test"]).items()}
     dim = sum(d for _, d in layer_dims(select_linears(model, inf.layers), inf.proj_dim))
