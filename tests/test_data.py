@@ -371,6 +371,32 @@ def test_encode_pads_to_longest_and_truncates():
         encode([short, Example("x/a/train/8", "a", "w", "v", 0)], tok, 8)
 
 
+def test_pairs_get_a_boundary_only_where_the_tokenizer_has_no_pair_template():
+    # a decoder-style tokenizer (no post-processor: Qwen's and GPT-2's join a pair's texts with nothing between)
+    # sees premise and hypothesis split by a newline; an encoder tokenizer's own [SEP] template is left as it is
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from subnet_ray.data.tokenization import token_lengths
+
+    vocab = {"<eos>": 0, "\n": 1, "a": 2, "b": 3, "c": 4}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<eos>"))
+    raw.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\n", behavior="isolated"), pre_tokenizers.Split(" ", behavior="removed")])
+    dec = PreTrainedTokenizerFast(tokenizer_object=raw, eos_token="<eos>", pad_token="<eos>")
+    pair = Example("x/a/train/0", "a", "a b", "c", 0)
+    assert dec("a b", "c")["input_ids"] == [2, 3, 4]  # glued: the boundary is lost without the separator
+    batch = encode([pair], dec, max_length=16)
+    assert batch["input_ids"][0].tolist() == [2, 3, 1, 4]
+    assert token_lengths([pair], dec, 16) == [4]
+    single = encode([Example("x/a/train/1", "a", "a b", None, 0)], dec, max_length=16)
+    assert single["input_ids"][0].tolist() == [2, 3]  # single texts unchanged
+    t = TaskSpec(id="babel", languages=["a"], train_size=4, babel=BabelSpec(vocab_size=50, length=6))
+    tok = tokenizer_for(t)
+    ex = load_examples(t, "train")[0]
+    paired = Example(ex.id, ex.language, ex.text, ex.text, ex.label)
+    assert encode([paired], tok, 64)["input_ids"][0].tolist() == tok(ex.text, ex.text)["input_ids"]  # [CLS] a [SEP] b [SEP]
+
+
 # --------------------------------------------------------------------------------------------
 # Bad input: each error names what is wrong
 

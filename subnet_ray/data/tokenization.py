@@ -84,10 +84,28 @@ def wordpiece_tokenizer(texts: Iterable[str], vocab_size: int = 8000) -> "PreTra
     return _wrap(tok)
 
 
+PAIR_SEPARATOR = "\n"
+
+
+def segments(examples: list, tokenizer, paired: bool) -> list[str]:
+    """Returns the first segments of `examples` as the tokenizer should see them.
+
+    Encoder tokenizers put [SEP] (or </s></s>) between a pair's two texts. Many decoder
+    tokenizers (Qwen's, GPT-2's) have no pair template and would glue premise and hypothesis
+    into one run of text; for those the first text ends with a newline, the boundary a
+    causal LM reads in its own training data.
+    """
+    texts = [ex.text for ex in examples]
+    if paired and tokenizer.num_special_tokens_to_add(pair=True) == tokenizer.num_special_tokens_to_add(pair=False):
+        return [t + PAIR_SEPARATOR for t in texts]
+    return texts
+
+
 def token_lengths(examples: list, tokenizer, max_length: int) -> list[int]:
     """Returns each example's token count after truncation to `max_length`."""
     pairs = [ex.text_pair for ex in examples] if all(ex.text_pair is not None for ex in examples) else None
-    return [len(ids) for ids in tokenizer([ex.text for ex in examples], pairs, truncation=True, max_length=max_length)["input_ids"]]
+    texts = segments(examples, tokenizer, pairs is not None)
+    return [len(ids) for ids in tokenizer(texts, pairs, truncation=True, max_length=max_length)["input_ids"]]
 
 
 def length_order(examples: list, tokenizer, max_length: int) -> list[int]:
@@ -111,7 +129,8 @@ def encode(examples: list, tokenizer, max_length: int) -> dict:
         raise ValueError("encode: the batch mixes examples with and without text_pair")
     pairs = [ex.text_pair for ex in examples] if has_pair.pop() else None
     batch = tokenizer(
-        [ex.text for ex in examples], pairs, padding="longest", truncation=True, max_length=max_length, return_tensors="pt"
+        segments(examples, tokenizer, pairs is not None), pairs, padding="longest", truncation=True, max_length=max_length,
+        return_tensors="pt",
     )
     out = dict(batch)
     out["labels"] = torch.tensor([ex.label for ex in examples], dtype=torch.long)
