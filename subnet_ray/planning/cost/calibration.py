@@ -160,7 +160,7 @@ def setup(spec: SweepSpec, task_id: str) -> tuple[dict, object, object, list[str
         return data, tok, model_factory(spec, task, tok, seed=0), notes
     labels = num_labels(task)
     if spec.model.name not in KNOWN_SHAPES:
-        if published_model(spec.model.name) is None:
+        if published_record(spec.model.name) is None:  # the record alone: building the model is the calibration's
             raise ConfigError(f"model {spec.model.name!r}: timing needs a model built here: a local directory or a hub id whose "
                               f"config is published in planning.shapes ({', '.join(PUBLISHED)}); "
                               "`subnet-ray estimate --memory` gives its sizes and memory without timing")
@@ -174,22 +174,24 @@ def setup(spec: SweepSpec, task_id: str) -> tuple[dict, object, object, list[str
     return data, tok, lambda: build_model(shape, labels, vocab, seed=0), notes
 
 
-def published_model(name: str, num_labels: int | None = 2, dropout: float = 0.0):
-    """Returns a SequenceClassifier of hub id `name`'s real architecture with random weights of its published config
-    (planning.shapes.PUBLISHED: the hub is not reachable here), or None if its config is not published or its
-    model_type has no architecture record. num_labels None: its architecture record, no model made (can it be built)."""
-    import transformers
-
+def published_record(name: str):
+    """Returns the architecture record of hub id `name` if its config is published in planning.shapes.PUBLISHED and its
+    model_type has a record (so published_model can build it here), else None."""
     from ...models.architectures import ARCHITECTURES
-    from ...models.classifier import SequenceClassifier
 
     values = PUBLISHED.get(name)
-    if values is None or values["model_type"] not in ARCHITECTURES:
-        return None
-    arch = ARCHITECTURES[values["model_type"]]
-    if num_labels is None:
-        return arch
-    config = getattr(transformers, arch.config)(**{k: v for k, v in values.items() if k != "model_type"})
+    return None if values is None else ARCHITECTURES.get(values["model_type"])
+
+
+def published_model(name: str, num_labels: int, dropout: float = 0.0):
+    """Returns a SequenceClassifier of hub id `name`'s real architecture with random weights of its published config
+    (planning.shapes.PUBLISHED: the hub is not reachable here); `published_record(name)` must not be None."""
+    import transformers
+
+    from ...models.classifier import SequenceClassifier
+
+    arch = published_record(name)
+    config = getattr(transformers, arch.config)(**{k: v for k, v in PUBLISHED[name].items() if k != "model_type"})
     torch.manual_seed(0)
     return SequenceClassifier(transformers.AutoModel.from_config(config, **dict(arch.load_kwargs)), num_labels, dropout)
 
@@ -222,7 +224,7 @@ def check_inputs(spec: SweepSpec, sweep_path: str = "SWEEP") -> None:
     seen = set()
     for _, b in branches(spec):
         name = b.model.name
-        if not (tokenizer_here(name) or name in KNOWN_SHAPES or published_model(name, None) is not None):
+        if not (tokenizer_here(name) or name in KNOWN_SHAPES or published_record(name) is not None):
             raise ConfigError(f"estimate: model {name!r}: timing needs a model built here: a local directory or a hub id whose "
                               f"config is published in planning.shapes ({', '.join(PUBLISHED)}); "
                               f"`subnet-ray estimate --memory {sweep_path}` gives its sizes and memory without timing")
