@@ -68,6 +68,7 @@ def _measure(spec, root) -> dict[str, float]:
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_estimate_is_within_30_percent_of_a_measured_smoke_sweep_per_stage(tmp_path):
     spec = load_sweep(SMOKE)
     torch.set_num_threads(1)  # as the sweep's trials (resources.cpus: 1)
@@ -411,6 +412,7 @@ def test_estimate_takes_the_side_by_side_measurement_for_ray_only():
 
 
 @pytest.mark.slow
+@pytest.mark.alone
 def test_side_by_side_probe_times_the_calibrated_step_in_k_tune_trials():
     from subnet_ray.planning.cost.calibration import calibrate
     from subnet_ray.planning.cost.side_by_side import side_by_side
