@@ -433,7 +433,7 @@ def test_estimate_times_a_hub_decoder_from_its_published_config_with_its_real_ar
     # A hub id not cached here whose config.json values planning.shapes publishes: Qwen2.5's family (GQA, biases on
     # q/k/v, last-token pooling) at tiny widths so that calibration is quick on 2 cores; nothing of the model code patched.
     from subnet_ray.planning import shapes
-    from subnet_ray.planning.cost.calibration import setup
+    from subnet_ray.planning.cost.inputs import setup
     from subnet_ray.planning.cost.estimate import table
     from subnet_ray.sweep.config import ModelSpec
 

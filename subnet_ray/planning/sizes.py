@@ -16,7 +16,7 @@ if TYPE_CHECKING:  # annotations only
     from ..sweep.config import SweepSpec, TaskSpec
 
 # BERT-family hub encoders as (layers, heads, hidden, intermediate, positions, vocab, token types): the random BERT
-# of the same shape that estimate's calibration times in place of a hub model (calibration.setup).
+# of the same shape that estimate's calibration times in place of a hub model (cost.inputs.setup).
 KNOWN_SHAPES = {name: (c["num_hidden_layers"], c["num_attention_heads"], c["hidden_size"], c["intermediate_size"],
                        c["max_position_embeddings"], c["vocab_size"], c["type_vocab_size"])
                 for name, c in PUBLISHED.items() if c["model_type"] in ("bert", "roberta", "xlm-roberta")}

@@ -1,6 +1,7 @@
 """The cost model: a sweep's hours, memory and bytes per stage and wave on this machine, before it runs.
 
 Pieces, from the ground up: `walltime` (trials at once, wave lengths under sharing; no torch),
+`inputs` (the sweep's data and model, or stand-ins of their shape),
 `calibration` (times a few real batches of every pass at the sweep's shapes), `overheads` (what one
 invocation pays besides the stages: startup, data, MLflow, Ray, the report), `side_by_side` (how much
 slower k Tune trials run at once on a local Ray), and `estimate`, which puts them together over the
@@ -8,8 +9,8 @@ stage graph. `project` is the entry (`subnet-ray estimate`); `table` prints its 
 """
 from __future__ import annotations
 
-from .calibration import check_inputs
 from .estimate import Estimate, estimate, table
+from .inputs import check_inputs
 from .ray_data import summary as ray_data_summary
 
 __all__ = ["Estimate", "check_inputs", "estimate", "project", "ray_data_summary", "table"]

@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .calibration import Calibration, calibrate, setup
+from .calibration import Calibration, calibrate
+from .inputs import setup
 from ..sizes import planned
 from ...sweep.config import SweepSpec, branches
 from ...sweep.graph import Node, graph

@@ -63,12 +63,12 @@ def startup(executor: str) -> float:
 def data_load(spec: SweepSpec) -> float:
     """Returns the seconds to load every distinct task's data and tokenizer of the sweep once, uncached."""
     from ...stages import data_and_tokenizer
-    from .calibration import tokenizer_here
+    from .inputs import tokenizer_here
 
     seen, total = set(), 0.0
     for _, b in branches(spec):
         for task in b.tasks:
-            # a hub model's tokenizer is not downloaded (calibration.setup): the task's own stands in
+            # a hub model's tokenizer is not downloaded (inputs.setup): the task's own stands in
             at = (task.model_dump_json(), b.model.name if tokenizer_here(b.model.name) else "tiny")
             if at not in seen:
                 seen.add(at)
@@ -179,7 +179,7 @@ def _heads(spec: SweepSpec, task) -> tuple[int, int]:
         return shape[0].layers, shape[0].heads
     config = Path(spec.model.name) / "config.json"
     if config.is_file():
-        from .calibration import layers_and_heads
+        from .inputs import layers_and_heads
 
         return layers_and_heads(json.loads(config.read_text()))  # DistilBERT's names too
     return 12, 12

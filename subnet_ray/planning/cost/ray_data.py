@@ -198,7 +198,7 @@ def measure(spec) -> dict[str, float]:
     from ...models.classifier import save_checkpoint
     from ...orchestration.influence_ray import collect_set, pass_rows
     from ...sweep.config import branches
-    from .calibration import setup
+    from .inputs import setup
 
     b = branches(spec)[0][1]
     inf = b.influence
