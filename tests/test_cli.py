@@ -175,7 +175,7 @@ def test_dashboard_check_tells_token_auth_from_a_wrong_server(code, reachable):
 
 
 def test_the_closing_hint_names_the_tracking_store_the_runs_are_in(tmp_path):
-    from subnet_ray.cli import _browse_hint
+    from subnet_ray.commands import _browse_hint
 
     root = str(tmp_path / "runs")
     assert _browse_hint(root, None) == f"browse with `subnet-ray ui --root {root}`"

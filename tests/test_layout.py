@@ -18,9 +18,10 @@ def _module(path: Path) -> str:
 # The floors, lowest first: a module imports from its own floor or lower ones only. The science's data flow
 # (sweep -> data -> models -> train -> subnetworks -> influence -> analysis) over the store, the stages that run
 # one node, the orchestration (Ray, MLflow) on top of them, and the planning (preflight, cost model) on top of it all:
-# it asks what the orchestration would ask and rehearses the real passes.
+# it asks what the orchestration would ask and rehearses the real passes; then what each subcommand does, and the
+# command line's table of them.
 FLOORS = ["storage", "sweep", "data", "models", "train", "subnetworks", "influence", "analysis", "stages",
-          "orchestration", "planning", "cli"]
+          "orchestration", "planning", "commands", "cli"]
 
 
 def floor(module: str) -> int:

@@ -438,12 +438,12 @@ def test_debug_shows_the_traceback_and_unexpected_errors_keep_theirs(offline_hub
         assert main(argv) == 2
         err = capsys.readouterr().err
         assert "Traceback" in err and "PreflightError" in err and "error: device 'gpu'" in err
-    import subnet_ray.cli as cli
+    import subnet_ray.commands as commands
 
     def boom(*a, **k):
         raise RuntimeError("a bug, not a bad input")
 
-    monkeypatch.setattr(cli, "check", boom)
+    monkeypatch.setattr(commands, "check", boom)
     with pytest.raises(RuntimeError, match="a bug"):  # not swallowed into a one-line error
         main(["validate", str(t / "s.yaml"), "--root", str(t / "r")])
 
