@@ -346,7 +346,7 @@ def test_mlflow_epochs_a_fine_tuning_waits_for_count_in_its_stage_output_not_as_
 
 
 def test_at_load_slows_each_trial_by_how_many_run_at_once():
-    from subnet_ray.planning.cost.estimate import Estimate, StageCost
+    from subnet_ray.planning.cost.result import Estimate, StageCost
 
     nodes = [StageCost("a", "finetune", 10.0, 0), StageCost("b", "finetune", 10.0, 0), StageCost("c", "finetune", 4.0, 0),
              StageCost("i", "influence", 6.0, 0)]
@@ -434,7 +434,7 @@ def test_estimate_times_a_hub_decoder_from_its_published_config_with_its_real_ar
     # q/k/v, last-token pooling) at tiny widths so that calibration is quick on 2 cores; nothing of the model code patched.
     from subnet_ray.planning import shapes
     from subnet_ray.planning.cost.inputs import setup
-    from subnet_ray.planning.cost.estimate import table
+    from subnet_ray.planning.cost.result import table
     from subnet_ray.sweep.config import ModelSpec
 
     entry = dict(model_type="qwen2", num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, hidden_size=32,

@@ -4,14 +4,16 @@ Pieces, from the ground up: `walltime` (trials at once, wave lengths under shari
 `inputs` (the sweep's data and model, or stand-ins of their shape),
 `calibration` (times a few real batches of every pass at the sweep's shapes), `overheads` (what one
 invocation pays besides the stages: startup, data, MLflow, Ray, the report), `side_by_side` (how much
-slower k Tune trials run at once on a local Ray), and `estimate`, which puts them together over the
-stage graph. `project` is the entry (`subnet-ray estimate`); `table` prints its result.
+slower k Tune trials run at once on a local Ray), `result` (the `Estimate`: each stage output's cost with the
+per-stage, wave and present-load totals, and `table`, its text), and `estimate`, which puts them together over the
+stage graph into an `Estimate`. `project` is the entry (`subnet-ray estimate`); `table` prints its result.
 """
 from __future__ import annotations
 
-from .estimate import Estimate, estimate, table
+from .estimate import estimate
 from .inputs import check_inputs
 from .ray_data import summary as ray_data_summary
+from .result import Estimate, table
 
 __all__ = ["Estimate", "check_inputs", "estimate", "project", "ray_data_summary", "table"]
 
