@@ -9,7 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 from .sweep.config import ConfigError, SweepSpec, load_sweep
-from .data.examples import DataError
+from .data.sources import DataError
 from .storage.manifest import DamagedOutput
 from .orchestration.faults import Fault
 from .orchestration.slurm import SlurmError
