@@ -7,7 +7,7 @@ import sys
 import traceback
 
 from .sweep.config import ConfigError
-from .data.examples import DataError
+from .data.sources import DataError
 from .storage.manifest import DamagedOutput
 from .orchestration.faults import Fault
 from .orchestration.slurm import SlurmError

@@ -12,7 +12,8 @@ import torch
 from subnet_ray.data import babel as babel_mod
 from subnet_ray.sweep.config import BabelSpec, TaskSpec
 from subnet_ray.data.seeding import rng
-from subnet_ray.data.examples import DataError, Example, load_examples, num_labels, tokenizer_for
+from subnet_ray.data.examples import Example, load_examples, num_labels, tokenizer_for
+from subnet_ray.data.sources import DataError
 from subnet_ray.sweep.tasks import TASKS
 from subnet_ray.data.tokenization import SPECIAL_TOKENS, encode
 

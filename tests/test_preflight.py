@@ -22,6 +22,7 @@ import yaml
 
 from procs import free_port, kill_leftovers, live_processes
 from subnet_ray.data import examples as data
+from subnet_ray.data import sources
 from subnet_ray.cli import main
 from subnet_ray.sweep.config import load_sweep
 from subnet_ray.planning.preflight import check
@@ -355,7 +356,7 @@ def test_bad_input_fails_in_one_line_and_writes_nothing(case, offline_hub, capsy
         assert snapshot(t) == before, f"{argv[0]} wrote or touched files"
     if DATA in CASES[case].flags:  # the loader agrees: a run would have failed on this data
         spec = load_sweep(path)
-        with pytest.raises(data.DataError):
+        with pytest.raises(sources.DataError):
             for s in data.SPLITS:
                 data.load_examples(spec.tasks[0], s)
 
@@ -558,7 +559,7 @@ def test_demo_preflight_is_fast_and_reads_no_data_file(tmp_path, monkeypatch):
     def whole_read(*a, **k):
         raise AssertionError("preflight read a whole data file")
 
-    monkeypatch.setattr(data, "read_file", whole_read)
+    monkeypatch.setattr(sources, "read_file", whole_read)
     monkeypatch.setattr(data, "load_examples", whole_read)
     spec = load_sweep(PROJECT / "sweeps" / "demo.yaml")
     t0 = time.perf_counter()
@@ -585,7 +586,7 @@ def test_large_data_is_checked_from_metadata_and_label_columns(tmp_path, monkeyp
     def whole_read(*a, **k):
         raise AssertionError("preflight read a whole data file")
 
-    monkeypatch.setattr(data, "read_file", whole_read)
+    monkeypatch.setattr(sources, "read_file", whole_read)
     pf = check(load_sweep(_write(tmp_path / "p.yaml", sweep_dict(tmp_path / "pq", sizes=(200_000, 5, 5)))))
     assert pf.errors == [] and pf.files == 6 and pf.values_read == 6 * n and pf.seconds < 2.0  # the label column only
     pf = check(load_sweep(_write(tmp_path / "c.yaml", sweep_dict(tmp_path / "csv", sizes=(20_000, 5, 5)))))

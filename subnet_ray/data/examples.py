@@ -1,17 +1,9 @@
 """Loading and deterministic sampling of labelled examples, per language and split.
 
 What each task is (languages, hub id, text columns, label mapping, parallelism) lives in the
-task registry (sweep/tasks.py); this module reads rows, applies the record's label mapping, samples.
+task registry (sweep/tasks.py); sources.py reads a language's rows (hub dataset or local files)
+and applies the record's label mapping; this module samples them into `Example`s.
 babel is generated (babel.py).
-
-Where the rows come from (`TaskSpec.source`):
-- a hub dataset id, loaded with `datasets.load_dataset`: the language is the config name,
-  or fills `{lang}` in the id (the default for marc). Hub split names: train, validation, test.
-- a local folder `<source>/<lang>/<split>.<ext>`, ext in jsonl / csv / tsv / parquet, dev may
-  also be named validation. TSV files are read unquoted, like the XNLI and PAWS-X releases.
-- local task only, also: `<source>/<split>.<ext>` holding all languages, or a single file
-  holding all languages and splits, from which train, dev and test are carved as disjoint
-  consecutive pieces of one seeded permutation per language.
 
 Sampling. Parallel tasks (XNLI, PAWS-X, and `local` with a `group_column`; babel is generated
 parallel) draw the same source items for every language, as the paper needs ("giving each
@@ -29,7 +21,6 @@ permutation seeded by (data_seed, language, split). An example's id is
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -37,11 +28,8 @@ import pyarrow as pa
 from . import babel as babel_mod
 from ..sweep.config import TaskSpec
 from .seeding import rng
+from .sources import DataError, Rows, error_prefix, source_rows
 from ..sweep.tasks import TASKS, task_record
-
-
-class DataError(ValueError):
-    """Data that cannot be used; the message names the task, language, split, file and column."""
 
 
 @dataclass(frozen=True)
@@ -56,8 +44,6 @@ class Example:
 
 
 SPLITS = ("train", "dev", "test")
-FORMATS = ("jsonl", "csv", "tsv", "parquet")
-HUB_SPLIT = {"train": "train", "dev": "validation", "test": "test"}
 
 
 def num_labels(task: TaskSpec) -> int:
@@ -66,125 +52,7 @@ def num_labels(task: TaskSpec) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reading rows
-
-
-@dataclass
-class Rows:
-    """Rows of one language and split after the task's label mapping, before sampling."""
-
-    where: str  # file or hub dataset, for error messages
-    table: pa.Table
-    text_column: str
-    pair_column: str | None
-    label: np.ndarray  # int64 per row of `table`; -1 = dropped (MARC 3 stars)
-    row: np.ndarray  # index of each row of `table` in its source file / split
-
-
-def string_columns(task: TaskSpec) -> tuple[str, ...]:
-    """Returns the columns of the task's files that hold text (read as strings, whatever they look like)."""
-    if task.id == "local":
-        return tuple(c for c in (task.text_column, task.text_pair_column, task.language_column, task.group_column) if c)
-    return task_record(task.id).text_columns
-
-
-def read_file(path: Path, strings: tuple[str, ...] = ()) -> pa.Table:
-    """Returns the table in a jsonl / csv / tsv / parquet file (no columns if the file is blank).
-
-    csv / tsv columns named in `strings` are read as text as written (no "true" -> True, "12" -> 12).
-    """
-    import pyarrow.csv as pcsv
-    import pyarrow.json as pjson
-    import pyarrow.parquet as pq
-
-    ext = path.name.rsplit(".", 1)[-1]
-    try:
-        if ext == "jsonl":
-            if not path.read_bytes().strip():
-                return pa.table({})
-            return pjson.read_json(path)
-        convert = pcsv.ConvertOptions(column_types={c: pa.string() for c in strings})
-        if ext == "csv":
-            return pcsv.read_csv(path, convert_options=convert)
-        if ext == "tsv":
-            parse = pcsv.ParseOptions(delimiter="\t", quote_char=False)
-            return pcsv.read_csv(path, parse_options=parse, convert_options=convert)
-        if ext == "parquet":
-            return pq.read_table(path)
-    except (pa.ArrowInvalid, OSError) as e:
-        raise DataError(f"{path}: cannot read {ext} file: {e}") from None
-    raise DataError(f"{path}: unknown file format {ext!r}; expected one of {', '.join(FORMATS)}")
-
-
-def find_split_file(folder: Path, split: str) -> Path | None:
-    """Returns `<folder>/<split>.<ext>` (dev also as validation), or None if there is none."""
-    names = [split, "validation"] if split == "dev" else [split]
-    found = [folder / f"{n}.{ext}" for n in names for ext in FORMATS if (folder / f"{n}.{ext}").is_file()]
-    if len(found) > 1:
-        raise DataError(f"{folder}: several files for split {split!r}: {', '.join(p.name for p in found)}; keep one")
-    return found[0] if found else None
-
-
-def _missing_file(task: TaskSpec, lang: str, split: str, folder: Path) -> DataError:
-    alts = " or validation" if split == "dev" else ""
-    return DataError(
-        f"task {task.id!r}, language {lang!r}, split {split!r}: no file {folder}/{split}{alts}.<{'|'.join(FORMATS)}>"
-    )
-
-
-def _where(task: TaskSpec, lang: str, split: str, where: str) -> str:
-    return f"task {task.id!r}, language {lang!r}, split {split!r}: {where}"
-
-
-def _require(table: pa.Table, names: list[str], task: TaskSpec, lang: str, split: str, where: str) -> None:
-    for name in names:
-        if name not in table.column_names:
-            raise DataError(f"{_where(task, lang, split, where)} has no column {name!r} (columns: {', '.join(table.column_names) or 'none'})")
-
-
-def checked_labels(table: pa.Table, name: str, allowed: range, task: TaskSpec, lang: str, split: str, where: str, rows: np.ndarray) -> np.ndarray:
-    """Returns the label column as int64; a DataError naming the file, row and value for a label outside `allowed`."""
-    values = table.column(name).to_pylist()
-    for i, v in enumerate(values):
-        if isinstance(v, bool) or not isinstance(v, int) or v not in allowed:
-            raise DataError(
-                f"{_where(task, lang, split, where)} column {name!r} has label {v!r} at row {rows[i]}; "
-                f"expected an integer in [{allowed.start}, {allowed.stop - 1}]"
-            )
-    return np.asarray(values, dtype=np.int64)
-
-
-@dataclass
-class _SourceView:
-    """The rows of one language and split as a task's converter sees them (tasks.Source)."""
-
-    task: TaskSpec
-    table: pa.Table
-    lang: str
-    split: str
-    where: str
-    rows: np.ndarray
-
-    @property
-    def columns(self) -> set[str]:
-        return set(self.table.column_names)
-
-    def require(self, *names: str) -> None:
-        _require(self.table, list(names), self.task, self.lang, self.split, self.where)
-
-    def labels(self, name: str, allowed: range) -> np.ndarray:
-        return checked_labels(self.table, name, allowed, self.task, self.lang, self.split, self.where, self.rows)
-
-    def error(self, message: str) -> DataError:
-        return DataError(f"{_where(self.task, self.lang, self.split, self.where)} {message}")
-
-
-def _convert(task: TaskSpec, table: pa.Table, lang: str, split: str, where: str, rows: np.ndarray) -> Rows:
-    """Returns the rows of `table` with labels mapped to the task's classes; checks columns and labels."""
-    if table.num_rows == 0:
-        raise DataError(f"{_where(task, lang, split, where)} has no rows (empty language)")
-    text, pair, labels = task_record(task.id).convert(_SourceView(task, table, lang, split, where, rows), task)
-    return Rows(where, table, text, pair, labels, rows)
+# Sampling
 
 
 def _texts(rows: Rows, column: str, take: np.ndarray, task: TaskSpec, lang: str, split: str) -> list[str]:
@@ -192,79 +60,9 @@ def _texts(rows: Rows, column: str, take: np.ndarray, task: TaskSpec, lang: str,
     values = rows.table.column(column).take(pa.array(take, type=pa.int64())).to_pylist()
     for i, v in zip(take, values):
         if v is None:
-            raise DataError(f"{_where(task, lang, split, rows.where)} column {column!r} is empty at row {rows.row[i]}")
+            raise DataError(f"{error_prefix(task, lang, split, rows.where)} column {column!r} is empty at row {rows.row[i]}")
     # jsonl / parquet may hold numbers in a text column.
     return [v if isinstance(v, str) else str(v) for v in values]
-
-
-def _hub_rows(task: TaskSpec, lang: str, split: str, source: str) -> Rows:
-    """Returns the rows of one language and split of a hub dataset."""
-    import datasets
-
-    if "{lang}" in source:
-        path, name = source.format(lang=lang), None
-    else:
-        path, name = source, lang
-    where = f"hub dataset {path!r}" + (f" config {name!r}" if name else "") + f" split {HUB_SPLIT[split]!r}"
-    try:
-        ds = datasets.load_dataset(path, name, split=HUB_SPLIT[split])
-    except Exception as e:  # network, missing config or split: all mean this source is unusable
-        raise DataError(f"task {task.id!r}, language {lang!r}, split {split!r}: cannot load {where}: {type(e).__name__}: {e}") from None
-    table = ds.with_format("arrow")[:]
-    return _convert(task, table, lang, split, where, np.arange(table.num_rows))
-
-
-def _local_rows(task: TaskSpec, lang: str, split: str, source: Path) -> tuple[Rows, bool]:
-    """Returns (rows of one language and split from local files, whether the file holds all splits)."""
-    if source.is_file():
-        if task.id != "local":
-            raise DataError(f"task {task.id!r}: source {source} is a file; expected a folder <source>/<lang>/<split>.<ext>")
-        return _filter_language(task, lang, split, source), True
-    if (source / lang).is_dir():
-        path = find_split_file(source / lang, split)
-        if path is None:
-            raise _missing_file(task, lang, split, source / lang)
-        table = read_file(path, string_columns(task))
-        return _convert(task, table, lang, split, str(path), np.arange(table.num_rows)), False
-    if task.id == "local":
-        path = find_split_file(source, split)
-        if path is not None:
-            return _filter_language(task, lang, split, path), False
-        raise DataError(
-            f"task 'local', language {lang!r}, split {split!r}: no folder {source / lang} and no file "
-            f"{source}/{split}.<{'|'.join(FORMATS)}> holding all languages"
-        )
-    raise DataError(f"task {task.id!r}, language {lang!r}, split {split!r}: no folder {source / lang}")
-
-
-def _filter_language(task: TaskSpec, lang: str, split: str, path: Path) -> Rows:
-    """Returns the rows of `path` whose language column is `lang`."""
-    table = read_file(path, string_columns(task))
-    _require(table, [task.language_column], task, lang, split, str(path))
-    langs = np.asarray([str(v) for v in table.column(task.language_column).to_pylist()], dtype=object)
-    rows = np.flatnonzero(langs == lang)
-    if len(rows) == 0:
-        present = sorted(set(langs.tolist()))
-        raise DataError(
-            f"task {task.id!r}, language {lang!r}, split {split!r}: {path} column {task.language_column!r} has no rows "
-            f"of language {lang!r} (languages present: {', '.join(present) or 'none'})"
-        )
-    return _convert(task, table.take(pa.array(rows)), lang, split, str(path), rows)
-
-
-def _source_rows(task: TaskSpec, lang: str, split: str) -> tuple[Rows, bool]:
-    source = task.source or task_record(task.id).hub
-    if source is None:
-        raise DataError(f"task {task.id!r}: no source given; the local task needs `source`, a file or folder")
-    if Path(source).expanduser().exists():
-        return _local_rows(task, lang, split, Path(source).expanduser())
-    if task.id == "local" or source.startswith((".", "/", "~")) or "\\" in source:
-        raise DataError(f"task {task.id!r}, language {lang!r}, split {split!r}: source {source} does not exist")
-    return _hub_rows(task, lang, split, source), False
-
-
-# ---------------------------------------------------------------------------------------------
-# Sampling
 
 
 def _check_language(task: TaskSpec, lang: str) -> None:
@@ -280,7 +78,7 @@ def split_sizes(task: TaskSpec) -> dict[str, int]:
 
 def _sample_language(task: TaskSpec, lang: str, split: str) -> list[Example]:
     n = split_sizes(task)[split]
-    rows, all_splits = _source_rows(task, lang, split)
+    rows, all_splits = source_rows(task, lang, split)
     where = rows.where
     usable = np.flatnonzero(rows.label >= 0)
     if all_splits:
@@ -340,18 +138,18 @@ def item_keys(task: TaskSpec, split: str, by: str, rows: dict[str, Rows]) -> dic
     for lang, r in rows.items():
         col = r.table.column(by).to_pylist()
         if any(v is None for v in col):
-            raise DataError(f"{_where(task, lang, split, r.where)} column {by!r} is empty at row {r.row[col.index(None)]}")
+            raise DataError(f"{error_prefix(task, lang, split, r.where)} column {by!r} is empty at row {r.row[col.index(None)]}")
         k = np.asarray([str(v) for v in col], dtype=object)
         uniq, counts = np.unique(k, return_counts=True)
         if (counts > 1).any():
-            raise DataError(f"{_where(task, lang, split, r.where)} column {by!r} repeats item {uniq[counts > 1][0]!r}; items must be unique")
+            raise DataError(f"{error_prefix(task, lang, split, r.where)} column {by!r} repeats item {uniq[counts > 1][0]!r}; items must be unique")
         keys[lang] = k
     return keys
 
 
 def _sample_parallel(task: TaskSpec, split: str, by: str) -> list[Example]:
     """Returns the sampled examples of `split`: the same source items in every language."""
-    found = {lang: _source_rows(task, lang, split) for lang in task.languages}
+    found = {lang: source_rows(task, lang, split) for lang in task.languages}
     rows = {lang: r for lang, (r, _) in found.items()}
     all_splits = any(a for _, a in found.values())
     keys = item_keys(task, split, by, rows)

@@ -3,8 +3,8 @@
 Reads headers and only the columns that decide those (labels, language, the parallel item id),
 never the text. The task's own converter from the registry (tasks.py) maps the labels, given a
 `_Probe` that reads a column on demand, so a newly registered data set is checked as it will be
-loaded. File layout, sampling rules and messages mirror data/examples.py; each problem is one line naming
-the task, language, split, file and column, and what was expected.
+loaded. File layout, sampling rules and messages mirror data/sources.py and data/examples.py; each problem
+is one line naming the task, language, split, file and column, and what was expected.
 """
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ import numpy as np
 import pyarrow as pa
 
 from ..data import examples as data
+from ..data import sources
 from ..sweep.config import TaskSpec
-from ..data.examples import FORMATS, SPLITS, DataError
+from ..data.examples import SPLITS
+from ..data.sources import FORMATS, DataError
 from ..sweep.tasks import task_record
 
 
@@ -89,8 +91,8 @@ def read_column(path: Path, name: str, strings: tuple[str, ...]) -> pa.ChunkedAr
         convert = pcsv.ConvertOptions(include_columns=[name], column_types={name: pa.string()} if name in strings else {})
         return pcsv.read_csv(path, parse_options=_parse_csv(path), convert_options=convert).column(name)
     except (pa.ArrowInvalid, OSError):
-        # a value arrow will not convert (a word among numbers): read as data/examples.py does, so its error names it
-        return data.read_file(path, strings).column(name)
+        # a value arrow will not convert (a word among numbers): read as data/sources.py does, so its error names it
+        return sources.read_file(path, strings).column(name)
 
 
 class _Files:
@@ -160,7 +162,7 @@ class _Probe:
         values = col.to_numpy() if ok else None
         if not ok or (len(values) and (values.min() < allowed.start or values.max() >= allowed.stop)):
             rows = self.rows if self.rows is not None else np.arange(len(col))
-            data.checked_labels(pa.table({name: col}), name, allowed, self.task, self.lang, self.split, str(self.path), rows)  # raises
+            sources.checked_labels(pa.table({name: col}), name, allowed, self.task, self.lang, self.split, str(self.path), rows)  # raises
         return values.astype(np.int64)
 
     def error(self, message: str) -> DataError:
@@ -170,10 +172,10 @@ class _Probe:
 class _TaskCheck:
     def __init__(self, task: TaskSpec, index: int, report: DataReport):
         self.task, self.i, self.report = task, index, report
-        self.files = _Files(report, data.string_columns(task))
+        self.files = _Files(report, sources.string_columns(task))
 
     def locate(self, source: Path, lang: str, split: str) -> tuple[_Probe, bool]:
-        """Returns (the probe of one language and split, whether its file holds every split), as data._local_rows finds it."""
+        """Returns (the probe of one language and split, whether its file holds every split), as sources._local_rows finds it."""
         where = f"task {self.task.id!r} (tasks[{self.i}]), language {lang!r}, split {split!r}"
         if source.is_file():
             if source.suffix[1:] not in FORMATS:
@@ -181,7 +183,7 @@ class _TaskCheck:
                                 f"expected one of {', '.join(FORMATS)}")
             return self.filtered(source, lang, split), True
         if (source / lang).is_dir():
-            path = data.find_split_file(source / lang, split)
+            path = sources.find_split_file(source / lang, split)
             if path is None:
                 alts = " or validation" if split == "dev" else ""
                 raise DataError(f"{where}: no file {source / lang}/{split}{alts}.<{'|'.join(FORMATS)}>; expected one per split")
@@ -190,7 +192,7 @@ class _TaskCheck:
                 raise DataError(f"{where}: {path} is empty; expected a header and rows")
             return probe, False
         if self.task.id == "local":
-            path = data.find_split_file(source, split)
+            path = sources.find_split_file(source, split)
             if path is None:
                 raise DataError(f"{where}: no folder {source / lang} and no file {source}/{split}.<{'|'.join(FORMATS)}>; "
                                 "expected <source>/<lang>/<split>.<ext>, <source>/<split>.<ext> or one file")
@@ -256,7 +258,7 @@ class _TaskCheck:
             cols = {"_label": pa.array(labels)}
             if by and by in probe.columns:
                 cols[by] = probe.column(by)
-            rows[lang] = data.Rows(str(probe.path), pa.table(cols), "", None, labels,
+            rows[lang] = sources.Rows(str(probe.path), pa.table(cols), "", None, labels,
                                     probe.rows if probe.rows is not None else np.arange(len(labels)))
         keys = data.item_keys(self.task, split, by, rows)  # raises, naming the languages, on a misalignment
         first, langs = self.task.languages[0], self.task.languages

@@ -5,7 +5,7 @@ which columns are text, whether its languages are parallel (and what names an it
 a row's label becomes the task's class. Adding a data set is one `register(TaskRecord(...))`
 and its fixture test; nothing else in the package names tasks.
 
-Converters get a `Source` (the rows of one language and split, as data/examples.py reads them) and
+Converters get a `Source` (the rows of one language and split, as data/sources.py reads them) and
 return (text column, text-pair column or None, labels); a label of -1 drops the row.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 
 class Source(Protocol):
-    """The rows of one language and split, as a converter sees them (implemented in data/examples.py)."""
+    """The rows of one language and split, as a converter sees them (implemented in data/sources.py)."""
 
     columns: set[str]
 
