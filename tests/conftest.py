@@ -70,7 +70,10 @@ def synthetic_report(tmp_path_factory):
 # 1. a file goes whole to one worker, so its module fixtures (the demo run, the Slurm cluster) are built once;
 # 2. the files that take longest go first (their seconds in a -n 2 run on 2 cores, 2026-12-07), so that the end of
 #    the run is small files on both workers, not one long file on one while the other idles;
-# 3. a test marked `alone` (it times CPU work against an estimate) runs while the other worker runs nothing.
+# 3. a test marked `alone` (it times CPU work) runs while the other worker is between files: each worker holds a
+#    shared lock from a file's first test to its last (module fixtures' services, such as a Ray head, live that
+#    long), an `alone` test an exclusive one. Files with such tests go last, so that the wait is for the other
+#    worker's last file.
 FILE_SECONDS = {
     "test_slurm.py": 290, "test_demo.py": 274, "test_sweep.py": 262, "test_machine_faults.py": 249,
     "test_faults.py": 228, "test_influence.py": 220, "test_compare_runs.py": 123, "test_submit.py": 116,
@@ -88,16 +91,30 @@ def pytest_xdist_make_scheduler(config, log):
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker sorts alike; a serial run keeps the files' order
-        items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))
+        alone = {item.path for item in items if item.get_closest_marker("alone")}
+        items.sort(key=lambda item: (item.path in alone, -FILE_SECONDS.get(item.path.name, 0)))
+
+
+_LOCK: dict = {}  # this worker's open lock file ("file") and the test file it holds the lock for ("for")
 
 
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_protocol(item, nextitem):
-    """Under pytest -n: every test holds a shared lock on one file for the run, a test marked `alone` an exclusive one."""
+    """Under pytest -n, rule 3: flock on one file per run, shared for a whole test file, exclusive for an `alone` test."""
     run = os.environ.get("PYTEST_XDIST_TESTRUNUID")
     if run is None:
         yield
         return
-    with open(Path(tempfile.gettempdir()) / f"subnet-ray-tests-{run}.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX if item.get_closest_marker("alone") else fcntl.LOCK_SH)
-        yield
+    if "file" not in _LOCK:
+        _LOCK["file"] = open(Path(tempfile.gettempdir()) / f"subnet-ray-tests-{run}.lock", "a")  # noqa: SIM115 - held for the run
+    lock = _LOCK["file"]
+    alone = item.get_closest_marker("alone") is not None
+    if alone or _LOCK.get("for") != item.path:
+        fcntl.flock(lock, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)  # a held lock is converted
+        _LOCK["for"] = item.path
+    yield
+    if nextitem is None or nextitem.path != item.path:  # the file's last test: its module fixtures are torn down
+        fcntl.flock(lock, fcntl.LOCK_UN)
+        _LOCK["for"] = None
+    elif alone and not nextitem.get_closest_marker("alone"):  # (another `alone` test next: it keeps the lock)
+        fcntl.flock(lock, fcntl.LOCK_SH)
