@@ -16,6 +16,7 @@ from subnet_ray.sweep.config import load_sweep
 from subnet_ray.orchestration.runner import ledger, run_sweep
 from subnet_ray.storage.store import store_for
 from subnet_ray.sweep.graph import graph
+from subnet_ray.influence.engines import ENGINE
 from subnet_ray.stages import PREDICTIONS, TOPK
 from tiny import smoke_sweep
 
@@ -238,4 +239,5 @@ def test_ray_two_node_cluster_survives_a_killed_worker(smoke_run, sweep_file, tm
     store, ref = store_for(root), store_for(smoke_run.root)
     for n in graph(spec):
         if n.stage == "influence":
+            assert json.loads((store.path(n.key) / ENGINE).read_text())["engine"] == "ray-data", n.key  # not a fallback
             pd.testing.assert_frame_equal(pd.read_parquet(store.path(n.key) / PREDICTIONS), pd.read_parquet(ref.path(n.key) / PREDICTIONS))
