@@ -65,7 +65,7 @@ def synthetic_report(tmp_path_factory):
 
 
 # --- both cores: `pytest -n 2` (pytest-xdist) ---------------------------------------------------------------------
-# Run serially, most tests keep one core busy: two workers take 0.6 of the serial time (20.5 vs 35 min on 2 cores;
+# Run serially, most tests keep one core busy: two workers take 0.6 of the serial time (21 vs 35 min on 2 cores;
 # the CPUs were busy 92% of the run). Three rules keep that safe and balanced:
 # 1. a file goes whole to one worker, so its module fixtures (the demo run, the Slurm cluster) are built once;
 # 2. the files that take longest go first (their seconds in a -n 2 run on 2 cores, 2026-12-07), so that the end of

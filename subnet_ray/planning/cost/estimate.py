@@ -1,6 +1,6 @@
 """What a sweep will cost before it starts: hours per stage, fixed costs, wall time, memory per trial, checkpoint and sketch bytes.
 
-`static_costs` counts from the sweep alone (no compute): stage outputs, parameters,
+`estimate(timed=False)` counts from the sweep alone (no compute): stage outputs, parameters,
 checkpoint and sketch bytes. `calibration.calibrate` times a few real batches of each pass on
 the present device; `estimate` multiplies those per-batch costs by each stage's exact batch
 counts (epoch plans, dev and test sizes, mask groups, checkpoints), adds the invocation's named

@@ -1,6 +1,6 @@
 """How much slower trials run side by side: k Tune trials at once on a local Ray, timed inside Ray.
 
-Not a fixed cost (overheads.py has those): `estimate`'s `at_load` for the Ray executor scales each
+Not a fixed cost (overheads.py has those): `Estimate.at_load` (result.py) for the Ray executor scales each
 wave's fine-tuning steps and sketched examples by what this probe measures for as many trials as
 the wave runs at once. The trials do calibration's own work (`calibration.probe_work`).
 """
